@@ -1,0 +1,161 @@
+"""Allocation: how many groups survive in each tensor.
+
+``keep_counts(layers, sparsity, final_sparsity)`` returns integer keep-counts, in groups, per tensor.
+The one rounding rule: ``keep = floor(density * n + 0.5)`` (nearest integer, halves up), applied to the
+number of groups n of a tensor (of a block, for per-block granularities), so achieved sparsity is within
+half a group of the request. Global allocations round the total once and then share it exactly.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+from .registry import Registry, check_fraction
+from .topk import topk_counts
+
+
+@dataclass
+class LayerGroups:
+    """One tensor as the allocation sees it."""
+
+    name: str
+    shape: tuple[int, ...]
+    blocks: int            # B
+    groups: int            # G, groups per block
+    group_size: int        # elements per group
+    per_block: bool
+    scores: Tensor | None = None  # (B, G) group scores, -inf for pruned groups (global allocation only)
+
+    @property
+    def numel(self) -> int:
+        return self.blocks * self.groups * self.group_size
+
+
+def round_keep(density: float, n: int) -> int:
+    """The rounding rule: nearest integer, halves up, clamped to [0, n]."""
+    return max(0, min(n, math.floor(density * n + 0.5)))
+
+
+def _uniform_keep(layer: LayerGroups, density: float) -> int:
+    if layer.per_block:
+        return layer.blocks * round_keep(density, layer.groups)
+    return round_keep(density, layer.blocks * layer.groups)
+
+
+class Allocation:
+    needs_scores = False
+
+    def keep_counts(self, layers: list[LayerGroups], sparsity: float, final_sparsity: float) -> dict[str, int]:
+        raise NotImplementedError
+
+
+ALLOCATIONS: Registry[Allocation] = Registry("allocation", Allocation)
+
+
+@ALLOCATIONS.register("uniform")
+@dataclass
+class Uniform(Allocation):
+    """The same sparsity in every tensor (layerwise pruning)."""
+
+    def keep_counts(self, layers, sparsity, final_sparsity):
+        return {l.name: _uniform_keep(l, 1 - sparsity) for l in layers}
+
+
+@ALLOCATIONS.register("global")
+@dataclass
+class Global(Allocation):
+    """One threshold across all tensors on per-element scores (group scores divided by group size).
+
+    Keeps exactly ``floor(density * total + 0.5)`` elements for element granularity; for groups, the
+    highest-scoring groups whose sizes add up closest to that number. Not defined for per-block patterns.
+    """
+
+    needs_scores = True
+
+    def keep_counts(self, layers, sparsity, final_sparsity):
+        if any(l.per_block for l in layers):
+            raise ConfigError("global allocation cannot be combined with a per-block granularity (N:M, window)")
+        total = sum(l.numel for l in layers)
+        k_elems = round_keep(1 - sparsity, total)
+        if all(l.group_size == 1 for l in layers):
+            counts = topk_counts([l.scores.reshape(-1) for l in layers], k_elems)
+            return {l.name: c for l, c in zip(layers, counts)}
+        per_elem = torch.cat([(l.scores.reshape(-1).double() / l.group_size) for l in layers])
+        sizes = torch.cat([torch.full((l.blocks * l.groups,), l.group_size, dtype=torch.int64) for l in layers])
+        owner = torch.cat([torch.full((l.blocks * l.groups,), i, dtype=torch.int64) for i, l in enumerate(layers)])
+        order = per_elem.argsort(descending=True, stable=True)
+        csum = sizes[order].cumsum(0)
+        take = int((csum <= k_elems).sum())
+        if take < len(order) and abs(int(csum[take]) - k_elems) < abs(k_elems - (int(csum[take - 1]) if take else 0)):
+            take += 1  # the group crossing the budget brings the total closer to it
+        kept_owner = owner[order[:take]]
+        counts = torch.bincount(kept_owner, minlength=len(layers))
+        return {l.name: int(counts[i]) for i, l in enumerate(layers)}
+
+
+@ALLOCATIONS.register("erk")
+@dataclass
+class ERK(Allocation):
+    """Erdos-Renyi-Kernel (Evci et al., 2020): density proportional to sum(shape) / prod(shape).
+
+    Layers whose density would exceed 1 are kept dense and the rest rescaled so the overall density is met.
+    """
+
+    def keep_counts(self, layers, sparsity, final_sparsity):
+        target = (1 - sparsity) * sum(l.numel for l in layers)
+        raw = {l.name: sum(l.shape) / math.prod(l.shape) for l in layers}
+        dense: set[str] = set()
+        while True:
+            budget = target - sum(l.numel for l in layers if l.name in dense)
+            denom = sum(raw[l.name] * l.numel for l in layers if l.name not in dense)
+            eps = budget / denom if denom > 0 else 0.0
+            over = {l.name for l in layers if l.name not in dense and eps * raw[l.name] > 1}
+            if not over:
+                break
+            dense |= over
+        out = {}
+        for l in layers:
+            d = 1.0 if l.name in dense else max(0.0, eps * raw[l.name])
+            out[l.name] = _uniform_keep(l, d)
+        return out
+
+
+@ALLOCATIONS.register("explicit")
+@dataclass
+class Explicit(Allocation):
+    """Per-tensor sparsities ``{name or glob: sparsity}``; the first matching pattern wins.
+
+    Tensors no pattern matches get ``default`` (None = kept dense). Under a schedule, every layer's
+    sparsity is scaled by (scheduled sparsity / final sparsity), so the dict is reached at the end.
+    """
+
+    sparsities: dict[str, float] = field(default_factory=dict)
+    default: float | None = None
+
+    def __post_init__(self):
+        for k, v in self.sparsities.items():
+            check_fraction(f"explicit sparsity for {k!r}", v)
+        if self.default is not None:
+            check_fraction("explicit default sparsity", self.default)
+
+    def keep_counts(self, layers, sparsity, final_sparsity):
+        scale = sparsity / final_sparsity if final_sparsity > 0 else 1.0
+        unused = set(self.sparsities)
+        out = {}
+        for l in layers:
+            s = self.default
+            for pat, val in self.sparsities.items():
+                if fnmatch.fnmatchcase(l.name, pat):
+                    s = val
+                    unused.discard(pat)
+                    break
+            out[l.name] = _uniform_keep(l, 1 - (s or 0.0) * scale)
+        if unused:
+            raise ConfigError(f"explicit sparsities name no prunable tensor: {', '.join(sorted(unused))}; "
+                              f"prunable: {', '.join(l.name for l in layers)}")
+        return out

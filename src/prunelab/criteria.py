@@ -1,0 +1,102 @@
+"""Criteria: how important each weight is.
+
+A criterion maps the prunable parameters to score tensors of the same shapes (higher = more important).
+Criteria that need gradients accumulate them in :meth:`Criterion.observe`, which the Pruner calls from
+``after_backward()``.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+from .registry import Registry
+
+
+@dataclass
+class Context:
+    """What a pruning decision may depend on besides the weights: a seed and the pruning event index."""
+
+    seed: int = 0
+    event: int = 0  # how many pruning events happened before this one
+
+    def generator(self, *salt: str | int) -> torch.Generator:
+        """A CPU generator determined by (seed, event, salt): stateless, so a resumed run draws the same."""
+        key = f"{self.seed}/{self.event}/" + "/".join(map(str, salt))
+        return torch.Generator().manual_seed(zlib.crc32(key.encode()) + (self.seed << 32))
+
+
+class Criterion:
+    """Base class: ``scores(params, ctx) -> {name: tensor}``; higher scores are kept."""
+
+    needs_gradients = False
+
+    def scores(self, params: Mapping[str, Tensor], ctx: Context) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def observe(self, params: Mapping[str, Tensor]) -> None:
+        """Called after each backward pass; default does nothing."""
+
+    def reset(self) -> None:
+        """Forget accumulated statistics (called after each pruning event)."""
+
+
+CRITERIA: Registry[Criterion] = Registry("criterion", Criterion)
+
+
+@CRITERIA.register("magnitude")
+@dataclass
+class Magnitude(Criterion):
+    """|w| (L1 per element; group reductions sum it, i.e. the L1 norm of a group)."""
+
+    def scores(self, params, ctx):
+        return {n: p.detach().abs() for n, p in params.items()}
+
+
+@CRITERIA.register("random")
+@dataclass
+class Random(Criterion):
+    """Uniform random scores drawn from (seed, event, parameter name): the random-mask control."""
+
+    def scores(self, params, ctx):
+        out = {}
+        for n, p in params.items():
+            out[n] = torch.rand(p.shape, generator=ctx.generator("random", n)).to(p.device)
+        return out
+
+
+@CRITERIA.register("taylor")
+@dataclass
+class Taylor(Criterion):
+    """First-order Taylor importance: sum over observed batches of |w * dL/dw| (Molchanov et al., 2017).
+
+    ``batches`` is how many batches the runner feeds before each pruning event (in your own loop, every
+    ``after_backward()`` call between two pruning events is accumulated).
+    """
+
+    batches: int = 8
+    needs_gradients = True
+    _acc: dict = field(default_factory=dict, init=False, repr=False)
+
+    def observe(self, params):
+        for n, p in params.items():
+            if p.grad is None:
+                continue
+            contrib = (p.detach() * p.grad.detach()).abs()
+            if n in self._acc:
+                self._acc[n] += contrib
+            else:
+                self._acc[n] = contrib.clone()
+
+    def scores(self, params, ctx):
+        if not self._acc:
+            raise ConfigError("the taylor criterion has no gradients yet: call pruner.after_backward() after "
+                              "loss.backward() for a few batches before the pruning step")
+        return {n: self._acc.get(n, torch.zeros_like(p)) for n, p in params.items()}
+
+    def reset(self):
+        self._acc.clear()

@@ -1,0 +1,25 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad name, a value out of range, a missing file or data set, a corrupt
+checkpoint) raises a subclass of :class:`PrunelabError` carrying one clear sentence. The CLI prints that
+sentence and exits with status 2; library users catch it like any exception.
+"""
+from __future__ import annotations
+
+
+class PrunelabError(Exception):
+    """A problem with the user's input, stated in one sentence."""
+
+    exit_code = 2
+
+
+class ConfigError(PrunelabError, ValueError):
+    """An unknown name, an unknown parameter or a value out of range."""
+
+
+class DataMissingError(PrunelabError, FileNotFoundError):
+    """A data set is not where prunelab was told to look."""
+
+
+class CheckpointError(PrunelabError):
+    """A checkpoint or mask file is missing, truncated, tampered with or from another model."""

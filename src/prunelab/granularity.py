@@ -1,0 +1,196 @@
+"""Granularity: what is removed together.
+
+A granularity views a weight tensor as a matrix of *groups* with shape (B, G): B blocks of G groups, every
+group the same number of elements. Scores of a group are summed (the L1 norm of the group for magnitude
+scores). When ``per_block`` is False the selector picks any groups (B is 1); when it is True every block
+keeps the same number of groups (N:M keeps n of every m, window keeps the same count in every kernel).
+
+Contract of every granularity, for a tensor of shape ``shape``:
+  ``group_scores(scores)`` -> (B, G) float;  ``alive(mask)`` -> (B, G) bool (a group is alive when any of its
+  elements is); ``expand(groups, shape)`` -> bool tensor of ``shape``; ``group_size(shape)`` -> elements per group.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .errors import ConfigError
+from .registry import Registry
+
+
+class Granularity:
+    per_block = False
+    fixed_density: float | None = None  # set by patterns that fix the density (N:M)
+
+    def _view(self, t: Tensor) -> Tensor:
+        """(B, G, S) view of a tensor: blocks, groups, elements per group."""
+        raise NotImplementedError
+
+    def _unview(self, v: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """Inverse of ``_view`` for a (B, G, S) tensor."""
+        raise NotImplementedError
+
+    def check(self, name: str, shape: tuple[int, ...]) -> None:
+        """Raise ConfigError when this granularity cannot apply to a tensor of this shape."""
+
+    def group_size(self, shape: tuple[int, ...]) -> int:
+        import math
+        b, g = self.n_groups(shape)
+        return math.prod(shape) // (b * g)
+
+    def n_groups(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        import torch
+        v = self._view(torch.empty(shape, device="meta"))
+        return v.shape[0], v.shape[1]
+
+    def group_scores(self, scores: Tensor) -> Tensor:
+        v = self._view(scores)
+        return v[..., 0] if v.shape[2] == 1 else v.sum(dim=2)
+
+    def alive(self, mask: Tensor) -> Tensor:
+        v = self._view(mask)
+        return v[..., 0] if v.shape[2] == 1 else v.any(dim=2)
+
+    def expand(self, groups: Tensor, shape: tuple[int, ...]) -> Tensor:
+        b, g = groups.shape
+        s = self.group_size(tuple(shape))
+        return self._unview(groups.unsqueeze(2).expand(b, g, s), tuple(shape))
+
+
+GRANULARITIES: Registry[Granularity] = Registry("granularity", Granularity)
+
+
+@GRANULARITIES.register("element")
+@dataclass
+class Element(Granularity):
+    """Unstructured: every weight on its own."""
+
+    def _view(self, t):
+        return t.reshape(1, -1, 1)
+
+    def _unview(self, v, shape):
+        return v.reshape(shape)
+
+
+@GRANULARITIES.register("filter")
+@dataclass
+class Filter(Granularity):
+    """Output channels (conv filters, rows of a linear weight)."""
+
+    def _view(self, t):
+        return t.reshape(1, t.shape[0], -1)
+
+    def _unview(self, v, shape):
+        return v.reshape(shape)
+
+
+@GRANULARITIES.register("input_channel")
+@dataclass
+class InputChannel(Granularity):
+    """Input channels (dim 1: conv input channels, columns of a linear weight)."""
+
+    def _view(self, t):
+        return t.transpose(0, 1).reshape(1, t.shape[1], -1)
+
+    def _unview(self, v, shape):
+        return v.reshape(shape[1], shape[0], *shape[2:]).transpose(0, 1)
+
+
+@GRANULARITIES.register("kernel")
+@dataclass
+class Kernel(Granularity):
+    """Whole k x k kernels (one per (output, input) channel pair); a linear weight's kernels are its entries.
+
+    ``per_filter=True`` keeps the same number of kernels in every filter (Campfire's kernel sparsity).
+    """
+
+    per_filter: bool = False
+
+    def __post_init__(self):
+        self.per_block = self.per_filter
+
+    def _view(self, t):
+        out, inp = t.shape[0], t.shape[1]
+        if self.per_filter:
+            return t.reshape(out, inp, -1)
+        return t.reshape(1, out * inp, -1)
+
+    def _unview(self, v, shape):
+        return v.reshape(shape)
+
+
+@GRANULARITIES.register("window")
+@dataclass
+class Window(Granularity):
+    """Within-kernel: every k x k kernel keeps the same number of its own weights (Campfire's window)."""
+
+    per_block = True
+
+    def check(self, name, shape):
+        if len(shape) < 3:
+            raise ConfigError(f"window granularity needs a convolution weight; {name} has shape {list(shape)}")
+
+    def _view(self, t):
+        return t.reshape(t.shape[0] * t.shape[1], -1, 1)
+
+    def _unview(self, v, shape):
+        return v.reshape(shape)
+
+
+@GRANULARITIES.register("nm")
+@dataclass
+class NM(Granularity):
+    """N:M: in every run of ``m`` consecutive input channels (at each output and kernel position) ``n`` survive.
+
+    N:M fixes the density at n/m; a requested sparsity other than 1 - n/m is a ConfigError.
+    """
+
+    n: int = 2
+    m: int = 4
+    per_block = True
+
+    def __post_init__(self):
+        if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n <= self.m):
+            raise ConfigError(f"N:M needs integers 0 < n <= m, got n={self.n}, m={self.m}")
+        self.fixed_density = self.n / self.m
+
+    def check(self, name, shape):
+        if len(shape) < 2 or shape[1] % self.m:
+            raise ConfigError(f"N:M with m={self.m} needs input channels divisible by {self.m}; "
+                              f"{name} has shape {list(shape)}")
+
+    def _view(self, t):
+        # move the input-channel dim last so each block is m consecutive input channels
+        moved = t.movedim(1, -1)
+        return moved.reshape(-1, self.m, 1)
+
+    def _unview(self, v, shape):
+        moved_shape = (shape[0], *shape[2:], shape[1])
+        return v.reshape(moved_shape).movedim(-1, 1)
+
+
+@GRANULARITIES.register("block")
+@dataclass
+class Block(Granularity):
+    """Rectangular blocks of a 2-D view (rows = output channels, columns = the rest), ``rows x cols``."""
+
+    rows: int = 4
+    cols: int = 4
+
+    def check(self, name, shape):
+        import math
+        r, c = shape[0], math.prod(shape[1:])
+        if r % self.rows or c % self.cols:
+            raise ConfigError(f"block {self.rows}x{self.cols} does not tile {name} viewed as {r}x{c}")
+
+    def _view(self, t):
+        r, c = t.shape[0], t[0].numel()
+        v = t.reshape(r // self.rows, self.rows, c // self.cols, self.cols).permute(0, 2, 1, 3)
+        return v.reshape(1, -1, self.rows * self.cols)
+
+    def _unview(self, v, shape):
+        import math
+        r, c = shape[0], math.prod(shape[1:])
+        v = v.reshape(r // self.rows, c // self.cols, self.rows, self.cols).permute(0, 2, 1, 3)
+        return v.reshape(shape)

@@ -1,0 +1,165 @@
+"""Masks: which weights are alive.
+
+A :class:`Masks` is a mapping ``{parameter name: bool tensor}`` of the same shapes as the parameters
+(``True`` = alive). It is data, not a model rewrite: the model keeps its own parameter names.
+
+Vocabulary: ``sparsity`` is the fraction of zeros, ``density = 1 - sparsity``; the compression ratio is
+parameters / nonzero parameters over the masked (prunable) parameters unless said otherwise.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError
+from .io import atomic_write_bytes
+
+
+class Masks(Mapping[str, Tensor]):
+    """An ordered mapping of parameter names to boolean masks."""
+
+    def __init__(self, masks: Mapping[str, Tensor]) -> None:
+        self._m: dict[str, Tensor] = {}
+        for name, m in masks.items():
+            if not isinstance(m, Tensor):
+                raise TypeError(f"mask {name!r} must be a tensor")
+            self._m[name] = m.detach().to(torch.bool)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def dense(cls, params: Mapping[str, Tensor]) -> "Masks":
+        """All-alive masks for the given parameters."""
+        return cls({n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()})
+
+    @classmethod
+    def from_model(cls, model: nn.Module, names: list[str] | None = None) -> "Masks":
+        """Masks of the nonzero entries of a model's parameters (all weight tensors when ``names`` is None)."""
+        params = dict(model.named_parameters())
+        if names is None:
+            names = [n for n, p in params.items() if p.dim() > 1]
+        return cls({n: params[n].detach() != 0 for n in names})
+
+    # -- mapping --------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> Tensor:
+        return self._m[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._m)
+
+    def __len__(self) -> int:
+        return len(self._m)
+
+    def __repr__(self) -> str:
+        return f"Masks({len(self)} tensors, density={self.density():.4f})"
+
+    # -- statistics -----------------------------------------------------------------------------
+    def numel(self) -> int:
+        return sum(m.numel() for m in self._m.values())
+
+    def nonzero(self) -> int:
+        return int(sum(int(m.sum()) for m in self._m.values()))
+
+    def density(self) -> float:
+        """Fraction of alive entries over all masked parameters (1.0 for no masks)."""
+        n = self.numel()
+        return self.nonzero() / n if n else 1.0
+
+    def sparsity(self) -> float:
+        return 1.0 - self.density()
+
+    def compression_ratio(self) -> float:
+        """Masked parameters / alive masked parameters (inf when nothing is alive)."""
+        nz = self.nonzero()
+        return self.numel() / nz if nz else float("inf")
+
+    def layer_stats(self) -> list[dict]:
+        """One row per tensor: shape, counts, density and structured sparsities (see :func:`structure`)."""
+        rows = []
+        for name, m in self._m.items():
+            nz = int(m.sum())
+            row = {"name": name, "shape": list(m.shape), "numel": m.numel(), "nonzero": nz,
+                   "density": nz / m.numel(), "sparsity": 1 - nz / m.numel()}
+            row.update(structure(m))
+            rows.append(row)
+        return rows
+
+    # -- algebra --------------------------------------------------------------------------------
+    def _check_compatible(self, other: "Masks") -> None:
+        if list(self) != list(other) or any(self[n].shape != other[n].shape for n in self):
+            raise ValueError("masks cover different parameters or shapes")
+
+    def __and__(self, other: "Masks") -> "Masks":
+        self._check_compatible(other)
+        return Masks({n: self[n] & other[n] for n in self})
+
+    def __or__(self, other: "Masks") -> "Masks":
+        self._check_compatible(other)
+        return Masks({n: self[n] | other[n] for n in self})
+
+    def equal(self, other: "Masks") -> bool:
+        return list(self) == list(other) and all(torch.equal(self[n], other[n]) for n in self)
+
+    def clone(self) -> "Masks":
+        return Masks({n: m.clone() for n, m in self._m.items()})
+
+    # -- application ----------------------------------------------------------------------------
+    def apply(self, model: nn.Module) -> None:
+        """Zero the pruned entries of the model's parameters in place."""
+        params = dict(model.named_parameters())
+        missing = [n for n in self if n not in params]
+        if missing:
+            raise CheckpointError(f"the model has no parameter(s) {', '.join(missing)} named by the masks")
+        with torch.no_grad():
+            for n, m in self._m.items():
+                if params[n].shape != m.shape:
+                    raise CheckpointError(f"mask {n!r} has shape {tuple(m.shape)} but the parameter has "
+                                          f"{tuple(params[n].shape)}")
+                params[n].masked_fill_(~m.to(params[n].device), 0)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the masks to a safetensors file atomically (uint8 tensors; order kept in metadata)."""
+        from safetensors.torch import save
+
+        tensors = {n: m.to(torch.uint8).contiguous().cpu() for n, m in self._m.items()}
+        meta = {"format": "prunelab.masks/1", "order": json.dumps(list(self._m))}
+        atomic_write_bytes(path, save(tensors, metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Masks":
+        """Read masks written by :meth:`save`; a missing or corrupt file raises CheckpointError."""
+        from .io import read_safetensors
+
+        tensors, meta = read_safetensors(path)
+        if meta.get("format") != "prunelab.masks/1":
+            raise CheckpointError(f"{path} is not a prunelab mask file")
+        try:
+            order = json.loads(meta["order"])
+        except (KeyError, ValueError):
+            raise CheckpointError(f"{path} has no readable tensor order") from None
+        if sorted(order) != sorted(tensors):
+            raise CheckpointError(f"{path} lists tensors it does not hold")
+        return cls({n: tensors[n].to(torch.bool) for n in order})
+
+
+def structure(mask: Tensor) -> dict[str, float | None]:
+    """Structured sparsities of one mask of shape (out, in, *kernel).
+
+    ``filter_sparsity``: fraction of output channels (rows) that are all zero;
+    ``input_channel_sparsity``: fraction of input channels (columns) all zero;
+    ``kernel_sparsity``: fraction of k x k kernels all zero (None for tensors without a kernel).
+    Vectors (1-D) report only element sparsity.
+    """
+    out: dict[str, float | None] = {"filter_sparsity": None, "input_channel_sparsity": None,
+                                    "kernel_sparsity": None}
+    if mask.dim() < 2:
+        return out
+    out["filter_sparsity"] = 1 - mask.flatten(1).any(1).float().mean().item()
+    out["input_channel_sparsity"] = 1 - mask.transpose(0, 1).flatten(1).any(1).float().mean().item()
+    if mask.dim() > 2:
+        out["kernel_sparsity"] = 1 - mask.flatten(2).any(2).float().mean().item()
+    return out

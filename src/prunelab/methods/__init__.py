@@ -1,0 +1,11 @@
+"""Methods: named compositions of criterion, granularity, allocation and selector, with lifecycle hooks.
+
+Each method is a dataclass whose fields are part specs, so any part can be overridden by name:
+``{"name": "magnitude", "granularity": "filter", "allocation": "global"}``.
+"""
+from __future__ import annotations
+
+from .base import METHODS, Method, build_method
+from . import basic  # noqa: F401  (registers magnitude, random)
+
+__all__ = ["METHODS", "Method", "build_method"]

@@ -1,0 +1,59 @@
+"""The Method base class and its registry."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..allocation import ALLOCATIONS, Allocation
+from ..criteria import CRITERIA, Criterion
+from ..granularity import GRANULARITIES, Granularity
+from ..registry import Registry
+from ..selection import SELECTORS, Selector
+
+if TYPE_CHECKING:
+    from ..masks import Masks
+    from ..pruner import Pruner
+
+
+@dataclass
+class Method:
+    """criterion -> granularity -> allocation -> selector, plus hooks a method may override.
+
+    Hooks: ``before_prune(pruner)`` runs before scores are computed; ``after_prune(pruner, old, new)`` after
+    the new masks are installed (e.g. to log or to reset revived weights).
+    """
+
+    criterion: Any = "magnitude"
+    granularity: Any = "element"
+    allocation: Any = "uniform"
+    selector: Any = "topk"
+
+    def __post_init__(self) -> None:
+        self.criterion_: Criterion = CRITERIA.build(self.criterion)
+        self.granularity_: Granularity = GRANULARITIES.build(self.granularity)
+        self.allocation_: Allocation = ALLOCATIONS.build(self.allocation)
+        self.selector_: Selector = SELECTORS.build(self.selector)
+
+    @property
+    def name(self) -> str:
+        return getattr(type(self), "registered_name", type(self).__name__)
+
+    def before_prune(self, pruner: "Pruner") -> None:
+        pass
+
+    def after_prune(self, pruner: "Pruner", old: "Masks", new: "Masks") -> None:
+        pass
+
+    def describe(self) -> str:
+        def n(spec: Any) -> str:
+            return spec if isinstance(spec, str) else (spec.get("name") if isinstance(spec, dict) else type(spec).__name__)
+        return (f"{self.name} (criterion={n(self.criterion)}, granularity={n(self.granularity)}, "
+                f"allocation={n(self.allocation)}, selector={n(self.selector)})")
+
+
+METHODS: Registry[Method] = Registry("method", Method)
+
+
+def build_method(spec: Any) -> Method:
+    """A Method from a name, a mapping with ``name`` and part overrides, or an instance."""
+    return METHODS.build(spec)

@@ -1,0 +1,24 @@
+"""Magnitude and random pruning.
+
+``magnitude``: keep the largest |w| (Han et al., "Learning both Weights and Connections for Efficient Neural
+Networks", NeurIPS 2015, when driven by an iterative schedule with retraining).
+``random``: keep a uniformly random subset of the same size, the control every result should be set against.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .base import METHODS, Method
+
+
+@METHODS.register("magnitude")
+@dataclass
+class MagnitudeMethod(Method):
+    criterion: Any = "magnitude"
+
+
+@METHODS.register("random")
+@dataclass
+class RandomMethod(Method):
+    criterion: Any = "random"

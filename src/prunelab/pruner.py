@@ -1,0 +1,180 @@
+"""Pruner: the seam between the engine and any training loop.
+
+    pruner = prunelab.Pruner(model, method="magnitude", schedule="iterative", sparsity=0.9)
+    ...
+    loss.backward(); optimizer.step(); pruner.step(optimizer)
+
+``step(optimizer)`` counts optimizer steps, prunes when the schedule says so, and enforces the masks: pruned
+weights are set to exactly zero and so is their optimizer state (SGD momentum, Adam/AdamW moments), so
+weight decay and momentum cannot bring them back. The model is never rewritten: parameter names and
+``state_dict`` keys stay the user's own. ``after_backward()`` (optional) zeroes pruned gradients, which also
+feeds gradient-based criteria.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .allocation import LayerGroups
+from .criteria import Context
+from .errors import ConfigError
+from .masks import Masks
+from .methods import Method, build_method
+from .registry import check_fraction
+from .schedules import SCHEDULES, Schedule
+from .targets import Targets, build_targets
+
+
+class Pruner:
+    """Prunes ``model`` with a method under a schedule, and keeps the masks enforced.
+
+    Args:
+        model: any ``nn.Module``.
+        method: a method name (``"magnitude"``, ``"random"``, ...), a mapping with ``name`` and part
+            overrides, or a Method instance.
+        schedule: ``"oneshot"``, ``"iterative"``, ``"cubic"``, a mapping with its parameters, or an instance.
+            Steps are counted in calls to :meth:`step`; step 0 events run at construction.
+        sparsity: the final sparsity over the prunable weights, in [0, 1). Required unless the schedule
+            instance carries it or the granularity fixes it (N:M).
+        targets: which parameters are prunable (see :class:`~prunelab.targets.Targets`).
+        seed: seed of every stochastic decision (random scores, stochastic selectors).
+    """
+
+    def __init__(self, model: nn.Module, method: Any = "magnitude", schedule: Any = "oneshot",
+                 sparsity: float | None = None, targets: Targets | dict | None = None, seed: int = 0) -> None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"Pruner needs an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.method: Method = build_method(method)
+        gran = self.method.granularity_
+        if sparsity is None and gran.fixed_density is not None:
+            sparsity = 1 - gran.fixed_density
+        if sparsity is not None:
+            sparsity = check_fraction("sparsity", sparsity)
+            if gran.fixed_density is not None and abs(1 - gran.fixed_density - sparsity) > 1e-9:
+                raise ConfigError(f"this N:M pattern fixes sparsity at {1 - gran.fixed_density:g}; "
+                                  f"got sparsity={sparsity:g}")
+        if isinstance(schedule, Schedule):
+            self.schedule = schedule
+        else:
+            if sparsity is None and not (isinstance(schedule, dict) and "sparsity" in schedule):
+                raise ConfigError("give the target sparsity: Pruner(model, ..., sparsity=0.9)")
+            self.schedule = SCHEDULES.build(schedule, **({"sparsity": sparsity} if sparsity is not None else {}))
+        self.seed = int(seed)
+        self.params: dict[str, nn.Parameter] = build_targets(targets).resolve(model)
+        for name, p in self.params.items():
+            gran.check(name, tuple(p.shape))
+        self.masks = Masks.dense(self.params)
+        self.step_count = 0
+        self.events = 0
+        self.history: list[dict] = []
+        self._pruned: list[tuple[nn.Parameter, Tensor]] = []
+        self._maybe_prune(None)
+
+    # -- the training-loop API ------------------------------------------------------------------
+    def after_backward(self) -> None:
+        """Zero the gradients of pruned weights; feed gradient-based criteria. Call after ``backward()``."""
+        for p, pruned in self._pruned:
+            if p.grad is not None:
+                p.grad.masked_fill_(pruned, 0)
+        crit = self.method.criterion_
+        if crit.needs_gradients and not self.schedule.frozen(self.step_count):
+            crit.observe(self.params)
+
+    def step(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Call after each ``optimizer.step()``: enforce masks, count the step, prune when scheduled.
+
+        Returns True when this call pruned.
+        """
+        self.enforce(optimizer)
+        self.step_count += 1
+        return self._maybe_prune(optimizer)
+
+    def prune(self, sparsity: float, optimizer: torch.optim.Optimizer | None = None) -> Masks:
+        """Prune now to ``sparsity`` over the prunable weights (outside the schedule); returns the masks."""
+        sparsity = check_fraction("sparsity", sparsity)
+        m = self.method
+        m.before_prune(self)
+        ctx = Context(seed=self.seed, event=self.events)
+        scores = m.criterion_.scores(self.params, ctx)
+        gran, alloc = m.granularity_, m.allocation_
+        layers, views = [], {}
+        for name, p in self.params.items():
+            with torch.no_grad():
+                gs = gran.group_scores(scores.pop(name).float())
+                alive = gran.alive(self.masks[name])
+                gs.masked_fill_(~alive, float("-inf"))  # scores are ours: fill in place, no copy
+            views[name] = (gs, alive)
+            b, g = gs.shape
+            layers.append(LayerGroups(name, tuple(p.shape), b, g, gran.group_size(tuple(p.shape)),
+                                      gran.per_block, gs if alloc.needs_scores else None))
+        keep = alloc.keep_counts(layers, sparsity, self.schedule.sparsity)
+        new = {}
+        for layer in layers:
+            gs, alive = views.pop(layer.name)
+            sel = m.selector_.select(gs, alive, keep[layer.name], gran.per_block, ctx, layer.name)
+            mask = gran.expand(sel, layer.shape)
+            new[layer.name] = mask if m.selector_.revives else mask & self.masks[layer.name]
+        old, self.masks = self.masks, Masks(new)
+        self._refresh()
+        self.enforce(optimizer)
+        m.criterion_.reset()
+        self.events += 1
+        self.history.append({"step": self.step_count, "target_sparsity": sparsity,
+                             "sparsity": self.masks.sparsity()})
+        m.after_prune(self, old, self.masks)
+        return self.masks
+
+    def enforce(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Set pruned weights, and their optimizer state, to exactly zero."""
+        if not self._pruned:
+            return
+        with torch.no_grad():
+            for p, pruned in self._pruned:
+                p.masked_fill_(pruned, 0)
+                if optimizer is not None:
+                    for v in optimizer.state.get(p, {}).values():
+                        if isinstance(v, Tensor) and v.shape == p.shape:
+                            v.masked_fill_(pruned, 0)
+
+    def set_masks(self, masks: Masks, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Install masks (e.g. from a checkpoint); names and shapes must match the prunable parameters."""
+        if list(masks) != list(self.params):
+            raise ConfigError("the masks name other parameters than this pruner's targets")
+        for n, p in self.params.items():
+            if masks[n].shape != p.shape:
+                raise ConfigError(f"mask {n!r} has shape {tuple(masks[n].shape)}, parameter {tuple(p.shape)}")
+        self.masks = Masks({n: masks[n].to(p.device) for n, p in self.params.items()})
+        self._refresh()
+        self.enforce(optimizer)
+
+    # -- reporting and state --------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Method, step, overall sparsity/density/compression over prunable weights, and per-layer rows."""
+        return {"method": self.method.describe(), "step": self.step_count, "events": self.events,
+                "prunable_params": self.masks.numel(), "nonzero_prunable": self.masks.nonzero(),
+                "sparsity": self.masks.sparsity(), "density": self.masks.density(),
+                "compression_prunable": self.masks.compression_ratio(), "layers": self.masks.layer_stats()}
+
+    def state(self) -> dict:
+        """Counters to store beside the masks in a checkpoint (JSON-serialisable)."""
+        return {"step_count": self.step_count, "events": self.events, "history": self.history}
+
+    def load_state(self, state: dict, masks: Masks, optimizer: torch.optim.Optimizer | None = None) -> None:
+        self.step_count = int(state["step_count"])
+        self.events = int(state["events"])
+        self.history = list(state.get("history", []))
+        self.set_masks(masks, optimizer)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        self._pruned = [(self.params[n], ~m) for n, m in self.masks.items() if not bool(m.all())]
+
+    def _maybe_prune(self, optimizer) -> bool:
+        target = self.schedule.target(self.step_count)
+        if target is None:
+            return False
+        self.prune(target, optimizer)
+        return True

@@ -1,0 +1,85 @@
+"""Exact top-k over one or many large score tensors without concatenating or sorting them.
+
+``torch.topk`` and ``torch.kthvalue`` on a 100M-element tensor cost seconds and extra copies, and a global
+threshold over a whole model would need one concatenated copy of every score. Here the k-th largest value
+is found by bracketing it with quantiles of a small random sample, counting above the bracket, and solving
+exactly inside the bracket, whose candidates are few. No maintained library offers this for a list of
+tensors, so it is written here. Ties at the threshold are broken by position (tensor order, then flat index),
+which makes the result deterministic.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+SMALL = 1 << 21  # below this many elements, torch.kthvalue on a concatenation is fast enough
+SAMPLE = 1 << 16
+
+
+def kth_largest(chunks: Sequence[Tensor], k: int) -> float:
+    """The value v with count(x > v) < k <= count(x >= v) over all chunks (1-D float tensors); 1 <= k <= n."""
+    n = sum(c.numel() for c in chunks)
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} outside [1, {n}]")
+    if n <= SMALL:
+        flat = torch.cat([c.reshape(-1) for c in chunks]) if len(chunks) > 1 else chunks[0].reshape(-1)
+        return flat.kthvalue(n - k + 1).values.item()
+    gen = torch.Generator().manual_seed(0)
+    sizes = torch.tensor([c.numel() for c in chunks], dtype=torch.float64)
+    owner = torch.multinomial(sizes / n, SAMPLE, replacement=True, generator=gen)
+    sample = torch.cat([
+        chunks[i].reshape(-1)[torch.randint(chunks[i].numel(), (int((owner == i).sum()),), generator=gen)]
+        for i in range(len(chunks))]).sort().values
+    q = 1.0 - k / n  # quantile of the answer
+    eps = 4.0 / math.sqrt(SAMPLE)
+    while eps < 1.0:
+        lo = sample[max(0, math.floor((q - eps) * SAMPLE))].item()
+        hi = sample[min(SAMPLE - 1, math.ceil((q + eps) * SAMPLE))].item()
+        above = sum(int((c > hi).sum()) for c in chunks)
+        need = k - above  # how many of the answer's set lie in [lo, hi]
+        if need >= 1:
+            cand = torch.cat([c.reshape(-1)[(c.reshape(-1) >= lo) & (c.reshape(-1) <= hi)] for c in chunks])
+            if need <= cand.numel() and cand.numel() <= max(SMALL, n // 8):
+                return cand.kthvalue(cand.numel() - need + 1).values.item()
+        eps *= 4
+    flat = torch.cat([c.reshape(-1) for c in chunks])
+    return flat.kthvalue(n - k + 1).values.item()
+
+
+def topk_counts(chunks: Sequence[Tensor], k: int) -> list[int]:
+    """How many of the k largest entries (ties by position) fall in each chunk."""
+    if k <= 0:
+        return [0] * len(chunks)
+    n = sum(c.numel() for c in chunks)
+    if k >= n:
+        return [c.numel() for c in chunks]
+    v = kth_largest(chunks, k)
+    counts = [int((c > v).sum()) for c in chunks]
+    rest = k - sum(counts)
+    for i, c in enumerate(chunks):  # hand out ties in tensor order
+        if rest <= 0:
+            break
+        take = min(rest, int((c == v).sum()))
+        counts[i] += take
+        rest -= take
+    return counts
+
+
+def topk_mask(scores: Tensor, k: int) -> Tensor:
+    """Boolean mask of the k largest entries of ``scores`` (any shape); ties go to the lowest flat index."""
+    flat = scores.reshape(-1)
+    n = flat.numel()
+    if k >= n:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    v = kth_largest([flat], k)
+    mask = flat > v
+    rest = k - int(mask.sum())
+    if rest > 0:
+        ties = (flat == v).nonzero().squeeze(1)[:rest]
+        mask[ties] = True
+    return mask.reshape(scores.shape)
