@@ -1,0 +1,119 @@
+"""The built-in training loop: epochs of SGD/Adam with evaluation, hooks, a progress bar and JSONL metrics.
+
+Hooks are objects with any of ``on_epoch_begin(trainer, epoch)``, ``on_batch_end(trainer, step, loss)``,
+``on_epoch_end(trainer, epoch, metrics)``; a :class:`~prunelab.Pruner` passed as ``pruner`` is stepped after
+every optimizer step, so the same engine runs in this loop and in a user's own.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .optim import OptimConfig, lr_at, set_lr
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Mean cross-entropy loss and top-1 accuracy (in [0, 1]) of ``model`` over ``loader``."""
+    was_training = model.training
+    model.eval()
+    total, correct, loss = 0, 0, 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        loss += F.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+        total += len(y)
+    model.train(was_training)
+    return {"loss": loss / max(total, 1), "acc": correct / max(total, 1)}
+
+
+class Trainer:
+    """Trains ``model`` for ``cfg.epochs`` epochs; see the module docstring for hooks."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: OptimConfig, train_loader: Any,
+                 test_loader: Any = None, pruner: Any = None, hooks: list | None = None,
+                 metrics_path: str | Path | None = None, progress: bool = True, device: str = "cpu",
+                 stage: str = "train", loss_fn: Any = None) -> None:
+        self.model, self.optimizer, self.cfg = model, optimizer, cfg
+        self.train_loader, self.test_loader = train_loader, test_loader
+        self.pruner, self.hooks = pruner, list(hooks or [])
+        self.metrics_path = Path(metrics_path) if metrics_path else None
+        self.progress, self.device, self.stage = progress, device, stage
+        self.loss_fn = loss_fn or F.cross_entropy
+        self.global_step = 0
+        self.history: list[dict] = []
+
+    def _call(self, event: str, *args: Any) -> None:
+        for h in self.hooks:
+            fn = getattr(h, event, None)
+            if fn is not None:
+                fn(self, *args)
+
+    def fit(self, start_epoch: int = 0) -> list[dict]:
+        """Run epochs ``start_epoch .. cfg.epochs - 1``; returns one metrics dict per epoch."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
+        with Progress(*columns, disable=not self.progress, transient=True) as bar:
+            for epoch in range(start_epoch, self.cfg.epochs):
+                task = bar.add_task(f"{self.stage} epoch {epoch + 1}/{self.cfg.epochs}",
+                                    total=len(self.train_loader), info="")
+                self.history.append(self._epoch(epoch, lambda info: bar.update(task, advance=1, info=info)))
+                bar.remove_task(task)
+        return self.history
+
+    def _epoch(self, epoch: int, tick) -> dict:
+        t0 = time.perf_counter()
+        lr = lr_at(self.cfg, epoch)
+        set_lr(self.optimizer, lr)
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
+        elif hasattr(getattr(self.train_loader, "sampler", None), "set_epoch"):
+            self.train_loader.sampler.set_epoch(epoch)
+        self._call("on_epoch_begin", epoch)
+        self.model.train()
+        seen, correct, loss_sum = 0, 0, 0.0
+        for x, y in self.train_loader:
+            x, y = x.to(self.device), y.to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self.model(x)
+            loss = self.loss_fn(out, y)
+            loss.backward()
+            if self.pruner is not None:
+                self.pruner.after_backward()
+            self._call("after_backward")
+            self.optimizer.step()
+            if self.pruner is not None:
+                self.pruner.step(self.optimizer)
+            self.global_step += 1
+            n = len(y)
+            seen += n
+            loss_sum += loss.item() * n
+            correct += (out.argmax(1) == y).sum().item()
+            self._call("on_batch_end", self.global_step, loss.item())
+            info = f"loss {loss_sum / seen:.4f} acc {correct / seen:.4f}"
+            if self.pruner is not None:
+                info += f" sparsity {self.pruner.masks.sparsity():.3f}"
+            tick(info)
+        metrics = {"stage": self.stage, "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
+                   "train_acc": correct / max(seen, 1)}
+        if self.test_loader is not None:
+            ev = evaluate(self.model, self.test_loader, self.device)
+            metrics.update(test_loss=ev["loss"], test_acc=ev["acc"])
+        if self.pruner is not None:
+            metrics["sparsity"] = self.pruner.masks.sparsity()
+        metrics["seconds"] = time.perf_counter() - t0
+        if self.metrics_path is not None:
+            self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(metrics) + "\n")
+        self._call("on_epoch_end", epoch, metrics)
+        return metrics
