@@ -132,3 +132,17 @@ def geometric_rounds(sparsity: float, rounds: int) -> list[float]:
 
 
 __all__ = ["SCHEDULES", "Schedule", "OneShot", "Iterative", "Cubic", "geometric_rounds"]
+
+
+@SCHEDULES.register("manual")
+@dataclass
+class Manual(Schedule):
+    """No events: the caller decides when to prune with ``pruner.prune(sparsity)`` (the runner's rounds)."""
+
+    sparsity: float = 0.9
+
+    def __post_init__(self):
+        check_fraction("sparsity", self.sparsity)
+
+    def events(self):
+        return []

@@ -1,0 +1,144 @@
+"""The ``prunelab`` command line: run recipes, list them, show a run's summary.
+
+Every user mistake ends with one sentence on stderr and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import PrunelabError
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .experiment import Runner, load_recipe, run_dir_for
+
+    recipe_arg, overrides = args.recipe, list(args.overrides)
+    if recipe_arg is not None and "=" in recipe_arg:  # `prunelab run train.epochs=2` runs the quickstart
+        overrides.insert(0, recipe_arg)
+        recipe_arg = None
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    recipe = load_recipe(recipe_arg, overrides)
+    runs_root = args.runs_dir or os.environ.get("PRUNELAB_RUNS") or "runs"
+    run_dir = run_dir_for(recipe, runs_root)
+    con = _console()
+    con.print(f"[bold]{recipe.name}[/]: {recipe.description or ''}\nrun folder: {run_dir}")
+    summary = Runner(recipe, run_dir, progress=not args.no_progress and sys.stderr.isatty(),
+                     log=lambda s: con.print(s), stop_after=args.stop_after).run()
+    if summary:
+        print_summary(summary, con, layers=False)
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .experiment import builtin_recipes
+
+    for name, path in sorted(builtin_recipes().items()):
+        desc = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description", "")
+        print(f"{name:34s} {desc}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .experiment import load_summary
+
+    print_summary(load_summary(args.run_dir), _console(), layers=True)
+    return 0
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def print_summary(s: dict, con, layers: bool = True) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{s['recipe']} (seed {s['seed']})", show_header=False)
+    rows = [("dense accuracy", _fmt(s["dense_acc"])), ("pruned accuracy", _fmt(s.get("pruned_acc")))]
+    if "sparsity_prunable" in s:
+        rows += [("sparsity over prunable weights", f"{s['sparsity_prunable']:.4f}"),
+                 ("compression over prunable weights",
+                  f"{s['compression_prunable']:.2f}x ({s['prunable_params']:,} -> {s['nonzero_prunable']:,})")]
+    rows += [("compression over all parameters",
+              f"{s['compression_model']:.2f}x ({s['params_total']:,} -> {s['params_nonzero']:,})"),
+             ("FLOPs (multiply-accumulates)",
+              f"{s['flops_dense']:,} -> {s['flops_nonzero']:,} ({s['flops_dense'] / max(s['flops_nonzero'], 1):.2f}x fewer)"),
+             ("wall time", f"{s['wall_seconds']:.1f} s")]
+    for k, v in rows:
+        t.add_row(k, v)
+    con.print(t)
+    if layers and s.get("layers"):
+        lt = Table(title="per-layer sparsity")
+        for col in ("layer", "shape", "nonzero", "sparsity", "filter", "input ch.", "kernel"):
+            lt.add_column(col, justify="right" if col != "layer" else "left")
+        for row in s["layers"]:
+            lt.add_row(row["name"], "x".join(map(str, row["shape"])), f"{row['nonzero']:,}/{row['numel']:,}",
+                       _fmt(row["sparsity"]), _fmt(row["filter_sparsity"]), _fmt(row["input_channel_sparsity"]),
+                       _fmt(row["kernel_sparsity"]))
+        con.print(lt)
+    if layers and s.get("stages"):
+        st = Table(title="stages")
+        for col in ("stage", "sparsity", "acc. before retrain", "test acc.", "seconds"):
+            st.add_column(col)
+        for row in s["stages"]:
+            st.add_row(row["stage"], _fmt(row["sparsity"]), _fmt(row["acc_before_retrain"]), _fmt(row["test_acc"]),
+                       f"{row['seconds']:.1f}")
+        con.print(st)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other user error
+        sys.stderr.write(f"prunelab: error: {message}\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="prunelab", description="Neural-network pruning: run recipes, inspect runs.")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+    r = sub.add_parser("run", help="run (or resume) a recipe; with no recipe, the quickstart")
+    r.add_argument("recipe", nargs="?", help="a built-in recipe name or a YAML file")
+    r.add_argument("overrides", nargs="*", help="dotted overrides such as train.epochs=3")
+    r.add_argument("--runs-dir", help="where run folders go (default $PRUNELAB_RUNS or ./runs)")
+    r.add_argument("--data-root", help="data root (default $PRUNELAB_DATA or ./data)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--stop-after", metavar="STAGE", help="stop after this stage (resume later by rerunning)")
+    r.set_defaults(fn=cmd_run)
+    sub.add_parser("recipes", help="list the built-in recipes").set_defaults(fn=cmd_recipes)
+    s = sub.add_parser("show", help="print a run's summary as tables")
+    s.add_argument("run_dir")
+    s.set_defaults(fn=cmd_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not getattr(args, "fn", None):
+        build_parser().print_help()
+        return 2
+    try:
+        return args.fn(args)
+    except PrunelabError as exc:
+        sys.stderr.write(f"prunelab: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("prunelab: interrupted; rerun the same command to resume from the last finished stage\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Checkpoints: weights (safetensors), masks, optimizer state and RNG states, written atomically.
+
+Layout of a checkpoint folder: ``model.safetensors`` (the model's own state_dict keys), ``masks.safetensors``,
+``optimizer.safetensors`` + tensors' companions in ``state.json`` (optimizer hyper-parameters, pruner
+counters, Python and NumPy RNG states, anything the stage adds). ``state.json`` is written last: a folder
+without it is incomplete and is ignored. Nothing is ever unpickled on load.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save as st_save
+from torch import nn
+
+from ..errors import CheckpointError
+from ..io import atomic_write_bytes, atomic_write_json, read_json, read_safetensors
+from ..masks import Masks
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    np_state = np.random.get_state()
+    py = random.getstate()
+    return ({"torch": torch.get_rng_state()},
+            {"python": [py[0], list(py[1]), py[2]],
+             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]})
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+
+
+def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = None,
+                    optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> None:
+    """Write a checkpoint; ``extra`` (JSON-serialisable) lands in state.json."""
+    folder = Path(folder)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(folder / "model.safetensors", st_save(sd, metadata={"format": "prunelab.model/1"}))
+    if masks is not None:
+        masks.save(folder / "masks.safetensors")
+    opt_meta = None
+    if optimizer is not None:
+        osd = optimizer.state_dict()
+        tensors, scalars = {}, {}
+        for idx, st in osd["state"].items():
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    tensors[f"{idx}/{k}"] = v.detach().contiguous().cpu()
+                else:
+                    scalars.setdefault(str(idx), {})[k] = v
+        atomic_write_bytes(folder / "optimizer.safetensors", st_save(tensors))
+        opt_meta = {"param_groups": osd["param_groups"], "scalars": scalars}
+    rng_t, rng_meta = rng_state()
+    atomic_write_bytes(folder / "rng.safetensors", st_save(rng_t))
+    atomic_write_json(folder / "state.json", {"optimizer": opt_meta, "rng": rng_meta, **(extra or {})})
+
+
+def is_complete(folder: str | Path) -> bool:
+    return (Path(folder) / "state.json").is_file()
+
+
+def load_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    restore_rng: bool = True) -> tuple[Masks | None, dict]:
+    """Load weights (and optimizer state, RNG states) into the given objects; returns (masks, state.json)."""
+    folder = Path(folder)
+    state = read_json(folder / "state.json")
+    tensors, _ = read_safetensors(folder / "model.safetensors")
+    own = model.state_dict()
+    if set(tensors) != set(own):
+        diff = sorted(set(tensors) ^ set(own))[:3]
+        raise CheckpointError(f"{folder} holds weights of another model (keys differ: {', '.join(diff)})")
+    for k, v in tensors.items():
+        if v.shape != own[k].shape:
+            raise CheckpointError(f"{folder}: {k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
+    model.load_state_dict(tensors)
+    masks = Masks.load(folder / "masks.safetensors") if (folder / "masks.safetensors").is_file() else None
+    if optimizer is not None and state.get("optimizer"):
+        opt_t, _ = read_safetensors(folder / "optimizer.safetensors")
+        meta = state["optimizer"]
+        st: dict[int, dict] = {}
+        for key, v in opt_t.items():
+            idx, name = key.split("/", 1)
+            st.setdefault(int(idx), {})[name] = v
+        for idx, sc in meta["scalars"].items():
+            st.setdefault(int(idx), {}).update(sc)
+        try:
+            optimizer.load_state_dict({"state": st, "param_groups": meta["param_groups"]})
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{folder}: optimizer state does not fit ({exc})") from None
+    if restore_rng:
+        rng_t, _ = read_safetensors(folder / "rng.safetensors")
+        set_rng_state(rng_t, state["rng"])
+    return masks, state

@@ -1,0 +1,203 @@
+"""The experiment runner: a recipe becomes a run folder of stages that resume where they stopped.
+
+Stages: ``dense`` (train the dense model; its initial weights are kept for rewinding), then either pruning
+rounds ``round_01 .. round_R`` (prune to the round's sparsity, retrain) or one ``gradual`` stage (prune on a
+cubic schedule while training), then ``summary.json``. Every stage starts from the previous stage's
+checkpoint, in an uninterrupted run as in a resumed one, so both end bit-identical on CPU. A stage whose
+checkpoint is complete is skipped.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from ..analysis import count_flops, count_params
+from ..data import load_data
+from ..io import atomic_write_json, atomic_write_text, read_json
+from ..models import build_model
+from ..pruner import Pruner
+from ..schedules import Cubic, geometric_rounds
+from ..training import Trainer, build_optimizer, evaluate
+from .checkpoint import is_complete, load_checkpoint, save_checkpoint
+from .schema import Recipe
+
+
+def run_dir_for(recipe: Recipe, runs_root: str | Path) -> Path:
+    """``RUNS_ROOT/NAME-HASH``: the same resolved recipe always maps to the same folder."""
+    return Path(runs_root) / f"{recipe.name}-{recipe.fingerprint()}"
+
+
+class Runner:
+    """Runs (or resumes) one recipe in ``run_dir``; ``log`` receives one line per event."""
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path, progress: bool = True,
+                 log: Callable[[str], None] = print, stop_after: str | None = None) -> None:
+        self.recipe, self.dir = recipe, Path(run_dir)
+        self.progress, self.log, self.stop_after = progress, log, stop_after
+        self.data = None
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _data(self):
+        if self.data is None:
+            r = self.recipe
+            d = r.data
+            self.data = load_data(d.name, d.root, d.batch_size, d.test_batch_size, r.seed, d.download, d.augment,
+                                  train_subset=d.train_subset)
+        return self.data
+
+    def _model(self):
+        torch.manual_seed(self.recipe.seed)
+        data = self._data()
+        return build_model(self.recipe.model.name, data.input_shape, data.num_classes,
+                           **self.recipe.model.kwargs).to(self.recipe.device)
+
+    def _pruner(self, model, schedule: Any = "manual"):
+        p = self.recipe.prune
+        return Pruner(model, method=p.method, schedule=schedule, sparsity=p.sparsity, targets=p.targets,
+                      seed=self.recipe.seed)
+
+    def stage_names(self) -> list[str]:
+        p = self.recipe.prune
+        if p is None:
+            return ["dense"]
+        if p.schedule.name == "cubic":
+            return ["dense", "gradual"]
+        rounds = 1 if p.schedule.name == "oneshot" else p.schedule.rounds
+        return ["dense"] + [f"round_{i:02d}" for i in range(1, rounds + 1)]
+
+    def _stage_dir(self, name: str) -> Path:
+        return self.dir / "stages" / name
+
+    # -- the run --------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Run every stage not yet complete, then write and return summary.json's content."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        recipe_file = self.dir / "recipe.yaml"
+        if not recipe_file.exists():
+            atomic_write_text(recipe_file, yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False))
+        names = self.stage_names()
+        for i, name in enumerate(names):
+            folder = self._stage_dir(name)
+            if is_complete(folder):
+                self.log(f"stage {name}: done, skipped")
+            else:
+                t0 = time.perf_counter()
+                self._run_stage(name, names[i - 1] if i else None, folder)
+                self.log(f"stage {name}: finished in {time.perf_counter() - t0:.1f}s")
+            if self.stop_after == name:
+                return {}
+        return self._summarize(names)
+
+    def _run_stage(self, name: str, prev: str | None, folder: Path) -> None:
+        r = self.recipe
+        metrics_path = folder / "metrics.jsonl"
+        if metrics_path.exists():
+            metrics_path.unlink()  # a killed attempt's partial metrics
+        model = self._model()
+        data = self._data()
+        t0 = time.perf_counter()
+        if prev is None:  # dense
+            save_checkpoint(self.dir / "init", model, extra={"note": "initial weights, for rewinding"})
+            cfg = r.train
+            opt = build_optimizer(model, cfg)
+            Trainer(model, opt, cfg, data.train, data.test, metrics_path=metrics_path, progress=self.progress,
+                    device=r.device, stage=name).fit()
+            save_checkpoint(folder, model, None, opt, extra=self._stage_extra(model, None, t0))
+            return
+        masks, state = load_checkpoint(self._stage_dir(prev), model)
+        cfg = r.retrain_config()
+        sched = r.prune.schedule
+        if name == "gradual":
+            spe = len(data.train)
+            cubic = Cubic(sparsity=r.prune.sparsity, start=int(sched.start_epoch * spe),
+                          end=max(int(sched.end_epoch * spe), int(sched.start_epoch * spe) + 1),
+                          frequency=sched.frequency_steps, initial=sched.initial_sparsity)
+            pruner = self._pruner(model, cubic)
+        else:
+            pruner = self._pruner(model)
+            if masks is not None:
+                pruner.load_state(state.get("pruner", {"step_count": 0, "events": 0}), masks)
+            rounds = 1 if sched.name == "oneshot" else sched.rounds
+            target = geometric_rounds(r.prune.sparsity, rounds)[int(name.split("_")[1]) - 1]
+            self._calibrate(pruner, model, data)
+            pruner.prune(target)
+        opt = build_optimizer(model, cfg)
+        pre = evaluate(model, data.test, r.device)
+        self.log(f"stage {name}: sparsity {pruner.masks.sparsity():.4f}, accuracy before retraining {pre['acc']:.4f}")
+        Trainer(model, opt, cfg, data.train, data.test, pruner=pruner, metrics_path=metrics_path,
+                progress=self.progress, device=r.device, stage=name).fit()
+        extra = self._stage_extra(model, pruner, t0)
+        extra["acc_before_retrain"] = pre["acc"]
+        save_checkpoint(folder, model, pruner.masks, opt, extra=extra)
+
+    def _calibrate(self, pruner: Pruner, model, data) -> None:
+        """Feed gradient-based criteria a few training batches before a pruning event."""
+        crit = pruner.method.criterion_
+        if not crit.needs_gradients:
+            return
+        model.train()
+        for i, (x, y) in enumerate(data.train):
+            if i >= getattr(crit, "batches", 8):
+                break
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x.to(self.recipe.device)), y.to(self.recipe.device)).backward()
+            pruner.after_backward()
+        model.zero_grad(set_to_none=True)
+
+    def _stage_extra(self, model, pruner: Pruner | None, t0: float) -> dict:
+        ev = evaluate(model, self._data().test, self.recipe.device)
+        out = {"test_acc": ev["acc"], "test_loss": ev["loss"], "seconds": time.perf_counter() - t0}
+        if pruner is not None:
+            out["pruner"] = pruner.state()
+            out["sparsity"] = pruner.masks.sparsity()
+        return out
+
+    # -- summary --------------------------------------------------------------------------------
+    def _summarize(self, names: list[str]) -> dict:
+        r = self.recipe
+        stages = {n: read_json(self._stage_dir(n) / "state.json") for n in names}
+        model = self._model()
+        masks, _ = load_checkpoint(self._stage_dir(names[-1]), model, restore_rng=False)
+        data = self._data()
+        params = count_params(model)
+        flops = count_flops(model, data.input_shape, r.device)
+        dense_model = self._model()
+        load_checkpoint(self._stage_dir("dense"), dense_model, restore_rng=False)
+        dense_flops = count_flops(dense_model, data.input_shape, r.device)
+        summary = {
+            "recipe": r.name, "run_dir": str(self.dir), "seed": r.seed,
+            "method": r.prune.method if r.prune else None,
+            "dense_acc": stages["dense"]["test_acc"],
+            "pruned_acc": stages[names[-1]]["test_acc"] if r.prune else None,
+            "params_total": params["total"], "params_nonzero": params["nonzero"],
+            "compression_model": params["total"] / max(params["nonzero"], 1),
+            "flops_dense": dense_flops["dense"], "flops_nonzero": flops["nonzero"],
+            "wall_seconds": sum(s.get("seconds", 0.0) for s in stages.values()),
+            "stages": [{"stage": n, "test_acc": s["test_acc"], "sparsity": s.get("sparsity", 0.0),
+                        "acc_before_retrain": s.get("acc_before_retrain"), "seconds": s["seconds"]}
+                       for n, s in stages.items()],
+        }
+        if masks is not None:
+            summary.update(prunable_params=masks.numel(), nonzero_prunable=masks.nonzero(),
+                           sparsity_prunable=masks.sparsity(), compression_prunable=masks.compression_ratio(),
+                           layers=masks.layer_stats())
+        lines = []
+        for n in names:
+            p = self._stage_dir(n) / "metrics.jsonl"
+            if p.exists():
+                lines += p.read_text(encoding="utf-8").splitlines()
+        atomic_write_text(self.dir / "metrics.jsonl", "".join(l + "\n" for l in lines))
+        atomic_write_json(self.dir / "summary.json", summary)
+        return summary
+
+
+def load_summary(run_dir: str | Path) -> dict:
+    """summary.json of a finished run (CheckpointError when missing or corrupt)."""
+    return read_json(Path(run_dir) / "summary.json")
+
+
+__all__ = ["Runner", "run_dir_for", "load_summary"]

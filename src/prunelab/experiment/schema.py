@@ -1,0 +1,158 @@
+"""The recipe schema (pydantic) and recipe loading with dotted command-line overrides.
+
+A recipe is YAML with sections ``data``, ``model``, ``train`` and optionally ``prune``; unknown keys and bad
+values are rejected with the key named. ``load_recipe(source, overrides)`` accepts a built-in name or a path.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ConfigError
+from ..training.optim import OptimConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    name: str = "digits"
+    root: str | None = None
+    batch_size: int = Field(128, ge=1)
+    test_batch_size: int = Field(1000, ge=1)
+    download: bool = False
+    augment: bool | None = None
+    train_subset: int | None = Field(None, ge=1)
+
+
+class ModelConfig(_Strict):
+    name: str = "lenet300_100"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScheduleConfig(_Strict):
+    """How the runner drives pruning.
+
+    iterative: ``rounds`` rounds (geometric, each removes the same fraction of what is alive), each followed
+    by ``retrain.epochs`` epochs of retraining. oneshot: one round. cubic: one gradual stage of
+    ``retrain.epochs`` epochs pruning from ``start_epoch`` to ``end_epoch`` every ``frequency_steps`` steps.
+    """
+
+    name: Literal["oneshot", "iterative", "cubic"] = "iterative"
+    rounds: int = Field(5, ge=1)
+    start_epoch: float = Field(0.0, ge=0)
+    end_epoch: float = Field(1.0, gt=0)
+    frequency_steps: int = Field(100, ge=1)
+    initial_sparsity: float = Field(0.0, ge=0, lt=1)
+
+
+class PruneConfig(_Strict):
+    method: str | dict[str, Any] = "magnitude"
+    sparsity: float = Field(0.9, ge=0, lt=1)
+    targets: dict[str, Any] | None = None
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    retrain: dict[str, Any] = Field(default_factory=dict)  # OptimConfig fields overriding ``train``
+
+    @field_validator("retrain")
+    @classmethod
+    def _retrain_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(OptimConfig.model_fields))
+        if unknown:
+            raise ValueError(f"unknown retrain option(s) {', '.join(unknown)}")
+        return v
+
+
+class Recipe(_Strict):
+    name: str = "run"
+    description: str = ""
+    seed: int = 0
+    device: str = "cpu"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: OptimConfig = Field(default_factory=OptimConfig)
+    prune: PruneConfig | None = None
+
+    def retrain_config(self) -> OptimConfig:
+        """The optimizer settings of retraining: ``train`` with ``prune.retrain`` applied."""
+        base = self.train.model_dump()
+        base.update(self.prune.retrain if self.prune else {})
+        return _validate(OptimConfig, base, "prune.retrain")
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that affects results (so a changed recipe starts a new run)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _validate(cls: type[BaseModel], data: Any, where: str = "") -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in ((where,) if where else ()) + tuple(err["loc"]))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        raise ConfigError(f"recipe key {loc or '(top level)'}: {msg}") from None
+
+
+def builtin_recipes() -> dict[str, Path]:
+    """Built-in recipes: {name: path}."""
+    folder = resources.files("prunelab") / "recipes"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply ``a.b.c=value`` to a raw recipe dict; the value is parsed as YAML (``3``, ``true``, ``[1, 2]``)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"override {item!r}: value is not valid YAML") from None
+    node = raw
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p)
+        if isinstance(nxt, str):  # "method: magnitude" overridden by method.allocation=global
+            nxt = {"name": nxt}
+        elif nxt is None:
+            nxt = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
+        node[p] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def load_recipe(source: str | None, overrides: list[str] = ()) -> Recipe:
+    """A validated Recipe from a built-in name or a YAML path (None = the quickstart), plus overrides."""
+    source = source or "quickstart"
+    path = Path(source)
+    if not path.suffix:
+        table = builtin_recipes()
+        if source not in table:
+            raise ConfigError(f"no recipe {source!r}: give a YAML file or one of {', '.join(sorted(table))}")
+        path = table[source]
+    if not path.is_file():
+        raise ConfigError(f"recipe file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {path} is not valid YAML (line {getattr(exc, 'problem_mark', None) and exc.problem_mark.line + 1})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections")
+    raw.setdefault("name", path.stem)
+    for item in overrides:
+        apply_override(raw, item)
+    return _validate(Recipe, raw)
