@@ -75,6 +75,8 @@ class Runner:
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> dict:
         """Run every stage not yet complete, then write and return summary.json's content."""
+        if self.recipe.prune is not None:  # fail on a bad method or target before any training
+            self._pruner(self._model())
         self.dir.mkdir(parents=True, exist_ok=True)
         recipe_file = self.dir / "recipe.yaml"
         if not recipe_file.exists():

@@ -1,0 +1,95 @@
+"""Recipes, resumable runs and the command line."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from prunelab.cli import main
+from prunelab.experiment import Runner, load_recipe, run_dir_for
+
+TINY = ["train.epochs=2", "prune.schedule.rounds=3", "prune.retrain.epochs=1", "prune.sparsity=0.9"]
+
+
+def _err_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    return err[0]
+
+
+def test_resumed_run_is_bit_identical(tmp_path):
+    recipe = load_recipe("quickstart", TINY)
+    a = Runner(recipe, tmp_path / "a", progress=False, log=lambda s: None).run()
+    b_dir = tmp_path / "b"
+    assert Runner(recipe, b_dir, progress=False, log=lambda s: None, stop_after="round_01").run() == {}
+    Runner(recipe, b_dir, progress=False, log=lambda s: None, stop_after="round_02").run()
+    (b_dir / "stages" / "round_02" / "state.json").unlink()  # as if killed while writing round_02
+    b = Runner(recipe, b_dir, progress=False, log=lambda s: None).run()
+    for stage in ("dense", "round_01", "round_02", "round_03"):
+        for f in ("model.safetensors", "optimizer.safetensors"):
+            assert (tmp_path / "a" / "stages" / stage / f).read_bytes() == (b_dir / "stages" / stage / f).read_bytes()
+    assert a["pruned_acc"] == b["pruned_acc"] and a["layers"] == b["layers"]
+    assert a["sparsity_prunable"] == pytest.approx(0.9, abs=1e-4)
+    assert (b_dir / "metrics.jsonl").read_text().count('"stage": "round_02"') == 1
+
+
+def test_summary_contents_and_show(tmp_path, capsys):
+    assert main(["run", *TINY, "--runs-dir", str(tmp_path), "--no-progress"]) == 0
+    run = run_dir_for(load_recipe("quickstart", TINY), tmp_path)
+    s = json.loads((run / "summary.json").read_text())
+    for key in ("dense_acc", "pruned_acc", "layers", "params_total", "params_nonzero", "compression_prunable",
+                "compression_model", "flops_dense", "flops_nonzero", "wall_seconds"):
+        assert key in s
+    assert s["params_total"] == 64 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
+    assert s["compression_prunable"] == pytest.approx(10, rel=0.01)
+    assert s["flops_nonzero"] == s["nonzero_prunable"]  # an MLP on one input: one MAC per live weight
+    assert main(["show", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "per-layer sparsity" in out and "fc1.weight" in out
+    # the same recipe again: every stage is skipped
+    assert main(["run", *TINY, "--runs-dir", str(tmp_path), "--no-progress"]) == 0
+    assert capsys.readouterr().out.count("skipped") == 4
+
+
+def test_recipes_lists_builtins(capsys):
+    assert main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    for name in ("quickstart", "lenet300_100_mnist_magnitude", "lenet5_mnist_magnitude"):
+        assert name in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "prune.method=magnitud"], "unknown method 'magnitud'"),
+    (["run", "prune.sparsity=1.0"], "prune.sparsity"),
+    (["run", "prune.sparsity=-0.5"], "prune.sparsity"),
+    (["run", "train.epoch=3"], "recipe key train.epoch: unknown key"),
+    (["run", "train.lr=fast"], "train.lr"),
+    (["run", "no_such_recipe"], "no recipe 'no_such_recipe'"),
+    (["run", "missing.yaml"], "missing.yaml does not exist"),
+    (["run", "data.name=mnist", "--data-root", "/nonexistent"], "mnist not found"),
+    (["show", "/nonexistent/run"], "does not exist"),
+])
+def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
+    assert main(argv + (["--runs-dir", str(tmp_path)] if argv[0] == "run" else [])) == 2
+    assert needle in _err_line(capsys)
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
+    args = ["run", *TINY, "--runs-dir", str(tmp_path), "--no-progress"]
+    assert main(args + ["--stop-after", "dense"]) == 0
+    run = run_dir_for(load_recipe("quickstart", TINY), tmp_path)
+    weights = run / "stages" / "dense" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "model.safetensors is not a readable safetensors file" in _err_line(capsys)
+    (run / "summary.json").write_text("{ truncated")
+    assert main(["show", str(run)]) == 2
+    assert "not valid JSON" in _err_line(capsys)
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "prunelab", "run", "prune.sparsity=2"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
