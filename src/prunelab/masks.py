@@ -32,8 +32,12 @@ class Masks(Mapping[str, Tensor]):
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def dense(cls, params: Mapping[str, Tensor]) -> "Masks":
-        """All-alive masks for the given parameters."""
-        return cls({n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()})
+        """All-alive masks for the given parameters.
+
+        They are broadcast views of one True element, so a 138M-weight model's dense masks cost no memory;
+        every operation of this class (and ``save``) treats them as ordinary tensors.
+        """
+        return cls({n: torch.ones((), dtype=torch.bool, device=p.device).expand(p.shape) for n, p in params.items()})
 
     @classmethod
     def from_model(cls, model: nn.Module, names: list[str] | None = None) -> "Masks":
@@ -61,7 +65,7 @@ class Masks(Mapping[str, Tensor]):
         return sum(m.numel() for m in self._m.values())
 
     def nonzero(self) -> int:
-        return int(sum(int(m.sum()) for m in self._m.values()))
+        return int(sum(int(torch.count_nonzero(m)) for m in self._m.values()))
 
     def density(self) -> float:
         """Fraction of alive entries over all masked parameters (1.0 for no masks)."""
@@ -80,7 +84,7 @@ class Masks(Mapping[str, Tensor]):
         """One row per tensor: shape, counts, density and structured sparsities (see :func:`structure`)."""
         rows = []
         for name, m in self._m.items():
-            nz = int(m.sum())
+            nz = int(torch.count_nonzero(m))
             row = {"name": name, "shape": list(m.shape), "numel": m.numel(), "nonzero": nz,
                    "density": nz / m.numel(), "sparsity": 1 - nz / m.numel()}
             row.update(structure(m))

@@ -71,6 +71,7 @@ class Pruner:
         self.events = 0
         self.history: list[dict] = []
         self._pruned: list[tuple[nn.Parameter, Tensor]] = []
+        self._dense: set[str] = set(self.params)  # names whose masks are all alive
         self._maybe_prune(None)
 
     # -- the training-loop API ------------------------------------------------------------------
@@ -105,7 +106,8 @@ class Pruner:
             with torch.no_grad():
                 gs = gran.group_scores(scores.pop(name).float())
                 alive = gran.alive(self.masks[name])
-                gs.masked_fill_(~alive, float("-inf"))  # scores are ours: fill in place, no copy
+                if name not in self._dense:
+                    gs.masked_fill_(~alive, float("-inf"))  # scores are ours: fill in place, no copy
             views[name] = (gs, alive)
             b, g = gs.shape
             layers.append(LayerGroups(name, tuple(p.shape), b, g, gran.group_size(tuple(p.shape)),
@@ -116,7 +118,10 @@ class Pruner:
             gs, alive = views.pop(layer.name)
             sel = m.selector_.select(gs, alive, keep[layer.name], gran.per_block, ctx, layer.name)
             mask = gran.expand(sel, layer.shape)
-            new[layer.name] = mask if m.selector_.revives else mask & self.masks[layer.name]
+            old = self.masks[layer.name]
+            if not m.selector_.revives and layer.name not in self._dense:
+                mask = mask & old
+            new[layer.name] = mask.contiguous()
         old, self.masks = self.masks, Masks(new)
         self._refresh()
         self.enforce(optimizer)
@@ -170,7 +175,8 @@ class Pruner:
 
     # -- internals ------------------------------------------------------------------------------
     def _refresh(self) -> None:
-        self._pruned = [(self.params[n], ~m) for n, m in self.masks.items() if not bool(m.all())]
+        self._dense = {n for n, m in self.masks.items() if bool(m.all())}
+        self._pruned = [(self.params[n], ~m) for n, m in self.masks.items() if n not in self._dense]
 
     def _maybe_prune(self, optimizer) -> bool:
         target = self.schedule.target(self.step_count)

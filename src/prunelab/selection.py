@@ -23,6 +23,7 @@ class Selector:
 
     def select(self, scores: Tensor, alive: Tensor, keep: int, per_block: bool, ctx: Context,
                name: str = "") -> Tensor:
+        """Return the (B, G) kept groups. ``scores`` is scratch the selector may overwrite."""
         raise NotImplementedError
 
 
@@ -35,7 +36,9 @@ class TopK(Selector):
     """Keep the highest-scoring alive groups; pruned groups stay pruned (masks nest across rounds)."""
 
     def select(self, scores, alive, keep, per_block, ctx, name=""):
-        scores = scores.float().masked_fill(~alive, float("-inf"))
+        all_alive = bool(alive.all())
+        if not all_alive:  # in place: the scores are the caller's scratch (see Selector.select)
+            scores.masked_fill_(~alive, float("-inf"))
         if per_block:
             b, g = scores.shape
             k = keep // b
@@ -48,4 +51,5 @@ class TopK(Selector):
             out = torch.zeros_like(alive)
             out.scatter_(1, idx, True)
             return out & alive
-        return topk_mask(scores, keep) & alive
+        kept = topk_mask(scores, keep)
+        return kept if all_alive else kept & alive

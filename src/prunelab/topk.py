@@ -5,7 +5,8 @@ threshold over a whole model would need one concatenated copy of every score. He
 is found by bracketing it with quantiles of a small random sample, counting above the bracket, and solving
 exactly inside the bracket, whose candidates are few. No maintained library offers this for a list of
 tensors, so it is written here. Ties at the threshold are broken by position (tensor order, then flat index),
-which makes the result deterministic.
+which makes the result deterministic. Boolean tensors are counted with ``torch.count_nonzero``, many
+times faster than ``.sum()`` on CPU.
 """
 from __future__ import annotations
 
@@ -30,15 +31,16 @@ def kth_largest(chunks: Sequence[Tensor], k: int) -> float:
     gen = torch.Generator().manual_seed(0)
     sizes = torch.tensor([c.numel() for c in chunks], dtype=torch.float64)
     owner = torch.multinomial(sizes / n, SAMPLE, replacement=True, generator=gen)
+    per_chunk = torch.bincount(owner, minlength=len(chunks)).tolist()
     sample = torch.cat([
-        chunks[i].reshape(-1)[torch.randint(chunks[i].numel(), (int((owner == i).sum()),), generator=gen)]
+        chunks[i].reshape(-1)[torch.randint(chunks[i].numel(), (per_chunk[i],), generator=gen)]
         for i in range(len(chunks))]).sort().values
     q = 1.0 - k / n  # quantile of the answer
     eps = 4.0 / math.sqrt(SAMPLE)
     while eps < 1.0:
         lo = sample[max(0, math.floor((q - eps) * SAMPLE))].item()
         hi = sample[min(SAMPLE - 1, math.ceil((q + eps) * SAMPLE))].item()
-        above = sum(int((c > hi).sum()) for c in chunks)
+        above = sum(int(torch.count_nonzero(c > hi)) for c in chunks)
         need = k - above  # how many of the answer's set lie in [lo, hi]
         if need >= 1:
             cand = torch.cat([c.reshape(-1)[(c.reshape(-1) >= lo) & (c.reshape(-1) <= hi)] for c in chunks])
@@ -57,12 +59,12 @@ def topk_counts(chunks: Sequence[Tensor], k: int) -> list[int]:
     if k >= n:
         return [c.numel() for c in chunks]
     v = kth_largest(chunks, k)
-    counts = [int((c > v).sum()) for c in chunks]
+    counts = [int(torch.count_nonzero(c > v)) for c in chunks]
     rest = k - sum(counts)
     for i, c in enumerate(chunks):  # hand out ties in tensor order
         if rest <= 0:
             break
-        take = min(rest, int((c == v).sum()))
+        take = min(rest, int(torch.count_nonzero(c == v)))
         counts[i] += take
         rest -= take
     return counts
@@ -78,8 +80,11 @@ def topk_mask(scores: Tensor, k: int) -> Tensor:
         return torch.zeros_like(scores, dtype=torch.bool)
     v = kth_largest([flat], k)
     mask = flat > v
-    rest = k - int(mask.sum())
+    rest = k - int(torch.count_nonzero(mask))
     if rest > 0:
-        ties = (flat == v).nonzero().squeeze(1)[:rest]
-        mask[ties] = True
+        eq = flat == v
+        if int(torch.count_nonzero(eq)) == rest:  # the usual case: no surplus ties, no index list needed
+            mask |= eq
+        else:
+            mask[eq.nonzero().squeeze(1)[:rest]] = True
     return mask.reshape(scores.shape)
