@@ -127,8 +127,10 @@ def test_large_topk_matches_sort(monkeypatch):
     flat = torch.cat(chunks)
     for k in (1, 17, 40000, 79999):
         assert kth_largest(chunks, k) == flat.sort(descending=True).values[k - 1].item()
-    counts = topk_counts(chunks, 40000)
-    assert sum(counts) == 40000
+    counts, v = topk_counts(chunks, 40000)
+    assert sum(counts) == 40000 and v == kth_largest(chunks, 40000)
+    assert topk_mask(chunks[0], counts[0], hint=v).sum() == counts[0]
+    assert topk_mask(chunks[0], 5, hint=v).sum() == 5  # a wrong hint is checked and ignored
     m = topk_mask(torch.tensor([1.0, 2.0, 2.0, 2.0, 0.0] * 400), 1000)  # ties at the threshold
     assert m.sum() == 1000
 

@@ -30,6 +30,7 @@ class LayerGroups:
     group_size: int        # elements per group
     per_block: bool
     scores: Tensor | None = None  # (B, G) group scores, -inf for pruned groups (global allocation only)
+    threshold: float | None = None  # set by allocations that found a score threshold (a selector hint)
 
     @property
     def numel(self) -> int:
@@ -83,7 +84,9 @@ class Global(Allocation):
         total = sum(l.numel for l in layers)
         k_elems = round_keep(1 - sparsity, total)
         if all(l.group_size == 1 for l in layers):
-            counts = topk_counts([l.scores.reshape(-1) for l in layers], k_elems)
+            counts, threshold = topk_counts([l.scores.reshape(-1) for l in layers], k_elems)
+            for l in layers:  # usually each tensor's own k-th largest too: spares the selector a search
+                l.threshold = threshold
             return {l.name: c for l, c in zip(layers, counts)}
         per_elem = torch.cat([(l.scores.reshape(-1).double() / l.group_size) for l in layers])
         sizes = torch.cat([torch.full((l.blocks * l.groups,), l.group_size, dtype=torch.int64) for l in layers])

@@ -85,7 +85,7 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
     if layers and s.get("layers"):
         lt = Table(title="per-layer sparsity")
         for col in ("layer", "shape", "nonzero", "sparsity", "filter", "input ch.", "kernel"):
-            lt.add_column(col, justify="right" if col != "layer" else "left")
+            lt.add_column(col, justify="right" if col != "layer" else "left", no_wrap=True)
         for row in s["layers"]:
             lt.add_row(row["name"], "x".join(map(str, row["shape"])), f"{row['nonzero']:,}/{row['numel']:,}",
                        _fmt(row["sparsity"]), _fmt(row["filter_sparsity"]), _fmt(row["input_channel_sparsity"]),

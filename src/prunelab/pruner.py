@@ -25,6 +25,7 @@ from .methods import Method, build_method
 from .registry import check_fraction
 from .schedules import SCHEDULES, Schedule
 from .targets import Targets, build_targets
+from .topk import all_true
 
 
 class Pruner:
@@ -116,7 +117,7 @@ class Pruner:
         new = {}
         for layer in layers:
             gs, alive = views.pop(layer.name)
-            sel = m.selector_.select(gs, alive, keep[layer.name], gran.per_block, ctx, layer.name)
+            sel = m.selector_.select(gs, alive, keep[layer.name], gran.per_block, ctx, layer.name, layer.threshold)
             mask = gran.expand(sel, layer.shape)
             old = self.masks[layer.name]
             if not m.selector_.revives and layer.name not in self._dense:
@@ -175,7 +176,7 @@ class Pruner:
 
     # -- internals ------------------------------------------------------------------------------
     def _refresh(self) -> None:
-        self._dense = {n for n, m in self.masks.items() if bool(m.all())}
+        self._dense = {n for n, m in self.masks.items() if all_true(m)}
         self._pruned = [(self.params[n], ~m) for n, m in self.masks.items() if n not in self._dense]
 
     def _maybe_prune(self, optimizer) -> bool:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .criteria import Context
 from .registry import Registry
-from .topk import topk_mask
+from .topk import all_true, topk_mask
 
 
 class Selector:
@@ -22,8 +22,9 @@ class Selector:
     revives = False
 
     def select(self, scores: Tensor, alive: Tensor, keep: int, per_block: bool, ctx: Context,
-               name: str = "") -> Tensor:
-        """Return the (B, G) kept groups. ``scores`` is scratch the selector may overwrite."""
+               name: str = "", hint: float | None = None) -> Tensor:
+        """Return the (B, G) kept groups. ``scores`` is scratch the selector may overwrite; ``hint`` is a
+        score threshold the allocation found, which a selector may use after checking it."""
         raise NotImplementedError
 
 
@@ -35,8 +36,8 @@ SELECTORS: Registry[Selector] = Registry("selector", Selector)
 class TopK(Selector):
     """Keep the highest-scoring alive groups; pruned groups stay pruned (masks nest across rounds)."""
 
-    def select(self, scores, alive, keep, per_block, ctx, name=""):
-        all_alive = bool(alive.all())
+    def select(self, scores, alive, keep, per_block, ctx, name="", hint=None):
+        all_alive = all_true(alive)
         if not all_alive:  # in place: the scores are the caller's scratch (see Selector.select)
             scores.masked_fill_(~alive, float("-inf"))
         if per_block:
@@ -51,5 +52,5 @@ class TopK(Selector):
             out = torch.zeros_like(alive)
             out.scatter_(1, idx, True)
             return out & alive
-        kept = topk_mask(scores, keep)
+        kept = topk_mask(scores, keep, hint)
         return kept if all_alive else kept & alive
