@@ -93,3 +93,18 @@ def test_console_script_error_has_no_traceback(tmp_path):
                           text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("extra,stages", [
+    (["prune.schedule.name=cubic", "prune.schedule.end_epoch=1", "prune.schedule.frequency_steps=5"],
+     ["dense", "gradual"]),
+    (["prune.schedule.name=oneshot", "prune.method.criterion=taylor", "prune.method.granularity=filter"],
+     ["dense", "round_01"]),
+])
+def test_gradual_and_oneshot_taylor_runs(tmp_path, extra, stages):
+    recipe = load_recipe("quickstart", ["train.epochs=1", "prune.retrain.epochs=2", "prune.sparsity=0.8", *extra])
+    s = Runner(recipe, tmp_path / "r", progress=False, log=lambda m: None).run()
+    assert [row["stage"] for row in s["stages"]] == stages
+    assert s["sparsity_prunable"] == pytest.approx(0.8, abs=0.02)
+    if "prune.method.granularity=filter" in extra:
+        assert all(row["filter_sparsity"] == pytest.approx(row["sparsity"]) for row in s["layers"])

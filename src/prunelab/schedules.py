@@ -146,3 +146,6 @@ class Manual(Schedule):
 
     def events(self):
         return []
+
+    def frozen(self, step: int) -> bool:
+        return False  # the caller may prune at any time

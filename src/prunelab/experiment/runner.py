@@ -141,6 +141,7 @@ class Runner:
         crit = pruner.method.criterion_
         if not crit.needs_gradients:
             return
+        crit.reset()  # exactly `batches` batches, not whatever retraining accumulated
         model.train()
         for i, (x, y) in enumerate(data.train):
             if i >= getattr(crit, "batches", 8):
