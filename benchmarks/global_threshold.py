@@ -38,15 +38,15 @@ def worker(side: str, model_name: str, sparsity: float) -> None:
         import torch.nn.utils.prune as prune
 
         prune.global_unstructured(weights, pruning_method=prune.L1Unstructured, amount=sparsity)
-        kept = sum(int(m.weight_mask.sum()) for m, _ in weights)
+        per_layer = [int(m.weight_mask.sum()) for m, _ in weights]
     else:
         import prunelab
 
         pruner = prunelab.Pruner(model, {"name": "magnitude", "allocation": "global"}, sparsity=sparsity)
-        kept = pruner.masks.nonzero()
+        per_layer = [int(torch.count_nonzero(m)) for m in pruner.masks.values()]
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"side": side, "seconds": seconds, "extra_mb": peak - base, "kept": kept,
+    print(json.dumps({"side": side, "seconds": seconds, "extra_mb": peak - base, "kept": sum(per_layer), "per_layer": per_layer,
                       "weights": sum(m.weight.numel() for m, _ in weights), "weight_mb": weight_bytes / 2**20}))
 
 
@@ -73,6 +73,8 @@ def main() -> None:
     print(f"| {'extra peak memory (MB)':28s} | {t['extra_mb']:20.0f} | {p['extra_mb']:12.0f} | "
           f"{p['extra_mb'] / p['weight_mb']:9.2f}x weights |")
     print(f"| {'weights kept':28s} | {t['kept']:20,} | {p['kept']:12,} | {'equal' if t['kept'] == p['kept'] else 'DIFFERENT':>16s} |")
+    same = t["per_layer"] == p["per_layer"]
+    print(f"| {'kept per layer':28s} | {'':20s} | {'':12s} | {'all equal' if same else 'DIFFERENT':>16s} |")
 
 
 if __name__ == "__main__":

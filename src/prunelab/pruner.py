@@ -119,6 +119,7 @@ class Pruner:
         new = {}
         for layer in layers:
             gs, alive = views.pop(layer.name)
+            layer.scores = None  # free each tensor's scores as soon as it is selected
             sel = m.selector_.select(gs, alive, keep[layer.name], gran.per_block, ctx, layer.name, layer.threshold)
             mask = gran.expand(sel, layer.shape)
             old = self.masks[layer.name]

@@ -45,7 +45,7 @@ def kth_largest(chunks: Sequence[Tensor], k: int) -> float:
     while eps < 1.0:
         lo = sample[max(0, math.floor((q - eps) * SAMPLE))].item()
         hi = sample[min(SAMPLE - 1, math.ceil((q + eps) * SAMPLE))].item()
-        above = sum(int(torch.count_nonzero(c > hi)) for c in chunks)
+        above = sum(int(torch.count_nonzero(p > hi)) for c in chunks for p in c.reshape(-1).split(1 << 24))
         need = k - above  # how many of the answer's set lie in [lo, hi]
         if need >= 1:
             cand = torch.cat([_between(c.reshape(-1), lo, hi) for c in chunks])
@@ -61,6 +61,12 @@ def _between(flat: Tensor, lo: float, hi: float, slice_len: int = 1 << 24) -> Te
     return torch.cat([c[(c >= lo) & (c <= hi)] for c in flat.split(slice_len)])
 
 
+def _count(flat: Tensor, v: float, op: str, slice_len: int = 1 << 24) -> int:
+    """count_nonzero(flat >= v) or (flat == v), in slices so no full-size temporary is made."""
+    fn = torch.ge if op == "ge" else torch.eq
+    return sum(int(torch.count_nonzero(fn(c, v))) for c in flat.split(slice_len))
+
+
 def topk_counts(chunks: Sequence[Tensor], k: int) -> tuple[list[int], float | None]:
     """How many of the k largest entries (ties by position) fall in each chunk, and the k-th largest value
     (None when k selects nothing or everything)."""
@@ -70,12 +76,12 @@ def topk_counts(chunks: Sequence[Tensor], k: int) -> tuple[list[int], float | No
     if k >= n:
         return [c.numel() for c in chunks], None
     v = kth_largest(chunks, k)
-    counts = [int(torch.count_nonzero(c > v)) for c in chunks]
+    counts = [sum(int(torch.count_nonzero(p > v)) for p in c.reshape(-1).split(1 << 24)) for c in chunks]
     rest = k - sum(counts)
     for i, c in enumerate(chunks):  # hand out ties in tensor order
         if rest <= 0:
             break
-        take = min(rest, int(torch.count_nonzero(c == v)))
+        take = min(rest, _count(c.reshape(-1), v, "eq"))
         counts[i] += take
         rest -= take
     return counts, v
@@ -96,16 +102,16 @@ def topk_mask(scores: Tensor, k: int, hint: float | None = None) -> Tensor:
     mask = None
     if hint is not None:
         above = flat > hint
-        if int(torch.count_nonzero(above)) < k <= int(torch.count_nonzero(flat >= hint)):
+        if int(torch.count_nonzero(above)) < k <= _count(flat, hint, "ge"):
             v, mask = hint, above
     if mask is None:
         v = kth_largest([flat], k)
         mask = flat > v
     rest = k - int(torch.count_nonzero(mask))
     if rest > 0:
-        eq = flat == v
-        if int(torch.count_nonzero(eq)) == rest:  # the usual case: no surplus ties, no index list needed
-            mask |= eq
+        if _count(flat, v, "eq") == rest:  # the usual case: no surplus ties, no index list needed
+            for m_part, f_part in zip(mask.split(1 << 24), flat.split(1 << 24)):
+                m_part |= f_part == v
         else:
-            mask[eq.nonzero().squeeze(1)[:rest]] = True
+            mask[(flat == v).nonzero().squeeze(1)[:rest]] = True
     return mask.reshape(scores.shape)
