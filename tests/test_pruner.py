@@ -145,3 +145,21 @@ def test_bad_input_is_one_clear_error():
     with pytest.raises(ConfigError, match="unknown parameter"):
         Pruner(model, {"name": "magnitude", "granularty": "filter"}, sparsity=0.5)
     assert isinstance(ConfigError("x"), prunelab.PrunelabError)
+
+
+def test_structured_patterns_through_the_pruner():
+    conv = nn.Sequential(nn.Conv2d(4, 6, 3), nn.Conv2d(6, 8, 3))
+    win = Pruner(conv, {"name": "magnitude", "granularity": "window"}, sparsity=5 / 9)
+    for m in win.masks.values():
+        assert m.flatten(2).sum(2).eq(4).all()  # every 3x3 kernel keeps its 4 largest
+    ker = Pruner(copy.deepcopy(conv), {"name": "magnitude", "granularity": {"name": "kernel", "per_filter": True}},
+                 sparsity=0.5)
+    for m in ker.masks.values():
+        kernels = m.flatten(2).any(2)
+        assert kernels.sum(1).eq(m.shape[1] // 2).all()  # the same number of kernels in every filter
+    blk = Pruner(nn.Sequential(nn.Linear(8, 8)), {"name": "magnitude", "granularity": {"name": "block", "rows": 2,
+                                                                                       "cols": 4}}, sparsity=0.75)
+    m = blk.masks["0.weight"].reshape(4, 2, 2, 4).permute(0, 2, 1, 3).reshape(8, 8)
+    assert sorted(m.sum(1).tolist()) == [0] * 6 + [8] * 2  # 2 of 8 whole 2x4 blocks kept
+    ic = Pruner(copy.deepcopy(conv), {"name": "magnitude", "granularity": "input_channel"}, sparsity=0.5)
+    assert ic.summary()["layers"][0]["input_channel_sparsity"] == 0.5
