@@ -23,6 +23,10 @@ class Context:
 
     seed: int = 0
     event: int = 0  # how many pruning events happened before this one
+    sparsity: float = 0.0  # this event's target sparsity
+    final_sparsity: float = 0.0  # the schedule's final sparsity
+    final: bool = False  # this event reaches the final target (stochastic selectors clean up exactly)
+    total_events: int | None = None  # planned number of events, when known
 
     def generator(self, *salt: str | int) -> torch.Generator:
         """A CPU generator determined by (seed, event, salt): stateless, so a resumed run draws the same."""

@@ -73,6 +73,8 @@ class Pruner:
         self.history: list[dict] = []
         self._mul: list[tuple[nn.Parameter, Tensor]] | None = []
         self._dense: set[str] = set(self.params)  # names whose masks are all alive
+        events = self.schedule.events()
+        self.planned_events: int | None = len(events) if events else None  # runners set it for manual rounds
         self._maybe_prune(None)
 
     # -- the training-loop API ------------------------------------------------------------------
@@ -96,12 +98,20 @@ class Pruner:
         self.step_count += 1
         return self._maybe_prune(optimizer)
 
-    def prune(self, sparsity: float, optimizer: torch.optim.Optimizer | None = None) -> Masks:
-        """Prune now to ``sparsity`` over the prunable weights (outside the schedule); returns the masks."""
+    def prune(self, sparsity: float, optimizer: torch.optim.Optimizer | None = None,
+              final: bool | None = None) -> Masks:
+        """Prune now to ``sparsity`` over the prunable weights (outside the schedule); returns the masks.
+
+        ``final`` marks the event that must reach the target exactly (stochastic selectors clean up then);
+        by default it is the event whose sparsity is the schedule's final sparsity.
+        """
         sparsity = check_fraction("sparsity", sparsity)
+        if final is None:
+            final = abs(sparsity - self.schedule.sparsity) < 1e-12
         m = self.method
-        m.before_prune(self)
-        ctx = Context(seed=self.seed, event=self.events)
+        ctx = Context(seed=self.seed, event=self.events, sparsity=sparsity, final_sparsity=self.schedule.sparsity,
+                      final=final, total_events=self.planned_events)
+        m.before_prune(self, ctx)
         scores = m.criterion_.scores(self.params, ctx)
         gran, alloc = m.granularity_, m.allocation_
         layers, views = [], {}
@@ -131,9 +141,9 @@ class Pruner:
         self._zero_pruned(optimizer)
         m.criterion_.reset()
         self.events += 1
-        self.history.append({"step": self.step_count, "target_sparsity": sparsity,
-                             "sparsity": self.masks.sparsity()})
-        m.after_prune(self, old, self.masks)
+        record = {"step": self.step_count, "target_sparsity": sparsity, "sparsity": self.masks.sparsity()}
+        record.update(m.after_prune(self, old, self.masks) or {})
+        self.history.append(record)
         return self.masks
 
     def enforce(self, optimizer: torch.optim.Optimizer | None = None) -> None:

@@ -54,3 +54,84 @@ class TopK(Selector):
             return out & alive
         kept = topk_mask(scores, keep, hint)
         return kept if all_alive else kept & alive
+
+
+@SELECTORS.register("drop")
+@dataclass
+class Drop(Selector):
+    """Stochastic drop-out / drop-in (DropPruning, Jia et al. 2018): a birth-death process on the mask.
+
+    Candidates are the alive groups with the lowest ``q`` fraction of scores (``candidates="lowest"``; or,
+    Han-style, those scoring below ``lam`` times the root-mean-square of the alive scores, which for
+    magnitude scores is ``lam * std(w)`` of zero-mean weights: ``candidates="std"``). Each candidate is
+    dropped with probability ``p_out``; each pruned group is revived with probability ``p_in``. ``p_in=None``
+    derives it from the final density d* by the fixed point of d' = d (1 - q p_out) + (1 - d) p_in, i.e.
+    ``p_in = q p_out d* / (1 - d*)``. With ``anneal_rounds=k`` p_in falls linearly to 0 over the k events
+    before the final one. At the final event (``ctx.final``) the mask is cleaned up deterministically to
+    exactly the allocated count: the top-scoring alive groups, plus random pruned ones if too few are alive.
+    Random draws come from (seed, event, tensor name), so the same seed gives the same masks on any
+    process and after a resume. ``threshold``, when set (global scope), replaces the per-tensor quantile.
+    """
+
+    q: float = 0.2
+    p_out: float = 0.5
+    p_in: float | None = None
+    candidates: str = "lowest"
+    lam: float = 1.0
+    anneal_rounds: int = 0
+    revives = True
+
+    def __post_init__(self):
+        from .errors import ConfigError
+        from .registry import check_fraction
+
+        if not (isinstance(self.q, (int, float)) and 0 < self.q <= 1):
+            raise ConfigError(f"drop q must be in (0, 1], got {self.q!r}")
+        check_fraction("drop p_out", self.p_out, allow_one=True)
+        if self.p_in is not None:
+            check_fraction("drop p_in", self.p_in, allow_one=True)
+        if self.candidates not in ("lowest", "std"):
+            raise ConfigError(f"drop candidates must be 'lowest' or 'std', got {self.candidates!r}")
+        if not (isinstance(self.lam, (int, float)) and self.lam > 0):
+            raise ConfigError(f"drop lam must be positive, got {self.lam!r}")
+        if not isinstance(self.anneal_rounds, int) or self.anneal_rounds < 0:
+            raise ConfigError(f"drop anneal_rounds must be a non-negative integer, got {self.anneal_rounds!r}")
+        self.threshold: float | None = None
+
+    def p_in_at(self, ctx: Context) -> float:
+        """The revival probability at this event (derived and annealed as documented above)."""
+        if self.p_in is not None:
+            p = self.p_in
+        else:
+            d = 1.0 - ctx.final_sparsity
+            p = 1.0 if d >= 1.0 else min(1.0, self.q * self.p_out * d / (1.0 - d))
+        if self.anneal_rounds and ctx.total_events is not None:
+            left = (ctx.total_events - 1) - ctx.event  # events before the final one
+            p *= max(0.0, min(1.0, left / self.anneal_rounds))
+        return p
+
+    def select(self, scores, alive, keep, per_block, ctx, name="", hint=None):
+        if per_block:
+            from .errors import ConfigError
+            raise ConfigError("the drop selector does not support per-block granularities (N:M, window)")
+        gen = ctx.generator("drop", name)
+        n_alive = int(torch.count_nonzero(alive))
+        if ctx.final:
+            kept = TopK().select(scores, alive, keep, per_block, ctx, name, hint)
+            short = keep - int(torch.count_nonzero(kept))
+            if short > 0:  # fewer alive than the target: revive at random (their weights are all zero)
+                order = torch.rand(alive.shape, generator=gen).masked_fill_(alive, -1.0)
+                kept |= topk_mask(order, short)
+            return kept
+        if self.candidates == "std":
+            rms = scores[alive].float().pow(2).mean().sqrt() if n_alive else torch.tensor(0.0)
+            cand = alive & (scores < self.lam * rms)
+        elif self.threshold is not None:
+            cand = alive & (scores < self.threshold)
+        else:
+            n_cand = int(self.q * n_alive + 0.5)
+            cand = alive & ~topk_mask(scores, n_alive - n_cand)
+        u = torch.rand(alive.shape, generator=gen)
+        dropped = cand & (u < self.p_out)
+        revived = ~alive & (u < self.p_in_at(ctx))  # disjoint from the candidates, so one draw serves both
+        return (alive & ~dropped) | revived

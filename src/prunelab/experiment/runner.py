@@ -8,6 +8,7 @@ checkpoint is complete is skipped.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -124,9 +125,12 @@ class Runner:
             if masks is not None:
                 pruner.load_state(state.get("pruner", {"step_count": 0, "events": 0}), masks)
             rounds = 1 if sched.name == "oneshot" else sched.rounds
-            target = geometric_rounds(r.prune.sparsity, rounds)[int(name.split("_")[1]) - 1]
+            pruner.planned_events = rounds
+            index = int(name.split("_")[1])
+            target = geometric_rounds(r.prune.sparsity, rounds)[index - 1]
             self._calibrate(pruner, model, data)
-            pruner.prune(target)
+            pruner.prune(target, final=index == rounds)
+            _append_jsonl(metrics_path, {"stage": name, "prune": pruner.history[-1]})
         opt = build_optimizer(model, cfg)
         pre = evaluate(model, data.test, r.device)
         self.log(f"stage {name}: sparsity {pruner.masks.sparsity():.4f}, accuracy before retraining {pre['acc']:.4f}")
@@ -196,6 +200,12 @@ class Runner:
         atomic_write_text(self.dir / "metrics.jsonl", "".join(l + "\n" for l in lines))
         atomic_write_json(self.dir / "summary.json", summary)
         return summary
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def load_summary(run_dir: str | Path) -> dict:

@@ -11,6 +11,7 @@ from ..registry import Registry
 from ..selection import SELECTORS, Selector
 
 if TYPE_CHECKING:
+    from ..criteria import Context
     from ..masks import Masks
     from ..pruner import Pruner
 
@@ -19,8 +20,9 @@ if TYPE_CHECKING:
 class Method:
     """criterion -> granularity -> allocation -> selector, plus hooks a method may override.
 
-    Hooks: ``before_prune(pruner)`` runs before scores are computed; ``after_prune(pruner, old, new)`` after
-    the new masks are installed (e.g. to log or to reset revived weights).
+    Hooks: ``before_prune(pruner, ctx)`` runs before scores are computed; ``after_prune(pruner, old, new)``
+    after the new masks are installed and pruned weights zeroed (e.g. to restore revived weights); the dict
+    it returns is added to the pruning event's record in ``pruner.history``.
     """
 
     criterion: Any = "magnitude"
@@ -38,11 +40,11 @@ class Method:
     def name(self) -> str:
         return getattr(type(self), "registered_name", type(self).__name__)
 
-    def before_prune(self, pruner: "Pruner") -> None:
+    def before_prune(self, pruner: "Pruner", ctx: "Context") -> None:
         pass
 
-    def after_prune(self, pruner: "Pruner", old: "Masks", new: "Masks") -> None:
-        pass
+    def after_prune(self, pruner: "Pruner", old: "Masks", new: "Masks") -> dict | None:
+        return None
 
     def describe(self) -> str:
         def n(spec: Any) -> str:
