@@ -19,7 +19,7 @@ def _err_line(capsys):
 
 def test_resumed_run_is_bit_identical(tmp_path):
     recipe = load_recipe("quickstart", TINY)
-    a = Runner(recipe, tmp_path / "a", progress=False, log=lambda s: None).run()
+    a = Runner(recipe, tmp_path / "a", progress=False, log=lambda s: None, share_dense=False).run()
     b_dir = tmp_path / "b"
     assert Runner(recipe, b_dir, progress=False, log=lambda s: None, stop_after="round_01").run() == {}
     Runner(recipe, b_dir, progress=False, log=lambda s: None, stop_after="round_02").run()

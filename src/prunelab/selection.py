@@ -66,14 +66,17 @@ class Drop(Selector):
     magnitude scores is ``lam * std(w)`` of zero-mean weights: ``candidates="std"``). Each candidate is
     dropped with probability ``p_out``; each pruned group is revived with probability ``p_in``. ``p_in=None``
     derives it from the final density d* by the fixed point of d' = d (1 - q p_out) + (1 - d) p_in, i.e.
-    ``p_in = q p_out d* / (1 - d*)``. With ``anneal_rounds=k`` p_in falls linearly to 0 over the k events
-    before the final one. At the final event (``ctx.final``) the mask is cleaned up deterministically to
+    ``p_in = q p_out d* / (1 - d*)``. ``q=None`` (needs the planned number of events T) picks the rate a = q p_out
+    so that the expected density before the final clean-up is 1.25 d*:
+    ``a = (1 - d*) (1 - (0.25 d* / (1 - d*)) ** (1 / (T - 1)))``, ``q = min(1, a / p_out)``. With ``anneal_rounds=k`` p_in falls linearly over the last k events
+    before the final one, reaching 0 at the last of them so the mask settles. At the final event
+    (``ctx.final``) the mask is cleaned up deterministically to
     exactly the allocated count: the top-scoring alive groups, plus random pruned ones if too few are alive.
     Random draws come from (seed, event, tensor name), so the same seed gives the same masks on any
     process and after a resume. ``threshold``, when set (global scope), replaces the per-tensor quantile.
     """
 
-    q: float = 0.2
+    q: float | None = 0.2
     p_out: float = 0.5
     p_in: float | None = None
     candidates: str = "lowest"
@@ -85,8 +88,8 @@ class Drop(Selector):
         from .errors import ConfigError
         from .registry import check_fraction
 
-        if not (isinstance(self.q, (int, float)) and 0 < self.q <= 1):
-            raise ConfigError(f"drop q must be in (0, 1], got {self.q!r}")
+        if self.q is not None and not (isinstance(self.q, (int, float)) and 0 < self.q <= 1):
+            raise ConfigError(f"drop q must be in (0, 1] (or null to derive it), got {self.q!r}")
         check_fraction("drop p_out", self.p_out, allow_one=True)
         if self.p_in is not None:
             check_fraction("drop p_in", self.p_in, allow_one=True)
@@ -98,15 +101,28 @@ class Drop(Selector):
             raise ConfigError(f"drop anneal_rounds must be a non-negative integer, got {self.anneal_rounds!r}")
         self.threshold: float | None = None
 
+    def q_at(self, ctx: Context) -> float:
+        """The candidate fraction at this event (``q``, or derived when ``q`` is None)."""
+        if self.q is not None:
+            return float(self.q)
+        if not ctx.total_events or ctx.total_events < 2 or self.p_out == 0:
+            from .errors import ConfigError
+            raise ConfigError("drop q=null needs a positive p_out and a known number of pruning rounds (at least 2)")
+        d = 1.0 - ctx.final_sparsity
+        if d >= 1.0:
+            return 0.0
+        a = (1 - d) * (1 - (0.25 * d / (1 - d)) ** (1 / (ctx.total_events - 1)))
+        return min(1.0, a / self.p_out)
+
     def p_in_at(self, ctx: Context) -> float:
         """The revival probability at this event (derived and annealed as documented above)."""
         if self.p_in is not None:
             p = self.p_in
         else:
             d = 1.0 - ctx.final_sparsity
-            p = 1.0 if d >= 1.0 else min(1.0, self.q * self.p_out * d / (1.0 - d))
+            p = 1.0 if d >= 1.0 else min(1.0, self.q_at(ctx) * self.p_out * d / (1.0 - d))
         if self.anneal_rounds and ctx.total_events is not None:
-            left = (ctx.total_events - 1) - ctx.event  # events before the final one
+            left = (ctx.total_events - 2) - ctx.event  # stochastic events after this one
             p *= max(0.0, min(1.0, left / self.anneal_rounds))
         return p
 
@@ -129,7 +145,7 @@ class Drop(Selector):
         elif self.threshold is not None:
             cand = alive & (scores < self.threshold)
         else:
-            n_cand = int(self.q * n_alive + 0.5)
+            n_cand = int(self.q_at(ctx) * n_alive + 0.5)
             cand = alive & ~topk_mask(scores, n_alive - n_cand)
         u = torch.rand(alive.shape, generator=gen)
         dropped = cand & (u < self.p_out)

@@ -1,6 +1,7 @@
 """The experiment runner: a recipe becomes a run folder of stages that resume where they stopped.
 
-Stages: ``dense`` (train the dense model; its initial weights are kept for rewinding), then either pruning
+Stages: ``dense`` (train the dense model; its initial weights are kept for rewinding; runs in the same
+runs folder that differ only in pruning share it through ``RUNS/_dense``), then either pruning
 rounds ``round_01 .. round_R`` (prune to the round's sparsity, retrain) or one ``gradual`` stage (prune on a
 cubic schedule while training), then ``summary.json``. Every stage starts from the previous stage's
 checkpoint, in an uninterrupted run as in a resumed one, so both end bit-identical on CPU. A stage whose
@@ -18,7 +19,7 @@ import yaml
 
 from ..analysis import count_flops, count_params
 from ..data import load_data
-from ..io import atomic_write_json, atomic_write_text, read_json
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from ..models import build_model
 from ..pruner import Pruner
 from ..schedules import Cubic, geometric_rounds
@@ -36,8 +37,9 @@ class Runner:
     """Runs (or resumes) one recipe in ``run_dir``; ``log`` receives one line per event."""
 
     def __init__(self, recipe: Recipe, run_dir: str | Path, progress: bool = True,
-                 log: Callable[[str], None] = print, stop_after: str | None = None) -> None:
+                 log: Callable[[str], None] = print, stop_after: str | None = None, share_dense: bool = True) -> None:
         self.recipe, self.dir = recipe, Path(run_dir)
+        self.share_dense = share_dense
         self.progress, self.log, self.stop_after = progress, log, stop_after
         self.data = None
 
@@ -60,6 +62,12 @@ class Runner:
         p = self.recipe.prune
         return Pruner(model, method=p.method, schedule=schedule, sparsity=p.sparsity, targets=p.targets,
                       seed=self.recipe.seed)
+
+    def _dense_cache(self) -> Path | None:
+        """Where runs that differ only in pruning share their dense training (next to the run folders)."""
+        if not self.share_dense:
+            return None
+        return self.dir.parent / "_dense" / f"{self.recipe.model.name}-{self.recipe.dense_fingerprint()}"
 
     def stage_names(self) -> list[str]:
         p = self.recipe.prune
@@ -104,12 +112,21 @@ class Runner:
         data = self._data()
         t0 = time.perf_counter()
         if prev is None:  # dense
+            cache = self._dense_cache()
+            if cache is not None and is_complete(cache / "dense") and is_complete(cache / "init"):
+                _copy_checkpoint(cache / "init", self.dir / "init")
+                _copy_checkpoint(cache / "dense", folder)
+                self.log(f"stage {name}: reused the identical dense training in {cache}")
+                return
             save_checkpoint(self.dir / "init", model, extra={"note": "initial weights, for rewinding"})
             cfg = r.train
             opt = build_optimizer(model, cfg)
             Trainer(model, opt, cfg, data.train, data.test, metrics_path=metrics_path, progress=self.progress,
                     device=r.device, stage=name).fit()
             save_checkpoint(folder, model, None, opt, extra=self._stage_extra(model, None, t0))
+            if cache is not None:
+                _copy_checkpoint(self.dir / "init", cache / "init")
+                _copy_checkpoint(folder, cache / "dense")
             return
         masks, state = load_checkpoint(self._stage_dir(prev), model)
         cfg = r.retrain_config()
@@ -200,6 +217,14 @@ class Runner:
         atomic_write_text(self.dir / "metrics.jsonl", "".join(l + "\n" for l in lines))
         atomic_write_json(self.dir / "summary.json", summary)
         return summary
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> None:
+    """Copy a checkpoint folder file by file (atomically each), state.json last so it marks completion."""
+    files = sorted((p for p in src.iterdir() if p.is_file() and not p.name.startswith(".")),
+                   key=lambda p: p.name == "state.json")
+    for f in files:
+        atomic_write_bytes(dst / f.name, f.read_bytes())
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

@@ -85,6 +85,12 @@ class Recipe(_Strict):
         base.update(self.prune.retrain if self.prune else {})
         return _validate(OptimConfig, base, "prune.retrain")
 
+    def dense_fingerprint(self) -> str:
+        """A hash of what the dense stage depends on (seed, device, data, model, train), not of pruning."""
+        keys = ("seed", "device", "data", "model", "train")
+        blob = json.dumps({k: v for k, v in self.model_dump(mode="json").items() if k in keys}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
     def fingerprint(self) -> str:
         """A short hash of everything that affects results (so a changed recipe starts a new run)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)

@@ -34,7 +34,7 @@ class DropPruning(Method):
     granularity: Any = "element"
     allocation: Any = None  # from scope: uniform (layer) or global
     selector: Any = None    # built from the fields below
-    q: float = 0.2
+    q: float | None = 0.2
     p_out: float = 0.5
     p_in: float | None = None
     candidates: str = "lowest"
@@ -61,7 +61,7 @@ class DropPruning(Method):
         if isinstance(sel, Drop):
             sel.threshold = None
             if self.scope == "global" and sel.candidates == "lowest" and not ctx.final:
-                sel.threshold = self._global_candidate_threshold(pruner, ctx, sel.q)
+                sel.threshold = self._global_candidate_threshold(pruner, ctx, sel.q_at(ctx))
         if self.revive_value == "pruned":
             self._state["before"] = {n: p.detach().clone() for n, p in pruner.params.items()}
 

@@ -1,0 +1,124 @@
+"""DropPruning: the birth-death process on the mask, its clean-up, revival and determinism."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from prunelab import ConfigError, Pruner
+from prunelab.criteria import Context
+from prunelab.experiment import Runner, load_recipe
+from prunelab.selection import Drop
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(200, 150), nn.ReLU(), nn.Linear(150, 100))
+
+
+def test_density_follows_the_fixed_point_recursion():
+    q, p_out, p_in = 0.2, 0.5, 0.05
+    pruner = Pruner(_mlp(), {"name": "drop_pruning", "q": q, "p_out": p_out, "p_in": p_in}, schedule="manual",
+                    sparsity=0.9, seed=0)
+    d = 1.0
+    for _ in range(40):
+        pruner.prune(0.5, final=False)
+        d = d * (1 - q * p_out) + (1 - d) * p_in
+        assert pruner.masks.density() == pytest.approx(d, abs=0.01)
+    assert pruner.masks.density() == pytest.approx(p_in / (p_in + q * p_out), abs=0.02)  # at the fixed point
+
+
+def test_derived_p_in_and_annealing():
+    sel = Drop(q=0.2, p_out=0.5)
+    assert sel.p_in_at(Context(final_sparsity=0.93)) == pytest.approx(0.2 * 0.5 * 0.07 / 0.93)
+    ann = Drop(q=0.2, p_out=0.5, p_in=0.1, anneal_rounds=4)
+    ps = [ann.p_in_at(Context(event=e, total_events=10, final_sparsity=0.9)) for e in range(10)]
+    assert ps[:5] == [0.1] * 5 and ps[5:] == pytest.approx([0.075, 0.05, 0.025, 0.0, 0.0])  # last: clean-up
+    derived = Drop(q=None, p_out=0.9)
+    ctx = Context(total_events=20, final_sparsity=0.99)
+    a = derived.q_at(ctx) * 0.9
+    assert (1 - 0.01) * (1 - a / 0.99) ** 19 == pytest.approx(0.25 * 0.01)
+
+
+def test_final_clean_up_is_exact_and_revives_when_short():
+    pruner = Pruner(_mlp(), {"name": "drop_pruning", "q": 0.5, "p_out": 1.0, "p_in": 0.0}, schedule="manual",
+                    sparsity=0.7)
+    for _ in range(3):
+        pruner.prune(0.5, final=False)  # density 1/8 after three halvings, below the target 0.3
+    assert pruner.masks.density() == pytest.approx(0.125, abs=0.01)
+    pruner.prune(0.7)  # the final event: exactly the target in every tensor
+    for m in pruner.masks.values():
+        assert int(m.sum()) == int(0.3 * m.numel() + 0.5)
+
+
+def test_revived_weights_restart_with_zero_optimizer_state():
+    for revive_value in ("zero", "pruned"):
+        model = _mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        pruner = Pruner(model, {"name": "drop_pruning", "q": 0.5, "p_out": 1.0, "p_in": 0.5,
+                                "revive_value": revive_value}, schedule="manual", sparsity=0.9)
+        x, y = torch.randn(32, 200), torch.randint(0, 100, (32,))
+        def train_step():
+            opt.zero_grad(); nn.functional.cross_entropy(model(x), y).backward(); opt.step(); pruner.step(opt)
+        train_step()
+        pruner.prune(0.5, opt, final=False)
+        before = {n: p.detach().clone() for n, p in pruner.params.items()}
+        old = pruner.masks.clone()
+        train_step()
+        pruner.prune(0.5, opt, final=False)
+        assert pruner.history[-1]["revived"] > 0
+        for n, p in pruner.params.items():
+            back = ~old[n] & pruner.masks[n]
+            assert (opt.state[p]["momentum_buffer"][back] == 0).all()
+            if revive_value == "zero":
+                assert (p[back] == 0).all()
+        # "pruned": a weight revived in this event was pruned in the first event, with its value then
+        rec = pruner.history[-1]
+        assert rec["dropped"] > 0 and rec["revived_alive"] == rec["revived"]
+        if revive_value == "pruned":
+            assert any((p[~old[n] & pruner.masks[n]] != 0).any() for n, p in pruner.params.items())
+            del before
+
+
+def test_same_seed_same_masks_and_global_scope():
+    def masks(seed, scope="layer"):
+        p = Pruner(_mlp(), {"name": "drop_pruning", "scope": scope}, schedule="manual", sparsity=0.8, seed=seed)
+        for _ in range(4):
+            p.prune(0.5, final=False)
+        return p.masks
+    assert masks(1).equal(masks(1)) and not masks(1).equal(masks(2))
+    g = masks(1, "global")
+    assert g.density() == pytest.approx(0.9 ** 4, abs=0.02)
+
+
+@pytest.mark.parametrize("params,needle", [
+    ({"p_out": 1.5}, "p_out"), ({"p_in": -0.1}, "p_in"), ({"q": 0}, "q must be in (0, 1]"),
+    ({"q": 1.2}, "q must be in (0, 1]"), ({"scope": "net"}, "scope"), ({"candidates": "all"}, "candidates"),
+    ({"revive_value": "one"}, "revive_value"), ({"anneal_rounds": -1}, "anneal_rounds"),
+])
+def test_bad_parameters_are_rejected(params, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+        Pruner(_mlp(), {"name": "drop_pruning", **params}, sparsity=0.5)
+
+
+def test_recipe_run_records_round_statistics(tmp_path):
+    recipe = load_recipe("quickstart", ["train.epochs=1", "prune.retrain.epochs=1", "prune.schedule.rounds=4",
+                                        "prune.method={name: drop_pruning, q: null, p_out: 0.9}", "prune.sparsity=0.9"])
+    s = Runner(recipe, tmp_path / "r", progress=False, log=lambda m: None).run()
+    assert s["sparsity_prunable"] == pytest.approx(0.9, abs=1e-3)
+    records = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    prunes = [r["prune"] for r in records if "prune" in r]
+    assert len(prunes) == 4 and all({"dropped", "revived", "revived_alive", "density"} <= set(p) for p in prunes)
+    assert prunes[-1]["density"] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_dense_training_is_shared_between_runs(tmp_path):
+    logs = []
+    base = ["train.epochs=1", "prune.retrain.epochs=1", "prune.schedule.rounds=1"]
+    a = Runner(load_recipe("quickstart", base), tmp_path / "a", progress=False, log=logs.append).run()
+    b = Runner(load_recipe("quickstart", base + ["prune.sparsity=0.5"]), tmp_path / "b", progress=False,
+               log=logs.append).run()
+    assert any("reused the identical dense training" in line for line in logs)
+    assert a["dense_acc"] == b["dense_acc"]
+    assert (tmp_path / "a/stages/dense/model.safetensors").read_bytes() == \
+        (tmp_path / "b/stages/dense/model.safetensors").read_bytes()
