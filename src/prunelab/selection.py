@@ -64,16 +64,19 @@ class Drop(Selector):
     Candidates are the alive groups with the lowest ``q`` fraction of scores (``candidates="lowest"``; or,
     Han-style, those scoring below ``lam`` times the root-mean-square of the alive scores, which for
     magnitude scores is ``lam * std(w)`` of zero-mean weights: ``candidates="std"``). Each candidate is
-    dropped with probability ``p_out``; each pruned group is revived with probability ``p_in``. ``p_in=None``
-    derives it from the final density d* by the fixed point of d' = d (1 - q p_out) + (1 - d) p_in, i.e.
-    ``p_in = q p_out d* / (1 - d*)``. ``q=None`` (needs the planned number of events T) picks the rate a = q p_out
-    so that the expected density before the final clean-up is 1.25 d*:
-    ``a = (1 - d*) (1 - (0.25 d* / (1 - d*)) ** (1 / (T - 1)))``, ``q = min(1, a / p_out)``. With ``anneal_rounds=k`` p_in falls linearly over the last k events
-    before the final one, reaching 0 at the last of them so the mask settles. At the final event
-    (``ctx.final``) the mask is cleaned up deterministically to
-    exactly the allocated count: the top-scoring alive groups, plus random pruned ones if too few are alive.
-    Random draws come from (seed, event, tensor name), so the same seed gives the same masks on any
-    process and after a resume. ``threshold``, when set (global scope), replaces the per-tensor quantile.
+    dropped with probability ``p_out``; each pruned group is revived with probability ``p_in``.
+
+    ``p_in=None`` derives it from the final density d* by the fixed point of
+    d' = d (1 - q p_out) + (1 - d) p_in, i.e. ``p_in = q p_out d* / (1 - d*)``. ``q=None`` (needs the planned
+    number of events T) picks the rate a = q p_out so that the expected density before the final clean-up
+    is 1.25 d*: ``a = (1 - d*) (1 - (0.25 d* / (1 - d*)) ** (1 / (T - 1)))``, ``q = min(1, a / p_out)``.
+    With ``anneal_rounds=k`` p_in falls linearly over the last k events before the final one, reaching 0 at
+    the last of them so the mask settles.
+
+    At the final event (``ctx.final``) the mask is cleaned up deterministically to exactly the allocated
+    count: the top-scoring alive groups, plus random pruned ones if too few are alive. Random draws come
+    from (seed, event, tensor name), so the same seed gives the same masks on any process and after a
+    resume. ``threshold``, when set (global scope), replaces the per-tensor quantile.
     """
 
     q: float | None = 0.2

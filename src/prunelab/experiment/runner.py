@@ -19,6 +19,7 @@ import yaml
 
 from ..analysis import count_flops, count_params
 from ..data import load_data
+from ..errors import ConfigError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from ..models import build_model
 from ..pruner import Pruner
@@ -84,6 +85,9 @@ class Runner:
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> dict:
         """Run every stage not yet complete, then write and return summary.json's content."""
+        dev = self.recipe.device
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {dev!r} was asked for but CUDA is not available here; add device=cpu")
         if self.recipe.prune is not None:  # fail on a bad method or target before any training
             self._pruner(self._model())
         self.dir.mkdir(parents=True, exist_ok=True)
