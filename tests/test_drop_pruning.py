@@ -103,13 +103,16 @@ def test_bad_parameters_are_rejected(params, needle):
 
 def test_recipe_run_records_round_statistics(tmp_path):
     recipe = load_recipe("quickstart", ["train.epochs=1", "prune.retrain.epochs=1", "prune.schedule.rounds=4",
-                                        "prune.method={name: drop_pruning, q: null, p_out: 0.9}", "prune.sparsity=0.9"])
+                                        "prune.method={name: drop_pruning, q: null, p_out: 0.9}", "prune.sparsity=0.9",
+                                        "prune.final_epochs=2"])
     s = Runner(recipe, tmp_path / "r", progress=False, log=lambda m: None).run()
     assert s["sparsity_prunable"] == pytest.approx(0.9, abs=1e-3)
     records = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     prunes = [r["prune"] for r in records if "prune" in r]
     assert len(prunes) == 4 and all({"dropped", "revived", "revived_alive", "density"} <= set(p) for p in prunes)
     assert prunes[-1]["density"] == pytest.approx(0.1, abs=1e-3)
+    epochs = [r["stage"] for r in records if "epoch" in r]
+    assert epochs.count("round_03") == 1 and epochs.count("round_04") == 2  # final_epochs for the last round
 
 
 def test_dense_training_is_shared_between_runs(tmp_path):

@@ -133,7 +133,7 @@ class Runner:
                 _copy_checkpoint(folder, cache / "dense")
             return
         masks, state = load_checkpoint(self._stage_dir(prev), model)
-        cfg = r.retrain_config()
+        cfg = r.retrain_config(final=name == self.stage_names()[-1])
         sched = r.prune.schedule
         if name == "gradual":
             spe = len(data.train)

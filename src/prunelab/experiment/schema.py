@@ -59,6 +59,7 @@ class PruneConfig(_Strict):
     targets: dict[str, Any] | None = None
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     retrain: dict[str, Any] = Field(default_factory=dict)  # OptimConfig fields overriding ``train``
+    final_epochs: int | None = Field(None, ge=0)  # retraining epochs of the last round (default retrain.epochs)
 
     @field_validator("retrain")
     @classmethod
@@ -79,10 +80,13 @@ class Recipe(_Strict):
     train: OptimConfig = Field(default_factory=OptimConfig)
     prune: PruneConfig | None = None
 
-    def retrain_config(self) -> OptimConfig:
-        """The optimizer settings of retraining: ``train`` with ``prune.retrain`` applied."""
+    def retrain_config(self, final: bool = False) -> OptimConfig:
+        """The optimizer settings of retraining: ``train`` with ``prune.retrain`` applied (and, for the last
+        round, ``prune.final_epochs``)."""
         base = self.train.model_dump()
         base.update(self.prune.retrain if self.prune else {})
+        if final and self.prune is not None and self.prune.final_epochs is not None:
+            base["epochs"] = self.prune.final_epochs
         return _validate(OptimConfig, base, "prune.retrain")
 
     def dense_fingerprint(self) -> str:
