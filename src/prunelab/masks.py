@@ -20,10 +20,11 @@ from .io import atomic_write_bytes
 
 
 class Masks(Mapping[str, Tensor]):
-    """An ordered mapping of parameter names to boolean masks."""
+    """An ordered mapping of parameter names to boolean masks; treat it as immutable (build a new one)."""
 
     def __init__(self, masks: Mapping[str, Tensor]) -> None:
         self._m: dict[str, Tensor] = {}
+        self._nonzero: int | None = None
         for name, m in masks.items():
             if not isinstance(m, Tensor):
                 raise TypeError(f"mask {name!r} must be a tensor")
@@ -65,7 +66,11 @@ class Masks(Mapping[str, Tensor]):
         return sum(m.numel() for m in self._m.values())
 
     def nonzero(self) -> int:
-        return int(sum(int(torch.count_nonzero(m)) for m in self._m.values()))
+        # cached: a Masks is treated as immutable (the Pruner installs a new one at every change), and
+        # training loops ask for the sparsity at every step for their progress display
+        if self._nonzero is None:
+            self._nonzero = int(sum(int(torch.count_nonzero(m)) for m in self._m.values()))
+        return self._nonzero
 
     def density(self) -> float:
         """Fraction of alive entries over all masked parameters (1.0 for no masks)."""
