@@ -57,6 +57,28 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .attack import attack_run
+    from .errors import ConfigError
+
+    try:
+        eps = [float(e) for e in args.eps.split(",")]
+    except ValueError:
+        raise ConfigError(f"--eps must be comma-separated numbers, got {args.eps!r}") from None
+    out = attack_run(args.run_dir, eps, args.attacks.split(","), args.samples or None, args.steps, args.step_size,
+                     args.dense_run)
+    t = Table(title=f"accuracy under attack ({out['samples'] or 'all'} test samples, PGD {out['steps']} steps)")
+    cols = list(out["results"][0])
+    for c in cols:
+        t.add_column(c)
+    for row in out["results"]:
+        t.add_row(*[row[c] if isinstance(row[c], str) else f"{row[c]:.4f}" for c in cols])
+    _console().print(t)
+    return 0
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"
@@ -69,7 +91,7 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
     from rich.table import Table
 
     t = Table(title=f"{s['recipe']} (seed {s['seed']})", show_header=False)
-    rows = [("dense accuracy", _fmt(s["dense_acc"])), ("pruned accuracy", _fmt(s.get("pruned_acc")))]
+    rows = [("dense accuracy", _fmt(s["dense_acc"]) if s["dense_acc"] is not None else "- (sparse from scratch)"), ("pruned accuracy", _fmt(s.get("pruned_acc")))]
     if "sparsity_prunable" in s:
         rows += [("sparsity over prunable weights", f"{s['sparsity_prunable']:.4f}"),
                  ("compression over prunable weights",
@@ -79,6 +101,11 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
              ("FLOPs (multiply-accumulates)",
               f"{s['flops_dense']:,} -> {s['flops_nonzero']:,} ({s['flops_dense'] / max(s['flops_nonzero'], 1):.2f}x fewer)"),
              ("wall time", f"{s['wall_seconds']:.1f} s")]
+    if s.get("bytes_compact_file"):
+        rows.append(("bytes on disk: dense -> compact",
+                     f"{s['bytes_dense_file']:,} -> {s['bytes_compact_file']:,} "
+                     f"({s['bytes_dense_file'] / s['bytes_compact_file']:.2f}x smaller; "
+                     f"formats: {', '.join(sorted(set(s['compact_formats'].values())))})"))
     for k, v in rows:
         t.add_row(k, v)
     con.print(t)
@@ -122,6 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print a run's summary as tables")
     s.add_argument("run_dir")
     s.set_defaults(fn=cmd_show)
+    a = sub.add_parser("attack", help="accuracy of a run's dense and sparse models under FGSM and PGD")
+    a.add_argument("run_dir")
+    a.add_argument("--eps", default="0.05,0.1,0.2,0.3", help="L-inf radii in pixel space [0, 1]")
+    a.add_argument("--attacks", default="fgsm,pgd")
+    a.add_argument("--steps", type=int, default=10, help="PGD steps")
+    a.add_argument("--step-size", type=float, default=None, help="PGD step (default eps/4)")
+    a.add_argument("--samples", type=int, default=1000, help="test samples to attack (0 = all)")
+    a.add_argument("--dense-run", help="a run whose final model is the dense reference (for sparse-from-scratch runs)")
+    a.set_defaults(fn=cmd_attack)
     return p
 
 

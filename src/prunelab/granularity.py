@@ -11,6 +11,7 @@ Contract of every granularity, for a tensor of shape ``shape``:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -33,6 +34,13 @@ class Granularity:
 
     def check(self, name: str, shape: tuple[int, ...]) -> None:
         """Raise ConfigError when this granularity cannot apply to a tensor of this shape."""
+
+    def steps(self, sparsity: float, final_sparsity: float) -> list[tuple["Granularity", float, float]]:
+        """The selection passes of one pruning event: (granularity, sparsity, final sparsity) each.
+
+        One pass for every granularity but composites such as ``combined`` (kernels, then windows).
+        """
+        return [(self, sparsity, final_sparsity)]
 
     def group_size(self, shape: tuple[int, ...]) -> int:
         import math
@@ -123,74 +131,69 @@ class Kernel(Granularity):
 @GRANULARITIES.register("window")
 @dataclass
 class Window(Granularity):
-    """Within-kernel: every k x k kernel keeps the same number of its own weights (Campfire's window)."""
+    """Within-kernel: every k x k kernel keeps the same number of its own weights (Campfire's window).
 
-    per_block = True
-
-    def check(self, name, shape):
-        if len(shape) < 3:
-            raise ConfigError(f"window granularity needs a convolution weight; {name} has shape {list(shape)}")
-
-    def _view(self, t):
-        return t.reshape(t.shape[0] * t.shape[1], -1, 1)
-
-    def _unview(self, v, shape):
-        return v.reshape(shape)
-
-
-@GRANULARITIES.register("nm")
-@dataclass
-class NM(Granularity):
-    """N:M: in every run of ``m`` consecutive input channels (at each output and kernel position) ``n`` survive.
-
-    N:M fixes the density at n/m; a requested sparsity other than 1 - n/m is a ConfigError.
+    Tensors without a spatial kernel (1x1 convolutions, linear layers) use runs of ``group`` consecutive
+    input channels as their windows, each keeping the same count (N:M-style with a free N).
     """
 
-    n: int = 2
-    m: int = 4
+    group: int = 4
     per_block = True
 
-    def __post_init__(self):
-        if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n <= self.m):
-            raise ConfigError(f"N:M needs integers 0 < n <= m, got n={self.n}, m={self.m}")
-        self.fixed_density = self.n / self.m
+    def _spatial(self, shape) -> bool:
+        return len(shape) >= 3 and math.prod(shape[2:]) > 1
 
     def check(self, name, shape):
-        if len(shape) < 2 or shape[1] % self.m:
-            raise ConfigError(f"N:M with m={self.m} needs input channels divisible by {self.m}; "
-                              f"{name} has shape {list(shape)}")
+        if not self._spatial(shape) and (len(shape) < 2 or shape[1] % self.group):
+            raise ConfigError(f"window granularity on {name} (shape {list(shape)}, no spatial kernel) needs input "
+                              f"channels divisible by group={self.group}")
 
     def _view(self, t):
-        # move the input-channel dim last so each block is m consecutive input channels
-        moved = t.movedim(1, -1)
-        return moved.reshape(-1, self.m, 1)
+        if self._spatial(t.shape):
+            return t.reshape(t.shape[0] * t.shape[1], -1, 1)
+        return t.movedim(1, -1).reshape(-1, self.group, 1)
 
     def _unview(self, v, shape):
-        moved_shape = (shape[0], *shape[2:], shape[1])
-        return v.reshape(moved_shape).movedim(-1, 1)
+        if self._spatial(shape):
+            return v.reshape(shape)
+        return v.reshape((shape[0], *shape[2:], shape[1])).movedim(-1, 1)
 
 
-@GRANULARITIES.register("block")
+@GRANULARITIES.register("combined")
 @dataclass
-class Block(Granularity):
-    """Rectangular blocks of a 2-D view (rows = output channels, columns = the rest), ``rows x cols``."""
+class Combined(Granularity):
+    """Kernel sparsity, then window sparsity inside the surviving kernels (Campfire's combined pattern).
 
-    rows: int = 4
-    cols: int = 4
+    A target sparsity s is split as (1 - s) = (1 - s_k)(1 - s_w) with s_k = ``kernel_share`` * s, kernels being
+    removed balanced per filter; then every surviving kernel keeps the same count. Every target must be a
+    convolution with a spatial kernel (exclude linear and 1x1 layers through the targets).
+    """
+
+    kernel_share: float = 0.5
+    group: int = 4
+
+    def __post_init__(self):
+        if not 0 <= self.kernel_share <= 1:
+            raise ConfigError(f"combined kernel_share must be in [0, 1], got {self.kernel_share}")
+        self._kernel = Kernel(per_filter=True)
+        self._window = Window(group=self.group)
 
     def check(self, name, shape):
-        import math
-        r, c = shape[0], math.prod(shape[1:])
-        if r % self.rows or c % self.cols:
-            raise ConfigError(f"block {self.rows}x{self.cols} does not tile {name} viewed as {r}x{c}")
+        if not self._window._spatial(shape):
+            raise ConfigError(f"combined granularity needs convolutions with a spatial kernel; {name} has shape "
+                              f"{list(shape)} (exclude it through the targets)")
 
-    def _view(self, t):
-        r, c = t.shape[0], t[0].numel()
-        v = t.reshape(r // self.rows, self.rows, c // self.cols, self.cols).permute(0, 2, 1, 3)
-        return v.reshape(1, -1, self.rows * self.cols)
+    def _split(self, s: float) -> tuple[float, float]:
+        s_k = self.kernel_share * s
+        s_w = 1 - (1 - s) / (1 - s_k) if s_k < 1 else 0.0
+        return s_k, s_w
+
+    def steps(self, sparsity, final_sparsity):
+        (k, w), (kf, wf) = self._split(sparsity), self._split(final_sparsity)
+        return [(self._kernel, k, kf), (self._window, w, wf)]
+
+    def _view(self, t):  # as a single view (for alive/structure queries) it is the window view
+        return self._window._view(t)
 
     def _unview(self, v, shape):
-        import math
-        r, c = shape[0], math.prod(shape[1:])
-        v = v.reshape(r // self.rows, c // self.cols, self.rows, self.cols).permute(0, 2, 1, 3)
-        return v.reshape(shape)
+        return self._window._unview(v, shape)

@@ -64,7 +64,8 @@ class Pruner:
                 raise ConfigError("give the target sparsity: Pruner(model, ..., sparsity=0.9)")
             self.schedule = SCHEDULES.build(schedule, **({"sparsity": sparsity} if sparsity is not None else {}))
         self.seed = int(seed)
-        self.params: dict[str, nn.Parameter] = build_targets(targets).resolve(model)
+        self.params: dict[str, nn.Parameter] = build_targets(
+            targets if targets is not None else self.method.default_targets).resolve(model)
         for name, p in self.params.items():
             gran.check(name, tuple(p.shape))
         self.masks = Masks.dense(self.params)
@@ -113,30 +114,14 @@ class Pruner:
                       final=final, total_events=self.planned_events)
         m.before_prune(self, ctx)
         scores = m.criterion_.scores(self.params, ctx)
-        gran, alloc = m.granularity_, m.allocation_
-        layers, views = [], {}
-        for name, p in self.params.items():
-            with torch.no_grad():
-                gs = gran.group_scores(scores.pop(name).float())
-                alive = gran.alive(self.masks[name])
-                if name not in self._dense:
-                    gs.masked_fill_(~alive, float("-inf"))  # scores are ours: fill in place, no copy
-            views[name] = (gs, alive)
-            b, g = gs.shape
-            layers.append(LayerGroups(name, tuple(p.shape), b, g, gran.group_size(tuple(p.shape)),
-                                      gran.per_block, gs if alloc.needs_scores else None))
-        keep = alloc.keep_counts(layers, sparsity, self.schedule.sparsity)
-        new = {}
-        for layer in layers:
-            gs, alive = views.pop(layer.name)
-            layer.scores = None  # free each tensor's scores as soon as it is selected
-            sel = m.selector_.select(gs, alive, keep[layer.name], gran.per_block, ctx, layer.name, layer.threshold)
-            mask = gran.expand(sel, layer.shape)
-            old = self.masks[layer.name]
-            if not m.selector_.revives and layer.name not in self._dense:
-                mask = mask & old
-            new[layer.name] = mask.contiguous()
-        old, self.masks = self.masks, Masks(new)
+        masks, dense = self.masks, self._dense
+        steps = m.granularity_.steps(sparsity, self.schedule.sparsity)
+        for i, (gran, s, s_final) in enumerate(steps):
+            last = i == len(steps) - 1
+            step_scores = scores if last else {n: t.clone() for n, t in scores.items()}
+            masks = Masks(self._select(gran, s, s_final, step_scores, masks, dense, ctx))
+            dense = {n for n, t in masks.items() if all_true(t)} if not last else dense
+        old, self.masks = self.masks, masks
         self._refresh()
         self._zero_pruned(optimizer)
         m.criterion_.reset()
@@ -145,6 +130,34 @@ class Pruner:
         record.update(m.after_prune(self, old, self.masks) or {})
         self.history.append(record)
         return self.masks
+
+    def _select(self, gran, sparsity: float, final_sparsity: float, scores: dict, masks: Masks, dense: set,
+                ctx: Context) -> dict[str, Tensor]:
+        """One pass of granularity -> allocation -> selector over every tensor; returns the new masks."""
+        m = self.method
+        alloc = m.allocation_
+        layers, views = [], {}
+        for name, p in self.params.items():
+            with torch.no_grad():
+                gs = gran.group_scores(scores.pop(name).float())
+                alive = gran.alive(masks[name])
+                if name not in dense:
+                    gs.masked_fill_(~alive, float("-inf"))  # scores are ours: fill in place, no copy
+            views[name] = (gs, alive)
+            b, g = gs.shape
+            layers.append(LayerGroups(name, tuple(p.shape), b, g, gran.group_size(tuple(p.shape)),
+                                      gran.per_block, gs if alloc.needs_scores else None))
+        keep = alloc.keep_counts(layers, sparsity, final_sparsity)
+        new = {}
+        for layer in layers:
+            gs, alive = views.pop(layer.name)
+            layer.scores = None  # free each tensor's scores as soon as it is selected
+            sel = m.selector_.select(gs, alive, keep[layer.name], gran.per_block, ctx, layer.name, layer.threshold)
+            mask = gran.expand(sel, layer.shape)
+            if not m.selector_.revives and layer.name not in dense:
+                mask = mask & masks[layer.name]
+            new[layer.name] = mask.contiguous()
+        return new
 
     def enforce(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Set pruned weights, and their optimizer state, to exactly zero (the per-step hot path).

@@ -20,6 +20,7 @@ import yaml
 from ..analysis import count_flops, count_params
 from ..data import load_data
 from ..errors import ConfigError
+from ..export import compact_bytes
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from ..models import build_model
 from ..pruner import Pruner
@@ -199,7 +200,7 @@ class Runner:
         summary = {
             "recipe": r.name, "run_dir": str(self.dir), "seed": r.seed,
             "method": r.prune.method if r.prune else None,
-            "dense_acc": stages["dense"]["test_acc"],
+            "dense_acc": stages["dense"]["test_acc"] if r.train.epochs > 0 else None,  # None: trained sparse from scratch
             "pruned_acc": stages[names[-1]]["test_acc"] if r.prune else None,
             "params_total": params["total"], "params_nonzero": params["nonzero"],
             "compression_model": params["total"] / max(params["nonzero"], 1),
@@ -209,7 +210,11 @@ class Runner:
                         "acc_before_retrain": s.get("acc_before_retrain"), "seconds": s["seconds"]}
                        for n, s in stages.items()],
         }
+        dense_bytes = (self._stage_dir(names[-1]) / "model.safetensors").stat().st_size
+        summary["bytes_dense_file"] = dense_bytes
         if masks is not None:
+            compact, formats = compact_bytes(model, masks)
+            summary.update(bytes_compact_file=compact, compact_formats=formats)
             summary.update(prunable_params=masks.numel(), nonzero_prunable=masks.nonzero(),
                            sparsity_prunable=masks.sparsity(), compression_prunable=masks.compression_ratio(),
                            layers=masks.layer_stats())

@@ -37,6 +37,11 @@ class Method:
         self.selector_: Selector = SELECTORS.build(self.selector)
 
     @property
+    def default_targets(self) -> dict | None:
+        """Targets options a method wants when the user gives none (e.g. keep the first layer dense)."""
+        return None
+
+    @property
     def name(self) -> str:
         return getattr(type(self), "registered_name", type(self).__name__)
 

@@ -29,6 +29,7 @@ class OptimConfig(BaseModel):
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])  # for "multistep": epochs, or fractions if < 1
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: int = Field(0, ge=0)
+    hold_epochs: int = Field(0, ge=0)  # constant lr for these epochs (after warmup), then the schedule over the rest
 
     @field_validator("milestones")
     @classmethod
@@ -54,6 +55,12 @@ def lr_at(cfg: OptimConfig, epoch: int) -> float:
         return cfg.lr * (epoch + 1) / cfg.warmup_epochs
     if cfg.lr_schedule == "constant":
         return cfg.lr
+    if cfg.hold_epochs:
+        if epoch < cfg.warmup_epochs + cfg.hold_epochs:
+            return cfg.lr
+        rest = cfg.model_copy(update={"hold_epochs": 0, "warmup_epochs": 0,
+                                      "epochs": max(1, cfg.epochs - cfg.warmup_epochs - cfg.hold_epochs)})
+        return lr_at(rest, epoch - cfg.warmup_epochs - cfg.hold_epochs)
     if cfg.lr_schedule == "step":
         return cfg.lr * cfg.gamma ** (epoch // cfg.step_size)
     if cfg.lr_schedule == "multistep":

@@ -1,0 +1,135 @@
+"""The compact format: each masked tensor stored by the structure its mask actually has.
+
+Formats, chosen per tensor from the mask (the most compact that describes it exactly):
+  ``filter``  the mask keeps whole output channels: their indices (int32) and the kept rows, dense;
+  ``kernel``  the mask keeps whole k x k kernels: a bitmask of the (out, in) kernels and the kept kernels;
+  ``bitmask`` anything else (element, window, N:M): one bit per weight and the kept values in order. For a
+              window mask this is the k*k-bit index of each kernel; because every kernel keeps the same
+              count the values form a regular (kernels x count) array.
+Everything else in the state_dict is stored as is. The file is safetensors with a JSON manifest in its
+metadata; loading checks every shape and count against the manifest, so a truncated or edited file is
+refused instead of silently giving other weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+from ..errors import CheckpointError
+from ..io import atomic_write_bytes, read_safetensors
+from ..masks import Masks
+
+
+def _pack(bits: Tensor) -> Tensor:
+    return torch.from_numpy(np.packbits(bits.reshape(-1).cpu().numpy().astype(np.uint8)))
+
+
+def _unpack(packed: Tensor, n: int) -> Tensor:
+    return torch.from_numpy(np.unpackbits(packed.numpy())[:n].astype(bool))
+
+
+def encode_tensor(weight: Tensor, mask: Tensor) -> tuple[dict[str, Tensor], dict]:
+    """Encode one masked tensor; returns (tensors keyed by suffix, manifest entry)."""
+    w = weight.detach().cpu()
+    m = mask.cpu().to(torch.bool)
+    meta = {"shape": list(w.shape), "dtype": str(w.dtype).replace("torch.", "")}
+    rows = m.reshape(m.shape[0], -1)
+    kept_rows = rows.any(1)
+    if w.dim() >= 2 and torch.equal(rows, kept_rows[:, None].expand_as(rows)):
+        idx = kept_rows.nonzero().squeeze(1).to(torch.int32)
+        return {"index": idx, "values": w[kept_rows].contiguous()}, {**meta, "format": "filter"}
+    if w.dim() >= 3 and math.prod(w.shape[2:]) > 1:
+        kern = m.flatten(2).any(2)
+        if torch.equal(m.flatten(2), kern[..., None].expand_as(m.flatten(2))):
+            return ({"bits": _pack(kern), "values": w.flatten(2)[kern].contiguous()},
+                    {**meta, "format": "kernel", "count": int(kern.sum())})
+    return {"bits": _pack(m), "values": w[m].contiguous()}, {**meta, "format": "bitmask", "count": int(m.sum())}
+
+
+def decode_tensor(parts: dict[str, Tensor], meta: dict) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`encode_tensor`: (weight with zeros, bool mask)."""
+    shape = tuple(meta["shape"])
+    dtype = getattr(torch, meta["dtype"])
+    vals = parts["values"]
+    fmt = meta["format"]
+    if fmt == "filter":
+        idx = parts["index"].long()
+        if vals.shape != (len(idx), *shape[1:]) or (len(idx) and int(idx.max()) >= shape[0]):
+            raise CheckpointError("a filter-format tensor does not match its manifest")
+        w = torch.zeros(shape, dtype=dtype)
+        w[idx] = vals
+        mask = torch.zeros(shape, dtype=torch.bool)
+        mask[idx] = True
+        return w, mask
+    if fmt == "kernel":
+        k = math.prod(shape[2:])
+        kern = _unpack(parts["bits"], shape[0] * shape[1]).reshape(shape[0], shape[1])
+        if int(kern.sum()) != meta["count"] or vals.shape != (meta["count"], k):
+            raise CheckpointError("a kernel-format tensor does not match its manifest")
+        w = torch.zeros(shape[0], shape[1], k, dtype=dtype)
+        w[kern] = vals
+        return w.reshape(shape), kern[..., None].expand(shape[0], shape[1], k).reshape(shape).clone()
+    if fmt == "bitmask":
+        mask = _unpack(parts["bits"], math.prod(shape)).reshape(shape)
+        if int(mask.sum()) != meta["count"] or vals.numel() != meta["count"]:
+            raise CheckpointError("a bitmask-format tensor does not match its manifest")
+        w = torch.zeros(shape, dtype=dtype)
+        w[mask] = vals
+        return w, mask
+    raise CheckpointError(f"unknown compact format {fmt!r}")
+
+
+def _encode_model(model: nn.Module, masks: Masks) -> tuple[dict[str, Tensor], dict]:
+    tensors, manifest = {}, {}
+    for name, t in model.state_dict().items():
+        if name in masks:
+            parts, meta = encode_tensor(t, masks[name])
+            for suffix, part in parts.items():
+                tensors[f"{name}::{suffix}"] = part
+            manifest[name] = meta
+        else:
+            tensors[name] = t.detach().cpu().contiguous()
+    return tensors, manifest
+
+
+def compact_bytes(model: nn.Module, masks: Masks) -> tuple[int, dict[str, str]]:
+    """Bytes of the compact file for this model and masks, and the format chosen per masked tensor."""
+    tensors, manifest = _encode_model(model, masks)
+    data = st_save(tensors, metadata={"format": "prunelab.compact/1", "manifest": json.dumps(manifest)})
+    return len(data), {n: m["format"] for n, m in manifest.items()}
+
+
+def save_compact(model: nn.Module, masks: Masks, path: str | Path) -> int:
+    """Write the compact file atomically; returns its size in bytes."""
+    tensors, manifest = _encode_model(model, masks)
+    data = st_save(tensors, metadata={"format": "prunelab.compact/1", "manifest": json.dumps(manifest)})
+    atomic_write_bytes(path, data)
+    return len(data)
+
+
+def load_compact(path: str | Path) -> tuple[dict[str, Tensor], Masks]:
+    """Read a compact file: (state_dict with zeros restored, masks). Corrupt files raise CheckpointError."""
+    tensors, meta = read_safetensors(path)
+    if meta.get("format") != "prunelab.compact/1":
+        raise CheckpointError(f"{path} is not a prunelab compact file")
+    try:
+        manifest = json.loads(meta["manifest"])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path} has no readable manifest") from None
+    state, masks = {}, {}
+    for key in tensors:
+        if "::" not in key:
+            state[key] = tensors[key]
+    for name, entry in manifest.items():
+        parts = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{name}::")}
+        try:
+            state[name], masks[name] = decode_tensor(parts, entry)
+        except (KeyError, RuntimeError, ValueError, IndexError):
+            raise CheckpointError(f"{path}: tensor {name} is damaged") from None
+    return state, Masks(masks)
