@@ -137,7 +137,7 @@ def test_taylor_in_a_loop_and_nm_sparsity():
 
 def test_bad_input_is_one_clear_error():
     model = _net()
-    with pytest.raises(ConfigError, match="unknown method 'magnitud'; valid: drop_pruning, magnitude"):
+    with pytest.raises(ConfigError, match="unknown method 'magnitud'; valid: campfire, drop_pruning"):
         Pruner(model, "magnitud", sparsity=0.5)
     for bad in (1.0, -0.1, "x"):
         with pytest.raises(ConfigError, match="sparsity"):

@@ -197,3 +197,61 @@ class Combined(Granularity):
 
     def _unview(self, v, shape):
         return self._window._unview(v, shape)
+
+
+@GRANULARITIES.register("nm")
+@dataclass
+class NM(Granularity):
+    """N:M: in every run of ``m`` consecutive input channels (at each output and kernel position) ``n`` survive.
+
+    N:M fixes the density at n/m; a requested sparsity other than 1 - n/m is a ConfigError.
+    """
+
+    n: int = 2
+    m: int = 4
+    per_block = True
+
+    def __post_init__(self):
+        if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n <= self.m):
+            raise ConfigError(f"N:M needs integers 0 < n <= m, got n={self.n}, m={self.m}")
+        self.fixed_density = self.n / self.m
+
+    def check(self, name, shape):
+        if len(shape) < 2 or shape[1] % self.m:
+            raise ConfigError(f"N:M with m={self.m} needs input channels divisible by {self.m}; "
+                              f"{name} has shape {list(shape)}")
+
+    def _view(self, t):
+        # move the input-channel dim last so each block is m consecutive input channels
+        moved = t.movedim(1, -1)
+        return moved.reshape(-1, self.m, 1)
+
+    def _unview(self, v, shape):
+        moved_shape = (shape[0], *shape[2:], shape[1])
+        return v.reshape(moved_shape).movedim(-1, 1)
+
+
+@GRANULARITIES.register("block")
+@dataclass
+class Block(Granularity):
+    """Rectangular blocks of a 2-D view (rows = output channels, columns = the rest), ``rows x cols``."""
+
+    rows: int = 4
+    cols: int = 4
+
+    def check(self, name, shape):
+        import math
+        r, c = shape[0], math.prod(shape[1:])
+        if r % self.rows or c % self.cols:
+            raise ConfigError(f"block {self.rows}x{self.cols} does not tile {name} viewed as {r}x{c}")
+
+    def _view(self, t):
+        r, c = t.shape[0], t[0].numel()
+        v = t.reshape(r // self.rows, self.rows, c // self.cols, self.cols).permute(0, 2, 1, 3)
+        return v.reshape(1, -1, self.rows * self.cols)
+
+    def _unview(self, v, shape):
+        import math
+        r, c = shape[0], math.prod(shape[1:])
+        v = v.reshape(r // self.rows, c // self.cols, self.rows, self.cols).permute(0, 2, 1, 3)
+        return v.reshape(shape)
