@@ -48,8 +48,11 @@ def test_combined_reaches_its_split_and_refuses_linear_layers():
         kernels = m.flatten(2).any(2)
         assert kernels.sum(1).eq(6).all()                    # s_k = 0.25 of 8 kernels per filter: 6 kept
         assert m.flatten(2).sum(2)[kernels].eq(6).all()      # s_w = 1 - 0.5 / 0.75 inside: 6 of 9 kept
-    with pytest.raises(ConfigError, match="spatial kernel"):
-        Pruner(model, {"name": "campfire", "granularity": "combined", "keep_last_dense": False}, sparsity=0.5)
+    lin = Pruner(nn.Sequential(nn.Linear(16, 4)), {"name": "magnitude", "granularity": "combined"}, sparsity=0.5)
+    runs = lin.masks["0.weight"].reshape(4, 4, 4)        # rows x runs of 4 inputs x 4
+    assert runs.any(2).sum(1).eq(3).all() and runs.sum(2)[runs.any(2)].eq(3).all()
+    with pytest.raises(ConfigError, match="divisible"):
+        Pruner(nn.Sequential(nn.Linear(6, 4)), {"name": "magnitude", "granularity": "combined"}, sparsity=0.5)
 
 
 @pytest.mark.parametrize("gran,fmt", [("element", "bitmask"), ("window", "bitmask"), ("filter", "filter"),

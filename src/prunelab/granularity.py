@@ -164,39 +164,53 @@ class Window(Granularity):
 class Combined(Granularity):
     """Kernel sparsity, then window sparsity inside the surviving kernels (Campfire's combined pattern).
 
-    A target sparsity s is split as (1 - s) = (1 - s_k)(1 - s_w) with s_k = ``kernel_share`` * s, kernels being
-    removed balanced per filter; then every surviving kernel keeps the same count. Every target must be a
-    convolution with a spatial kernel (exclude linear and 1x1 layers through the targets).
+    A target sparsity s is split as (1 - s) = (1 - s_k)(1 - s_w) with s_k = ``kernel_share`` * s: first whole
+    kernels go, the same number in every filter; then every surviving kernel keeps the same count. For
+    tensors without a spatial kernel (linear, 1x1) a run of ``group`` consecutive input channels plays the
+    kernel's part, as it does for ``window``.
     """
 
     kernel_share: float = 0.5
     group: int = 4
 
     def __post_init__(self):
-        if not 0 <= self.kernel_share <= 1:
-            raise ConfigError(f"combined kernel_share must be in [0, 1], got {self.kernel_share}")
-        self._kernel = Kernel(per_filter=True)
+        if not 0 <= self.kernel_share < 1:
+            raise ConfigError(f"combined kernel_share must be in [0, 1), got {self.kernel_share}")
+        self._kernel = _KernelRuns(group=self.group)
         self._window = Window(group=self.group)
 
     def check(self, name, shape):
-        if not self._window._spatial(shape):
-            raise ConfigError(f"combined granularity needs convolutions with a spatial kernel; {name} has shape "
-                              f"{list(shape)} (exclude it through the targets)")
+        self._window.check(name, shape)
 
     def _split(self, s: float) -> tuple[float, float]:
         s_k = self.kernel_share * s
-        s_w = 1 - (1 - s) / (1 - s_k) if s_k < 1 else 0.0
-        return s_k, s_w
+        return s_k, 1 - (1 - s) / (1 - s_k)
 
     def steps(self, sparsity, final_sparsity):
         (k, w), (kf, wf) = self._split(sparsity), self._split(final_sparsity)
         return [(self._kernel, k, kf), (self._window, w, wf)]
 
-    def _view(self, t):  # as a single view (for alive/structure queries) it is the window view
+    def _view(self, t):  # as a single view (alive/structure queries) it is the window view
         return self._window._view(t)
 
     def _unview(self, v, shape):
         return self._window._unview(v, shape)
+
+
+@dataclass
+class _KernelRuns(Granularity):
+    """Combined's first pass: kernels balanced per filter, or runs of ``group`` inputs for non-spatial tensors."""
+
+    group: int = 4
+    per_block = True
+
+    def _view(self, t):
+        if len(t.shape) >= 3 and math.prod(t.shape[2:]) > 1:
+            return t.reshape(t.shape[0], t.shape[1], -1)
+        return t.reshape(t.shape[0], t.shape[1] // self.group, self.group)
+
+    def _unview(self, v, shape):
+        return v.reshape(shape)
 
 
 @GRANULARITIES.register("nm")
