@@ -125,3 +125,14 @@ def test_dense_training_is_shared_between_runs(tmp_path):
     assert a["dense_acc"] == b["dense_acc"]
     assert (tmp_path / "a/stages/dense/model.safetensors").read_bytes() == \
         (tmp_path / "b/stages/dense/model.safetensors").read_bytes()
+
+
+def test_han_style_candidates_below_lambda_times_rms():
+    model = nn.Sequential(nn.Linear(4, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.1, -0.2, 1.0, -2.0]]))
+    pruner = Pruner(model, {"name": "drop_pruning", "candidates": "std", "lam": 0.5, "p_out": 1.0, "p_in": 0.0},
+                    schedule="manual", sparsity=0.5)
+    pruner.prune(0.5, final=False)
+    # rms of |w| = sqrt((0.01 + 0.04 + 1 + 4) / 4) = 1.124; 0.5 * rms = 0.562: the two small weights go
+    assert pruner.masks["0.weight"].tolist() == [[False, False, True, True]]

@@ -146,3 +146,14 @@ def test_schedules():
                 {"name": "iterative", "rounds": 0}):
         with pytest.raises(ConfigError):
             SCHEDULES.build(bad)
+
+
+def test_learning_rate_schedules_including_hold_then_decay():
+    from prunelab.training import OptimConfig, lr_at
+
+    step = OptimConfig(epochs=6, lr=1.0, lr_schedule="step", step_size=2, gamma=0.5)
+    assert [lr_at(step, e) for e in range(6)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    hold = OptimConfig(epochs=8, lr=1.0, lr_schedule="multistep", milestones=[0.5], hold_epochs=4)
+    assert [lr_at(hold, e) for e in range(8)] == [1.0] * 6 + [pytest.approx(0.1)] * 2
+    cos = OptimConfig(epochs=4, lr=2.0, lr_schedule="cosine", warmup_epochs=1)
+    assert lr_at(cos, 0) == 2.0 and lr_at(cos, 1) == 2.0 and lr_at(cos, 3) < 1.0
