@@ -98,17 +98,20 @@ def _encode_model(model: nn.Module, masks: Masks) -> tuple[dict[str, Tensor], di
     return tensors, manifest
 
 
+def _serialize(model: nn.Module, masks: Masks) -> tuple[bytes, dict]:
+    tensors, manifest = _encode_model(model, masks)
+    return st_save(tensors, metadata={"format": "prunelab.compact/1", "manifest": json.dumps(manifest)}), manifest
+
+
 def compact_bytes(model: nn.Module, masks: Masks) -> tuple[int, dict[str, str]]:
     """Bytes of the compact file for this model and masks, and the format chosen per masked tensor."""
-    tensors, manifest = _encode_model(model, masks)
-    data = st_save(tensors, metadata={"format": "prunelab.compact/1", "manifest": json.dumps(manifest)})
+    data, manifest = _serialize(model, masks)
     return len(data), {n: m["format"] for n, m in manifest.items()}
 
 
 def save_compact(model: nn.Module, masks: Masks, path: str | Path) -> int:
     """Write the compact file atomically; returns its size in bytes."""
-    tensors, manifest = _encode_model(model, masks)
-    data = st_save(tensors, metadata={"format": "prunelab.compact/1", "manifest": json.dumps(manifest)})
+    data, _ = _serialize(model, masks)
     atomic_write_bytes(path, data)
     return len(data)
 
