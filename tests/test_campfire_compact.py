@@ -99,3 +99,14 @@ def test_campfire_recipe_runs_and_attack_command(tmp_path, capsys):
     assert [r["model"] for r in out["results"]] == ["sparse"] and "pgd@0.1" in out["results"][0]
     assert main(["attack", str(tmp_path), "--eps", "0.1"]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_compact_of_unpruned_tensor_is_dense(tmp_path):
+    model = nn.Sequential(nn.Linear(8, 8))
+    masks = Masks.dense(dict(model.named_parameters()) | {})
+    masks = Masks({"0.weight": masks["0.weight"]})
+    size, formats = compact_bytes(model, masks)
+    assert formats == {"0.weight": "dense"}
+    save_compact(model, masks, tmp_path / "d.safetensors")
+    state, back = load_compact(tmp_path / "d.safetensors")
+    assert torch.equal(state["0.weight"], model[0].weight) and back.equal(masks)

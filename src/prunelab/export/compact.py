@@ -1,6 +1,7 @@
 """The compact format: each masked tensor stored by the structure its mask actually has.
 
 Formats, chosen per tensor from the mask (the most compact that describes it exactly):
+  ``dense``   nothing pruned: the tensor as is;
   ``filter``  the mask keeps whole output channels: their indices (int32) and the kept rows, dense;
   ``kernel``  the mask keeps whole k x k kernels: a bitmask of the (out, in) kernels and the kept kernels;
   ``bitmask`` anything else (element, window, N:M): one bit per weight and the kept values in order. For a
@@ -39,6 +40,8 @@ def encode_tensor(weight: Tensor, mask: Tensor) -> tuple[dict[str, Tensor], dict
     w = weight.detach().cpu()
     m = mask.cpu().to(torch.bool)
     meta = {"shape": list(w.shape), "dtype": str(w.dtype).replace("torch.", "")}
+    if bool(m.all()):
+        return {"values": w.contiguous()}, {**meta, "format": "dense"}
     rows = m.reshape(m.shape[0], -1)
     kept_rows = rows.any(1)
     if w.dim() >= 2 and torch.equal(rows, kept_rows[:, None].expand_as(rows)):
@@ -58,6 +61,10 @@ def decode_tensor(parts: dict[str, Tensor], meta: dict) -> tuple[Tensor, Tensor]
     dtype = getattr(torch, meta["dtype"])
     vals = parts["values"]
     fmt = meta["format"]
+    if fmt == "dense":
+        if tuple(vals.shape) != shape:
+            raise CheckpointError("a dense-format tensor does not match its manifest")
+        return vals.to(dtype), torch.ones(shape, dtype=torch.bool)
     if fmt == "filter":
         idx = parts["index"].long()
         if vals.shape != (len(idx), *shape[1:]) or (len(idx) and int(idx.max()) >= shape[0]):
