@@ -23,8 +23,8 @@ VARIANTS = {
     "kernel": ["prune.method={name: campfire, granularity: {name: kernel, per_filter: true}}"],
     "combined": ["prune.method={name: campfire, granularity: {name: combined, group: 10}}"],
     "filter": ["prune.method={name: campfire, granularity: filter}"],
-    "window, freeze 25%": ["prune.schedule.end_epoch=2"],
-    "window, freeze 75%": ["prune.schedule.end_epoch=6"],
+    "window-freeze25": ["prune.schedule.end_epoch=2"],
+    "window-freeze75": ["prune.schedule.end_epoch=6"],
 }
 EPS = (0.05, 0.1, 0.2, 0.3)
 
