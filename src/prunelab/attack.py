@@ -16,7 +16,6 @@ def attack_run(run_dir: str | Path, eps: list[float], attacks: list[str], sample
     ``dense_run`` (for sparse training from scratch, give a run of the same recipe with sparsity 0).
     Writes ``attack.json`` in the run folder and returns its content.
     """
-    from .data import load_data
     from .experiment import Runner, load_recipe
 
     run_dir = Path(run_dir)

@@ -75,3 +75,17 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str
     except Exception as exc:  # safetensors raises several types for bad headers and short files
         raise CheckpointError(f"{path} is not a readable safetensors file ({type(exc).__name__})") from None
     return tensors, meta
+
+
+def read_tagged_safetensors(path: str | Path, fmt: str, what: str, key: str) -> tuple[dict[str, Tensor], Any]:
+    """Read a prunelab safetensors file whose metadata names format ``fmt`` and holds JSON under ``key``.
+
+    Returns (tensors, the parsed JSON); a wrong format or unreadable JSON raises CheckpointError naming ``what``.
+    """
+    tensors, meta = read_safetensors(path)
+    if meta.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a prunelab {what} file")
+    try:
+        return tensors, json.loads(meta[key])
+    except (KeyError, ValueError):
+        raise CheckpointError(f"{path} has no readable {key}") from None

@@ -141,15 +141,9 @@ class Masks(Mapping[str, Tensor]):
     @classmethod
     def load(cls, path: str | Path) -> "Masks":
         """Read masks written by :meth:`save`; a missing or corrupt file raises CheckpointError."""
-        from .io import read_safetensors
+        from .io import read_tagged_safetensors
 
-        tensors, meta = read_safetensors(path)
-        if meta.get("format") != "prunelab.masks/1":
-            raise CheckpointError(f"{path} is not a prunelab mask file")
-        try:
-            order = json.loads(meta["order"])
-        except (KeyError, ValueError):
-            raise CheckpointError(f"{path} has no readable tensor order") from None
+        tensors, order = read_tagged_safetensors(path, "prunelab.masks/1", "mask", "order")
         if sorted(order) != sorted(tensors):
             raise CheckpointError(f"{path} lists tensors it does not hold")
         return cls({n: tensors[n].to(torch.bool) for n in order})

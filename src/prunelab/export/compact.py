@@ -23,7 +23,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..io import atomic_write_bytes, read_safetensors
+from ..io import atomic_write_bytes, read_tagged_safetensors
 from ..masks import Masks
 
 
@@ -125,13 +125,7 @@ def save_compact(model: nn.Module, masks: Masks, path: str | Path) -> int:
 
 def load_compact(path: str | Path) -> tuple[dict[str, Tensor], Masks]:
     """Read a compact file: (state_dict with zeros restored, masks). Corrupt files raise CheckpointError."""
-    tensors, meta = read_safetensors(path)
-    if meta.get("format") != "prunelab.compact/1":
-        raise CheckpointError(f"{path} is not a prunelab compact file")
-    try:
-        manifest = json.loads(meta["manifest"])
-    except (KeyError, ValueError):
-        raise CheckpointError(f"{path} has no readable manifest") from None
+    tensors, manifest = read_tagged_safetensors(path, "prunelab.compact/1", "compact", "manifest")
     state, masks = {}, {}
     for key in tensors:
         if "::" not in key:

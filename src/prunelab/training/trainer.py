@@ -94,11 +94,11 @@ class Trainer:
             if self.pruner is not None:
                 self.pruner.step(self.optimizer)
             self.global_step += 1
-            n = len(y)
+            n, loss_value = len(y), loss.item()
             seen += n
-            loss_sum += loss.item() * n
+            loss_sum += loss_value * n
             correct += (out.argmax(1) == y).sum().item()
-            self._call("on_batch_end", self.global_step, loss.item())
+            self._call("on_batch_end", self.global_step, loss_value)
             info = f"loss {loss_sum / seen:.4f} acc {correct / seen:.4f}"
             if self.pruner is not None:
                 info += f" sparsity {self.pruner.masks.sparsity():.3f}"
