@@ -74,13 +74,24 @@ class Global(Allocation):
 
     Keeps exactly ``floor(density * total + 0.5)`` elements for element granularity; for groups, the
     highest-scoring groups whose sizes add up closest to that number. Not defined for per-block patterns.
+    ``unit="groups"``: the budget counts groups instead and ranks them by their own score, not per element
+    (Network Slimming's "prune 70% of the channels" by one threshold on |gamma|).
     """
 
     needs_scores = True
+    unit: str = "elements"
+
+    def __post_init__(self):
+        if self.unit not in ("elements", "groups"):
+            raise ConfigError(f"global allocation unit must be 'elements' or 'groups', got {self.unit!r}")
 
     def keep_counts(self, layers, sparsity, final_sparsity):
         if any(l.per_block for l in layers):
             raise ConfigError("global allocation cannot be combined with a per-block granularity (N:M, window)")
+        if self.unit == "groups":
+            k = round_keep(1 - sparsity, sum(l.blocks * l.groups for l in layers))
+            counts, _ = topk_counts([l.scores.reshape(-1) for l in layers], k)
+            return {l.name: c for l, c in zip(layers, counts)}
         total = sum(l.numel for l in layers)
         k_elems = round_keep(1 - sparsity, total)
         if all(l.group_size == 1 for l in layers):

@@ -31,12 +31,12 @@ def attack_run(run_dir: str | Path, eps: list[float], attacks: list[str], sample
     recipe = load_recipe(str(run_dir / "recipe.yaml"))
     runner = Runner(recipe, run_dir, progress=False, log=lambda m: None)
     data = runner._data()
-    models = {"sparse": _load(runner, run_dir / "stages" / runner.stage_names()[-1])}
+    models = {"sparse": _load(runner, run_dir / "stages" / runner.prune_stages()[-1])}
     if recipe.train.epochs > 0:
         models["dense"] = _load(runner, run_dir / "stages" / "dense")
     elif dense_run is not None:
         other = Runner(load_recipe(str(Path(dense_run) / "recipe.yaml")), dense_run, progress=False, log=print)
-        models["dense"] = _load(other, Path(dense_run) / "stages" / other.stage_names()[-1])
+        models["dense"] = _load(other, Path(dense_run) / "stages" / other.prune_stages()[-1])
     results = []
     for label, model in models.items():
         row = {"model": label, "clean": accuracy_under_attack(model, data.test, "none", 0.0, data.mean, data.std,

@@ -1,4 +1,4 @@
-"""The ``prunelab`` command line: run recipes, list them, show a run's summary.
+"""The ``prunelab`` command line: run recipes, list them, show a run's summary, compare runs.
 
 Every user mistake ends with one sentence on stderr and exit status 2, never a traceback.
 """
@@ -78,6 +78,19 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .experiment.compare import compare_runs, table_lines, write_table
+
+    rows = compare_runs(args.run_dirs)
+    lines, _ = table_lines(rows)
+    print("Top-1 accuracy %, mean +- std over seeds.\n")
+    print("\n".join(lines))
+    if args.out:
+        for path in write_table(rows, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"
@@ -105,6 +118,13 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
                      f"{s['bytes_dense_file']:,} -> {s['bytes_compact_file']:,} "
                      f"({s['bytes_dense_file'] / s['bytes_compact_file']:.2f}x smaller; "
                      f"formats: {', '.join(sorted(set(s['compact_formats'].values())))})"))
+    sh = s.get("shrunk")
+    if sh:
+        rows.append(("shrunk model (channels removed)",
+                     f"{sh['params']:,} parameters, {sh['flops']:,} FLOPs, {sh['bytes_file']:,} bytes, "
+                     f"accuracy {sh['test_acc']:.4f}"))
+    for name, c in (s.get("controls") or {}).items():
+        rows.append((f"control {name}", f"accuracy {c['test_acc']:.4f} after {c['epochs']} epochs"))
     for k, v in rows:
         t.add_row(k, v)
     con.print(t)
@@ -157,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--samples", type=int, default=1000, help="test samples to attack (0 = all)")
     a.add_argument("--dense-run", help="a run whose final model is the dense reference (for sparse-from-scratch runs)")
     a.set_defaults(fn=cmd_attack)
+    c = sub.add_parser("compare", help="table of finished runs: unpruned, fine-tuned and controls, over seeds")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("--out", help="also write rethinking.md and rethinking.csv into this folder")
+    c.set_defaults(fn=cmd_compare)
     return p
 
 

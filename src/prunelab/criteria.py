@@ -61,6 +61,29 @@ class Magnitude(Criterion):
         return {n: p.detach().abs() for n, p in params.items()}
 
 
+@CRITERIA.register("bn_scale")
+@dataclass
+class BNScale(Criterion):
+    """|gamma| of the BatchNorm after each layer, spread over the output row (a row's sum is |gamma_c|).
+
+    Network Slimming's channel importance. The scales are handed over before each pruning event as
+    ``gammas`` ({weight name: gamma vector}) by the ``slimming`` method, which knows the model's graph.
+    """
+
+    gammas: dict = field(default_factory=dict)
+
+    def scores(self, params, ctx):
+        out = {}
+        for n, p in params.items():
+            g = self.gammas.get(n)
+            if g is None:
+                raise ConfigError(f"bn_scale has no BatchNorm scale for {n}; use it through the slimming method "
+                                  "and prune only layers that a BatchNorm follows")
+            per_row = p[0].numel()
+            out[n] = (g.detach().abs().to(p.device) / per_row).reshape(-1, *([1] * (p.dim() - 1))).expand_as(p)
+        return out
+
+
 @CRITERIA.register("random")
 @dataclass
 class Random(Criterion):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .allocation import LayerGroups
+from .channels import ChannelGraph
 from .criteria import Context
 from .errors import ConfigError
 from .masks import Masks
@@ -41,10 +42,13 @@ class Pruner:
             instance carries it or the granularity fixes it (N:M).
         targets: which parameters are prunable (see :class:`~prunelab.targets.Targets`).
         seed: seed of every stochastic decision (random scores, stochastic selectors).
+        example_inputs: a batch of model inputs; needed by channel methods (``l1_filter``, ``slimming``, any
+            method with ``channels: true``) to trace which channels are coupled.
     """
 
     def __init__(self, model: nn.Module, method: Any = "magnitude", schedule: Any = "oneshot",
-                 sparsity: float | None = None, targets: Targets | dict | None = None, seed: int = 0) -> None:
+                 sparsity: float | None = None, targets: Targets | dict | None = None, seed: int = 0,
+                 example_inputs: Tensor | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Pruner needs an nn.Module, got {type(model).__name__}")
         self.model = model
@@ -69,6 +73,13 @@ class Pruner:
         for name, p in self.params.items():
             gran.check(name, tuple(p.shape))
         self.masks = Masks.dense(self.params)
+        self.channels: ChannelGraph | None = None
+        if self.method.channels:
+            if example_inputs is None:
+                raise ConfigError(f"method {self.method.name} removes whole channels: give the Pruner "
+                                  "example_inputs (a batch of model inputs) so channel coupling can be traced")
+            self.channels = ChannelGraph(model, example_inputs)
+        self._companions: dict[str, tuple[nn.Parameter, Tensor]] = {}
         self.step_count = 0
         self.events = 0
         self.history: list[dict] = []
@@ -168,6 +179,7 @@ class Pruner:
         if self._mul is None:
             self._mul = [(self.params[n], self.masks[n].to(self.params[n].dtype))
                          for n in self.masks if n not in self._dense]
+            self._mul += [(p, keep.to(p.dtype)) for p, keep in self._companions.values()]
         with torch.no_grad():
             for p, keep in self._mul:
                 p.mul_(keep)
@@ -178,11 +190,10 @@ class Pruner:
 
     def _zero_pruned(self, optimizer: torch.optim.Optimizer | None) -> None:
         """One-off zeroing after a mask change, with boolean masks (no multiplier memory needed)."""
+        pairs = [(self.params[n], m) for n, m in self.masks.items() if n not in self._dense]
         with torch.no_grad():
-            for n, m in self.masks.items():
-                if n in self._dense:
-                    continue
-                p, pruned = self.params[n], ~m
+            for p, m in pairs + list(self._companions.values()):
+                pruned = ~m
                 p.masked_fill_(pruned, 0)
                 if optimizer is not None:
                     for v in optimizer.state.get(p, {}).values():
@@ -221,6 +232,9 @@ class Pruner:
     # -- internals ------------------------------------------------------------------------------
     def _refresh(self) -> None:
         self._dense = {n for n, m in self.masks.items() if all_true(m)}
+        if self.channels is not None:
+            named = dict(self.model.named_parameters())
+            self._companions = {n: (named[n], keep) for n, keep in self.channels.companion_masks(self.masks).items()}
         self._mul = None  # rebuilt lazily by enforce()
 
     def _maybe_prune(self, optimizer) -> bool:

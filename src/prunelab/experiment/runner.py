@@ -3,7 +3,9 @@
 Stages: ``dense`` (train the dense model; its initial weights are kept for rewinding; runs in the same
 runs folder that differ only in pruning share it through ``RUNS/_dense``), then either pruning
 rounds ``round_01 .. round_R`` (prune to the round's sparsity, retrain) or one ``gradual`` stage (prune on a
-cubic schedule while training), then ``summary.json``. Every stage starts from the previous stage's
+cubic schedule while training), then, for channel methods, ``shrunk`` (the physically smaller model) and
+the recipe's ``prune.controls`` (``control_scratch_e`` ...; see :mod:`prunelab.experiment.controls`), then
+``summary.json``. Every stage starts from the previous stage's
 checkpoint, in an uninterrupted run as in a resumed one, so both end bit-identical on CPU. A stage whose
 checkpoint is complete is skipped.
 """
@@ -27,6 +29,7 @@ from ..pruner import Pruner
 from ..schedules import Cubic, geometric_rounds
 from ..training import Trainer, build_optimizer, evaluate
 from .checkpoint import is_complete, load_checkpoint, save_checkpoint
+from .controls import control_stage, shrink_stage
 from .schema import Recipe
 
 
@@ -63,7 +66,11 @@ class Runner:
     def _pruner(self, model, schedule: Any = "manual"):
         p = self.recipe.prune
         return Pruner(model, method=p.method, schedule=schedule, sparsity=p.sparsity, targets=p.targets,
-                      seed=self.recipe.seed)
+                      seed=self.recipe.seed, example_inputs=self.example_inputs())
+
+    def example_inputs(self) -> torch.Tensor:
+        """One all-zero input batch, for tracing the model's channel coupling."""
+        return torch.zeros((1,) + tuple(self._data().input_shape), device=self.recipe.device)
 
     def _dense_cache(self) -> Path | None:
         """Where runs that differ only in pruning share their dense training (next to the run folders)."""
@@ -71,7 +78,8 @@ class Runner:
             return None
         return self.dir.parent / "_dense" / f"{self.recipe.model.name}-{self.recipe.dense_fingerprint()}"
 
-    def stage_names(self) -> list[str]:
+    def prune_stages(self) -> list[str]:
+        """The stages that train with the pruner: dense, then rounds or the gradual stage."""
         p = self.recipe.prune
         if p is None:
             return ["dense"]
@@ -79,6 +87,17 @@ class Runner:
             return ["dense", "gradual"]
         rounds = 1 if p.schedule.name == "oneshot" else p.schedule.rounds
         return ["dense"] + [f"round_{i:02d}" for i in range(1, rounds + 1)]
+
+    def stage_names(self) -> list[str]:
+        names = self.prune_stages()
+        p = self.recipe.prune
+        if p is None:
+            return names
+        from ..methods import build_method
+
+        if build_method(p.method).channels:
+            names.append("shrunk")
+        return names + [f"control_{c}" for c in dict.fromkeys(p.controls) if c != "finetune"]
 
     def _stage_dir(self, name: str) -> Path:
         return self.dir / "stages" / name
@@ -113,6 +132,11 @@ class Runner:
         metrics_path = folder / "metrics.jsonl"
         if metrics_path.exists():
             metrics_path.unlink()  # a killed attempt's partial metrics
+        final = self.prune_stages()[-1]
+        if name == "shrunk":
+            return shrink_stage(self, final, folder)
+        if name.startswith("control_"):
+            return control_stage(self, name, final, folder, metrics_path)
         model = self._model()
         data = self._data()
         t0 = time.perf_counter()
@@ -134,7 +158,7 @@ class Runner:
                 _copy_checkpoint(folder, cache / "dense")
             return
         masks, state = load_checkpoint(self._stage_dir(prev), model)
-        cfg = r.retrain_config(final=name == self.stage_names()[-1])
+        cfg = r.retrain_config(final=name == final)
         sched = r.prune.schedule
         if name == "gradual":
             spe = len(data.train)
@@ -186,9 +210,11 @@ class Runner:
         return out
 
     # -- summary --------------------------------------------------------------------------------
-    def _summarize(self, names: list[str]) -> dict:
+    def _summarize(self, all_names: list[str]) -> dict:
         r = self.recipe
+        names = self.prune_stages()
         stages = {n: read_json(self._stage_dir(n) / "state.json") for n in names}
+        extra = {n: read_json(self._stage_dir(n) / "state.json") for n in all_names if n not in stages}
         model = self._model()
         masks, _ = load_checkpoint(self._stage_dir(names[-1]), model, restore_rng=False)
         data = self._data()
@@ -218,8 +244,14 @@ class Runner:
             summary.update(prunable_params=masks.numel(), nonzero_prunable=masks.nonzero(),
                            sparsity_prunable=masks.sparsity(), compression_prunable=masks.compression_ratio(),
                            layers=masks.layer_stats())
+        if "shrunk" in extra:
+            sh = extra["shrunk"]
+            summary["shrunk"] = {"params": sh["params"], "flops": sh["flops"], "bytes_file": sh["bytes"],
+                                 "test_acc": sh["test_acc"], "changed_modules": sh["changed_modules"]}
+        summary["controls"] = {n.removeprefix("control_"): {k: v for k, v in s.items() if k not in ("rng", "optimizer")}
+                               for n, s in extra.items() if n.startswith("control_")}
         lines = []
-        for n in names:
+        for n in all_names:
             p = self._stage_dir(n) / "metrics.jsonl"
             if p.exists():
                 lines += p.read_text(encoding="utf-8").splitlines()

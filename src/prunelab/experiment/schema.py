@@ -60,6 +60,12 @@ class PruneConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     retrain: dict[str, Any] = Field(default_factory=dict)  # OptimConfig fields overriding ``train``
     final_epochs: int | None = Field(None, ge=0)  # retraining epochs of the last round (default retrain.epochs)
+    # Rethinking the Value of Network Pruning's protocols, run after pruning on the final masks: finetune is the
+    # pruning stages themselves; scratch_e / scratch_b train the pruned architecture from a fresh random init for
+    # train.epochs / train.epochs x FLOPs(full)/FLOPs(pruned) (capped at scratch_b_cap x train.epochs);
+    # lottery_reset trains it from the run's own initial weights; guided trains stage-averaged widths.
+    controls: list[Literal["finetune", "scratch_e", "scratch_b", "lottery_reset", "guided"]] = Field(default_factory=list)
+    scratch_b_cap: float | None = Field(None, ge=1)
 
     @field_validator("retrain")
     @classmethod
@@ -84,6 +90,7 @@ class Recipe(_Strict):
         """The optimizer settings of retraining: ``train`` with ``prune.retrain`` applied (and, for the last
         round, ``prune.final_epochs``)."""
         base = self.train.model_dump()
+        base["bn_l1"] = 0.0  # sparsity training belongs to the dense stage, unless retrain asks for it
         base.update(self.prune.retrain if self.prune else {})
         if final and self.prune is not None and self.prune.final_epochs is not None:
             base["epochs"] = self.prune.final_epochs
@@ -92,12 +99,17 @@ class Recipe(_Strict):
     def dense_fingerprint(self) -> str:
         """A hash of what the dense stage depends on (seed, device, data, model, train), not of pruning."""
         keys = ("seed", "device", "data", "model", "train")
-        blob = json.dumps({k: v for k, v in self.model_dump(mode="json").items() if k in keys}, sort_keys=True)
+        dump = self.model_dump(mode="json", exclude_defaults=True)
+        blob = json.dumps({k: v for k, v in dump.items() if k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
     def fingerprint(self) -> str:
-        """A short hash of everything that affects results (so a changed recipe starts a new run)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """A short hash of everything that affects results (so a changed recipe starts a new run).
+
+        Values left at their defaults are not hashed, so adding an option with a default to the schema does
+        not move existing runs to new folders.
+        """
+        blob = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

@@ -23,12 +23,17 @@ class Method:
     Hooks: ``before_prune(pruner, ctx)`` runs before scores are computed; ``after_prune(pruner, old, new)``
     after the new masks are installed and pruned weights zeroed (e.g. to restore revived weights); the dict
     it returns is added to the pruning event's record in ``pruner.history``.
+
+    ``channels=True`` makes the pruner trace channel coupling (:mod:`prunelab.channels`; the Pruner then
+    needs ``example_inputs``) and hold the bias and BatchNorm entries of removed channels at zero, so the
+    masked model equals its shrunk version (:func:`prunelab.export.shrink`).
     """
 
     criterion: Any = "magnitude"
     granularity: Any = "element"
     allocation: Any = "uniform"
     selector: Any = "topk"
+    channels: bool = False  # also hold removed channels' biases and BatchNorm scale/shift at zero (shrinkable)
 
     def __post_init__(self) -> None:
         self.criterion_: Criterion = CRITERIA.build(self.criterion)

@@ -40,4 +40,21 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwa
         raise ConfigError(f"bad parameters for model {name!r}: {exc}") from None
 
 
-__all__ = ["build_model", "model_names", "LeNet5", "LeNet300100", "VGG", "ResNetCifar"]
+def reinit(model: nn.Module, seed: int) -> nn.Module:
+    """Fresh random weights for ``model`` as it is now (e.g. a shrunk architecture), in place.
+
+    Every submodule's ``reset_parameters`` (PyTorch's default initialisation, running statistics reset),
+    then the family's own ``init_weights()`` when the model defines one, under ``torch.manual_seed(seed)``.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if m is not model and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    if hasattr(model, "init_weights"):
+        model.init_weights()
+    return model
+
+
+__all__ = ["build_model", "reinit", "model_names", "LeNet5", "LeNet300100", "VGG", "ResNetCifar"]

@@ -65,6 +65,10 @@ class ResNetCifar(nn.Module):
                 c = out_ch
         self.layers = nn.Sequential(*blocks)
         self.fc = nn.Linear(64, num_classes)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """The family's initialisation (also used to re-initialise a pruned architecture for training from scratch)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -32,6 +32,10 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c, num_classes)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """The family's initialisation (also used to re-initialise a pruned architecture for training from scratch)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -30,6 +30,7 @@ class OptimConfig(BaseModel):
     gamma: float = Field(0.1, gt=0)
     warmup_epochs: int = Field(0, ge=0)
     hold_epochs: int = Field(0, ge=0)  # constant lr for these epochs (after warmup), then the schedule over the rest
+    bn_l1: float = Field(0.0, ge=0)  # Network Slimming's sparsity training: s * sign(gamma) added to BatchNorm scale grads
 
     @field_validator("milestones")
     @classmethod

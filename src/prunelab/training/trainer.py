@@ -34,6 +34,14 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     return {"loss": loss / max(total, 1), "acc": correct / max(total, 1)}
 
 
+@torch.no_grad()
+def bn_l1_step(model: nn.Module, s: float) -> None:
+    """Add the subgradient of s * sum|gamma| to every BatchNorm scale's gradient (Network Slimming)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.grad is not None:
+            m.weight.grad.add_(torch.sign(m.weight), alpha=s)
+
+
 class Trainer:
     """Trains ``model`` for ``cfg.epochs`` epochs; see the module docstring for hooks."""
 
@@ -87,6 +95,8 @@ class Trainer:
             out = self.model(x)
             loss = self.loss_fn(out, y)
             loss.backward()
+            if self.cfg.bn_l1 > 0:
+                bn_l1_step(self.model, self.cfg.bn_l1)
             if self.pruner is not None:
                 self.pruner.after_backward()
             self._call("after_backward")

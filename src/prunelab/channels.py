@@ -1,0 +1,135 @@
+"""Channels: which output channels are coupled, and what else must go to zero when a channel is removed.
+
+A channel of a Conv/Linear layer can be physically removed only together with every layer coupled to it
+(the BatchNorm after it, the other branches of a residual add, the consumers' input slices). The coupling
+comes from Torch-Pruning's dependency graph, traced once on example inputs; prunelab does not re-implement
+it. A channel is *removed* when every producer in its group (the Conv/Linear layers writing it) has that
+output row pruned in the masks. For the masked model to compute exactly what the shrunk model computes,
+the removed channel's *companions* must be zero too: the producers' bias entries and the BatchNorm scale
+and shift; then the channel outputs zero everywhere and removing it changes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+_NORMS = (nn.modules.batchnorm._BatchNorm,)
+_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+@dataclass
+class ChannelGroup:
+    """One set of coupled output channels, indexed by the root layer's output channel."""
+
+    root: str
+    size: int
+    producers: dict[str, Tensor] = field(default_factory=dict)  # layer name -> its channel index per root channel
+    norms: dict[str, Tensor] = field(default_factory=dict)      # BatchNorm name -> channel index per root channel
+
+
+class ChannelGraph:
+    """The coupled output-channel groups of ``model`` (traced with Torch-Pruning on ``example_inputs``).
+
+    ``ignored``: module names whose outputs must keep every channel; default the last Conv/Linear layer in
+    registration order (the classifier, whose outputs are the classes).
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Tensor, ignored: list[str] | None = None) -> None:
+        import torch_pruning as tp
+
+        self.model = model
+        self.names = {m: n for n, m in model.named_modules()}
+        self.modules = dict(model.named_modules())
+        layers = [n for n, m in model.named_modules() if isinstance(m, _LAYERS)]
+        if not layers:
+            raise ConfigError("the model has no Conv or Linear layer whose channels could be removed")
+        ignored = [layers[-1]] if ignored is None else list(ignored)
+        unknown = [n for n in ignored if n not in self.modules]
+        if unknown:
+            raise ConfigError(f"ignored layers not in the model: {', '.join(unknown)}")
+        was = model.training
+        model.eval()
+        try:
+            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+        except Exception as exc:  # tracing failures come from user models; name the cause in one line
+            raise ConfigError(f"could not trace the model's channel dependencies: {exc}") from None
+        finally:
+            model.train(was)
+        self.groups: list[ChannelGroup] = []
+        self.norm_after: dict[str, str] = {}  # layer name -> the BatchNorm that directly follows it
+        for g in self.dg.get_all_groups(ignored_layers=[self.modules[n] for n in ignored],
+                                        root_module_types=list(_LAYERS)):
+            root = self.names[g[0].dep.target.module]
+            group = ChannelGroup(root, len(g[0].idxs))
+            for item in g:
+                mod = item.dep.target.module
+                name = self.names.get(mod)
+                if name is None or not item.dep.handler.__name__.endswith("out_channels"):
+                    continue
+                pos = torch.tensor([int(i) for i in item.root_idxs])
+                idx = torch.empty(group.size, dtype=torch.long)
+                idx[pos] = torch.tensor([int(i) for i in item.idxs])
+                if isinstance(mod, _LAYERS):
+                    group.producers[name] = idx
+                elif isinstance(mod, _NORMS):
+                    group.norms[name] = idx
+            self.groups.append(group)
+        for name, mod in self.modules.items():
+            if isinstance(mod, _LAYERS):
+                nxt = [n.module for n in self.dg.module2node[mod].outputs] if mod in self.dg.module2node else []
+                if len(nxt) == 1 and isinstance(nxt[0], _NORMS):
+                    self.norm_after[name] = self.names[nxt[0]]
+
+    @staticmethod
+    def _row_alive(mask: Tensor) -> Tensor:
+        return mask.reshape(mask.shape[0], -1).any(dim=1)
+
+    def removed(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``{root: sorted root channel indices}`` of channels every producer of the group has pruned.
+
+        Masks are keyed by weight name (``conv1.weight``); a group with a producer that has no mask keeps
+        all its channels.
+        """
+        out = {}
+        for g in self.groups:
+            dead = torch.ones(g.size, dtype=torch.bool)
+            for layer, idx in g.producers.items():
+                m = masks.get(f"{layer}.weight")
+                if m is None:
+                    dead[:] = False
+                    break
+                dead &= ~self._row_alive(m).cpu()[idx]
+            if dead.any():
+                out[g.root] = dead.nonzero().flatten()
+        return out
+
+    def companion_masks(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Keep-masks for the biases and BatchNorm scale/shift of removed channels (False = held at zero)."""
+        params = dict(self.model.named_parameters())
+        removed = self.removed(masks)
+        out: dict[str, Tensor] = {}
+        for g in self.groups:
+            if g.root not in removed:
+                continue
+            chans = removed[g.root]
+            for layer, idx in g.producers.items():
+                _drop(out, params, f"{layer}.bias", idx[chans])
+            for norm, idx in g.norms.items():
+                _drop(out, params, f"{norm}.weight", idx[chans])
+                _drop(out, params, f"{norm}.bias", idx[chans])
+        return out
+
+
+def _drop(out: dict[str, Tensor], params: dict[str, nn.Parameter], name: str, idx: Tensor) -> None:
+    p = params.get(name)
+    if p is None:
+        return
+    keep = out.get(name)
+    if keep is None:
+        keep = out[name] = torch.ones(p.shape, dtype=torch.bool, device=p.device)
+    keep[idx.to(p.device)] = False

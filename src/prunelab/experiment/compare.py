@@ -1,0 +1,101 @@
+"""Comparing finished runs: the Rethinking-style table, one row per setting, mean +- std over seeds.
+
+Runs whose recipes differ only in ``seed`` form one setting. Columns: Unpruned (dense stage), Fine-tuned (the
+pruning stages' final accuracy), then every control the runs have (Scratch-E, Scratch-B, lottery reset,
+guided), plus the pruned model's size. ``compare_runs`` returns rows; ``write_table`` writes markdown and CSV.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+from ..errors import ConfigError
+from ..io import atomic_write_text, read_json
+
+COLUMNS = [("dense_acc", "Unpruned"), ("finetune", "Fine-tuned"), ("scratch_e", "Scratch-E"),
+           ("scratch_b", "Scratch-B"), ("lottery_reset", "Lottery reset"), ("guided", "Guided")]
+
+
+def _setting(run_dir: Path) -> tuple[str, str]:
+    """(key, label) of a run's setting: its recipe without the seed."""
+    path = run_dir / "recipe.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a prunelab run folder (no recipe.yaml)")
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    recipe.pop("seed", None)
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    p = recipe.get("prune") or {}
+    method = p.get("method")
+    mname = method.get("name") if isinstance(method, dict) else method
+    extra = ""
+    if isinstance(method, dict) and method.get("preset"):
+        extra = f" {method['preset']}"
+    label = f"{recipe.get('name')}: {mname}{extra} {p.get('sparsity', 0):g}" if p else str(recipe.get("name"))
+    return key, label
+
+
+def _pm(values: list[float], scale: float = 100.0) -> str:
+    if not values:
+        return "-"
+    m = statistics.mean(values) * scale
+    sd = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{m:.2f} +- {sd:.2f}"
+
+
+def compare_runs(run_dirs: list[str | Path]) -> list[dict]:
+    """One row per setting: ``setting`` (label), ``runs`` (one dict per run: seed, accuracies by column
+    name or None, params, flops of the pruned model, the shrunk one when there is one)."""
+    groups: dict[str, dict] = {}
+    for d in map(Path, run_dirs):
+        key, label = _setting(d)
+        if not (d / "summary.json").is_file():
+            raise ConfigError(f"{d} has not finished (no summary.json); run it to the end first")
+        s = read_json(d / "summary.json")
+        controls = s.get("controls") or {}
+        sh = s.get("shrunk")
+        run = {"seed": s["seed"], "dense_acc": s.get("dense_acc"), "finetune": s.get("pruned_acc"),
+               **{c: controls[c]["test_acc"] if c in controls else None for c, _ in COLUMNS[2:]},
+               "params": sh["params"] if sh else s["params_nonzero"],
+               "flops": sh["flops"] if sh else s["flops_nonzero"]}
+        groups.setdefault(key, {"setting": label, "runs": []})["runs"].append(run)
+    return list(groups.values())
+
+
+def _col(row: dict, c: str) -> list[float]:
+    return [r[c] for r in row["runs"] if r[c] is not None]
+
+
+def table_lines(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """Markdown lines of the table, and the names of the columns it shows."""
+    cols = [(c, h) for c, h in COLUMNS if any(_col(r, c) for r in rows)]
+    lines = ["| setting | seeds | " + " | ".join(h for _, h in cols) + " | params | FLOPs |",
+             "|---|---|" + "---|" * len(cols) + "---|---|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {len(r['runs'])} | " + " | ".join(_pm(_col(r, c)) for c, _ in cols) +
+                     f" | {statistics.mean(x['params'] for x in r['runs']):,.0f} | "
+                     f"{statistics.mean(x['flops'] for x in r['runs']):,.0f} |")
+    return lines, [h for _, h in cols]
+
+
+def write_table(rows: list[dict], out_dir: str | Path) -> list[Path]:
+    """Write ``rethinking.md`` and ``rethinking.csv`` (one line per setting and seed) into ``out_dir``."""
+    out = Path(out_dir)
+    lines, _ = table_lines(rows)
+    md = out / "rethinking.md"
+    atomic_write_text(md, "Top-1 accuracy %, mean +- std over seeds.\n\n" + "\n".join(lines) + "\n")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["setting", "seed"] + [c for c, _ in COLUMNS] + ["params", "flops"])
+    for r in rows:
+        for x in r["runs"]:
+            w.writerow([r["setting"], x["seed"]] + ["" if x[c] is None else x[c] for c, _ in COLUMNS] +
+                       [x["params"], x["flops"]])
+    path = out / "rethinking.csv"
+    atomic_write_text(path, buf.getvalue())
+    return [md, path]

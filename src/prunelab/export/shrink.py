@@ -1,0 +1,161 @@
+"""Shrink: a model whose masks remove whole channels becomes a physically smaller dense model.
+
+``shrink(model, masks, example_inputs)`` removes every channel that :class:`~prunelab.channels.ChannelGraph`
+reports removed (every producer of its coupled group pruned), through Torch-Pruning's dependency graph, so
+residual adds, concatenations, BatchNorm and flatten-into-linear stay consistent. It then checks that the
+shrunk model computes what the masked model computes (max abs difference <= ``atol`` on random inputs, in
+eval mode) and raises :class:`ShrinkError` when it does not, so a wrong model is never saved.
+
+The shrunk model is stored as safetensors weights plus a JSON *width manifest*: the original model's name
+and arguments and, for every module whose size changed, its new sizes. ``rebuild`` builds the original
+architecture, swaps those modules for resized ones of the same class and loads the weights: nothing is
+unpickled. Resizable module classes: Conv1d/2d/3d, Linear, BatchNorm1d/2d/3d.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+from ..channels import ChannelGraph
+from ..errors import CheckpointError, PrunelabError
+from ..io import atomic_write_bytes, read_tagged_safetensors
+
+FORMAT = "prunelab-shrunk/1"
+
+
+class ShrinkError(PrunelabError):
+    """The shrunk model does not compute what the masked model computes."""
+
+
+def _apply(model: nn.Module, masks, graph: ChannelGraph) -> None:
+    """Zero the pruned weights and their channel companions in ``model`` (a copy), in place."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, m in masks.items():
+            params[name].mul_(m.to(params[name].dtype))
+        for name, keep in graph.companion_masks(masks).items():
+            params[name].mul_(keep.to(params[name].dtype))
+
+
+def max_output_diff(a: nn.Module, b: nn.Module, inputs: Tensor) -> float:
+    """Max abs difference of two models' outputs on ``inputs`` (both in eval mode)."""
+    wa, wb = a.training, b.training
+    a.eval(), b.eval()
+    with torch.no_grad():
+        d = (a(inputs) - b(inputs)).abs().max().item()
+    a.train(wa), b.train(wb)
+    return d
+
+
+def shrink(model: nn.Module, masks, example_inputs: Tensor, atol: float = 1e-5,
+           check_inputs: Tensor | None = None) -> tuple[nn.Module, dict[str, dict]]:
+    """A smaller copy of ``model`` without the channels the masks remove, and its width changes.
+
+    ``model`` itself is not changed. Returns ``(shrunk, widths)`` where widths maps module names to their
+    new sizes (see the module docstring). Raises ShrinkError when the outputs differ by more than ``atol``
+    (for instance when a removed channel still has a BatchNorm shift that the masked model kept).
+    """
+    masked = copy.deepcopy(model).eval()
+    small = copy.deepcopy(model).eval()
+    graph = ChannelGraph(small, example_inputs)
+    removed = graph.removed(masks)
+    # the masked reference: pruned weights zero, companions untouched (exactly the trained model)
+    params = dict(masked.named_parameters())
+    with torch.no_grad():
+        for name, m in masks.items():
+            params[name].mul_(m.to(params[name].dtype))
+    _apply(small, masks, graph)
+    before = _sizes(small)
+    for root, chans in removed.items():
+        module = graph.modules[root]
+        size = graph.groups[[g.root for g in graph.groups].index(root)].size
+        if len(chans) >= size:
+            raise ShrinkError(f"the masks remove every output channel of {root}; the model would be cut in two")
+        pruner = graph.dg.get_pruner_of_module(module)
+        graph.dg.get_pruning_group(module, pruner.prune_out_channels, chans.tolist()).prune()
+    if check_inputs is None:
+        gen = torch.Generator().manual_seed(0)
+        check_inputs = torch.randn((8,) + tuple(example_inputs.shape[1:]), generator=gen).to(example_inputs.device)
+    diff = max_output_diff(masked, small, check_inputs)
+    if not diff <= atol:
+        raise ShrinkError(
+            f"the shrunk model's outputs differ from the masked model's by {diff:.3g} (> {atol:g}): removed "
+            "channels still carry a bias or BatchNorm shift; prune with a channel method (l1_filter, slimming, "
+            "or method option channels: true) so those are held at zero")
+    after = _sizes(small)
+    widths = {n: s for n, s in after.items() if before.get(n) != s}
+    return small, widths
+
+
+def _sizes(model: nn.Module) -> dict[str, dict]:
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            out[name] = {"type": type(m).__name__, "in_channels": m.in_channels, "out_channels": m.out_channels,
+                         "groups": m.groups}
+        elif isinstance(m, nn.Linear):
+            out[name] = {"type": "Linear", "in_features": m.in_features, "out_features": m.out_features}
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            out[name] = {"type": type(m).__name__, "num_features": m.num_features}
+    return out
+
+
+def _resized(m: nn.Module, spec: dict) -> nn.Module:
+    if spec.get("type") != type(m).__name__:
+        raise CheckpointError(f"width manifest says {spec.get('type')} where the model has {type(m).__name__}")
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return type(m)(int(spec["in_channels"]), int(spec["out_channels"]), m.kernel_size, m.stride, m.padding,
+                       m.dilation, int(spec["groups"]), m.bias is not None, m.padding_mode)
+    if isinstance(m, nn.Linear):
+        return nn.Linear(int(spec["in_features"]), int(spec["out_features"]), m.bias is not None)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return type(m)(int(spec["num_features"]), m.eps, m.momentum, m.affine, m.track_running_stats)
+    raise CheckpointError(f"width manifest resizes {type(m).__name__}, which cannot be rebuilt")
+
+
+def apply_widths(model: nn.Module, widths: dict[str, dict]) -> nn.Module:
+    """Swap the modules named in ``widths`` for resized ones of the same class (fresh parameters)."""
+    modules = dict(model.named_modules())
+    for name, spec in widths.items():
+        if name not in modules or not name:
+            raise CheckpointError(f"width manifest names module {name!r}, which the model does not have")
+        parent_name, _, child = name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else model, child, _resized(modules[name], spec))
+    return model
+
+
+def save_shrunk(path: str | Path, model: nn.Module, widths: dict, model_spec: dict) -> int:
+    """Write the shrunk weights and the width manifest into one safetensors file; returns its bytes.
+
+    ``model_spec``: ``{"name", "kwargs", "input_shape", "num_classes"}``, what ``build_model`` needs.
+    """
+    manifest = {"model": model_spec, "widths": widths}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = st_save(state, metadata={"format": FORMAT, "manifest": json.dumps(manifest)})
+    atomic_write_bytes(path, data)
+    return len(data)
+
+
+def load_shrunk(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a shrunk model from its file (weights + width manifest); returns (model, manifest)."""
+    from ..models import build_model
+
+    tensors, manifest = read_tagged_safetensors(path, FORMAT, "shrunk model", "manifest")
+    spec = manifest["model"]
+    model = build_model(spec["name"], tuple(spec["input_shape"]), int(spec["num_classes"]), **spec.get("kwargs", {}))
+    apply_widths(model, manifest["widths"])
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} does not match its width manifest: {str(exc).splitlines()[0]}") from None
+    return model.to(device), manifest
+
+
+def model_spec(name: str, kwargs: dict[str, Any], input_shape, num_classes: int) -> dict:
+    return {"name": name, "kwargs": dict(kwargs), "input_shape": list(input_shape), "num_classes": int(num_classes)}

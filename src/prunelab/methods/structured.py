@@ -1,0 +1,116 @@
+"""Channel pruning methods whose result shrinks into a smaller dense model: ``l1_filter`` and ``slimming``.
+
+``l1_filter`` (Li, Kadav, Durdanovic, Samet, Graf, "Pruning Filters for Efficient ConvNets", ICLR 2017):
+filters (output channels) ranked by L1 norm, a fraction removed per layer: the same in every layer
+(uniform), per layer by name (``allocation: {name: explicit, sparsities: {...}}``), or one of the paper's
+named configurations as ``preset`` (see :data:`PRESETS`; the layer numbering counts conv layers from 1, as
+Li et al. do). With a preset the run's ``sparsity`` only scales a schedule; the preset sets the amounts.
+
+``slimming`` (Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017):
+channels ranked by |gamma| of the BatchNorm after each conv, one global threshold removing ``sparsity`` of
+all channels (not weights). The sparsity training (s * sign(gamma) added to the BatchNorm scale gradients)
+is the training option ``bn_l1`` of the dense stage.
+
+Both set ``channels``: removed channels' biases and BatchNorm entries are held at zero, so the masked
+model equals the shrunk one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from .base import METHODS, Method
+
+
+def _vgg16_a() -> dict[str, float]:
+    """VGG-16-A: conv 1 and the last six convs (8-13) keep half their filters."""
+    from ..models.vgg import CONFIGS
+
+    out, pos, conv = {}, 0, 0
+    for v in CONFIGS["vgg16"]:
+        if v == "M":
+            pos += 1
+            continue
+        conv += 1
+        if conv == 1 or conv >= 8:
+            out[f"features.{pos}.weight"] = 0.5
+        pos += 3  # conv, BatchNorm, ReLU
+    return out
+
+
+def _resnet(depth: int, ratios: list[float], skip: list[int]) -> dict[str, float]:
+    """The first conv of each residual block pruned by its stage's ratio, except the skipped layers.
+
+    Layer numbers count convs from 1 (the stem is layer 1), so block b's first conv is layer 2 + 2b.
+    """
+    n = (depth - 2) // 6
+    out = {}
+    for b in range(3 * n):
+        ratio = ratios[b // n]
+        if ratio > 0 and 2 + 2 * b not in skip:
+            out[f"layers.{b}.conv1.weight"] = ratio
+    return out
+
+
+# Li et al. 2017, Table 1 and section 4.2; the skipped layers are the ones the paper found sensitive.
+PRESETS = {
+    "vgg16_a": _vgg16_a,
+    "resnet56_a": lambda: _resnet(56, [0.1, 0.1, 0.1], [16, 20, 38, 54]),
+    "resnet56_b": lambda: _resnet(56, [0.6, 0.3, 0.1], [16, 18, 20, 34, 38, 54]),
+    "resnet110_a": lambda: _resnet(110, [0.5, 0.0, 0.0], [36]),
+    "resnet110_b": lambda: _resnet(110, [0.5, 0.4, 0.3], [36, 38, 74]),
+}
+
+
+@METHODS.register("l1_filter")
+@dataclass
+class L1Filter(Method):
+    criterion: Any = "magnitude"
+    granularity: Any = "filter"
+    allocation: Any = "uniform"
+    selector: Any = "topk"
+    channels: bool = True
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise ConfigError(f"unknown l1_filter preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+            self.allocation = {"name": "explicit", "sparsities": PRESETS[self.preset]()}
+        super().__post_init__()
+
+    @property
+    def default_targets(self) -> dict:
+        return {"keep_last_dense": True}  # the classifier's outputs are the classes
+
+
+@METHODS.register("slimming")
+@dataclass
+class Slimming(Method):
+    criterion: Any = "bn_scale"
+    granularity: Any = "filter"
+    allocation: Any = "global_groups"
+    selector: Any = "topk"
+    channels: bool = True
+
+    def __post_init__(self) -> None:
+        if self.allocation == "global_groups":
+            self.allocation = {"name": "global", "unit": "groups"}
+        super().__post_init__()
+
+    @property
+    def default_targets(self) -> dict:
+        return {"module_types": ["Conv1d", "Conv2d", "Conv3d"]}
+
+    def before_prune(self, pruner, ctx) -> None:
+        graph = pruner.channels
+        gammas = {}
+        for name in pruner.params:
+            layer = name.rsplit(".", 1)[0]
+            norm = graph.norm_after.get(layer)
+            if norm is None:
+                raise ConfigError(f"slimming needs a BatchNorm right after every pruned layer; {layer} has none "
+                                  "(exclude it with targets.exclude)")
+            gammas[name] = graph.modules[norm].weight.detach()
+        self.criterion_.gammas = gammas
