@@ -1,0 +1,201 @@
+"""Channel methods, shrink, the width manifest and the Rethinking controls."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from prunelab import Pruner
+from prunelab.cli import main
+from prunelab.errors import CheckpointError, ConfigError
+from prunelab.experiment import Runner, load_recipe, run_dir_for
+from prunelab.experiment.controls import scratch_b_epochs
+from prunelab.export.shrink import ShrinkError, load_shrunk, max_output_diff, model_spec, save_shrunk, shrink
+from prunelab.methods.structured import PRESETS
+from prunelab.models import build_model
+from prunelab.training import OptimConfig, Trainer, build_optimizer
+
+
+def _random_bn(model):
+    """BatchNorm statistics and affine terms far from their init, so a missed shift would show."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+    return model
+
+
+class Concat(nn.Module):
+    """Two conv branches concatenated, then a conv and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 5, 3, padding=1)
+        self.bn = nn.BatchNorm2d(11)
+        self.c = nn.Conv2d(11, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1)))
+        return self.fc(torch.relu(self.c(x)).flatten(1))
+
+
+@pytest.mark.parametrize("make,allocation", [
+    (lambda: build_model("resnet20", (3, 16, 16), 10, shortcut="B"), "global"),
+    (lambda: Concat(), "uniform"),
+])
+def test_masked_and_shrunk_models_agree(make, allocation):
+    torch.manual_seed(0)
+    model = _random_bn(make())
+    x = torch.randn(1, 3, 16, 16) if not isinstance(model, Concat) else torch.randn(1, 3, 8, 8)
+    p = Pruner(model, method={"name": "l1_filter", "allocation": allocation}, sparsity=0.5, example_inputs=x)
+    removed = p.channels.removed(p.masks)
+    assert removed, "the test needs channels that are actually removed"
+    small, widths = shrink(model, p.masks, x)
+    assert widths and sum(q.numel() for q in small.parameters()) < sum(q.numel() for q in model.parameters())
+    check = torch.randn((16,) + tuple(x.shape[1:]))
+    assert max_output_diff(model, small, check) <= 1e-5
+    if isinstance(model, Concat):  # channels of both branches went, the concatenation stayed consistent
+        assert small.bn.num_features == small.a.out_channels + small.b.out_channels < 11
+
+
+def test_coupled_residual_channels_go_only_when_every_branch_prunes_them():
+    model = build_model("resnet20", (3, 16, 16), 10, shortcut="B")
+    x = torch.zeros(1, 3, 16, 16)
+    p = Pruner(model, method={"name": "l1_filter", "allocation": {
+        "name": "explicit", "sparsities": {"layers.0.conv2.weight": 0.5}}}, sparsity=0.5, example_inputs=x)
+    assert p.channels.removed(p.masks) == {}  # conv1 and the other blocks still write those channels
+    assert p._companions == {}
+
+
+def test_companions_stay_zero_while_training():
+    torch.manual_seed(0)
+    model = build_model("vgg11", (3, 16, 16), 4, widths=[8, "M", 8, "M", 8])
+    x, y = torch.randn(32, 3, 16, 16), torch.randint(0, 4, (32,))
+    p = Pruner(model, method="l1_filter", sparsity=0.5, example_inputs=x[:1])
+    cfg = OptimConfig(epochs=1, lr=0.1, weight_decay=0.0)
+    opt = build_optimizer(model, cfg)
+    Trainer(model, opt, cfg, [(x, y)] * 3, pruner=p, progress=False).fit()
+    bn = model.features[1]
+    dead = ~p.masks["features.0.weight"].reshape(8, -1).any(1)
+    assert dead.sum() == 4 and (bn.weight[dead] == 0).all() and (bn.bias[dead] == 0).all()
+    small, _ = shrink(model, p.masks, x[:1])
+    assert max_output_diff(model, small, x) <= 1e-5
+
+
+def test_shrink_refuses_a_model_whose_masks_leave_batchnorm_shifts():
+    torch.manual_seed(0)
+    model = _random_bn(build_model("vgg11", (3, 16, 16), 4, widths=[8, "M", 8]))
+    p = Pruner(model, method={"name": "magnitude", "granularity": "filter"}, sparsity=0.5)  # no channels option
+    with pytest.raises(ShrinkError, match="BatchNorm shift"):
+        shrink(model, p.masks, torch.zeros(1, 3, 16, 16))
+
+
+def test_channel_method_needs_example_inputs():
+    with pytest.raises(ConfigError, match="example_inputs"):
+        Pruner(build_model("lenet5", (1, 28, 28), 10), method="l1_filter", sparsity=0.5)
+
+
+def test_width_manifest_rebuilds_the_shrunk_model_exactly(tmp_path):
+    torch.manual_seed(0)
+    model = _random_bn(build_model("resnet20", (3, 16, 16), 10, shortcut="B"))
+    x = torch.zeros(1, 3, 16, 16)
+    p = Pruner(model, method={"name": "l1_filter", "preset": None, "allocation": "global"}, sparsity=0.5,
+               example_inputs=x)
+    small, widths = shrink(model, p.masks, x)
+    path = tmp_path / "shrunk.safetensors"
+    save_shrunk(path, small, widths, model_spec("resnet20", {"shortcut": "B"}, (3, 16, 16), 10))
+    rebuilt, manifest = load_shrunk(path)
+    assert manifest["widths"] == widths
+    check = torch.randn(8, 3, 16, 16)
+    assert max_output_diff(small, rebuilt, check) == 0.0
+    from safetensors.torch import load_file, save_file
+
+    first = next(n for n, w in widths.items() if "out_channels" in w)
+    bad = json.loads(json.dumps(manifest))
+    bad["widths"][first]["out_channels"] += 1  # a manifest that no longer matches the weights
+    save_file(load_file(path), path, metadata={"format": "prunelab-shrunk/1", "manifest": json.dumps(bad)})
+    with pytest.raises(CheckpointError, match="does not match its width manifest"):
+        load_shrunk(path)
+    path.write_bytes(path.read_bytes()[:-100])  # truncated
+    with pytest.raises(CheckpointError):
+        load_shrunk(path)
+
+
+def test_slimming_ranks_channels_by_gamma_globally():
+    model = build_model("vgg11", (3, 16, 16), 4, widths=[4, "M", 4])
+    with torch.no_grad():
+        model.features[1].weight.copy_(torch.tensor([0.1, 0.9, 0.2, 0.8]))
+        model.features[5].weight.copy_(torch.tensor([0.3, 0.05, 0.7, 0.6]))
+    p = Pruner(model, method="slimming", sparsity=0.5, example_inputs=torch.zeros(1, 3, 16, 16))
+    alive = [p.masks[n].reshape(4, -1).any(1).tolist() for n in ("features.0.weight", "features.4.weight")]
+    assert alive == [[False, True, False, True], [False, False, True, True]]  # 4 of 8 channels by |gamma|
+
+
+def test_bn_l1_term_only_in_sparsity_training():
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
+    grads = {}
+    for s in (0.0, 0.01):
+        torch.manual_seed(0)
+        model = build_model("vgg11", (3, 8, 8), 4, widths=[4, "M", 4])
+        cfg = OptimConfig(epochs=1, lr=1e-9, momentum=0.0, weight_decay=0.0, bn_l1=s)
+        opt = build_optimizer(model, cfg)
+        Trainer(model, opt, cfg, [(x, y)], progress=False).fit()
+        grads[s] = model.features[1].weight.grad.clone()
+    assert torch.allclose(grads[0.01] - grads[0.0], 0.01 * torch.sign(model.features[1].weight), atol=1e-6)
+    recipe = load_recipe("quickstart", ["train.bn_l1=0.001"])
+    assert recipe.train.bn_l1 == 0.001 and recipe.retrain_config().bn_l1 == 0.0
+
+
+def test_scratch_b_epochs():
+    assert scratch_b_epochs(10, 1000, 400, None) == 25
+    assert scratch_b_epochs(10, 1000, 400, 2.0) == 20
+    assert scratch_b_epochs(10, 1000, 1000, None) == 10
+    with pytest.raises(ConfigError):
+        scratch_b_epochs(10, 1000, 0, None)
+
+
+def test_l1_filter_presets_match_the_paper():
+    model = build_model("vgg16", (3, 32, 32), 10)
+    p = Pruner(model, method={"name": "l1_filter", "preset": "vgg16_a"}, sparsity=0.5,
+               example_inputs=torch.zeros(1, 3, 32, 32))
+    widths = [int(p.masks[n].reshape(p.masks[n].shape[0], -1).any(1).sum()) for n in p.masks]
+    assert widths == [32, 64, 128, 128, 256, 256, 256, 256, 256, 256, 256, 256, 256]
+    a = PRESETS["resnet56_a"]()
+    assert len(a) == 27 - 4 and "layers.7.conv1.weight" not in a and a["layers.0.conv1.weight"] == 0.1
+    b = PRESETS["resnet56_b"]()
+    assert b["layers.0.conv1.weight"] == 0.6 and b["layers.10.conv1.weight"] == 0.3 and b["layers.25.conv1.weight"] == 0.1
+    assert "layers.26.conv1.weight" not in b and "layers.16.conv1.weight" not in b  # layers 54 and 34 skipped
+    with pytest.raises(ConfigError, match="preset"):
+        Pruner(model, method={"name": "l1_filter", "preset": "vgg99"}, sparsity=0.5,
+               example_inputs=torch.zeros(1, 3, 32, 32))
+
+
+def test_run_with_controls_and_compare(tmp_path, capsys):
+    over = ["model.name=vgg11", "model.kwargs={widths: [8, M, 16, M, 16]}", "train.epochs=2", "train.bn_l1=0.0001",
+            "prune.method=slimming", "prune.sparsity=0.5", "prune.schedule.name=oneshot", "prune.retrain.epochs=1",
+            "prune.controls=[finetune, scratch_e, scratch_b, lottery_reset, guided]", "prune.scratch_b_cap=2",
+            "data.train_subset=512"]
+    dirs = []
+    for seed in (0, 1):
+        recipe = load_recipe("quickstart", over + [f"seed={seed}"])
+        s = Runner(recipe, run_dir_for(recipe, tmp_path), progress=False, log=lambda m: None).run()
+        dirs.append(str(run_dir_for(recipe, tmp_path)))
+        c = s["controls"]
+        assert set(c) == {"scratch_e", "scratch_b", "lottery_reset", "guided"}
+        assert c["scratch_e"]["epochs"] == 2
+        assert c["scratch_b"]["epochs"] == scratch_b_epochs(2, c["scratch_b"]["flops_full"],
+                                                             c["scratch_b"]["flops_pruned"], 2)
+        assert c["scratch_b"]["flops_pruned"] == s["shrunk"]["flops"] < c["scratch_b"]["flops_full"]
+        assert s["shrunk"]["params"] < s["params_total"]
+        assert s["shrunk"]["test_acc"] == pytest.approx(s["pruned_acc"])
+    assert main(["compare", *dirs, "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "| quickstart: slimming 0.5 | 2 |" in out and "Scratch-B" in out
+    rows = (tmp_path / "cmp" / "rethinking.csv").read_text().splitlines()
+    assert len(rows) == 3
+    assert main(["compare", str(tmp_path)]) == 2  # not a run folder: one line, exit 2
