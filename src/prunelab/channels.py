@@ -49,6 +49,7 @@ class ChannelGraph:
         if not layers:
             raise ConfigError("the model has no Conv or Linear layer whose channels could be removed")
         ignored = [layers[-1]] if ignored is None else list(ignored)
+        self.ignored = ignored
         unknown = [n for n in ignored if n not in self.modules]
         if unknown:
             raise ConfigError(f"ignored layers not in the model: {', '.join(unknown)}")

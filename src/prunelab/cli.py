@@ -31,11 +31,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = run_dir_for(recipe, runs_root)
     con = _console()
     con.print(f"[bold]{recipe.name}[/]: {recipe.description or ''}\nrun folder: {run_dir}")
-    summary = Runner(recipe, run_dir, progress=not args.no_progress and sys.stderr.isatty(),
-                     log=lambda s: con.print(s), stop_after=args.stop_after).run()
+    runner = Runner(recipe, run_dir, progress=not args.no_progress and sys.stderr.isatty(),
+                    log=lambda s: con.print(s), stop_after=args.stop_after)
+    if args.dry_run:
+        print_plan(runner.dry_run(), con)
+        return 0
+    summary = runner.run()
     if summary:
         print_summary(summary, con, layers=False)
     return 0
+
+
+def print_plan(plan: dict, con) -> None:
+    """The per-layer decision of a dry run: units (output rows) kept and weight density."""
+    from rich.table import Table
+
+    t = Table(title=f"dry run: {plan['method']} -> sparsity {plan['sparsity']:.4f} over prunable weights "
+                    f"({plan['compression_prunable']:.2f}x), before any retraining")
+    for col in ("layer", "shape", "units kept", "density"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for row in plan["layers"]:
+        units = row["shape"][0]
+        kept = round(units * (1 - row["filter_sparsity"]))
+        t.add_row(row["name"], "x".join(map(str, row["shape"])), f"{kept}/{units}", f"{1 - row['sparsity']:.4f}")
+    con.print(t)
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -162,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs-dir", help="where run folders go (default $PRUNELAB_RUNS or ./runs)")
     r.add_argument("--data-root", help="data root (default $PRUNELAB_DATA or ./data)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--dry-run", action="store_true",
+                   help="train (or reuse) the dense model, print the per-layer pruning decision, retrain nothing")
     r.add_argument("--stop-after", metavar="STAGE", help="stop after this stage (resume later by rerunning)")
     r.set_defaults(fn=cmd_run)
     sub.add_parser("recipes", help="list the built-in recipes").set_defaults(fn=cmd_recipes)

@@ -124,6 +124,25 @@ class Pruner:
         ctx = Context(seed=self.seed, event=self.events, sparsity=sparsity, final_sparsity=self.schedule.sparsity,
                       final=final, total_events=self.planned_events)
         m.before_prune(self, ctx)
+        custom = m.select(self, ctx)
+        if custom is not None:
+            masks = Masks({n: custom[n].to(device=p.device, dtype=torch.bool) for n, p in self.params.items()})
+        else:
+            masks = self._pipeline(sparsity, ctx)
+        old, self.masks = self.masks, masks
+        self._refresh()
+        self._zero_pruned(optimizer)
+        m.criterion_.reset()
+        self.events += 1
+        record = {"step": self.step_count, "target_sparsity": sparsity if custom is None else None,
+                  "sparsity": self.masks.sparsity()}
+        record.update(m.after_prune(self, old, self.masks) or {})
+        self.history.append(record)
+        return self.masks
+
+    def _pipeline(self, sparsity: float, ctx: Context) -> Masks:
+        """criterion -> granularity -> allocation -> selector, one pass per granularity step."""
+        m = self.method
         scores = m.criterion_.scores(self.params, ctx)
         masks, dense = self.masks, self._dense
         steps = m.granularity_.steps(sparsity, self.schedule.sparsity)
@@ -132,15 +151,7 @@ class Pruner:
             step_scores = scores if last else {n: t.clone() for n, t in scores.items()}
             masks = Masks(self._select(gran, s, s_final, step_scores, masks, dense, ctx))
             dense = {n for n, t in masks.items() if all_true(t)} if not last else dense
-        old, self.masks = self.masks, masks
-        self._refresh()
-        self._zero_pruned(optimizer)
-        m.criterion_.reset()
-        self.events += 1
-        record = {"step": self.step_count, "target_sparsity": sparsity, "sparsity": self.masks.sparsity()}
-        record.update(m.after_prune(self, old, self.masks) or {})
-        self.history.append(record)
-        return self.masks
+        return masks
 
     def _select(self, gran, sparsity: float, final_sparsity: float, scores: dict, masks: Masks, dense: set,
                 ctx: Context) -> dict[str, Tensor]:

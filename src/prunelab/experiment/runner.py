@@ -127,6 +127,28 @@ class Runner:
                 return {}
         return self._summarize(names)
 
+    def dry_run(self) -> dict:
+        """Train (or reuse) the dense stage, then decide the final masks in memory, without retraining.
+
+        Returns the pruner's summary (per-layer rows with units kept) plus ``plan`` when the method
+        reports one; nothing is written beyond the dense stage.
+        """
+        if self.recipe.prune is None:
+            raise ConfigError("a dry run needs a recipe with a prune section")
+        names = self.prune_stages()
+        self.stop_after = "dense"
+        self.run()
+        model = self._model()
+        load_checkpoint(self._stage_dir("dense"), model, restore_rng=False)
+        pruner = self._pruner(model)
+        pruner.planned_events = 1
+        self._calibrate(pruner, model, self._data())
+        pruner.prune(self.recipe.prune.sparsity, final=True)
+        out = pruner.summary()
+        out["plan"] = pruner.history[-1].get("plan")
+        out["rounds"] = len(names) - 1
+        return out
+
     def _run_stage(self, name: str, prev: str | None, folder: Path) -> None:
         r = self.recipe
         metrics_path = folder / "metrics.jsonl"
@@ -187,7 +209,10 @@ class Runner:
         save_checkpoint(folder, model, pruner.masks, opt, extra=extra)
 
     def _calibrate(self, pruner: Pruner, model, data) -> None:
-        """Feed gradient-based criteria a few training batches before a pruning event."""
+        """Hand calibration data to methods that use activations (pca); feed gradient-based criteria a few
+        training batches before a pruning event."""
+        if hasattr(pruner.method, "calibrate"):
+            pruner.method.calibrate(pruner, data.train, self.recipe.device)
         crit = pruner.method.criterion_
         if not crit.needs_gradients:
             return

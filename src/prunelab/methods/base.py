@@ -56,6 +56,14 @@ class Method:
     def after_prune(self, pruner: "Pruner", old: "Masks", new: "Masks") -> dict | None:
         return None
 
+    def select(self, pruner: "Pruner", ctx: "Context") -> dict | None:
+        """Masks decided by the method itself ({name: bool tensor}), or None to run the pipeline.
+
+        For decisions that are not a ranking under a count (e.g. PCA's spectrum cut per layer); such a
+        method's event sparsity is an outcome, and the requested one is ignored.
+        """
+        return None
+
     def describe(self) -> str:
         def n(spec: Any) -> str:
             return spec if isinstance(spec, str) else (spec.get("name") if isinstance(spec, dict) else type(spec).__name__)
