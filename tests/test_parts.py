@@ -157,3 +157,17 @@ def test_learning_rate_schedules_including_hold_then_decay():
     assert [lr_at(hold, e) for e in range(8)] == [1.0] * 6 + [pytest.approx(0.1)] * 2
     cos = OptimConfig(epochs=4, lr=2.0, lr_schedule="cosine", warmup_epochs=1)
     assert lr_at(cos, 0) == 2.0 and lr_at(cos, 1) == 2.0 and lr_at(cos, 3) < 1.0
+
+
+def test_diverged_training_stops_with_one_sentence():
+    import torch
+
+    from prunelab.errors import TrainingDiverged
+    from prunelab.training import OptimConfig, Trainer, build_optimizer
+
+    torch.manual_seed(0)
+    m = torch.nn.Linear(4, 2)
+    cfg = OptimConfig(epochs=1, lr=1e6, momentum=0.0)
+    x, y = torch.randn(8, 4) * 100, torch.randint(0, 2, (8,))
+    with pytest.raises(TrainingDiverged, match="lower the learning rate"):
+        Trainer(m, build_optimizer(m, cfg), cfg, [(x, y)] * 20, progress=False).fit()

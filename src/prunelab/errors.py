@@ -23,3 +23,7 @@ class DataMissingError(PrunelabError, FileNotFoundError):
 
 class CheckpointError(PrunelabError):
     """A checkpoint or mask file is missing, truncated, tampered with or from another model."""
+
+
+class TrainingDiverged(PrunelabError):
+    """The loss became NaN or infinite; nothing of the diverged stage is saved."""

@@ -7,6 +7,7 @@ every optimizer step, so the same engine runs in this loop and in a user's own.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import TrainingDiverged
 from .optim import OptimConfig, lr_at, set_lr
 
 
@@ -105,6 +107,9 @@ class Trainer:
                 self.pruner.step(self.optimizer)
             self.global_step += 1
             n, loss_value = len(y), loss.item()
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(f"training diverged in stage {self.stage}, epoch {epoch + 1} (loss "
+                                       f"{loss_value}); lower the learning rate (lr={lr:g})")
             seen += n
             loss_sum += loss_value * n
             correct += (out.argmax(1) == y).sum().item()
