@@ -16,6 +16,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from prunelab.experiment.compare import mean_std
+
 VARIANTS = {
     "dense": ["prune.sparsity=0.0"],
     "unstructured": ["prune.method={name: campfire, granularity: element}"],
@@ -54,9 +56,8 @@ def _job(args: tuple) -> dict:
     return row
 
 
-def _pm(v: list[float], scale: float = 100.0) -> str:
-    sd = statistics.stdev(v) * scale if len(v) > 1 else 0.0
-    return f"{statistics.mean(v) * scale:.2f} +- {sd:.2f}"
+def _pm(v: list[float]) -> str:
+    return mean_std(v, 100.0)
 
 
 def main() -> None:

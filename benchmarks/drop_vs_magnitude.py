@@ -17,6 +17,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from prunelab.experiment.compare import mean_std as _pm
+
 METHODS = {
     "drop_pruning": None,  # the recipe's own method
     "magnitude": "{name: magnitude, allocation: global}",
@@ -48,12 +50,6 @@ def _run(job: tuple) -> dict:
             "compression_model": s["compression_model"],
             "prune_seconds": sum(st["seconds"] for st in s["stages"] if st["stage"] != "dense"),
             "dense_seconds": s["stages"][0]["seconds"], "run_dir": s["run_dir"]}
-
-
-def _pm(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    m = statistics.mean(values) * scale
-    sd = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{m:.{digits}f} +- {sd:.{digits}f}"
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from prunelab.experiment.compare import mean_std as _pm
+
 
 def _run(job: tuple) -> dict:
     import torch
@@ -39,12 +41,6 @@ def _run(job: tuple) -> dict:
                 out["plan"] = rec["prune"]["plan"]
     print(f"{kind} {key}: {s['pruned_acc']:.4f} at {s['compression_prunable']:.1f}x", file=sys.stderr, flush=True)
     return out
-
-
-def _pm(v: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    m = statistics.mean(v) * scale
-    sd = statistics.stdev(v) * scale if len(v) > 1 else 0.0
-    return f"{m:.{digits}f} +- {sd:.{digits}f}"
 
 
 def main() -> None:

@@ -40,12 +40,13 @@ def _setting(run_dir: Path) -> tuple[str, str]:
     return key, label
 
 
-def _pm(values: list[float], scale: float = 100.0) -> str:
+def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    """``"mean +- std"`` of ``values x scale`` (sample std; 0 for one value; "-" for none)."""
     if not values:
         return "-"
     m = statistics.mean(values) * scale
     sd = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{m:.2f} +- {sd:.2f}"
+    return f"{m:.{digits}f} +- {sd:.{digits}f}"
 
 
 def compare_runs(run_dirs: list[str | Path]) -> list[dict]:
@@ -77,7 +78,7 @@ def table_lines(rows: list[dict]) -> tuple[list[str], list[str]]:
     lines = ["| setting | seeds | " + " | ".join(h for _, h in cols) + " | params | FLOPs |",
              "|---|---|" + "---|" * len(cols) + "---|---|"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {len(r['runs'])} | " + " | ".join(_pm(_col(r, c)) for c, _ in cols) +
+        lines.append(f"| {r['setting']} | {len(r['runs'])} | " + " | ".join(mean_std(_col(r, c), 100) for c, _ in cols) +
                      f" | {statistics.mean(x['params'] for x in r['runs']):,.0f} | "
                      f"{statistics.mean(x['flops'] for x in r['runs']):,.0f} |")
     return lines, [h for _, h in cols]
