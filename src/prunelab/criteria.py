@@ -61,6 +61,15 @@ class Magnitude(Criterion):
         return {n: p.detach().abs() for n, p in params.items()}
 
 
+@CRITERIA.register("l2")
+@dataclass
+class SquaredMagnitude(Criterion):
+    """w^2: group reductions sum it, so groups rank by their L2 norm (filter pruning by L2)."""
+
+    def scores(self, params, ctx):
+        return {n: p.detach().float().square() for n, p in params.items()}
+
+
 @CRITERIA.register("bn_scale")
 @dataclass
 class BNScale(Criterion):

@@ -24,12 +24,12 @@ from ..data import load_data
 from ..errors import ConfigError
 from ..export import compact_bytes
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from ..models import build_model
+from ..models import build_model, reinit
 from ..pruner import Pruner
 from ..schedules import Cubic, geometric_rounds
 from ..training import Trainer, build_optimizer, evaluate
 from .checkpoint import is_complete, load_checkpoint, save_checkpoint
-from .controls import control_stage, shrink_stage
+from .controls import SCRATCH_SEED, control_stage, shrink_stage
 from .schema import Recipe
 
 
@@ -93,9 +93,7 @@ class Runner:
         p = self.recipe.prune
         if p is None:
             return names
-        from ..methods import build_method
-
-        if build_method(p.method).channels:
+        if self._method().channels:
             names.append("shrunk")
         return names + [f"control_{c}" for c in dict.fromkeys(p.controls) if c != "finetune"]
 
@@ -164,19 +162,26 @@ class Runner:
         t0 = time.perf_counter()
         if prev is None:  # dense
             cache = self._dense_cache()
-            if cache is not None and is_complete(cache / "dense") and is_complete(cache / "init"):
-                _copy_checkpoint(cache / "init", self.dir / "init")
+            keep = ["init"] + ([f"rewind_{self._rewind_step()}"] if self._rewind_step() else [])
+            if cache is not None and is_complete(cache / "dense") and all(is_complete(cache / k) for k in keep):
+                for k in keep:
+                    _copy_checkpoint(cache / k, self.dir / k)
                 _copy_checkpoint(cache / "dense", folder)
                 self.log(f"stage {name}: reused the identical dense training in {cache}")
                 return
             save_checkpoint(self.dir / "init", model, extra={"note": "initial weights, for rewinding"})
             cfg = r.train
             opt = build_optimizer(model, cfg)
+            hooks = [_SaveAtStep(self._rewind_step(), self.dir / keep[-1])] if self._rewind_step() else []
             Trainer(model, opt, cfg, data.train, data.test, metrics_path=metrics_path, progress=self.progress,
-                    device=r.device, stage=name).fit()
+                    device=r.device, stage=name, hooks=hooks).fit()
+            if hooks and not is_complete(self.dir / keep[-1]):
+                raise ConfigError(f"rewind_step {self._rewind_step()} is beyond the dense training's "
+                                  f"{cfg.epochs * len(data.train)} steps")
             save_checkpoint(folder, model, None, opt, extra=self._stage_extra(model, None, t0))
             if cache is not None:
-                _copy_checkpoint(self.dir / "init", cache / "init")
+                for k in keep:
+                    _copy_checkpoint(self.dir / k, cache / k)
                 _copy_checkpoint(folder, cache / "dense")
             return
         masks, state = load_checkpoint(self._stage_dir(prev), model)
@@ -198,6 +203,7 @@ class Runner:
             target = geometric_rounds(r.prune.sparsity, rounds)[index - 1]
             self._calibrate(pruner, model, data)
             pruner.prune(target, final=index == rounds)
+            self._rewind(model, pruner, index)
             _append_jsonl(metrics_path, {"stage": name, "prune": pruner.history[-1]})
         opt = build_optimizer(model, cfg)
         pre = evaluate(model, data.test, r.device)
@@ -207,6 +213,27 @@ class Runner:
         extra = self._stage_extra(model, pruner, t0)
         extra["acc_before_retrain"] = pre["acc"]
         save_checkpoint(folder, model, pruner.masks, opt, extra=extra)
+
+    def _rewind_step(self) -> int:
+        m = self._method()
+        return m.rewind_step if getattr(m, "rewind", None) == "step" else 0
+
+    def _method(self):
+        from ..methods import build_method
+
+        return build_method(self.recipe.prune.method) if self.recipe.prune else None
+
+    def _rewind(self, model, pruner: Pruner, index: int) -> None:
+        """Set the surviving weights to the rewind point of an ``imp`` method (see methods/imp.py)."""
+        how = getattr(pruner.method, "rewind", "none")
+        if how == "none":
+            return
+        if how == "reinit":
+            reinit(model, self.recipe.seed + SCRATCH_SEED + index)
+        else:
+            point = self.dir / ("init" if how == "init" else f"rewind_{self._rewind_step()}")
+            load_checkpoint(point, model, restore_rng=False)
+        pruner.set_masks(pruner.masks)  # pruned weights (and channel companions) back to zero
 
     def _calibrate(self, pruner: Pruner, model, data) -> None:
         """Hand calibration data to methods that use activations (pca); feed gradient-based criteria a few
@@ -283,6 +310,17 @@ class Runner:
         atomic_write_text(self.dir / "metrics.jsonl", "".join(l + "\n" for l in lines))
         atomic_write_json(self.dir / "summary.json", summary)
         return summary
+
+
+class _SaveAtStep:
+    """Trainer hook: save the model after optimizer step ``step`` (the late-rewinding point)."""
+
+    def __init__(self, step: int, folder: Path) -> None:
+        self.step, self.folder = step, folder
+
+    def on_batch_end(self, trainer, step: int, loss: float) -> None:
+        if step == self.step:
+            save_checkpoint(self.folder, trainer.model, extra={"note": f"weights after {step} steps, for rewinding"})
 
 
 def _copy_checkpoint(src: Path, dst: Path) -> None:
