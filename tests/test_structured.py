@@ -199,3 +199,12 @@ def test_run_with_controls_and_compare(tmp_path, capsys):
     rows = (tmp_path / "cmp" / "rethinking.csv").read_text().splitlines()
     assert len(rows) == 3
     assert main(["compare", str(tmp_path)]) == 2  # not a run folder: one line, exit 2
+
+
+def test_lottery_reset_of_a_shrunk_model_with_biases(tmp_path):
+    """Removed units' initial biases go with them: the reset model is the shrunk init, not a refusal."""
+    recipe = load_recipe("quickstart", ["train.epochs=1", "prune.method=l1_filter", "prune.sparsity=0.5",
+                                        "prune.schedule.name=oneshot", "prune.retrain.epochs=1",
+                                        "prune.controls=[lottery_reset, scratch_e]"])
+    s = Runner(recipe, tmp_path / "run", progress=False, log=lambda m: None, share_dense=False).run()
+    assert set(s["controls"]) == {"lottery_reset", "scratch_e"} and s["shrunk"]["changed_modules"] == 3

@@ -60,9 +60,11 @@ def _pruned_architecture(runner, final: str, source: str):
         if source == "scratch":
             model, _ = load_shrunk(shrunk_dir / "shrunk.safetensors", r.device)
             return reinit(model, r.seed + SCRATCH_SEED), None
-        big = runner._model()  # built under the run's seed: identical to the saved init
+        big = runner._model()
         load_checkpoint(runner.dir / "init", big, restore_rng=False)
         masks, _ = load_checkpoint(runner._stage_dir(final), runner._model(), restore_rng=False)
+        # the initial biases and BatchNorm entries of removed channels go with them
+        _fixed_pruner(runner, big).set_masks(masks)
         small, _ = shrink(big, masks, runner.example_inputs())
         return small, None
     model = runner._model()
@@ -71,10 +73,15 @@ def _pruned_architecture(runner, final: str, source: str):
         reinit(model, r.seed + SCRATCH_SEED)
     else:
         load_checkpoint(runner.dir / "init", model, restore_rng=False)
-    pruner = Pruner(model, method=r.prune.method, schedule="manual", sparsity=r.prune.sparsity,
-                    targets=r.prune.targets, seed=r.seed, example_inputs=runner.example_inputs())
+    pruner = _fixed_pruner(runner, model)
     pruner.set_masks(masks)  # held fixed: the manual schedule never prunes
     return model, pruner
+
+
+def _fixed_pruner(runner, model) -> Pruner:
+    r = runner.recipe
+    return Pruner(model, method=r.prune.method, schedule="manual", sparsity=r.prune.sparsity,
+                  targets=r.prune.targets, seed=r.seed, example_inputs=runner.example_inputs())
 
 
 def scratch_b_epochs(epochs: int, flops_full: int, flops_pruned: int, cap: float | None) -> int:
