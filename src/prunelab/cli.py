@@ -105,8 +105,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print("Top-1 accuracy %, mean +- std over seeds.\n")
     print("\n".join(lines))
     if args.out:
+        from .experiment.mask_report import mask_report
+
         for path in write_table(rows, args.out):
             print(f"wrote {path}")
+        sim = mask_report(args.run_dirs, args.out)
+        if sim:
+            print("\nJaccard similarity of final masks (mean over pairs of runs), against random masks:\n")
+            print("\n".join(sim))
+            print(f"\nwrote jaccard, similarity, accuracy, structure and stability tables and figures to {args.out}")
     return 0
 
 
@@ -198,9 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--samples", type=int, default=1000, help="test samples to attack (0 = all)")
     a.add_argument("--dense-run", help="a run whose final model is the dense reference (for sparse-from-scratch runs)")
     a.set_defaults(fn=cmd_attack)
-    c = sub.add_parser("compare", help="table of finished runs: unpruned, fine-tuned and controls, over seeds")
+    c = sub.add_parser("compare", help="table of finished runs (unpruned, fine-tuned, controls, over seeds) and "
+                                       "the similarity, structure and stability of their masks")
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    c.add_argument("--out", help="also write rethinking.md and rethinking.csv into this folder")
+    c.add_argument("--out", help="also write the tables (markdown, CSV) and, for runs with masks, the mask report "
+                                 "(Jaccard heatmap, accuracy, structure, stability figures) into this folder")
     c.set_defaults(fn=cmd_compare)
     return p
 

@@ -32,11 +32,10 @@ def _setting(run_dir: Path) -> tuple[str, str]:
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:10]
     p = recipe.get("prune") or {}
     method = p.get("method")
-    mname = method.get("name") if isinstance(method, dict) else method
-    extra = ""
-    if isinstance(method, dict) and method.get("preset"):
-        extra = f" {method['preset']}"
-    label = f"{recipe.get('name')}: {mname}{extra} {p.get('sparsity', 0):g}" if p else str(recipe.get("name"))
+    if isinstance(method, dict):
+        opts = ", ".join(f"{k}={v}" for k, v in method.items() if k != "name" and v not in (None, False, {}, []))
+        method = f"{method.get('name')}({opts})" if opts else method.get("name")
+    label = f"{recipe.get('name')}: {method} {p.get('sparsity', 0):g}" if p else str(recipe.get("name"))
     return key, label
 
 
