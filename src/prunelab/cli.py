@@ -117,6 +117,39 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export.artifacts import export_run
+
+    path = export_run(args.run_dir, args.format, args.out)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .export.artifacts import bench_run
+
+    out = bench_run(args.run_dir, args.repeats)
+    t = Table(title=f"artifacts of {args.run_dir}: CPU, 1 thread, median of {args.repeats} runs after warm-up")
+    for col in ("artifact", "bytes", "nonzero params", "FLOPs", "FLOP reduction", "b=1 ms", "speedup b=1",
+                "b=64 ms", "speedup b=64"):
+        t.add_column(col, justify="left" if col == "artifact" else "right")
+    notes = []
+    for r in out["rows"]:
+        t.add_row(r["artifact"], f"{r['bytes']:,}", f"{r['params_nonzero']:,}", f"{r['flops']:,}",
+                  f"{r['flop_reduction']:.2f}x", f"{r['latency_ms_b1']:.3f}", f"{r['speedup_b1']:.2f}x",
+                  f"{r['latency_ms_b64']:.2f}", f"{r['speedup_b64']:.2f}x")
+        for b in (1, 64):
+            if r[f"diagnosis_b{b}"]:
+                notes.append(f"{r['artifact']}, batch {b}: {r[f'diagnosis_b{b}']}")
+    con = _console()
+    con.print(t)
+    for n in dict.fromkeys(notes):
+        con.print(f"- {n}")
+    return 0
+
+
 def _fmt(v) -> str:
     if v is None:
         return "-"
@@ -211,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="also write the tables (markdown, CSV) and, for runs with masks, the mask report "
                                  "(Jaccard heatmap, accuracy, structure, stability figures) into this folder")
     c.set_defaults(fn=cmd_compare)
+    e = sub.add_parser("export", help="write a run's pruned model as dense, sparse, shrunk or ONNX")
+    e.add_argument("run_dir")
+    e.add_argument("--format", default="sparse", choices=["dense", "sparse", "shrunk", "onnx"])
+    e.add_argument("--out", help="output file (default RUN_DIR/export/model.FORMAT)")
+    e.set_defaults(fn=cmd_export)
+    b = sub.add_parser("bench", help="bytes, FLOPs and CPU latency of a run's artifacts, with a diagnosis")
+    b.add_argument("run_dir")
+    b.add_argument("--repeats", type=int, default=30)
+    b.set_defaults(fn=cmd_bench)
     return p
 
 

@@ -7,12 +7,15 @@ Formats, chosen per tensor from the mask (the most compact that describes it exa
   ``bitmask`` anything else (element, window, N:M): one bit per weight and the kept values in order. For a
               window mask this is the k*k-bit index of each kernel; because every kernel keeps the same
               count the values form a regular (kernels x count) array.
+  ``csr``     instead of ``bitmask`` when smaller (very sparse tensors): row pointers (int32), column indices
+              (int16 when the rows are short enough, else int32) and values, rows being output channels.
 Everything else in the state_dict is stored as is. The file is safetensors with a JSON manifest in its
-metadata; loading checks every shape and count against the manifest, so a truncated or edited file is
-refused instead of silently giving other weights.
+metadata, with a SHA-256 digest of every stored tensor; loading checks every shape, count and the digest,
+so a truncated, edited or tampered file is refused instead of silently giving other weights.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -52,7 +55,17 @@ def encode_tensor(weight: Tensor, mask: Tensor) -> tuple[dict[str, Tensor], dict
         if torch.equal(m.flatten(2), kern[..., None].expand_as(m.flatten(2))):
             return ({"bits": _pack(kern), "values": w.flatten(2)[kern].contiguous()},
                     {**meta, "format": "kernel", "count": int(kern.sum())})
-    return {"bits": _pack(m), "values": w[m].contiguous()}, {**meta, "format": "bitmask", "count": int(m.sum())}
+    count = int(m.sum())
+    rows, cols = m.shape[0], m[0].numel()
+    idx_bytes = 2 if cols <= 32767 else 4
+    if (rows + 1) * 4 + count * idx_bytes < (m.numel() + 7) // 8:
+        flat = m.reshape(rows, cols)
+        crow = torch.zeros(rows + 1, dtype=torch.int32)
+        crow[1:] = flat.sum(1).cumsum(0).to(torch.int32)
+        col = flat.nonzero()[:, 1].to(torch.int16 if idx_bytes == 2 else torch.int32)
+        return ({"crow": crow, "col": col, "values": w.reshape(rows, cols)[flat].contiguous()},
+                {**meta, "format": "csr", "count": count})
+    return {"bits": _pack(m), "values": w[m].contiguous()}, {**meta, "format": "bitmask", "count": count}
 
 
 def decode_tensor(parts: dict[str, Tensor], meta: dict) -> tuple[Tensor, Tensor]:
@@ -89,6 +102,19 @@ def decode_tensor(parts: dict[str, Tensor], meta: dict) -> tuple[Tensor, Tensor]
         w = torch.zeros(shape, dtype=dtype)
         w[mask] = vals
         return w, mask
+    if fmt == "csr":
+        rows = shape[0]
+        cols = math.prod(shape[1:])
+        crow, col = parts["crow"].long(), parts["col"].long()
+        if (len(crow) != rows + 1 or int(crow[-1]) != meta["count"] or len(col) != meta["count"]
+                or vals.numel() != meta["count"] or (len(col) and int(col.max()) >= cols)):
+            raise CheckpointError("a csr-format tensor does not match its manifest")
+        row = torch.repeat_interleave(torch.arange(rows), crow.diff())
+        mask = torch.zeros(rows, cols, dtype=torch.bool)
+        mask[row, col] = True
+        w = torch.zeros(rows, cols, dtype=dtype)
+        w[row, col] = vals.to(dtype)
+        return w.reshape(shape), mask.reshape(shape)
     raise CheckpointError(f"unknown compact format {fmt!r}")
 
 
@@ -105,9 +131,20 @@ def _encode_model(model: nn.Module, masks: Masks) -> tuple[dict[str, Tensor], di
     return tensors, manifest
 
 
+def digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _serialize(model: nn.Module, masks: Masks) -> tuple[bytes, dict]:
     tensors, manifest = _encode_model(model, masks)
-    return st_save(tensors, metadata={"format": "prunelab.compact/1", "manifest": json.dumps(manifest)}), manifest
+    meta = {"format": "prunelab.compact/1", "manifest": json.dumps(manifest), "sha256": digest(tensors)}
+    return st_save(tensors, metadata=meta), manifest
 
 
 def compact_bytes(model: nn.Module, masks: Masks) -> tuple[int, dict[str, str]]:
@@ -126,6 +163,11 @@ def save_compact(model: nn.Module, masks: Masks, path: str | Path) -> int:
 def load_compact(path: str | Path) -> tuple[dict[str, Tensor], Masks]:
     """Read a compact file: (state_dict with zeros restored, masks). Corrupt files raise CheckpointError."""
     tensors, manifest = read_tagged_safetensors(path, "prunelab.compact/1", "compact", "manifest")
+    from ..io import read_safetensors
+
+    expected = read_safetensors(path)[1].get("sha256")
+    if expected is not None and digest(tensors) != expected:
+        raise CheckpointError(f"{path} does not match its SHA-256 digest: the file was altered or damaged")
     state, masks = {}, {}
     for key in tensors:
         if "::" not in key:

@@ -1,0 +1,176 @@
+"""Artifacts of a finished run, and an honest measurement of what they save.
+
+``export_run(run_dir, fmt, out)`` writes one artifact of the run's final pruned model:
+  ``dense``   plain safetensors weights with the zeros in place; state_dict keys unchanged, loadable with
+              ``model.load_state_dict(safetensors.torch.load_file(path))`` into the original architecture;
+  ``sparse``  the compact format (:mod:`prunelab.export.compact`: filter / kernel / bitmask / CSR per tensor,
+              SHA-256 checked), read back exactly with :func:`prunelab.export.load_compact`;
+  ``shrunk``  the physically smaller model of a channel method (:func:`prunelab.export.load_shrunk`);
+  ``onnx``    the shrunk model when there is one, else the dense one, checked under onnxruntime.
+``bench_run(run_dir)`` measures file bytes, parameters, FLOPs and CPU latency (batch 1 and 64, median of
+repeats after warm-up) of the dense model, the pruned model with CSR linear layers and the shrunk model, with
+the speedup beside the FLOP reduction and a plain-language diagnosis where the speedup falls short.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as st_save
+
+from ..analysis import count_flops
+from ..errors import CheckpointError, ConfigError
+from ..io import atomic_write_bytes
+from .compact import save_compact
+from .shrink import load_shrunk
+from .sparse_linear import sparsify_linear
+
+FORMATS = ("dense", "sparse", "shrunk", "onnx")
+
+
+def _open_run(run_dir: str | Path):
+    """(runner, final pruned model, masks) of a finished run with masks."""
+    from ..experiment import Runner, load_recipe
+    from ..experiment.checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise CheckpointError(f"{run_dir} is not a run folder (no recipe.yaml)")
+    if not (run_dir / "summary.json").is_file():
+        raise CheckpointError(f"{run_dir} has not finished (no summary.json); rerun it first")
+    runner = Runner(load_recipe(str(run_dir / "recipe.yaml")), run_dir, progress=False, log=lambda m: None)
+    model = runner._model()
+    masks, _ = load_checkpoint(runner._stage_dir(runner.prune_stages()[-1]), model, restore_rng=False)
+    if masks is None:
+        raise ConfigError(f"{run_dir} has no masks (a dense run): there is nothing pruned to export")
+    return runner, model.eval(), masks
+
+
+def _shrunk_file(runner) -> Path | None:
+    f = runner._stage_dir("shrunk") / "shrunk.safetensors"
+    return f if f.is_file() else None
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+    """Write the artifact ``fmt`` of the run (default path: RUN_DIR/export/model.FMT...); returns its path."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    runner, model, masks = _open_run(run_dir)
+    ext = {"dense": "safetensors", "sparse": "sparse.safetensors", "shrunk": "shrunk.safetensors", "onnx": "onnx"}
+    path = Path(out) if out else Path(run_dir) / "export" / f"model.{ext[fmt]}"
+    if fmt == "dense":
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        atomic_write_bytes(path, st_save(state, metadata={"format": "pt"}))
+    elif fmt == "sparse":
+        save_compact(model, masks, path)
+    elif fmt == "shrunk":
+        src = _shrunk_file(runner)
+        if src is None:
+            raise ConfigError(f"{run_dir} removed no channels (method without channels): export sparse or dense")
+        atomic_write_bytes(path, src.read_bytes())
+    else:
+        src = _shrunk_file(runner)
+        net = load_shrunk(src)[0].eval() if src else model
+        export_onnx(net, tuple(runner._data().input_shape), path)
+    return path
+
+
+def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str | Path, atol: float = 1e-4) -> float:
+    """Export ``model`` to ONNX (batch dimension dynamic) and check it under onnxruntime; returns the max abs
+    difference from PyTorch's outputs (ConfigError when above ``atol`` or when onnx is not installed)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError("ONNX export needs onnx and onnxruntime: pip install 'prunelab[onnx]'") from None
+    import io
+    import logging
+
+    model = model.eval()
+    x = torch.randn((4,) + tuple(input_shape), generator=torch.Generator().manual_seed(0))
+    buf = io.BytesIO()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    prog = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False, report=False)
+    prog.save(buf)
+    data = buf.getvalue()
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    diff = float(abs(got - want).max())
+    if not diff <= atol:
+        raise ConfigError(f"the ONNX model's outputs differ from PyTorch's by {diff:.3g} (> {atol:g}); not written")
+    atomic_write_bytes(path, data)
+    return diff
+
+
+def latency_ms(model: torch.nn.Module, input_shape, batch: int, repeats: int = 30, warmup: int = 5) -> float:
+    """Median wall time of one forward pass in milliseconds, after ``warmup`` passes."""
+    x = torch.randn((batch,) + tuple(input_shape))
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            t0 = time.perf_counter()
+            model(x)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def diagnose(name: str, speedup: float, flop_reduction: float, sparsity: float, batch: int) -> str:
+    """One sentence on why a speedup falls short of the FLOP reduction (empty when it does not)."""
+    if flop_reduction <= 1.05:
+        return "no FLOPs removed: nothing to gain"
+    if speedup >= 0.8 * flop_reduction:
+        return ""
+    if name == "dense with zeros":
+        return ("unstructured zeros in dense kernels: the same multiplies run whatever the values; "
+                "use sparse kernels (csr) or structured pruning (shrunk)")
+    if name == "csr linear":
+        if sparsity < 0.9:
+            return f"sparsity {sparsity:.0%} is too low for sparse kernels to beat dense BLAS (needs about 90%+)"
+        if batch == 1:
+            return "batch 1: per-call overhead of the sparse kernel outweighs the few multiplies it saves"
+        return "conv layers stay dense (no CPU sparse convolution in torch); only linear layers use CSR"
+    return "small shapes: per-layer call overhead, not arithmetic, dominates at this size"
+
+
+def bench_run(run_dir: str | Path, repeats: int = 30) -> dict:
+    """Measure the run's artifacts (see the module docstring); returns {rows, input_shape}."""
+    runner, model, masks = _open_run(run_dir)
+    shape = tuple(runner._data().input_shape)
+    torch.set_num_threads(1)
+    from ..experiment.checkpoint import load_checkpoint
+
+    dense = runner._model()
+    load_checkpoint(runner._stage_dir("dense"), dense, restore_rng=False)
+    dense.eval()
+    tmp = Path(run_dir) / "export"
+    tmp.mkdir(exist_ok=True)
+    dense_bytes = len(st_save({k: v.contiguous() for k, v in dense.state_dict().items()}))
+    sparse_bytes = save_compact(model, masks, tmp / "model.sparse.safetensors")
+    csr, replaced = sparsify_linear(model, masks, min_sparsity=0.0)
+    arts = [("unpruned", dense, dense_bytes), ("dense with zeros", model, dense_bytes),
+            ("csr linear", csr, sparse_bytes)]
+    src = _shrunk_file(runner)
+    if src is not None:
+        arts.append(("shrunk", load_shrunk(src)[0].eval(), src.stat().st_size))
+    base_flops = count_flops(dense, shape)["dense"]
+    base = {b: latency_ms(dense, shape, b, repeats) for b in (1, 64)}
+    rows = []
+    for name, net, nbytes in arts:
+        fl = count_flops(model if name == "csr linear" else net, shape)
+        flops = fl["dense"] if name in ("unpruned", "shrunk") else fl["nonzero"]
+        params = sum(int((p != 0).sum()) for p in (model if name == "csr linear" else net).parameters())
+        row = {"artifact": name, "bytes": nbytes, "params_nonzero": params, "flops": flops,
+               "flop_reduction": base_flops / max(flops, 1)}
+        for b in (1, 64):
+            lat = base[b] if name == "unpruned" else latency_ms(net, shape, b, repeats)
+            row[f"latency_ms_b{b}"] = lat
+            row[f"speedup_b{b}"] = base[b] / lat
+            row[f"diagnosis_b{b}"] = "" if name == "unpruned" else diagnose(
+                name, base[b] / lat, row["flop_reduction"], masks.sparsity(), b)
+        rows.append(row)
+    return {"rows": rows, "input_shape": list(shape), "csr_layers": replaced}
