@@ -62,12 +62,13 @@ def main() -> None:
     ap.add_argument("--data-root", default="../shared/data")
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per job (default: 2 cores / jobs)")
     ap.add_argument("--out", default=None, help="output prefix (default benchmarks/results/drop_vs_magnitude_MODEL)")
     a = ap.parse_args()
     recipe = f"{a.model}_mnist_drop"
     seeds = [int(s) for s in a.seeds.split(",")]
     comps = [float(c) for c in a.compressions.split(",")]
-    threads = max(1, 2 // a.jobs)
+    threads = a.threads or max(1, 2 // a.jobs)
     # dense trainings first (one per seed), so parallel jobs then reuse them instead of racing to train them
     first = [(recipe, _overrides(a, s, comps[0], "drop_pruning"), a.runs_dir, "drop_pruning", s, comps[0], threads)
              for s in seeds]

@@ -65,10 +65,11 @@ def main() -> None:
     ap.add_argument("--data-root", default="../shared/data")
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per job (default: 2 cores / jobs)")
     ap.add_argument("--out", default="benchmarks/results/mask_study")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
-    threads = max(1, 2 // a.jobs)
+    threads = a.threads or max(1, 2 // a.jobs)
     g = grid(a.full)
     jobs = [(label, over + [f"seed={s}", f"data.root={a.data_root}"], a.runs_dir, threads)
             for s in seeds for label, over in g.items()]

@@ -55,13 +55,14 @@ def main() -> None:
     ap.add_argument("--data-root", default="../shared/data")
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per job (default: 2 cores / jobs)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     recipe = f"{a.model}_mnist_pca"
     seeds = [int(s) for s in a.seeds.split(",")]
     taus = [float(t) for t in a.taus.split(",")]
     datasets = a.datasets.split(",")
-    threads = max(1, 2 // a.jobs)
+    threads = a.threads or max(1, 2 // a.jobs)
 
     def base(ds: str, seed: int) -> list[str]:
         out = [f"seed={seed}", f"data.name={ds}"]

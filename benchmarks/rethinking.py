@@ -114,12 +114,13 @@ def main() -> None:
     ap.add_argument("--data-root", default="../shared/data")
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per job (default: 2 cores / jobs)")
     ap.add_argument("--repeats", type=int, default=50, help="latency repeats per measurement")
     ap.add_argument("--out", default=None, help="output prefix (default benchmarks/results/rethinking_FAMILY)")
     a = ap.parse_args()
     recipe, settings = FAMILIES[a.family]
     seeds = [int(s) for s in a.seeds.split(",")]
-    threads = max(1, 2 // a.jobs)
+    threads = a.threads or max(1, 2 // a.jobs)
     jobs = [(recipe, over + [f"seed={s}", f"data.root={a.data_root}"], a.runs_dir, label, s, threads)
             for s in seeds for label, over in settings.items()]
     run_dirs: dict[str, list[str]] = {label: [] for label in settings}
