@@ -18,6 +18,7 @@ def _console():
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
     from .experiment import Runner, load_recipe, run_dir_for
 
     recipe_arg, overrides = args.recipe, list(args.overrides)
@@ -27,18 +28,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
     recipe = load_recipe(recipe_arg, overrides)
+    from .experiment.distributed import init_from_env
+
+    info = init_from_env(recipe.device)  # torchrun: one process per rank, rank 0 writes and prints
     runs_root = args.runs_dir or os.environ.get("PRUNELAB_RUNS") or "runs"
     run_dir = run_dir_for(recipe, runs_root)
     con = _console()
-    con.print(f"[bold]{recipe.name}[/]: {recipe.description or ''}\nrun folder: {run_dir}")
+    if info.main:
+        where = f" ({info.world} processes)" if info.world > 1 else ""
+        con.print(f"[bold]{recipe.name}[/]: {recipe.description or ''}\nrun folder: {run_dir}{where}")
     runner = Runner(recipe, run_dir, progress=not args.no_progress and sys.stderr.isatty(),
                     log=lambda s: con.print(s), stop_after=args.stop_after)
-    if args.dry_run:
-        print_plan(runner.dry_run(), con)
-        return 0
-    summary = runner.run()
-    if summary:
-        print_summary(summary, con, layers=False)
+    try:
+        if args.dry_run:
+            if info.world > 1:
+                raise ConfigError("--dry-run runs in one process; start it without torchrun")
+            print_plan(runner.dry_run(), con)
+            return 0
+        summary = runner.run()
+        if summary and info.main:
+            print_summary(summary, con, layers=False)
+    finally:
+        if info.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 0
 
 
@@ -115,6 +129,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print("\n".join(sim))
             print(f"\nwrote jaccard, similarity, accuracy, structure and stability tables and figures to {args.out}")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .experiment.sweep import commands, plan, run_sweep, table
+
+    runs_root = args.runs_dir or os.environ.get("PRUNELAB_RUNS") or "runs"
+    fixed = list(args.set or []) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    points = plan(args.recipe, list(args.grid or []), args.seeds, runs_root, fixed)
+    if args.print_commands:
+        print("\n".join(commands(args.recipe, points, runs_root)))
+        return 0
+    rows = run_sweep(args.recipe, points, runs_root, args.jobs)
+    print("\n".join(table(rows)))
+    return 1 if any(r["status"].startswith("failed") for r in rows) else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -253,6 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("run_dir")
     b.add_argument("--repeats", type=int, default=30)
     b.set_defaults(fn=cmd_bench)
+    w = sub.add_parser("sweep", help="run a grid of overrides x seeds as parallel runs; skips finished runs")
+    w.add_argument("recipe")
+    w.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="one axis of the grid (repeatable)")
+    w.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run (repeatable)")
+    w.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every grid point")
+    w.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    w.add_argument("--runs-dir", help="where run folders go (default $PRUNELAB_RUNS or ./runs)")
+    w.add_argument("--data-root", help="data root for every run")
+    w.add_argument("--print-commands", action="store_true",
+                   help="print one `prunelab run` command per run (for a scheduler's job array) and exit")
+    w.set_defaults(fn=cmd_sweep)
     return p
 
 

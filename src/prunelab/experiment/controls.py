@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..export.shrink import load_shrunk, model_spec, save_shrunk, shrink
 from ..models import build_model, reinit
 from ..pruner import Pruner
-from ..training import Trainer, build_optimizer
+from ..training import build_optimizer
 from .checkpoint import load_checkpoint, save_checkpoint
 
 SCRATCH_SEED = 10_007  # added to the run's seed: a fresh init, different from the one the large model had
@@ -146,12 +146,11 @@ def control_stage(runner, name: str, final: str, folder: Path, metrics_path: Pat
             "milestones": [m if m < 1 else m * scale for m in cfg.milestones]})
         extra.update(flops_full=flops_full, flops_pruned=flops_pruned)
     opt = build_optimizer(model, cfg)
-    Trainer(model, opt, cfg, data.train, data.test, pruner=pruner, metrics_path=metrics_path,
-            progress=runner.progress, device=r.device, stage=name).fit()
+    runner.trainer(model, opt, cfg, pruner, metrics_path, name).fit()
     from ..training import evaluate
 
     acc = evaluate(model, data.test, r.device)["acc"]
-    save_checkpoint(folder, model, pruner.masks if pruner else None, extra={
+    runner.save(folder, model, pruner.masks if pruner else None, extra={
         "test_acc": acc, "epochs": cfg.epochs, "seconds": time.perf_counter() - t0,
         "params_nonzero": count_params(model)["nonzero"], **extra})
     runner.log(f"stage {name}: accuracy {acc:.4f} after {cfg.epochs} epochs")

@@ -30,6 +30,7 @@ from ..schedules import Cubic, geometric_rounds
 from ..training import Trainer, build_optimizer, evaluate
 from .checkpoint import is_complete, load_checkpoint, save_checkpoint
 from .controls import SCRATCH_SEED, control_stage, shrink_stage
+from .distributed import barrier, check_same, current
 from .schema import Recipe
 
 
@@ -45,7 +46,10 @@ class Runner:
                  log: Callable[[str], None] = print, stop_after: str | None = None, share_dense: bool = True) -> None:
         self.recipe, self.dir = recipe, Path(run_dir)
         self.share_dense = share_dense
-        self.progress, self.log, self.stop_after = progress, log, stop_after
+        self.dist = current()  # rank and world size under torchrun; only rank 0 logs and writes
+        self.main = self.dist.main
+        self.progress, self.stop_after = progress and self.main, stop_after
+        self.log = log if self.main else (lambda m: None)
         self.data = None
 
     # -- helpers --------------------------------------------------------------------------------
@@ -53,8 +57,11 @@ class Runner:
         if self.data is None:
             r = self.recipe
             d = r.data
-            self.data = load_data(d.name, d.root, d.batch_size, d.test_batch_size, r.seed, d.download, d.augment,
-                                  train_subset=d.train_subset)
+            world = self.dist.world
+            if d.batch_size % world:
+                raise ConfigError(f"data.batch_size {d.batch_size} must be divisible by the {world} processes")
+            self.data = load_data(d.name, d.root, d.batch_size // world, d.test_batch_size, r.seed, d.download,
+                                  d.augment, train_subset=d.train_subset, shard=(self.dist.rank, world))
         return self.data
 
     def _model(self):
@@ -110,7 +117,7 @@ class Runner:
             self._pruner(self._model())
         self.dir.mkdir(parents=True, exist_ok=True)
         recipe_file = self.dir / "recipe.yaml"
-        if not recipe_file.exists():
+        if self.main and not recipe_file.exists():
             atomic_write_text(recipe_file, yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False))
         names = self.stage_names()
         for i, name in enumerate(names):
@@ -121,9 +128,31 @@ class Runner:
                 t0 = time.perf_counter()
                 self._run_stage(name, names[i - 1] if i else None, folder)
                 self.log(f"stage {name}: finished in {time.perf_counter() - t0:.1f}s")
+            barrier()  # the other ranks read what rank 0 wrote
             if self.stop_after == name:
                 return {}
-        return self._summarize(names)
+        summary = self._summarize(names) if self.main else {}
+        barrier()
+        return summary if self.main else read_json(self.dir / "summary.json")
+
+    def save(self, folder: Path, model, masks=None, optimizer=None, extra: dict | None = None) -> None:
+        """save_checkpoint on rank 0 only."""
+        if self.main:
+            save_checkpoint(folder, model, masks, optimizer, extra=extra)
+
+    def trainer(self, model, opt, cfg, pruner, metrics_path: Path | None, stage: str, hooks: list | None = None):
+        """The built-in Trainer for ``model``, under DistributedDataParallel when there are several ranks."""
+        data = self._data()
+        net = model
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model)
+            if pruner is not None:
+                hooks = list(hooks or []) + [_MaskSync(pruner, stage)]
+        return Trainer(net, opt, cfg, data.train, data.test, pruner=pruner,
+                       metrics_path=metrics_path if self.main else None, progress=self.progress,
+                       device=self.recipe.device, stage=stage, hooks=hooks)
 
     def dry_run(self) -> dict:
         """Train (or reuse) the dense stage, then decide the final masks in memory, without retraining.
@@ -150,11 +179,11 @@ class Runner:
     def _run_stage(self, name: str, prev: str | None, folder: Path) -> None:
         r = self.recipe
         metrics_path = folder / "metrics.jsonl"
-        if metrics_path.exists():
+        if self.main and metrics_path.exists():
             metrics_path.unlink()  # a killed attempt's partial metrics
         final = self.prune_stages()[-1]
         if name == "shrunk":
-            return shrink_stage(self, final, folder)
+            return shrink_stage(self, final, folder) if self.main else None
         if name.startswith("control_"):
             return control_stage(self, name, final, folder, metrics_path)
         model = self._model()
@@ -164,22 +193,23 @@ class Runner:
             cache = self._dense_cache()
             keep = ["init"] + ([f"rewind_{self._rewind_step()}"] if self._rewind_step() else [])
             if cache is not None and is_complete(cache / "dense") and all(is_complete(cache / k) for k in keep):
-                for k in keep:
-                    _copy_checkpoint(cache / k, self.dir / k)
-                _copy_checkpoint(cache / "dense", folder)
+                if self.main:
+                    for k in keep:
+                        _copy_checkpoint(cache / k, self.dir / k)
+                    _copy_checkpoint(cache / "dense", folder)
                 self.log(f"stage {name}: reused the identical dense training in {cache}")
                 return
-            save_checkpoint(self.dir / "init", model, extra={"note": "initial weights, for rewinding"})
+            self.save(self.dir / "init", model, extra={"note": "initial weights, for rewinding"})
             cfg = r.train
             opt = build_optimizer(model, cfg)
-            hooks = [_SaveAtStep(self._rewind_step(), self.dir / keep[-1])] if self._rewind_step() else []
-            Trainer(model, opt, cfg, data.train, data.test, metrics_path=metrics_path, progress=self.progress,
-                    device=r.device, stage=name, hooks=hooks).fit()
+            hooks = [_SaveAtStep(self._rewind_step(), self.dir / keep[-1], self)] if self._rewind_step() else []
+            self.trainer(model, opt, cfg, None, metrics_path, name, hooks).fit()
+            barrier()
             if hooks and not is_complete(self.dir / keep[-1]):
                 raise ConfigError(f"rewind_step {self._rewind_step()} is beyond the dense training's "
                                   f"{cfg.epochs * len(data.train)} steps")
-            save_checkpoint(folder, model, None, opt, extra=self._stage_extra(model, None, t0))
-            if cache is not None:
+            self.save(folder, model, None, opt, extra=self._stage_extra(model, None, t0))
+            if cache is not None and self.main:
                 for k in keep:
                     _copy_checkpoint(self.dir / k, cache / k)
                 _copy_checkpoint(folder, cache / "dense")
@@ -204,15 +234,20 @@ class Runner:
             self._calibrate(pruner, model, data)
             pruner.prune(target, final=index == rounds)
             self._rewind(model, pruner, index)
-            _append_jsonl(metrics_path, {"stage": name, "prune": pruner.history[-1]})
+            digests = check_same(pruner.masks, f"pruning in {name}")
+            record = {"stage": name, "prune": pruner.history[-1]}
+            if len(digests) > 1:
+                record["rank_mask_digests"] = digests
+            if self.main:
+                _append_jsonl(metrics_path, record)
         opt = build_optimizer(model, cfg)
         pre = evaluate(model, data.test, r.device)
         self.log(f"stage {name}: sparsity {pruner.masks.sparsity():.4f}, accuracy before retraining {pre['acc']:.4f}")
-        Trainer(model, opt, cfg, data.train, data.test, pruner=pruner, metrics_path=metrics_path,
-                progress=self.progress, device=r.device, stage=name).fit()
+        self.trainer(model, opt, cfg, pruner, metrics_path, name).fit()
+        check_same(pruner.masks, f"training in {name}")
         extra = self._stage_extra(model, pruner, t0)
         extra["acc_before_retrain"] = pre["acc"]
-        save_checkpoint(folder, model, pruner.masks, opt, extra=extra)
+        self.save(folder, model, pruner.masks, opt, extra=extra)
 
     def _rewind_step(self) -> int:
         m = self._method()
@@ -315,12 +350,25 @@ class Runner:
 class _SaveAtStep:
     """Trainer hook: save the model after optimizer step ``step`` (the late-rewinding point)."""
 
-    def __init__(self, step: int, folder: Path) -> None:
-        self.step, self.folder = step, folder
+    def __init__(self, step: int, folder: Path, runner: "Runner") -> None:
+        self.step, self.folder, self.runner = step, folder, runner
 
     def on_batch_end(self, trainer, step: int, loss: float) -> None:
         if step == self.step:
-            save_checkpoint(self.folder, trainer.model, extra={"note": f"weights after {step} steps, for rewinding"})
+            model = getattr(trainer.model, "module", trainer.model)  # unwrapped from DistributedDataParallel
+            self.runner.save(self.folder, model, extra={"note": f"weights after {step} steps, for rewinding"})
+
+
+class _MaskSync:
+    """Trainer hook (several ranks): check the ranks' masks after every pruning event during training."""
+
+    def __init__(self, pruner: Pruner, stage: str) -> None:
+        self.pruner, self.stage, self.events = pruner, stage, pruner.events
+
+    def on_batch_end(self, trainer, step: int, loss: float) -> None:
+        if self.pruner.events != self.events:
+            self.events = self.pruner.events
+            check_same(self.pruner.masks, f"pruning event {self.events} in {self.stage}")
 
 
 def _copy_checkpoint(src: Path, dst: Path) -> None:
