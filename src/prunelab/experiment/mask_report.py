@@ -59,6 +59,12 @@ def _plt():
     return plt
 
 
+def _finish(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def mask_report(run_dirs: list[str | Path], out: str | Path) -> list[str]:
     """Write the report files into ``out``; returns the markdown lines of the similarity table."""
     out = Path(out)
@@ -86,9 +92,7 @@ def mask_report(run_dirs: list[str | Path], out: str | Path) -> list[str]:
     ax.set_xticks(range(n), names, rotation=90, fontsize=6)
     ax.set_yticks(range(n), names, fontsize=6)
     fig.colorbar(im, ax=ax, label="Jaccard of final masks")
-    fig.tight_layout()
-    fig.savefig(out / "jaccard.png", dpi=130)
-    plt.close(fig)
+    _finish(plt, fig, out / "jaccard.png")
 
     labels = list(dict.fromkeys(r["label"] for r in runs))
     lines = ["| setting A | setting B | pairs | Jaccard | random masks | ratio |", "|---|---|---|---|---|---|"]
@@ -120,9 +124,7 @@ def mask_report(run_dirs: list[str | Path], out: str | Path) -> list[str]:
     ax.set_xlabel("remaining weights % (prunable)")
     ax.set_ylabel("test accuracy %")
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=130)
-    plt.close(fig)
+    _finish(plt, fig, out / "accuracy.png")
 
     srows = []
     for r, name in zip(runs, names):
@@ -139,9 +141,7 @@ def mask_report(run_dirs: list[str | Path], out: str | Path) -> list[str]:
         ax.set_xticks(list(xs), [f"{r[0]} {r[1]}" for r in srows], rotation=90, fontsize=6)
         ax.set_ylabel("fraction of k x k kernels all zero")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "structure.png", dpi=130)
-        plt.close(fig)
+        _finish(plt, fig, out / "structure.png")
 
     trows = []
     for r, name in zip(runs, names):
@@ -161,7 +161,5 @@ def mask_report(run_dirs: list[str | Path], out: str | Path) -> list[str]:
     ax.set_xlabel("round")
     ax.set_ylabel("overlap with the previous round's mask")
     ax.legend(fontsize=5)
-    fig.tight_layout()
-    fig.savefig(out / "stability.png", dpi=130)
-    plt.close(fig)
+    _finish(plt, fig, out / "stability.png")
     return lines
