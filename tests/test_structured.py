@@ -133,6 +133,12 @@ def test_slimming_ranks_channels_by_gamma_globally():
     p = Pruner(model, method="slimming", sparsity=0.5, example_inputs=torch.zeros(1, 3, 16, 16))
     alive = [p.masks[n].reshape(4, -1).any(1).tolist() for n in ("features.0.weight", "features.4.weight")]
     assert alive == [[False, True, False, True], [False, False, True, True]]  # 4 of 8 channels by |gamma|
+    model = build_model("vgg11", (3, 16, 16), 4, widths=[4, "M", 4])
+    with torch.no_grad():
+        model.features[1].weight.copy_(torch.tensor([0.5, 0.9, 0.6, 0.8]))
+        model.features[5].weight.fill_(0.01)  # every channel of the second layer under the threshold
+    p = Pruner(model, method="slimming", sparsity=0.5, example_inputs=torch.zeros(1, 3, 16, 16))
+    assert int(p.masks["features.4.weight"].reshape(4, -1).any(1).sum()) == 1  # one kept: the model stays whole
 
 
 def test_bn_l1_term_only_in_sparsity_training():

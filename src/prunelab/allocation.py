@@ -75,15 +75,19 @@ class Global(Allocation):
     Keeps exactly ``floor(density * total + 0.5)`` elements for element granularity; for groups, the
     highest-scoring groups whose sizes add up closest to that number. Not defined for per-block patterns.
     ``unit="groups"``: the budget counts groups instead and ranks them by their own score, not per element
-    (Network Slimming's "prune 70% of the channels" by one threshold on |gamma|).
+    (Network Slimming's "prune 70% of the channels" by one threshold on |gamma|); ``min_keep`` then keeps at
+    least that many groups in every tensor.
     """
 
     needs_scores = True
     unit: str = "elements"
+    min_keep: int = 0  # with unit "groups": never keep fewer groups in a tensor (a layer emptied cuts the model)
 
     def __post_init__(self):
         if self.unit not in ("elements", "groups"):
             raise ConfigError(f"global allocation unit must be 'elements' or 'groups', got {self.unit!r}")
+        if self.min_keep < 0 or (self.min_keep and self.unit != "groups"):
+            raise ConfigError("global allocation min_keep must be >= 0 and needs unit: groups")
 
     def keep_counts(self, layers, sparsity, final_sparsity):
         if any(l.per_block for l in layers):
@@ -91,7 +95,8 @@ class Global(Allocation):
         if self.unit == "groups":
             k = round_keep(1 - sparsity, sum(l.blocks * l.groups for l in layers))
             counts, _ = topk_counts([l.scores.reshape(-1) for l in layers], k)
-            return {l.name: c for l, c in zip(layers, counts)}
+            # the floor may keep a few groups more than the budget; it only acts where a tensor would be emptied
+            return {l.name: max(c, min(self.min_keep, l.blocks * l.groups)) for l, c in zip(layers, counts)}
         total = sum(l.numel for l in layers)
         k_elems = round_keep(1 - sparsity, total)
         if all(l.group_size == 1 for l in layers):

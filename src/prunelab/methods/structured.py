@@ -8,7 +8,8 @@ Li et al. do). With a preset the run's ``sparsity`` only scales a schedule; the 
 
 ``slimming`` (Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017):
 channels ranked by |gamma| of the BatchNorm after each conv, one global threshold removing ``sparsity`` of
-all channels (not weights). The sparsity training (s * sign(gamma) added to the BatchNorm scale gradients)
+all channels (not weights), keeping at least one channel per layer (a layer whose every |gamma| falls under
+the threshold would cut the network in two). The sparsity training (s * sign(gamma) added to the BatchNorm scale gradients)
 is the training option ``bn_l1`` of the dense stage.
 
 Both set ``channels``: removed channels' biases and BatchNorm entries are held at zero, so the masked
@@ -96,7 +97,7 @@ class Slimming(Method):
 
     def __post_init__(self) -> None:
         if self.allocation == "global_groups":
-            self.allocation = {"name": "global", "unit": "groups"}
+            self.allocation = {"name": "global", "unit": "groups", "min_keep": 1}
         super().__post_init__()
 
     @property
