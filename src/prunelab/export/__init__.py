@@ -1,4 +1,7 @@
-"""Export of pruned models: a compact file that stores only what the masks keep."""
+"""Export of pruned models: the compact sparse file, shrunk models, CSR inference, run artifacts."""
 from .compact import compact_bytes, decode_tensor, encode_tensor, load_compact, save_compact
+from .shrink import ShrinkError, load_shrunk, save_shrunk, shrink
+from .sparse_linear import SparseLinear, sparsify_linear
 
-__all__ = ["compact_bytes", "decode_tensor", "encode_tensor", "load_compact", "save_compact"]
+__all__ = ["compact_bytes", "decode_tensor", "encode_tensor", "load_compact", "save_compact", "ShrinkError",
+           "load_shrunk", "save_shrunk", "shrink", "SparseLinear", "sparsify_linear"]
