@@ -62,7 +62,6 @@ def test_revived_weights_restart_with_zero_optimizer_state():
             opt.zero_grad(); nn.functional.cross_entropy(model(x), y).backward(); opt.step(); pruner.step(opt)
         train_step()
         pruner.prune(0.5, opt, final=False)
-        before = {n: p.detach().clone() for n, p in pruner.params.items()}
         old = pruner.masks.clone()
         train_step()
         pruner.prune(0.5, opt, final=False)
@@ -77,7 +76,6 @@ def test_revived_weights_restart_with_zero_optimizer_state():
         assert rec["dropped"] > 0 and rec["revived_alive"] == rec["revived"]
         if revive_value == "pruned":
             assert any((p[~old[n] & pruner.masks[n]] != 0).any() for n, p in pruner.params.items())
-            del before
 
 
 def test_same_seed_same_masks_and_global_scope():

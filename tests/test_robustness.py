@@ -32,7 +32,7 @@ def test_fgsm_moves_every_pixel_by_eps_along_the_weight_difference():
 
 def test_linear_model_flips_exactly_beyond_the_analytic_radius():
     model = _linear()
-    w, b = model[1].weight.detach(), model[1].bias.detach()
+    w = model[1].weight.detach()
     pix = torch.full((1, 1, 4, 4), 0.5)
     with torch.no_grad():
         logits = model(_norm(pix))[0]
