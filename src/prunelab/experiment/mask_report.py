@@ -32,11 +32,11 @@ def load_runs(run_dirs: list[str | Path]) -> list[dict]:
     """Per run with masks: label, seed, summary, the masks of every pruning stage (in order)."""
     runs = []
     for d in map(Path, run_dirs):
-        _, label = _setting(d)
+        key, label = _setting(d)
         stages = _stages(d)
         if not stages:
             continue
-        runs.append({"dir": d, "label": label, "summary": read_json(d / "summary.json"),
+        runs.append({"dir": d, "key": key, "label": label, "summary": read_json(d / "summary.json"),
                      "masks": [Masks.load(d / "stages" / st / "masks.safetensors") for st in stages],
                      "stages": stages})
     return runs
@@ -71,6 +71,16 @@ def mask_report(run_dirs: list[str | Path], out: str | Path) -> list[str]:
     runs = load_runs(run_dirs)
     if len(runs) < 1:
         return []
+    prefixes = {r["label"].split(": ", 1)[0] for r in runs}
+    if len(prefixes) == 1 and all(": " in r["label"] for r in runs):  # one recipe: name the settings only
+        for r in runs:
+            r["label"] = r["label"].split(": ", 1)[1]
+    keys_of: dict[str, set] = {}
+    for r in runs:
+        keys_of.setdefault(r["label"], set()).add(r["key"])
+    for r in runs:  # settings that differ elsewhere than in the method get their recipe hash in the label
+        if len(keys_of[r["label"]]) > 1:
+            r["label"] += f" [{r['key'][:6]}]"
     names = [f"{r['label']} s{r['summary']['seed']}" for r in runs]
     n = len(runs)
     obs = [[0.0] * n for _ in range(n)]
