@@ -5,12 +5,14 @@ so a crash never leaves a half-written artifact. Reads use safetensors and JSON 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .errors import CheckpointError
@@ -77,14 +79,27 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str
     return tensors, meta
 
 
+def digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def read_tagged_safetensors(path: str | Path, fmt: str, what: str, key: str) -> tuple[dict[str, Tensor], Any]:
     """Read a prunelab safetensors file whose metadata names format ``fmt`` and holds JSON under ``key``.
 
     Returns (tensors, the parsed JSON); a wrong format or unreadable JSON raises CheckpointError naming ``what``.
+    When the metadata holds a ``sha256`` (see :func:`digest`), the tensors must match it.
     """
     tensors, meta = read_safetensors(path)
     if meta.get("format") != fmt:
         raise CheckpointError(f"{path} is not a prunelab {what} file")
+    if "sha256" in meta and digest(tensors) != meta["sha256"]:
+        raise CheckpointError(f"{path} does not match its SHA-256 digest: the file was altered or damaged")
     try:
         return tensors, json.loads(meta[key])
     except (KeyError, ValueError):

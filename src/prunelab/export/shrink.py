@@ -72,9 +72,10 @@ def shrink(model: nn.Module, masks, example_inputs: Tensor, atol: float = 1e-5,
             params[name].mul_(m.to(params[name].dtype))
     _apply(small, masks, graph)
     before = _sizes(small)
+    sizes = {g.root: g.size for g in graph.groups}
     for root, chans in removed.items():
         module = graph.modules[root]
-        size = graph.groups[[g.root for g in graph.groups].index(root)].size
+        size = sizes[root]
         if len(chans) >= size:
             raise ShrinkError(f"the masks remove every output channel of {root}; the model would be cut in two")
         pruner = graph.dg.get_pruner_of_module(module)
