@@ -134,3 +134,41 @@ def test_han_style_candidates_below_lambda_times_rms():
     pruner.prune(0.5, final=False)
     # rms of |w| = sqrt((0.01 + 0.04 + 1 + 4) / 4) = 1.124; 0.5 * rms = 0.562: the two small weights go
     assert pruner.masks["0.weight"].tolist() == [[False, False, True, True]]
+
+
+def test_curve_runs_method_and_baseline_at_equal_budget(tmp_path, capsys):
+    import csv
+
+    from prunelab.cli import main
+
+    out = tmp_path / "report" / "c"
+    args = ["curve", "quickstart", "--compressions", "2,5", "--seeds", "2", "--jobs", "2", "--threads", "1",
+            "--set", "prune.method={name: drop_pruning, q: null, p_out: 0.9}", "--set", "train.epochs=1",
+            "--set", "prune.schedule.rounds=2", "--set", "prune.retrain.epochs=1", "--runs-dir", str(tmp_path),
+            "--out", str(out)]
+    assert main(args) == 0
+    rows = list(csv.DictReader(open(f"{out}.csv")))
+    assert len(rows) == 8 and {r["method"] for r in rows} == {"drop_pruning", "magnitude"}
+    for r in rows:
+        assert float(r["compression_prunable"]) == pytest.approx(float(r["target_compression"]), rel=1e-3)
+    for seed in "01":  # every method and compression of a seed starts from that seed's one dense model
+        assert len({r["dense_acc"] for r in rows if r["seed"] == seed}) == 1
+    md = open(f"{out}.md").read()
+    assert md.count("| 2x |") == 2 and md.count("| 5x |") == 2 and "Command: `prunelab curve quickstart" in md
+    assert (out.parent / "c.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(args) == 0  # finished runs are read back, not rerun
+    assert "0 to run" in capsys.readouterr().out
+    assert md == open(f"{out}.md").read()
+
+
+@pytest.mark.parametrize("extra, needle", [(["--compressions", "1,10"], "above 1"),
+                                           (["--compressions", "ten"], "comma-separated numbers"),
+                                           (["--baseline", "magnitude"], "LABEL=METHOD"),
+                                           ([], "is the recipe's own method")])
+def test_curve_bad_input_is_one_sentence(tmp_path, capsys, extra, needle):
+    from prunelab.cli import main
+
+    assert main(["curve", "quickstart", "--runs-dir", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+from pathlib import Path
 
 from .errors import PrunelabError
 
@@ -140,9 +142,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.print_commands:
         print("\n".join(commands(args.recipe, points, runs_root)))
         return 0
-    rows = run_sweep(args.recipe, points, runs_root, args.jobs)
+    rows = run_sweep(args.recipe, points, runs_root, args.jobs, threads=args.threads)
     print("\n".join(table(rows)))
     return 1 if any(r["status"].startswith("failed") for r in rows) else 0
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from .experiment.curve import curve_points, parse_baselines, parse_compressions, run_curve, write_curve
+
+    runs_root = args.runs_dir or os.environ.get("PRUNELAB_RUNS") or "runs"
+    fixed = list(args.set or []) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    points = curve_points(args.recipe, parse_compressions(args.compressions), parse_baselines(args.baseline),
+                          args.seeds, runs_root, fixed)
+    rows = run_curve(args.recipe, points, runs_root, args.jobs, threads=args.threads)
+    out = args.out or str(Path(runs_root) / f"curve_{args.recipe}")
+    command = "prunelab " + " ".join(shlex.quote(a) for a in args.argv)
+    print("\n".join(write_curve(rows, out, f"{args.recipe}: accuracy against compression", command)))
+    print(f"\nwrote {out}.md, {out}.csv and {out}.png")
+    return 0 if len(rows) == len(points) else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -287,11 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run (repeatable)")
     w.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every grid point")
     w.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    w.add_argument("--threads", type=int, help="torch threads per process (default: cores / jobs)")
     w.add_argument("--runs-dir", help="where run folders go (default $PRUNELAB_RUNS or ./runs)")
     w.add_argument("--data-root", help="data root for every run")
     w.add_argument("--print-commands", action="store_true",
                    help="print one `prunelab run` command per run (for a scheduler's job array) and exit")
     w.set_defaults(fn=cmd_sweep)
+    v = sub.add_parser("curve", help="accuracy against compression: the recipe's method and baselines at the same "
+                                     "training budget, over seeds (table, CSV, plot)")
+    v.add_argument("recipe")
+    v.add_argument("--compressions", default="10,20,50,100", help="target compressions over prunable weights")
+    v.add_argument("--baseline", action="append", metavar="LABEL=METHOD",
+                   help="a baseline method (repeatable; default magnitude='{name: magnitude, allocation: global}')")
+    v.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run (repeatable)")
+    v.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every point")
+    v.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    v.add_argument("--threads", type=int, help="torch threads per process (default: cores / jobs)")
+    v.add_argument("--runs-dir", help="where run folders go (default $PRUNELAB_RUNS or ./runs)")
+    v.add_argument("--data-root", help="data root for every run")
+    v.add_argument("--out", help="output prefix for .md/.csv/.png (default RUNS_DIR/curve_RECIPE)")
+    v.set_defaults(fn=cmd_curve)
     return p
 
 
@@ -303,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "fn", None):
         build_parser().print_help()
         return 2

@@ -86,13 +86,17 @@ def commands(recipe_name: str, points: list[dict], runs_dir: str | Path) -> list
                       "--runs-dir", shlex.quote(str(runs_dir)), "--no-progress"]) for p in points]
 
 
-def run_sweep(recipe_name: str, points: list[dict], runs_dir: str | Path, jobs: int, log=print) -> list[dict]:
-    """Run the unfinished points in ``jobs`` processes; returns one row per point (finished ones read back)."""
+def run_sweep(recipe_name: str, points: list[dict], runs_dir: str | Path, jobs: int, log=print,
+              threads: int | None = None) -> list[dict]:
+    """Run the unfinished points in ``jobs`` processes of ``threads`` torch threads each (default: cores / jobs,
+    so the processes do not oversubscribe the machine); returns one row per point (finished ones read back)."""
     from ..io import read_json
 
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     todo = [p for p in points if not p["done"]]
     log(f"{len(points)} runs: {len(points) - len(todo)} already finished, {len(todo)} to run in {jobs} processes")
     results = {}
