@@ -8,7 +8,7 @@ from torch import nn
 from prunelab import ConfigError, Pruner
 from prunelab.criteria import Context
 from prunelab.experiment import Runner, load_recipe
-from prunelab.selection import Drop
+from prunelab.selection import Drop, drop_rate, expected_density
 
 
 def _mlp(seed=0):
@@ -37,7 +37,28 @@ def test_derived_p_in_and_annealing():
     derived = Drop(q=None, p_out=0.9)
     ctx = Context(total_events=20, final_sparsity=0.99)
     a = derived.q_at(ctx) * 0.9
-    assert (1 - 0.01) * (1 - a / 0.99) ** 19 == pytest.approx(0.25 * 0.01)
+    assert (1 - 0.01) * (1 - a / 0.99) ** 19 == pytest.approx(0.25 * 0.01)  # closed form without annealing
+
+
+@pytest.mark.parametrize("sparsity", [0.92, 0.99])
+def test_derived_rate_lands_above_the_target_with_annealing(sparsity):
+    # with p_in annealed to 0 the density keeps falling; the derived rate must still leave the final clean-up
+    # 1.25 x the target to prune, not a shortfall to fill with random (zero) weights
+    d_star, rounds = 1 - sparsity, 12
+    assert expected_density(drop_rate(d_star, rounds, 3), d_star, rounds, 3) == pytest.approx(1.25 * d_star)
+    model = nn.Sequential(nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 100))
+    pruner = Pruner(model, {"name": "drop_pruning", "q": None, "p_out": 0.9, "anneal_rounds": 3, "scope": "global"},
+                    schedule="manual", sparsity=sparsity, seed=0)
+    pruner.planned_events = rounds
+    for _ in range(rounds - 1):
+        with torch.no_grad():  # stand-in for retraining: new magnitudes every round
+            for p in pruner.params.values():
+                p.add_(torch.randn_like(p) * 0.01).mul_(pruner.masks[[n for n in pruner.params if
+                                                                      pruner.params[n] is p][0]])
+        pruner.prune(0.5, final=False)
+    assert pruner.masks.density() == pytest.approx(1.25 * d_star, rel=0.08)
+    pruner.prune(sparsity)
+    assert pruner.history[-1]["revived"] == 0 and pruner.masks.density() == pytest.approx(d_star, abs=1e-4)
 
 
 def test_final_clean_up_is_exact_and_revives_when_short():
@@ -111,6 +132,25 @@ def test_recipe_run_records_round_statistics(tmp_path):
     assert prunes[-1]["density"] == pytest.approx(0.1, abs=1e-3)
     epochs = [r["stage"] for r in records if "epoch" in r]
     assert epochs.count("round_03") == 1 and epochs.count("round_04") == 2  # final_epochs for the last round
+
+
+def test_revival_record_carries_over_between_round_stages(tmp_path):
+    from safetensors.torch import load_file
+
+    recipe = load_recipe("quickstart", ["train.epochs=1", "prune.retrain.epochs=1", "prune.schedule.rounds=4",
+                                        "prune.method={name: drop_pruning, q: 0.5, p_out: 0.9, p_in: 0.3}",
+                                        "prune.sparsity=0.9"])
+    Runner(recipe, tmp_path / "r", progress=False, log=lambda m: None).run()
+    stages = tmp_path / "r" / "stages"
+    ever = [{k: v for k, v in load_file(stages / f"round_0{i}" / "method_state.safetensors").items()
+             if k.startswith("ever_revived:")} for i in (2, 3)]
+    masks = load_file(stages / "round_03" / "masks.safetensors")
+    records = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    prunes = [r["prune"] for r in records if "prune" in r]
+    for key, before in ever[0].items():  # the record of round 2 is part of round 3's: it was carried over
+        assert bool((ever[1][key] | ~before).all())
+    alive = sum(int((t & masks[k.split(":", 1)[1]].bool()).sum()) for k, t in ever[1].items())
+    assert prunes[2]["revived_alive"] == alive > prunes[2]["revived"]
 
 
 def test_dense_training_is_shared_between_runs(tmp_path):

@@ -56,6 +56,42 @@ class TopK(Selector):
         return kept if all_alive else kept & alive
 
 
+def anneal_factor(event: int, total_events: int, anneal_rounds: int) -> float:
+    """The factor on p_in at ``event`` (0-based) of ``total_events``: 1, then falling linearly over the last
+    ``anneal_rounds`` stochastic events to 0 at the last of them (the final event is the clean-up)."""
+    if not anneal_rounds:
+        return 1.0
+    left = (total_events - 2) - event  # stochastic events after this one
+    return max(0.0, min(1.0, left / anneal_rounds))
+
+
+def expected_density(rate: float, density: float, total_events: int, anneal_rounds: int = 0) -> float:
+    """Expected density before the final event, from a dense start, when every stochastic event drops a
+    fraction ``rate`` (= q p_out) of the alive weights and revives pruned ones with the p_in derived for the
+    target ``density`` (times :func:`anneal_factor`)."""
+    d, c = 1.0, density / (1.0 - density)
+    for event in range(total_events - 1):
+        p_in = min(1.0, rate * c) * anneal_factor(event, total_events, anneal_rounds)
+        d = d * (1.0 - rate) + (1.0 - d) * p_in
+    return d
+
+
+def drop_rate(density: float, total_events: int, anneal_rounds: int = 0, margin: float = 1.25) -> float:
+    """The rate a = q p_out whose expected density before the final event is ``margin`` x ``density``
+    (bisection on :func:`expected_density`; 1 when even a = 1 stays above it)."""
+    goal = min(1.0, margin * density)
+    if expected_density(1.0, density, total_events, anneal_rounds) >= goal:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if expected_density(mid, density, total_events, anneal_rounds) > goal:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
 @SELECTORS.register("drop")
 @dataclass
 class Drop(Selector):
@@ -67,11 +103,13 @@ class Drop(Selector):
     dropped with probability ``p_out``; each pruned group is revived with probability ``p_in``.
 
     ``p_in=None`` derives it from the final density d* by the fixed point of
-    d' = d (1 - q p_out) + (1 - d) p_in, i.e. ``p_in = q p_out d* / (1 - d*)``. ``q=None`` (needs the planned
-    number of events T) picks the rate a = q p_out so that the expected density before the final clean-up
-    is 1.25 d*: ``a = (1 - d*) (1 - (0.25 d* / (1 - d*)) ** (1 / (T - 1)))``, ``q = min(1, a / p_out)``.
-    With ``anneal_rounds=k`` p_in falls linearly over the last k events before the final one, reaching 0 at
-    the last of them so the mask settles.
+    d' = d (1 - q p_out) + (1 - d) p_in, i.e. ``p_in = q p_out d* / (1 - d*)``. With ``anneal_rounds=k`` p_in
+    falls linearly over the last k events before the final one, reaching 0 at the last of them so the mask
+    settles. ``q=None`` (needs the planned number of events T) picks the rate a = q p_out so that the expected
+    density before the final clean-up, run through this recursion from a dense start with the actual p_in
+    schedule (annealing included), is 1.25 d* (:func:`drop_rate`); ``q = min(1, a / p_out)``. Annealing
+    matters here: while p_in falls to 0 the density keeps shrinking by (1 - a) per event, and a rate chosen
+    without it undershoots the target, leaving the clean-up to revive weights at random.
 
     At the final event (``ctx.final``) the mask is cleaned up deterministically to exactly the allocated
     count: the top-scoring alive groups, plus random pruned ones if too few are alive. Random draws come
@@ -114,8 +152,7 @@ class Drop(Selector):
         d = 1.0 - ctx.final_sparsity
         if d >= 1.0:
             return 0.0
-        a = (1 - d) * (1 - (0.25 * d / (1 - d)) ** (1 / (ctx.total_events - 1)))
-        return min(1.0, a / self.p_out)
+        return min(1.0, drop_rate(d, ctx.total_events, self.anneal_rounds) / self.p_out)
 
     def p_in_at(self, ctx: Context) -> float:
         """The revival probability at this event (derived and annealed as documented above)."""
@@ -124,9 +161,8 @@ class Drop(Selector):
         else:
             d = 1.0 - ctx.final_sparsity
             p = 1.0 if d >= 1.0 else min(1.0, self.q_at(ctx) * self.p_out * d / (1.0 - d))
-        if self.anneal_rounds and ctx.total_events is not None:
-            left = (ctx.total_events - 2) - ctx.event  # stochastic events after this one
-            p *= max(0.0, min(1.0, left / self.anneal_rounds))
+        if ctx.total_events is not None:
+            p *= anneal_factor(ctx.event, ctx.total_events, self.anneal_rounds)
         return p
 
     def select(self, scores, alive, keep, per_block, ctx, name="", hint=None):

@@ -1,7 +1,8 @@
 """Checkpoints: weights (safetensors), masks, optimizer state and RNG states, written atomically.
 
 Layout of a checkpoint folder: ``model.safetensors`` (the model's own state_dict keys), ``masks.safetensors``,
-``optimizer.safetensors`` + tensors' companions in ``state.json`` (optimizer hyper-parameters, pruner
+``optimizer.safetensors``, ``method_state.safetensors`` (only for methods that carry state between events,
+e.g. DropPruning's record of revived weights) + tensors' companions in ``state.json`` (optimizer hyper-parameters, pruner
 counters, Python and NumPy RNG states, anything the stage adds). ``state.json`` is written last: a folder
 without it is incomplete and is ignored. Nothing is ever unpickled on load.
 """
@@ -38,13 +39,19 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
 
 
 def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = None,
-                    optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None) -> None:
-    """Write a checkpoint; ``extra`` (JSON-serialisable) lands in state.json."""
+                    optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
+                    method_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a checkpoint; ``extra`` (JSON-serialisable) lands in state.json, ``method_state`` (the pruning
+    method's :meth:`~prunelab.methods.Method.state_tensors`) in method_state.safetensors."""
     folder = Path(folder)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write_bytes(folder / "model.safetensors", st_save(sd, metadata={"format": "prunelab.model/1"}))
     if masks is not None:
         masks.save(folder / "masks.safetensors")
+    if method_state:
+        atomic_write_bytes(folder / "method_state.safetensors",
+                           st_save({k: v.detach().contiguous().cpu() for k, v in method_state.items()},
+                                   metadata={"format": "prunelab.method_state/1"}))
     opt_meta = None
     if optimizer is not None:
         osd = optimizer.state_dict()
@@ -60,6 +67,17 @@ def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = 
     rng_t, rng_meta = rng_state()
     atomic_write_bytes(folder / "rng.safetensors", st_save(rng_t))
     atomic_write_json(folder / "state.json", {"optimizer": opt_meta, "rng": rng_meta, **(extra or {})})
+
+
+def load_method_state(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The pruning method's tensors saved with a checkpoint ({} when it kept none)."""
+    path = Path(folder) / "method_state.safetensors"
+    if not path.is_file():
+        return {}
+    tensors, meta = read_safetensors(path)
+    if meta.get("format") != "prunelab.method_state/1":
+        raise CheckpointError(f"{path} is not a prunelab method state file")
+    return tensors
 
 
 def is_complete(folder: str | Path) -> bool:

@@ -28,7 +28,7 @@ from ..models import build_model, reinit
 from ..pruner import Pruner
 from ..schedules import Cubic, geometric_rounds
 from ..training import Trainer, build_optimizer, evaluate
-from .checkpoint import is_complete, load_checkpoint, save_checkpoint
+from .checkpoint import is_complete, load_checkpoint, load_method_state, save_checkpoint
 from .controls import SCRATCH_SEED, control_stage, shrink_stage
 from .distributed import barrier, check_same, current
 from .schema import Recipe
@@ -135,10 +135,11 @@ class Runner:
         barrier()
         return summary if self.main else read_json(self.dir / "summary.json")
 
-    def save(self, folder: Path, model, masks=None, optimizer=None, extra: dict | None = None) -> None:
+    def save(self, folder: Path, model, masks=None, optimizer=None, extra: dict | None = None,
+             method_state: dict | None = None) -> None:
         """save_checkpoint on rank 0 only."""
         if self.main:
-            save_checkpoint(folder, model, masks, optimizer, extra=extra)
+            save_checkpoint(folder, model, masks, optimizer, extra=extra, method_state=method_state)
 
     def trainer(self, model, opt, cfg, pruner, metrics_path: Path | None, stage: str, hooks: list | None = None):
         """The built-in Trainer for ``model``, under DistributedDataParallel when there are several ranks."""
@@ -227,6 +228,7 @@ class Runner:
             pruner = self._pruner(model)
             if masks is not None:
                 pruner.load_state(state.get("pruner", {"step_count": 0, "events": 0}), masks)
+                pruner.method.load_state_tensors(load_method_state(self._stage_dir(prev)))
             rounds = 1 if sched.name == "oneshot" else sched.rounds
             pruner.planned_events = rounds
             index = int(name.split("_")[1])
@@ -247,7 +249,7 @@ class Runner:
         check_same(pruner.masks, f"training in {name}")
         extra = self._stage_extra(model, pruner, t0)
         extra["acc_before_retrain"] = pre["acc"]
-        self.save(folder, model, pruner.masks, opt, extra=extra)
+        self.save(folder, model, pruner.masks, opt, extra=extra, method_state=pruner.method.state_tensors())
 
     def _rewind_step(self) -> int:
         m = self._method()

@@ -6,11 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..allocation import ALLOCATIONS, Allocation
 from ..criteria import CRITERIA, Criterion
+from ..errors import CheckpointError
 from ..granularity import GRANULARITIES, Granularity
 from ..registry import Registry
 from ..selection import SELECTORS, Selector
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from ..criteria import Context
     from ..masks import Masks
     from ..pruner import Pruner
@@ -55,6 +58,18 @@ class Method:
 
     def after_prune(self, pruner: "Pruner", old: "Masks", new: "Masks") -> dict | None:
         return None
+
+    def state_tensors(self) -> dict[str, "Tensor"]:
+        """Tensors the method carries from one pruning event to the next (e.g. which weights DropPruning has
+        revived, and the values they had when pruned). Saved with each checkpoint and given back by
+        :meth:`load_state_tensors`, so a run whose rounds are separate stages (or resume) continues the same
+        process. Default: none."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, "Tensor"]) -> None:
+        if tensors:
+            raise CheckpointError(f"the checkpoint holds method state ({', '.join(sorted(tensors)[:2])}) that "
+                                  f"method {self.name()!r} does not keep")
 
     def select(self, pruner: "Pruner", ctx: "Context") -> dict | None:
         """Masks decided by the method itself ({name: bool tensor}), or None to run the pipeline.

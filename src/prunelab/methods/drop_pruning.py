@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..selection import Drop
 from ..topk import kth_largest
 from .base import METHODS, Method
@@ -73,6 +73,21 @@ class DropPruning(Method):
         n_alive = sum(a.numel() for a in alive_scores)
         keep = n_alive - int(q * n_alive + 0.5)
         return kth_largest(alive_scores, keep) if 0 < keep < n_alive else None
+
+    _STATE_KEYS = ("ever_revived", "pruned_values")
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"{k}:{n}": t for k in self._STATE_KEYS for n, t in self._state.get(k, {}).items()}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        state: dict[str, dict] = {}
+        for key, t in tensors.items():
+            kind, _, name = key.partition(":")
+            if kind not in self._STATE_KEYS or not name:
+                raise CheckpointError(f"the checkpoint's method state has an entry {key!r} that drop_pruning "
+                                      "does not keep")
+            state.setdefault(kind, {})[name] = t.bool() if kind == "ever_revived" else t
+        self._state.update(state)
 
     def after_prune(self, pruner, old, new) -> dict:
         ever = self._state.setdefault("ever_revived", {})
