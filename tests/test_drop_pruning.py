@@ -52,9 +52,8 @@ def test_derived_rate_lands_above_the_target_with_annealing(sparsity):
     pruner.planned_events = rounds
     for _ in range(rounds - 1):
         with torch.no_grad():  # stand-in for retraining: new magnitudes every round
-            for p in pruner.params.values():
-                p.add_(torch.randn_like(p) * 0.01).mul_(pruner.masks[[n for n in pruner.params if
-                                                                      pruner.params[n] is p][0]])
+            for n, p in pruner.params.items():
+                p.add_(torch.randn_like(p) * 0.01).mul_(pruner.masks[n])
         pruner.prune(0.5, final=False)
     assert pruner.masks.density() == pytest.approx(1.25 * d_star, rel=0.08)
     pruner.prune(sparsity)
