@@ -15,7 +15,7 @@ import argparse
 import shlex
 import sys
 
-from prunelab.experiment.curve import curve_points, parse_compressions, run_curve, write_curve
+from prunelab.experiment.curve import DEFAULT_BASELINES, curve_points, parse_compressions, run_curve, write_curve
 
 
 def main() -> None:
@@ -32,8 +32,7 @@ def main() -> None:
     a = ap.parse_args()
     recipe = f"{a.model}_mnist_drop"
     fixed = [*a.set, f"data.root={a.data_root}"]
-    points = curve_points(recipe, parse_compressions(a.compressions), {"magnitude": "{name: magnitude, allocation: "
-                                                                      "global}"}, a.seeds, a.runs_dir, fixed)
+    points = curve_points(recipe, parse_compressions(a.compressions), DEFAULT_BASELINES, a.seeds, a.runs_dir, fixed)
     rows = run_curve(recipe, points, a.runs_dir, a.jobs, threads=a.threads, log=lambda m: print(m, file=sys.stderr))
     command = "python " + " ".join(shlex.quote(x) for x in sys.argv)
     lines = write_curve(rows, a.out or f"benchmarks/results/drop_vs_magnitude_{a.model}",

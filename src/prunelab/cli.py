@@ -136,8 +136,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .experiment.sweep import commands, plan, run_sweep, table
 
-    runs_root = args.runs_dir or os.environ.get("PRUNELAB_RUNS") or "runs"
-    fixed = list(args.set or []) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    runs_root, fixed = _runs_root_and_fixed(args)
     points = plan(args.recipe, list(args.grid or []), args.seeds, runs_root, fixed)
     if args.print_commands:
         print("\n".join(commands(args.recipe, points, runs_root)))
@@ -150,8 +149,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_curve(args: argparse.Namespace) -> int:
     from .experiment.curve import curve_points, parse_baselines, parse_compressions, run_curve, write_curve
 
-    runs_root = args.runs_dir or os.environ.get("PRUNELAB_RUNS") or "runs"
-    fixed = list(args.set or []) + ([f"data.root={args.data_root}"] if args.data_root else [])
+    runs_root, fixed = _runs_root_and_fixed(args)
     points = curve_points(args.recipe, parse_compressions(args.compressions), parse_baselines(args.baseline),
                           args.seeds, runs_root, fixed)
     rows = run_curve(args.recipe, points, runs_root, args.jobs, threads=args.threads)
@@ -301,12 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", help="run a grid of overrides x seeds as parallel runs; skips finished runs")
     w.add_argument("recipe")
     w.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="one axis of the grid (repeatable)")
-    w.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run (repeatable)")
-    w.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 for every grid point")
-    w.add_argument("--jobs", type=int, default=1, help="parallel processes")
-    w.add_argument("--threads", type=int, help="torch threads per process (default: cores / jobs)")
-    w.add_argument("--runs-dir", help="where run folders go (default $PRUNELAB_RUNS or ./runs)")
-    w.add_argument("--data-root", help="data root for every run")
+    _many_runs_options(w, seeds=1)
     w.add_argument("--print-commands", action="store_true",
                    help="print one `prunelab run` command per run (for a scheduler's job array) and exit")
     w.set_defaults(fn=cmd_sweep)
@@ -316,15 +309,27 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--compressions", default="10,20,50,100", help="target compressions over prunable weights")
     v.add_argument("--baseline", action="append", metavar="LABEL=METHOD",
                    help="a baseline method (repeatable; default magnitude='{name: magnitude, allocation: global}')")
-    v.add_argument("--set", action="append", metavar="KEY=VALUE", help="a fixed override for every run (repeatable)")
-    v.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every point")
-    v.add_argument("--jobs", type=int, default=1, help="parallel processes")
-    v.add_argument("--threads", type=int, help="torch threads per process (default: cores / jobs)")
-    v.add_argument("--runs-dir", help="where run folders go (default $PRUNELAB_RUNS or ./runs)")
-    v.add_argument("--data-root", help="data root for every run")
+    _many_runs_options(v, seeds=3)
     v.add_argument("--out", help="output prefix for .md/.csv/.png (default RUNS_DIR/curve_RECIPE)")
     v.set_defaults(fn=cmd_curve)
     return p
+
+
+def _many_runs_options(parser: argparse.ArgumentParser, seeds: int) -> None:
+    """The options shared by the commands that run many recipes (sweep, curve)."""
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="a fixed override for every run (repeatable)")
+    parser.add_argument("--seeds", type=int, default=seeds, help="seeds 0..N-1 for every point")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel processes")
+    parser.add_argument("--threads", type=int, help="torch threads per process (default: cores / jobs)")
+    parser.add_argument("--runs-dir", help="where run folders go (default $PRUNELAB_RUNS or ./runs)")
+    parser.add_argument("--data-root", help="data root for every run")
+
+
+def _runs_root_and_fixed(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """Where the runs of sweep/curve go, and the overrides every run gets."""
+    runs_root = args.runs_dir or os.environ.get("PRUNELAB_RUNS") or "runs"
+    return runs_root, list(args.set or []) + ([f"data.root={args.data_root}"] if args.data_root else [])
 
 
 def main(argv: list[str] | None = None) -> int:
