@@ -37,15 +37,13 @@ def _job(args: tuple) -> dict:
     variant, overrides, seed, a_runs, data_root, samples, threads = args
     torch.set_num_threads(threads)
     from prunelab.analysis.robustness import accuracy_under_attack
-    from prunelab.experiment import Runner, load_recipe, run_dir_for
-    from prunelab.experiment.checkpoint import load_checkpoint
+    from prunelab.experiment import Runner, load_final, load_recipe, run_dir_for
 
     recipe = load_recipe("lenet5_mnist_campfire", [f"seed={seed}", f"data.root={data_root}", *overrides])
     runner = Runner(recipe, run_dir_for(recipe, a_runs), progress=False, log=lambda m: None)
     s = runner.run()
-    model = runner._model()
-    load_checkpoint(Path(s["run_dir"]) / "stages" / "gradual", model, restore_rng=False)
-    data = runner._data()
+    model, _ = load_final(runner.ctx)
+    data = runner.ctx.data
     row = {"variant": variant, "seed": seed, "acc": s["pruned_acc"], "sparsity": s["sparsity_prunable"],
            "bytes_dense": s["bytes_dense_file"], "bytes_compact": s["bytes_compact_file"],
            "formats": ",".join(sorted(set(s["compact_formats"].values()))), "seconds": s["wall_seconds"]}

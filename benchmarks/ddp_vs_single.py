@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from prunelab.experiment.paths import RunPaths
+
 OVERRIDES = ["train.epochs=4", "prune.schedule.rounds=4", "prune.retrain.epochs=1", "prune.final_epochs=2",
              "data.train_subset=20000"]
 
@@ -34,9 +36,10 @@ def run(cmd: list[str], runs_dir: Path, env: dict) -> tuple[dict, float, list]:
     if res.returncode != 0:
         sys.exit(f"run failed:\n{res.stderr[-3000:]}")
     (d,) = [p for p in runs_dir.iterdir() if p.name.startswith("lenet5")]
-    lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+    run_paths = RunPaths(d)
+    lines = [json.loads(l) for l in run_paths.metrics.read_text().splitlines()]
     digests = [l.get("rank_mask_digests") for l in lines if "prune" in l]
-    return json.loads((d / "summary.json").read_text()), wall, digests
+    return json.loads(run_paths.summary.read_text()), wall, digests
 
 
 def main() -> None:

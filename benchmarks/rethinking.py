@@ -77,27 +77,24 @@ def latency_rows(run_dirs: dict, repeats: int) -> list[str]:
 
     torch.set_num_threads(1)
     from prunelab.analysis import count_flops
-    from prunelab.experiment import Runner, load_recipe
-    from prunelab.experiment.checkpoint import load_checkpoint
+    from prunelab.experiment import RunContext
+    from prunelab.experiment.paths import DENSE, MODEL
     from prunelab.export.shrink import load_shrunk
 
     lines = ["| setting | params (unpruned -> shrunk) | FLOPs reduction | file bytes (unpruned -> shrunk) | "
              "latency b=1 ms (unpruned -> shrunk) | latency b=64 ms | speedup b=1 / b=64 | "
              "speedup / FLOP reduction (b=64) |", "|---|---|---|---|---|---|---|---|"]
     for label, dirs in run_dirs.items():
-        d = Path(dirs[0])
-        shrunk_file = d / "stages" / "shrunk" / "shrunk.safetensors"
+        ctx = RunContext.open_finished(dirs[0])
+        shrunk_file = ctx.paths.shrunk_model
         if not shrunk_file.is_file():
             continue
         small, manifest = load_shrunk(shrunk_file)
-        recipe = load_recipe(str(d / "recipe.yaml"))
-        runner = Runner(recipe, d, progress=False, log=lambda m: None)
-        big = runner._model()
-        load_checkpoint(d / "stages" / "dense", big, restore_rng=False)
+        big = ctx.build_model(checkpoint=ctx.paths.stage(DENSE))
         shape = tuple(manifest["model"]["input_shape"])
         fb, fs = count_flops(big, shape)["dense"], count_flops(small, shape)["dense"]
         nb, ns = (sum(p.numel() for p in m.parameters()) for m in (big, small))
-        bb = (d / "stages" / "dense" / "model.safetensors").stat().st_size
+        bb = (ctx.paths.stage(DENSE) / MODEL).stat().st_size
         bs = shrunk_file.stat().st_size
         lat = {(k, b): _latency(m, shape, b, repeats) * 1e3 for k, m in (("big", big), ("small", small)) for b in (1, 64)}
         s1, s64 = lat["big", 1] / lat["small", 1], lat["big", 64] / lat["small", 64]

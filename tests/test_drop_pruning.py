@@ -48,15 +48,15 @@ def test_derived_rate_lands_above_the_target_with_annealing(sparsity):
     assert expected_density(drop_rate(d_star, rounds, 3), d_star, rounds, 3) == pytest.approx(1.25 * d_star)
     model = nn.Sequential(nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 100))
     pruner = Pruner(model, {"name": "drop_pruning", "q": None, "p_out": 0.9, "anneal_rounds": 3, "scope": "global"},
-                    schedule="manual", sparsity=sparsity, seed=0)
-    pruner.planned_events = rounds
-    for _ in range(rounds - 1):
+                    schedule={"name": "iterative", "rounds": rounds}, sparsity=sparsity, seed=0, auto_prune=False)
+    assert pruner.planned_events == rounds and pruner.events == 0  # planned by the schedule, not yet pruned
+    for event in range(rounds - 1):
         with torch.no_grad():  # stand-in for retraining: new magnitudes every round
             for n, p in pruner.params.items():
                 p.add_(torch.randn_like(p) * 0.01).mul_(pruner.masks[n])
-        pruner.prune(0.5, final=False)
+        pruner.prune_event(event)
     assert pruner.masks.density() == pytest.approx(1.25 * d_star, rel=0.08)
-    pruner.prune(sparsity)
+    pruner.prune_event(rounds - 1)
     assert pruner.history[-1]["revived"] == 0 and pruner.masks.density() == pytest.approx(d_star, abs=1e-4)
 
 

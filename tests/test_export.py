@@ -6,8 +6,7 @@ from safetensors.torch import load_file, save_file
 from prunelab import Pruner
 from prunelab.cli import main
 from prunelab.errors import CheckpointError, ConfigError
-from prunelab.experiment import Runner, load_recipe
-from prunelab.experiment.checkpoint import load_checkpoint
+from prunelab.experiment import RunContext, Runner, load_final, load_recipe
 from prunelab.export import load_compact
 from prunelab.export.artifacts import bench_run, diagnose, export_run
 from prunelab.export.compact import encode_tensor, decode_tensor
@@ -31,10 +30,7 @@ def runs(tmp_path_factory):
 
 
 def _final(run):
-    r = Runner(load_recipe(str(run / "recipe.yaml")), run, progress=False, log=lambda m: None)
-    m = r._model()
-    masks, _ = load_checkpoint(r._stage_dir(r.prune_stages()[-1]), m, restore_rng=False)
-    return m, masks
+    return load_final(RunContext.open_finished(run))
 
 
 def test_csr_format_round_trip_and_choice():

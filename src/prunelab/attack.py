@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .analysis.robustness import accuracy_under_attack
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .io import atomic_write_json
 
 
@@ -16,27 +16,21 @@ def attack_run(run_dir: str | Path, eps: list[float], attacks: list[str], sample
     ``dense_run`` (for sparse training from scratch, give a run of the same recipe with sparsity 0).
     Writes ``attack.json`` in the run folder and returns its content.
     """
-    from .experiment import Runner, load_recipe
+    from .experiment import RunContext, load_final
+    from .experiment.paths import DENSE
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise CheckpointError(f"{run_dir} is not a run folder (no recipe.yaml)")
-    if not (run_dir / "summary.json").is_file():
-        raise CheckpointError(f"{run_dir} has not finished (no summary.json); rerun it first")
+    ctx = RunContext.open_finished(run_dir)
     bad = [a for a in attacks if a not in ("fgsm", "pgd")]
     if bad:
         raise ConfigError(f"unknown attack(s) {', '.join(bad)}; valid: fgsm, pgd")
     if any(not 0 <= e <= 1 for e in eps):
         raise ConfigError("epsilons are in pixel space and must be in [0, 1]")
-    recipe = load_recipe(str(run_dir / "recipe.yaml"))
-    runner = Runner(recipe, run_dir, progress=False, log=lambda m: None)
-    data = runner._data()
-    models = {"sparse": _load(runner, run_dir / "stages" / runner.prune_stages()[-1])}
+    recipe, data = ctx.recipe, ctx.data
+    models = {"sparse": load_final(ctx)[0]}
     if recipe.train.epochs > 0:
-        models["dense"] = _load(runner, run_dir / "stages" / "dense")
+        models["dense"] = ctx.build_model(checkpoint=ctx.paths.stage(DENSE))
     elif dense_run is not None:
-        other = Runner(load_recipe(str(Path(dense_run) / "recipe.yaml")), dense_run, progress=False, log=print)
-        models["dense"] = _load(other, Path(dense_run) / "stages" / other.prune_stages()[-1])
+        models["dense"] = load_final(RunContext.open_finished(dense_run))[0]
     results = []
     for label, model in models.items():
         row = {"model": label, "clean": accuracy_under_attack(model, data.test, "none", 0.0, data.mean, data.std,
@@ -47,13 +41,5 @@ def attack_run(run_dir: str | Path, eps: list[float], attacks: list[str], sample
                                                           steps, step_size, seed=recipe.seed, device=recipe.device)
         results.append(row)
     out = {"samples": samples, "steps": steps, "step_size": step_size, "results": results}
-    atomic_write_json(run_dir / "attack.json", out)
+    atomic_write_json(ctx.paths.attack, out)
     return out
-
-
-def _load(runner, folder: Path):
-    from .experiment.checkpoint import load_checkpoint
-
-    model = runner._model()
-    load_checkpoint(folder, model, restore_rng=False)
-    return model

@@ -2,13 +2,13 @@
 
 A criterion maps the prunable parameters to score tensors of the same shapes (higher = more important).
 Criteria that need gradients accumulate them in :meth:`Criterion.observe`, which the Pruner calls from
-``after_backward()``.
+``after_backward()``, and say how many batches they want before an event in :meth:`Criterion.needs`.
 """
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -17,9 +17,30 @@ from .errors import ConfigError
 from .registry import Registry
 
 
-@dataclass
+@dataclass(frozen=True)
+class Needs:
+    """What a criterion or method needs handed to it before each pruning event.
+
+    The built-in runner provides it (a loop over training batches); in your own loop, call
+    ``pruner.after_backward()`` for gradients and ``pruner.calibrate(batches)`` for calibration inputs.
+    """
+
+    gradient_batches: int = 0  # batches of loss gradients observed through after_backward() (taylor)
+    calibration_samples: int = 0  # model inputs seen through calibrate() (pca)
+
+    def __or__(self, other: "Needs") -> "Needs":
+        return Needs(max(self.gradient_batches, other.gradient_batches),
+                     max(self.calibration_samples, other.calibration_samples))
+
+
+@dataclass(frozen=True)
 class Context:
-    """What a pruning decision may depend on besides the weights: a seed and the pruning event index."""
+    """What a pruning decision may depend on besides the weights: a seed, the event, and per-event data.
+
+    The per-event data (``calibration``, ``bn_scales``, ``candidate_threshold``) is filled by the Pruner from
+    :meth:`Pruner.calibrate` and from what the method's ``before_prune`` hook returns, so parts receive it as
+    data instead of having fields set on them.
+    """
 
     seed: int = 0
     event: int = 0  # how many pruning events happened before this one
@@ -27,6 +48,9 @@ class Context:
     final_sparsity: float = 0.0  # the schedule's final sparsity
     final: bool = False  # this event reaches the final target (stochastic selectors clean up exactly)
     total_events: int | None = None  # planned number of events, when known
+    calibration: Iterable[Any] | None = None  # batches of model inputs for calibrated methods (pca)
+    bn_scales: Mapping[str, Tensor] | None = None  # {weight name: scale of the norm after it} (bn_scale)
+    candidate_threshold: float | None = None  # one score threshold for drop candidates over all tensors
 
     def generator(self, *salt: str | int) -> torch.Generator:
         """A CPU generator determined by (seed, event, salt): stateless, so a resumed run draws the same."""
@@ -38,6 +62,10 @@ class Criterion:
     """Base class: ``scores(params, ctx) -> {name: tensor}``; higher scores are kept."""
 
     needs_gradients = False
+
+    def needs(self) -> Needs:
+        """What must be handed over before each pruning event (default: nothing)."""
+        return Needs()
 
     def scores(self, params: Mapping[str, Tensor], ctx: Context) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -75,16 +103,15 @@ class SquaredMagnitude(Criterion):
 class BNScale(Criterion):
     """|gamma| of the BatchNorm after each layer, spread over the output row (a row's sum is |gamma_c|).
 
-    Network Slimming's channel importance. The scales are handed over before each pruning event as
-    ``gammas`` ({weight name: gamma vector}) by the ``slimming`` method, which knows the model's graph.
+    Network Slimming's channel importance. The scales arrive with each pruning event as ``ctx.bn_scales``
+    ({weight name: gamma vector}), returned by the ``slimming`` method's ``before_prune``, which knows the graph.
     """
-
-    gammas: dict = field(default_factory=dict)
 
     def scores(self, params, ctx):
         out = {}
+        scales = ctx.bn_scales or {}
         for n, p in params.items():
-            g = self.gammas.get(n)
+            g = scales.get(n)
             if g is None:
                 raise ConfigError(f"bn_scale has no BatchNorm scale for {n}; use it through the slimming method "
                                   "and prune only layers that a BatchNorm follows")
@@ -117,6 +144,13 @@ class Taylor(Criterion):
     batches: int = 8
     needs_gradients = True
     _acc: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.batches, int) or isinstance(self.batches, bool) or self.batches < 1:
+            raise ConfigError(f"taylor batches must be a positive integer, got {self.batches!r}")
+
+    def needs(self) -> Needs:
+        return Needs(gradient_batches=self.batches)
 
     def observe(self, params):
         for n, p in params.items():

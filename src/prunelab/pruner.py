@@ -8,21 +8,28 @@
 weights are set to exactly zero and so is their optimizer state (SGD momentum, Adam/AdamW moments), so
 weight decay and momentum cannot bring them back. The model is never rewritten: parameter names and
 ``state_dict`` keys stay the user's own. ``after_backward()`` (optional) zeroes pruned gradients, which also
-feeds gradient-based criteria.
+feeds gradient-based criteria; ``calibrate(batches)`` hands calibration inputs to methods that need them
+(``pruner.needs`` says what the method needs before each event).
+
+A pruning event runs: the method's ``before_prune`` (per-event data, added to the Context) -> its ``decide``
+or the pipeline criterion -> granularity -> allocation -> selector -> the new masks installed and pruned
+weights zeroed -> the method's ``after_prune`` (a record, and weight values the Pruner sets).
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from .allocation import LayerGroups
 from .channels import ChannelGraph
-from .criteria import Context
-from .errors import ConfigError
+from .criteria import Context, Needs
+from .errors import CheckpointError, ConfigError
 from .masks import Masks
 from .methods import Method, build_method
+from .methods.base import PruneView
 from .registry import check_fraction
 from .schedules import SCHEDULES, Schedule
 from .targets import Targets, build_targets
@@ -44,29 +51,32 @@ class Pruner:
         seed: seed of every stochastic decision (random scores, stochastic selectors).
         example_inputs: a batch of model inputs; needed by channel methods (``l1_filter``, ``slimming``, any
             method with ``channels: true``) to trace which channels are coupled.
+        auto_prune: True (default): events happen at the schedule's steps, counted by :meth:`step`. False:
+            the schedule only plans the events (their targets, their number, which one is final) and the
+            caller triggers each with :meth:`prune_event`, e.g. a runner whose rounds are separate stages.
     """
 
     def __init__(self, model: nn.Module, method: Any = "magnitude", schedule: Any = "oneshot",
                  sparsity: float | None = None, targets: Targets | dict | None = None, seed: int = 0,
-                 example_inputs: Tensor | None = None) -> None:
+                 example_inputs: Tensor | None = None, auto_prune: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Pruner needs an nn.Module, got {type(model).__name__}")
         self.model = model
         self.method: Method = build_method(method)
         gran = self.method.granularity_
-        if sparsity is None and gran.fixed_density is not None:
-            sparsity = 1 - gran.fixed_density
-        if sparsity is not None:
-            sparsity = check_fraction("sparsity", sparsity)
-            if gran.fixed_density is not None and abs(1 - gran.fixed_density - sparsity) > 1e-9:
-                raise ConfigError(f"this N:M pattern fixes sparsity at {1 - gran.fixed_density:g}; "
-                                  f"got sparsity={sparsity:g}")
         if isinstance(schedule, Schedule):
+            if sparsity is not None and abs(check_fraction("sparsity", sparsity) - schedule.sparsity) > 1e-12:
+                raise ConfigError(f"sparsity={sparsity:g} differs from the schedule's {schedule.sparsity:g}; give one")
             self.schedule = schedule
         else:
+            if sparsity is None and gran.fixed_density is not None:
+                sparsity = 1 - gran.fixed_density
             if sparsity is None and not (isinstance(schedule, dict) and "sparsity" in schedule):
                 raise ConfigError("give the target sparsity: Pruner(model, ..., sparsity=0.9)")
             self.schedule = SCHEDULES.build(schedule, **({"sparsity": sparsity} if sparsity is not None else {}))
+        if gran.fixed_density is not None and abs(1 - gran.fixed_density - self.schedule.sparsity) > 1e-9:
+            raise ConfigError(f"this N:M pattern fixes sparsity at {1 - gran.fixed_density:g}; "
+                              f"got sparsity={self.schedule.sparsity:g}")
         self.seed = int(seed)
         self.params: dict[str, nn.Parameter] = build_targets(
             targets if targets is not None else self.method.default_targets).resolve(model)
@@ -85,9 +95,24 @@ class Pruner:
         self.history: list[dict] = []
         self._mul: list[tuple[nn.Parameter, Tensor]] | None = []
         self._dense: set[str] = set(self.params)  # names whose masks are all alive
-        events = self.schedule.events()
-        self.planned_events: int | None = len(events) if events else None  # runners set it for manual rounds
+        self.auto_prune = bool(auto_prune)
+        self._calibration: Iterable | None = None
         self._maybe_prune(None)
+
+    @property
+    def planned_events(self) -> int | None:
+        """How many pruning events the schedule plans (None for a manual schedule)."""
+        return len(self.schedule.events()) or None
+
+    @property
+    def needs(self) -> Needs:
+        """What the method needs handed over before each event: gradient batches, calibration samples."""
+        return self.method.needs()
+
+    def calibrate(self, batches: Iterable) -> None:
+        """Hand over calibration data for the following pruning events: an iterable of model inputs (or of
+        ``(inputs, targets)`` batches, whose first item is used), read by methods that need it (``pca``)."""
+        self._calibration = batches
 
     # -- the training-loop API ------------------------------------------------------------------
     def after_backward(self) -> None:
@@ -98,7 +123,7 @@ class Pruner:
             if p.grad is not None:
                 p.grad.mul_(keep)
         crit = self.method.criterion_
-        if crit.needs_gradients and not self.schedule.frozen(self.step_count):
+        if crit.needs_gradients and not (self.auto_prune and self.schedule.frozen(self.step_count)):
             crit.observe(self.params)
 
     def step(self, optimizer: torch.optim.Optimizer | None = None) -> bool:
@@ -120,11 +145,21 @@ class Pruner:
         sparsity = check_fraction("sparsity", sparsity)
         if final is None:
             final = abs(sparsity - self.schedule.sparsity) < 1e-12
+        return self._prune(sparsity, optimizer, final)
+
+    def prune_event(self, index: int, optimizer: torch.optim.Optimizer | None = None) -> Masks:
+        """Prune now to the target of the schedule's event ``index`` (0-based); the last event is final."""
+        events = self.schedule.events()
+        if not 0 <= index < len(events):
+            raise ConfigError(f"the schedule plans {len(events)} pruning events; there is no event {index}")
+        return self._prune(events[index][1], optimizer, index == len(events) - 1)
+
+    def _prune(self, sparsity: float, optimizer: torch.optim.Optimizer | None, final: bool) -> Masks:
         m = self.method
         ctx = Context(seed=self.seed, event=self.events, sparsity=sparsity, final_sparsity=self.schedule.sparsity,
-                      final=final, total_events=self.planned_events)
-        m.before_prune(self, ctx)
-        custom = m.select(self, ctx)
+                      final=final, total_events=self.planned_events, calibration=self._calibration)
+        ctx = replace(ctx, **m.before_prune(self._view(), ctx))
+        custom = m.decide(self._view(), ctx)
         if custom is not None:
             masks = Masks({n: custom[n].to(device=p.device, dtype=torch.bool) for n, p in self.params.items()})
         else:
@@ -136,9 +171,21 @@ class Pruner:
         self.events += 1
         record = {"step": self.step_count, "target_sparsity": sparsity if custom is None else None,
                   "sparsity": self.masks.sparsity()}
-        record.update(m.after_prune(self, old, self.masks) or {})
+        outcome = m.after_prune(self._view(), old, self.masks, ctx)
+        self._set_values(outcome.values)
+        record.update(outcome.record)
         self.history.append(record)
         return self.masks
+
+    def _view(self) -> PruneView:
+        return PruneView(self.model, self.params, self.masks, self.channels)
+
+    def _set_values(self, values: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Weights a method's after_prune sets (e.g. revived weights restarting at their pruned value)."""
+        with torch.no_grad():
+            for name, (where, value) in values.items():
+                p = self.params[name]
+                p[where] = value.to(device=p.device, dtype=p.dtype)[where]
 
     def _pipeline(self, sparsity: float, ctx: Context) -> Masks:
         """criterion -> granularity -> allocation -> selector, one pass per granularity step."""
@@ -234,11 +281,18 @@ class Pruner:
         """Counters to store beside the masks in a checkpoint (JSON-serialisable)."""
         return {"step_count": self.step_count, "events": self.events, "history": self.history}
 
-    def load_state(self, state: dict, masks: Masks, optimizer: torch.optim.Optimizer | None = None) -> None:
-        self.step_count = int(state["step_count"])
-        self.events = int(state["events"])
+    def load_state(self, state: dict, masks: Masks, optimizer: torch.optim.Optimizer | None = None,
+                   method_state: dict[str, Tensor] | None = None) -> None:
+        """Continue from a checkpoint: counters from :meth:`state`, the masks, and the method's state tensors
+        (``method.state_tensors()``; a method that keeps none refuses a non-empty one)."""
+        try:
+            self.step_count = int(state["step_count"])
+            self.events = int(state["events"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError("the checkpoint's pruner state lacks its step and event counters") from None
         self.history = list(state.get("history", []))
         self.set_masks(masks, optimizer)
+        self.method.load_state_tensors(dict(method_state or {}))
 
     # -- internals ------------------------------------------------------------------------------
     def _refresh(self) -> None:
@@ -249,6 +303,8 @@ class Pruner:
         self._mul = None  # rebuilt lazily by enforce()
 
     def _maybe_prune(self, optimizer) -> bool:
+        if not self.auto_prune:
+            return False
         target = self.schedule.target(self.step_count)
         if target is None:
             return False

@@ -126,12 +126,7 @@ class Cubic(Schedule):
         return [(t, self.sparsity_at(t)) for t in steps]
 
 
-def geometric_rounds(sparsity: float, rounds: int) -> list[float]:
-    """Per-round sparsities of :class:`Iterative` (for runners that drive rounds themselves)."""
-    return [Iterative(sparsity=sparsity, rounds=rounds).round_sparsity(r) for r in range(1, rounds + 1)]
-
-
-__all__ = ["SCHEDULES", "Schedule", "OneShot", "Iterative", "Cubic", "geometric_rounds"]
+__all__ = ["SCHEDULES", "Schedule", "OneShot", "Iterative", "Cubic", "Manual"]
 
 
 @SCHEDULES.register("manual")

@@ -114,7 +114,8 @@ class Drop(Selector):
     At the final event (``ctx.final``) the mask is cleaned up deterministically to exactly the allocated
     count: the top-scoring alive groups, plus random pruned ones if too few are alive. Random draws come
     from (seed, event, tensor name), so the same seed gives the same masks on any process and after a
-    resume. ``threshold``, when set (global scope), replaces the per-tensor quantile.
+    resume. ``ctx.candidate_threshold``, when given (DropPruning's global scope), replaces the per-tensor
+    quantile.
     """
 
     q: float | None = 0.2
@@ -140,7 +141,6 @@ class Drop(Selector):
             raise ConfigError(f"drop lam must be positive, got {self.lam!r}")
         if not isinstance(self.anneal_rounds, int) or self.anneal_rounds < 0:
             raise ConfigError(f"drop anneal_rounds must be a non-negative integer, got {self.anneal_rounds!r}")
-        self.threshold: float | None = None
 
     def q_at(self, ctx: Context) -> float:
         """The candidate fraction at this event (``q``, or derived when ``q`` is None)."""
@@ -181,8 +181,8 @@ class Drop(Selector):
         if self.candidates == "std":
             rms = scores[alive].float().pow(2).mean().sqrt() if n_alive else torch.tensor(0.0)
             cand = alive & (scores < self.lam * rms)
-        elif self.threshold is not None:
-            cand = alive & (scores < self.threshold)
+        elif ctx.candidate_threshold is not None:
+            cand = alive & (scores < ctx.candidate_threshold)
         else:
             n_cand = int(self.q_at(ctx) * n_alive + 0.5)
             cand = alive & ~topk_mask(scores, n_alive - n_cand)

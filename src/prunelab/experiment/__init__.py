@@ -1,5 +1,7 @@
 """Recipes, runs and stages."""
-from .runner import Runner, load_summary, run_dir_for
+from .context import RunContext
+from .runner import Runner, final_stage, load_final, load_summary, plan, run_dir_for
 from .schema import Recipe, builtin_recipes, load_recipe
 
-__all__ = ["Recipe", "Runner", "builtin_recipes", "load_recipe", "load_summary", "run_dir_for"]
+__all__ = ["Recipe", "RunContext", "Runner", "builtin_recipes", "final_stage", "load_final", "load_recipe", "load_summary", "plan",
+           "run_dir_for"]

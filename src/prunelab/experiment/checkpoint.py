@@ -1,10 +1,10 @@
 """Checkpoints: weights (safetensors), masks, optimizer state and RNG states, written atomically.
 
-Layout of a checkpoint folder: ``model.safetensors`` (the model's own state_dict keys), ``masks.safetensors``,
-``optimizer.safetensors``, ``method_state.safetensors`` (only for methods that carry state between events,
-e.g. DropPruning's record of revived weights) + tensors' companions in ``state.json`` (optimizer hyper-parameters, pruner
-counters, Python and NumPy RNG states, anything the stage adds). ``state.json`` is written last: a folder
-without it is incomplete and is ignored. Nothing is ever unpickled on load.
+Layout of a checkpoint folder (file names in :mod:`prunelab.experiment.paths`): the model's weights (its own
+state_dict keys), the masks, the optimizer state, the method's state (only for methods that carry state between
+events, e.g. DropPruning's record of revived weights), the torch RNG state, and a JSON file with the tensors'
+companions (optimizer hyper-parameters, pruner counters, Python and NumPy RNG states, anything the stage adds).
+The JSON file is written last: a folder without it is incomplete and is ignored. Nothing is ever unpickled.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..io import atomic_write_bytes, atomic_write_json, read_json, read_safetensors
 from ..masks import Masks
+from .paths import MASKS, METHOD_STATE, MODEL, OPTIMIZER, RNG, STATE
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -41,15 +42,15 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
 def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = None,
                     optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
                     method_state: dict[str, torch.Tensor] | None = None) -> None:
-    """Write a checkpoint; ``extra`` (JSON-serialisable) lands in state.json, ``method_state`` (the pruning
-    method's :meth:`~prunelab.methods.Method.state_tensors`) in method_state.safetensors."""
+    """Write a checkpoint; ``extra`` (JSON-serialisable) lands in the state file, ``method_state`` (the pruning
+    method's :meth:`~prunelab.methods.Method.state_tensors`) in its own file."""
     folder = Path(folder)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write_bytes(folder / "model.safetensors", st_save(sd, metadata={"format": "prunelab.model/1"}))
+    atomic_write_bytes(folder / MODEL, st_save(sd, metadata={"format": "prunelab.model/1"}))
     if masks is not None:
-        masks.save(folder / "masks.safetensors")
+        masks.save(folder / MASKS)
     if method_state:
-        atomic_write_bytes(folder / "method_state.safetensors",
+        atomic_write_bytes(folder / METHOD_STATE,
                            st_save({k: v.detach().contiguous().cpu() for k, v in method_state.items()},
                                    metadata={"format": "prunelab.method_state/1"}))
     opt_meta = None
@@ -62,16 +63,16 @@ def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = 
                     tensors[f"{idx}/{k}"] = v.detach().contiguous().cpu()
                 else:
                     scalars.setdefault(str(idx), {})[k] = v
-        atomic_write_bytes(folder / "optimizer.safetensors", st_save(tensors))
+        atomic_write_bytes(folder / OPTIMIZER, st_save(tensors))
         opt_meta = {"param_groups": osd["param_groups"], "scalars": scalars}
     rng_t, rng_meta = rng_state()
-    atomic_write_bytes(folder / "rng.safetensors", st_save(rng_t))
-    atomic_write_json(folder / "state.json", {"optimizer": opt_meta, "rng": rng_meta, **(extra or {})})
+    atomic_write_bytes(folder / RNG, st_save(rng_t))
+    atomic_write_json(folder / STATE, {"optimizer": opt_meta, "rng": rng_meta, **(extra or {})})
 
 
 def load_method_state(folder: str | Path) -> dict[str, torch.Tensor]:
     """The pruning method's tensors saved with a checkpoint ({} when it kept none)."""
-    path = Path(folder) / "method_state.safetensors"
+    path = Path(folder) / METHOD_STATE
     if not path.is_file():
         return {}
     tensors, meta = read_safetensors(path)
@@ -80,16 +81,12 @@ def load_method_state(folder: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def is_complete(folder: str | Path) -> bool:
-    return (Path(folder) / "state.json").is_file()
-
-
 def load_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     restore_rng: bool = True) -> tuple[Masks | None, dict]:
-    """Load weights (and optimizer state, RNG states) into the given objects; returns (masks, state.json)."""
+    """Load weights (and optimizer state, RNG states) into the given objects; returns (masks, state dict)."""
     folder = Path(folder)
-    state = read_json(folder / "state.json")
-    tensors, _ = read_safetensors(folder / "model.safetensors")
+    state = read_json(folder / STATE)
+    tensors, _ = read_safetensors(folder / MODEL)
     own = model.state_dict()
     if set(tensors) != set(own):
         diff = sorted(set(tensors) ^ set(own))[:3]
@@ -98,9 +95,9 @@ def load_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim
         if v.shape != own[k].shape:
             raise CheckpointError(f"{folder}: {k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
     model.load_state_dict(tensors)
-    masks = Masks.load(folder / "masks.safetensors") if (folder / "masks.safetensors").is_file() else None
+    masks = Masks.load(folder / MASKS) if (folder / MASKS).is_file() else None
     if optimizer is not None and state.get("optimizer"):
-        opt_t, _ = read_safetensors(folder / "optimizer.safetensors")
+        opt_t, _ = read_safetensors(folder / OPTIMIZER)
         meta = state["optimizer"]
         st: dict[int, dict] = {}
         for key, v in opt_t.items():
@@ -113,6 +110,6 @@ def load_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim
         except (ValueError, KeyError) as exc:
             raise CheckpointError(f"{folder}: optimizer state does not fit ({exc})") from None
     if restore_rng:
-        rng_t, _ = read_safetensors(folder / "rng.safetensors")
+        rng_t, _ = read_safetensors(folder / RNG)
         set_rng_state(rng_t, state["rng"])
     return masks, state

@@ -17,6 +17,7 @@ import yaml
 
 from ..errors import ConfigError
 from ..io import atomic_write_text, read_json
+from .paths import RunPaths
 
 COLUMNS = [("dense_acc", "Unpruned"), ("finetune", "Fine-tuned"), ("scratch_e", "Scratch-E"),
            ("scratch_b", "Scratch-B"), ("lottery_reset", "Lottery reset"), ("guided", "Guided")]
@@ -24,9 +25,9 @@ COLUMNS = [("dense_acc", "Unpruned"), ("finetune", "Fine-tuned"), ("scratch_e", 
 
 def _setting(run_dir: Path) -> tuple[str, str]:
     """(key, label) of a run's setting: its recipe without the seed."""
-    path = run_dir / "recipe.yaml"
+    path = RunPaths(run_dir).recipe
     if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a prunelab run folder (no recipe.yaml)")
+        raise ConfigError(f"{run_dir} is not a prunelab run folder (no {path.name})")
     recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     recipe.pop("seed", None)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -54,9 +55,10 @@ def compare_runs(run_dirs: list[str | Path]) -> list[dict]:
     groups: dict[str, dict] = {}
     for d in map(Path, run_dirs):
         key, label = _setting(d)
-        if not (d / "summary.json").is_file():
-            raise ConfigError(f"{d} has not finished (no summary.json); run it to the end first")
-        s = read_json(d / "summary.json")
+        summary = RunPaths(d).summary
+        if not summary.is_file():
+            raise ConfigError(f"{d} has not finished (no {summary.name}); run it to the end first")
+        s = read_json(summary)
         controls = s.get("controls") or {}
         sh = s.get("shrunk")
         run = {"seed": s["seed"], "dense_acc": s.get("dense_acc"), "finetune": s.get("pruned_acc"),

@@ -2,7 +2,7 @@
 Pruning (Liu et al., ICLR 2019), each trained on the final masks' architecture.
 
 - ``shrunk``: the final model without its removed channels (:func:`prunelab.export.shrink`), checked equal
-  to the masked model, saved as weights + width manifest (``stages/shrunk/shrunk.safetensors``).
+  to the masked model, saved as weights + width manifest (``paths.RunPaths.shrunk_model``).
 - ``control_scratch_e``: the pruned architecture from a fresh random init, ``train.epochs`` epochs.
 - ``control_scratch_b``: the same for ``train.epochs x FLOPs(full) / FLOPs(pruned)`` epochs (FLOPs measured,
   nonzero weights only), learning-rate milestones and step size scaled alike, capped at
@@ -12,12 +12,15 @@ Pruning (Liu et al., ICLR 2019), each trained on the final masks' architecture.
 
 "The pruned architecture" is the shrunk model when the method removes channels, otherwise the original
 architecture with the final masks held fixed. Sparsity training (``bn_l1``) is not applied to controls.
+Each control is a stage kind of :data:`~prunelab.experiment.stages.STAGES`; its training draws start from
+``seed + SCRATCH_SEED``, set at the start of the stage.
 """
 from __future__ import annotations
 
 import math
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,62 +29,61 @@ from ..analysis import count_flops, count_params
 from ..errors import ConfigError
 from ..export.shrink import load_shrunk, model_spec, save_shrunk, shrink
 from ..models import build_model, reinit
-from ..pruner import Pruner
 from ..training import build_optimizer
+from . import paths
 from .checkpoint import load_checkpoint, save_checkpoint
+from .context import SCRATCH_SEED, RunContext
+from .stages import STAGES, Stage
 
-SCRATCH_SEED = 10_007  # added to the run's seed: a fresh init, different from the one the large model had
-
-
-def shrink_stage(runner, final: str, folder: Path) -> None:
-    """Shrink the final pruned model, verify it, save it with its width manifest."""
-    r, data = runner.recipe, runner._data()
-    model = runner._model()
-    masks, _ = load_checkpoint(runner._stage_dir(final), model, restore_rng=False)
-    t0 = time.perf_counter()
-    small, widths = shrink(model, masks, runner.example_inputs())
-    spec = model_spec(r.model.name, r.model.kwargs, data.input_shape, data.num_classes)
-    nbytes = save_shrunk(folder / "shrunk.safetensors", small, widths, spec)
-    params, flops = count_params(small), count_flops(small, data.input_shape, r.device)
-    from ..training import evaluate
-
-    acc = evaluate(small, data.test, r.device)["acc"]
-    save_checkpoint(folder, small, extra={"test_acc": acc, "seconds": time.perf_counter() - t0, "bytes": nbytes,
-                                          "params": params["total"], "flops": flops["dense"],
-                                          "changed_modules": len(widths)})
-    runner.log(f"stage shrunk: {params['total']:,} parameters, {flops['dense']:,} FLOPs, accuracy {acc:.4f}")
+CONTROLS = ("scratch_e", "scratch_b", "lottery_reset", "guided")
 
 
-def _pruned_architecture(runner, final: str, source: str):
+@STAGES.register("shrunk")
+@dataclass
+class Shrunk(Stage):
+    """Shrink the final pruned model (stage ``final``), verify it, save it with its width manifest."""
+
+    final: str = paths.DENSE
+    name: str = paths.SHRUNK
+
+    def inputs(self, ctx: RunContext) -> list[Path]:
+        return [ctx.paths.stage(self.final)]
+
+    def run(self, ctx: RunContext) -> None:
+        if not ctx.main:
+            return
+        r, data = ctx.recipe, ctx.data
+        model = ctx.build_model()
+        masks, _ = load_checkpoint(ctx.paths.stage(self.final), model, restore_rng=False)
+        t0 = time.perf_counter()
+        small, widths = shrink(model, masks, ctx.example_inputs())
+        spec = model_spec(r.model.name, r.model.kwargs, data.input_shape, data.num_classes)
+        nbytes = save_shrunk(ctx.paths.shrunk_model, small, widths, spec)
+        params, flops = count_params(small), count_flops(small, data.input_shape, r.device)
+        acc = ctx.evaluate(small)["acc"]
+        save_checkpoint(ctx.paths.stage(self.name), small, extra={
+            "test_acc": acc, "seconds": time.perf_counter() - t0, "bytes": nbytes, "params": params["total"],
+            "flops": flops["dense"], "changed_modules": len(widths)})
+        ctx.log(f"stage {self.name}: {params['total']:,} parameters, {flops['dense']:,} FLOPs, accuracy {acc:.4f}")
+
+
+def pruned_architecture(ctx: RunContext, final: str, source: str):
     """(model, pruner or None) of the pruned architecture with weights from ``source``: 'scratch' or 'init'."""
-    r = runner.recipe
-    shrunk_dir = runner._stage_dir("shrunk")
-    if (shrunk_dir / "shrunk.safetensors").is_file():
+    r = ctx.recipe
+    masks, _ = load_checkpoint(ctx.paths.stage(final), ctx.build_model(), restore_rng=False)
+    if ctx.paths.shrunk_model.is_file():
         if source == "scratch":
-            model, _ = load_shrunk(shrunk_dir / "shrunk.safetensors", r.device)
+            model, _ = load_shrunk(ctx.paths.shrunk_model, r.device)
             return reinit(model, r.seed + SCRATCH_SEED), None
-        big = runner._model()
-        load_checkpoint(runner.dir / "init", big, restore_rng=False)
-        masks, _ = load_checkpoint(runner._stage_dir(final), runner._model(), restore_rng=False)
-        # the initial biases and BatchNorm entries of removed channels go with them
-        _fixed_pruner(runner, big).set_masks(masks)
-        small, _ = shrink(big, masks, runner.example_inputs())
+        big = ctx.build_model(checkpoint=ctx.paths.init)
+        ctx.fixed_pruner(big, masks)  # the initial biases and BatchNorm entries of removed channels go with them
+        small, _ = shrink(big, masks, ctx.example_inputs())
         return small, None
-    model = runner._model()
-    masks, _ = load_checkpoint(runner._stage_dir(final), runner._model(), restore_rng=False)
     if source == "scratch":
-        reinit(model, r.seed + SCRATCH_SEED)
+        model = reinit(ctx.build_model(), r.seed + SCRATCH_SEED)
     else:
-        load_checkpoint(runner.dir / "init", model, restore_rng=False)
-    pruner = _fixed_pruner(runner, model)
-    pruner.set_masks(masks)  # held fixed: the manual schedule never prunes
-    return model, pruner
-
-
-def _fixed_pruner(runner, model) -> Pruner:
-    r = runner.recipe
-    return Pruner(model, method=r.prune.method, schedule="manual", sparsity=r.prune.sparsity,
-                  targets=r.prune.targets, seed=r.seed, example_inputs=runner.example_inputs())
+        model = ctx.build_model(checkpoint=ctx.paths.init)
+    return model, ctx.fixed_pruner(model, masks)  # held fixed: the manual schedule never prunes
 
 
 def scratch_b_epochs(epochs: int, flops_full: int, flops_pruned: int, cap: float | None) -> int:
@@ -118,39 +120,55 @@ def guided_widths(name: str, kwargs: dict, shrunk) -> dict:
     raise ConfigError(f"guided widths are defined for the VGG and CIFAR ResNet families, not {name!r}")
 
 
-def control_stage(runner, name: str, final: str, folder: Path, metrics_path: Path) -> None:
-    r, data = runner.recipe, runner._data()
-    kind = name.removeprefix("control_")
-    t0 = time.perf_counter()
-    cfg = r.train.model_copy(update={"bn_l1": 0.0})
-    extra: dict = {}
-    if kind == "guided":
-        shrunk_dir = runner._stage_dir("shrunk")
-        if not (shrunk_dir / "shrunk.safetensors").is_file():
-            raise ConfigError("the guided control needs a channel method (l1_filter, slimming): nothing was shrunk")
-        small, _ = load_shrunk(shrunk_dir / "shrunk.safetensors", r.device)
-        kw = guided_widths(r.model.name, r.model.kwargs, small)
-        model = reinit(build_model(r.model.name, data.input_shape, data.num_classes, **kw), r.seed + SCRATCH_SEED)
-        model, pruner = model.to(r.device), None
-        extra["widths"] = kw["widths"]
-    else:
-        model, pruner = _pruned_architecture(runner, final, "init" if kind == "lottery_reset" else "scratch")
-    if kind == "scratch_b":
-        full = runner._model()
-        flops_full = count_flops(full, data.input_shape, r.device)["dense"]
-        flops_pruned = count_flops(model, data.input_shape, r.device)["nonzero"]
-        epochs = scratch_b_epochs(cfg.epochs, flops_full, flops_pruned, r.prune.scratch_b_cap)
-        scale = epochs / max(cfg.epochs, 1)
-        cfg = cfg.model_copy(update={
-            "epochs": epochs, "step_size": max(1, round(cfg.step_size * scale)),
-            "milestones": [m if m < 1 else m * scale for m in cfg.milestones]})
-        extra.update(flops_full=flops_full, flops_pruned=flops_pruned)
-    opt = build_optimizer(model, cfg)
-    runner.trainer(model, opt, cfg, pruner, metrics_path, name).fit()
-    from ..training import evaluate
+@dataclass
+class Control(Stage):
+    """One control of Rethinking the Value of Network Pruning, trained on the final masks' architecture."""
 
-    acc = evaluate(model, data.test, r.device)["acc"]
-    runner.save(folder, model, pruner.masks if pruner else None, extra={
-        "test_acc": acc, "epochs": cfg.epochs, "seconds": time.perf_counter() - t0,
-        "params_nonzero": count_params(model)["nonzero"], **extra})
-    runner.log(f"stage {name}: accuracy {acc:.4f} after {cfg.epochs} epochs")
+    kind: str = "scratch_e"
+    final: str = paths.DENSE
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in CONTROLS:
+            raise ConfigError(f"unknown control {self.kind!r}; valid: {', '.join(CONTROLS)}")
+        self.name = paths.control_stage(self.kind)
+
+    def inputs(self, ctx: RunContext) -> list[Path]:
+        return [ctx.paths.stage(self.final)] + ([ctx.paths.init] if self.kind == "lottery_reset" else [])
+
+    def run(self, ctx: RunContext) -> None:
+        r, data = ctx.recipe, ctx.data
+        t0 = time.perf_counter()
+        torch.manual_seed(r.seed + SCRATCH_SEED)  # this stage's own training draws (see the module docstring)
+        cfg = r.train.model_copy(update={"bn_l1": 0.0})
+        extra: dict = {}
+        if self.kind == "guided":
+            if not ctx.paths.shrunk_model.is_file():
+                raise ConfigError("the guided control needs a channel method (l1_filter, slimming): nothing was shrunk")
+            small, _ = load_shrunk(ctx.paths.shrunk_model, r.device)
+            kw = guided_widths(r.model.name, r.model.kwargs, small)
+            model = build_model(r.model.name, data.input_shape, data.num_classes, seed=r.seed + SCRATCH_SEED, **kw)
+            model, pruner = reinit(model, r.seed + SCRATCH_SEED).to(r.device), None  # the same draws as every control
+            extra["widths"] = kw["widths"]
+        else:
+            model, pruner = pruned_architecture(ctx, self.final, "init" if self.kind == "lottery_reset" else "scratch")
+        if self.kind == "scratch_b":
+            flops_full = count_flops(ctx.build_model(), data.input_shape, r.device)["dense"]
+            flops_pruned = count_flops(model, data.input_shape, r.device)["nonzero"]
+            epochs = scratch_b_epochs(cfg.epochs, flops_full, flops_pruned, r.prune.scratch_b_cap)
+            scale = epochs / max(cfg.epochs, 1)
+            cfg = cfg.model_copy(update={
+                "epochs": epochs, "step_size": max(1, round(cfg.step_size * scale)),
+                "milestones": [m if m < 1 else m * scale for m in cfg.milestones]})
+            extra.update(flops_full=flops_full, flops_pruned=flops_pruned)
+        opt = build_optimizer(model, cfg)
+        ctx.trainer(model, opt, cfg, pruner, self.name).fit()
+        acc = ctx.evaluate(model)["acc"]
+        ctx.save(ctx.paths.stage(self.name), model, pruner.masks if pruner else None, extra={
+            "test_acc": acc, "epochs": cfg.epochs, "seconds": time.perf_counter() - t0,
+            "params_nonzero": count_params(model)["nonzero"], **extra})
+        ctx.log(f"stage {self.name}: accuracy {acc:.4f} after {cfg.epochs} epochs")
+
+
+for _kind in CONTROLS:  # each control is a stage kind of its own name
+    STAGES.register(_kind)(lambda final, _kind=_kind: Control(kind=_kind, final=final))

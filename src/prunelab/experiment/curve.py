@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_bytes, atomic_write_text
 from .compare import mean_std
 from .sweep import plan, run_sweep
+from .paths import DENSE
 
 DEFAULT_BASELINES = {"magnitude": "{name: magnitude, allocation: global}"}
 
@@ -98,7 +99,7 @@ def run_curve(recipe_name: str, points: list[dict], runs_dir: str | Path, jobs: 
         rows.append({"method": p["method"], "seed": p["seed"], "target_compression": p["target_compression"],
                      "dense_acc": s["dense_acc"], "pruned_acc": s["pruned_acc"],
                      "compression_prunable": s["compression_prunable"], "compression_model": s["compression_model"],
-                     "prune_seconds": sum(st["seconds"] for st in s["stages"] if st["stage"] != "dense"),
+                     "prune_seconds": sum(st["seconds"] for st in s["stages"] if st["stage"] != DENSE),
                      "dense_seconds": s["stages"][0]["seconds"], "run_dir": r["run_dir"]})
     return rows
 

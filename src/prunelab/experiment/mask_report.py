@@ -21,11 +21,12 @@ from ..analysis.masks import overlap, similarity, structure, weight_distance
 from ..io import atomic_write_text, read_json, read_safetensors
 from ..masks import Masks
 from .compare import _setting
+from .paths import DENSE, MASKS, MODEL, RunPaths
 
 
 def _stages(d: Path) -> list[str]:
-    s = read_json(d / "summary.json")
-    return [st["stage"] for st in s["stages"] if (d / "stages" / st["stage"] / "masks.safetensors").is_file()]
+    run = RunPaths(d)
+    return [st["stage"] for st in read_json(run.summary)["stages"] if (run.stage(st["stage"]) / MASKS).is_file()]
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[dict]:
@@ -36,8 +37,9 @@ def load_runs(run_dirs: list[str | Path]) -> list[dict]:
         stages = _stages(d)
         if not stages:
             continue
-        runs.append({"dir": d, "key": key, "label": label, "summary": read_json(d / "summary.json"),
-                     "masks": [Masks.load(d / "stages" / st / "masks.safetensors") for st in stages],
+        run = RunPaths(d)
+        runs.append({"dir": d, "key": key, "label": label, "summary": read_json(run.summary),
+                     "masks": [Masks.load(run.stage(st) / MASKS) for st in stages],
                      "stages": stages})
     return runs
 
@@ -155,8 +157,8 @@ def mask_report(run_dirs: list[str | Path], out: str | Path) -> list[str]:
 
     trows = []
     for r, name in zip(runs, names):
-        dense = r["dir"] / "stages" / "dense" / "model.safetensors"
-        final = r["dir"] / "stages" / r["stages"][-1] / "model.safetensors"
+        run = RunPaths(r["dir"])
+        dense, final = run.stage(DENSE) / MODEL, run.stage(r["stages"][-1]) / MODEL
         dist = weight_distance(read_safetensors(final)[0], read_safetensors(dense)[0], r["masks"][-1])
         cons = [overlap(a, b) for a, b in zip(r["masks"], r["masks"][1:])]
         trows.append([name, dist] + cons)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError
+from ..schedules import Cubic, Iterative, OneShot, Schedule
 from ..training.optim import OptimConfig
 
 
@@ -66,6 +67,21 @@ class PruneConfig(_Strict):
     # lottery_reset trains it from the run's own initial weights; guided trains stage-averaged widths.
     controls: list[Literal["finetune", "scratch_e", "scratch_b", "lottery_reset", "guided"]] = Field(default_factory=list)
     scratch_b_cap: float | None = Field(None, ge=1)
+
+    def engine_schedule(self, steps_per_epoch: int | None = None) -> Schedule:
+        """The engine's :class:`~prunelab.schedules.Schedule` of this section: ``oneshot`` and ``iterative``
+        plan one event per round stage (the runner triggers each with ``pruner.prune_event``); ``cubic`` plans
+        events at optimizer steps of the one gradual stage, converted from epochs with ``steps_per_epoch``."""
+        s = self.schedule
+        if s.name == "oneshot":
+            return OneShot(sparsity=self.sparsity)
+        if s.name == "iterative":
+            return Iterative(sparsity=self.sparsity, rounds=s.rounds)
+        if steps_per_epoch is None:
+            raise ValueError("a cubic schedule needs the number of steps per epoch")
+        start = int(s.start_epoch * steps_per_epoch)
+        return Cubic(sparsity=self.sparsity, start=start, end=max(int(s.end_epoch * steps_per_epoch), start + 1),
+                     frequency=s.frequency_steps, initial=s.initial_sparsity)
 
     @field_validator("retrain")
     @classmethod
@@ -171,7 +187,9 @@ def load_recipe(source: str | None, overrides: list[str] = ()) -> Recipe:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {path} is not valid YAML (line {getattr(exc, 'problem_mark', None) and exc.problem_mark.line + 1})") from None
+        mark = exc.problem_mark if isinstance(exc, yaml.MarkedYAMLError) else None
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"recipe {path} is not valid YAML{where}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections")
     raw.setdefault("name", path.stem)

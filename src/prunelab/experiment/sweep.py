@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, PrunelabError
 from .compare import mean_std
+from .paths import RunPaths
 
 
 def split_values(text: str) -> list[str]:
@@ -77,7 +78,7 @@ def plan(recipe_name: str, grid: list[str], seeds: int, runs_dir: str | Path, fi
     for point in expand_grid(grid, seeds):
         over = list(fixed) + point
         d = run_dir_for(load_recipe(recipe_name, over), runs_dir)
-        points.append({"overrides": over, "point": point[:-1], "run_dir": d, "done": (d / "summary.json").is_file()})
+        points.append({"overrides": over, "point": point[:-1], "run_dir": d, "done": RunPaths(d).summary.is_file()})
     return points
 
 
@@ -109,7 +110,7 @@ def run_sweep(recipe_name: str, points: list[dict], runs_dir: str | Path, jobs: 
     for p in points:
         res = results.get(tuple(p["overrides"]))
         if res is None:
-            res = {"status": "skipped (finished before)", "summary": read_json(p["run_dir"] / "summary.json")}
+            res = {"status": "skipped (finished before)", "summary": read_json(RunPaths(p["run_dir"]).summary)}
         rows.append({"overrides": p["overrides"], "point": p["point"], "run_dir": str(p["run_dir"]), **res})
     return rows
 

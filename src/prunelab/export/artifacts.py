@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from ..analysis import count_flops
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from ..io import atomic_write_bytes
 from .compact import save_compact
 from .shrink import load_shrunk
@@ -31,25 +31,18 @@ FORMATS = ("dense", "sparse", "shrunk", "onnx")
 
 
 def _open_run(run_dir: str | Path):
-    """(runner, final pruned model, masks) of a finished run with masks."""
-    from ..experiment import Runner, load_recipe
-    from ..experiment.checkpoint import load_checkpoint
+    """(context, final pruned model, masks) of a finished run with masks."""
+    from ..experiment import RunContext, load_final
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise CheckpointError(f"{run_dir} is not a run folder (no recipe.yaml)")
-    if not (run_dir / "summary.json").is_file():
-        raise CheckpointError(f"{run_dir} has not finished (no summary.json); rerun it first")
-    runner = Runner(load_recipe(str(run_dir / "recipe.yaml")), run_dir, progress=False, log=lambda m: None)
-    model = runner._model()
-    masks, _ = load_checkpoint(runner._stage_dir(runner.prune_stages()[-1]), model, restore_rng=False)
+    ctx = RunContext.open_finished(run_dir)
+    model, masks = load_final(ctx)
     if masks is None:
         raise ConfigError(f"{run_dir} has no masks (a dense run): there is nothing pruned to export")
-    return runner, model.eval(), masks
+    return ctx, model.eval(), masks
 
 
-def _shrunk_file(runner) -> Path | None:
-    f = runner._stage_dir("shrunk") / "shrunk.safetensors"
+def _shrunk_file(ctx) -> Path | None:
+    f = ctx.paths.shrunk_model
     return f if f.is_file() else None
 
 
@@ -57,23 +50,22 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     """Write the artifact ``fmt`` of the run (default path: RUN_DIR/export/model.FMT...); returns its path."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
-    runner, model, masks = _open_run(run_dir)
-    ext = {"dense": "safetensors", "sparse": "sparse.safetensors", "shrunk": "shrunk.safetensors", "onnx": "onnx"}
-    path = Path(out) if out else Path(run_dir) / "export" / f"model.{ext[fmt]}"
+    ctx, model, masks = _open_run(run_dir)
+    path = Path(out) if out else ctx.paths.export(fmt)
     if fmt == "dense":
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         atomic_write_bytes(path, st_save(state, metadata={"format": "pt"}))
     elif fmt == "sparse":
         save_compact(model, masks, path)
     elif fmt == "shrunk":
-        src = _shrunk_file(runner)
+        src = _shrunk_file(ctx)
         if src is None:
             raise ConfigError(f"{run_dir} removed no channels (method without channels): export sparse or dense")
         atomic_write_bytes(path, src.read_bytes())
     else:
-        src = _shrunk_file(runner)
+        src = _shrunk_file(ctx)
         net = load_shrunk(src)[0].eval() if src else model
-        export_onnx(net, tuple(runner._data().input_shape), path)
+        export_onnx(net, tuple(ctx.data.input_shape), path)
     return path
 
 
@@ -139,22 +131,18 @@ def diagnose(name: str, speedup: float, flop_reduction: float, sparsity: float, 
 
 def bench_run(run_dir: str | Path, repeats: int = 30) -> dict:
     """Measure the run's artifacts (see the module docstring); returns {rows, input_shape}."""
-    runner, model, masks = _open_run(run_dir)
-    shape = tuple(runner._data().input_shape)
+    ctx, model, masks = _open_run(run_dir)
+    shape = tuple(ctx.data.input_shape)
     torch.set_num_threads(1)
-    from ..experiment.checkpoint import load_checkpoint
+    from ..experiment.paths import DENSE
 
-    dense = runner._model()
-    load_checkpoint(runner._stage_dir("dense"), dense, restore_rng=False)
-    dense.eval()
-    tmp = Path(run_dir) / "export"
-    tmp.mkdir(exist_ok=True)
+    dense = ctx.build_model(checkpoint=ctx.paths.stage(DENSE)).eval()
     dense_bytes = len(st_save({k: v.contiguous() for k, v in dense.state_dict().items()}))
-    sparse_bytes = save_compact(model, masks, tmp / "model.sparse.safetensors")
+    sparse_bytes = save_compact(model, masks, ctx.paths.export("sparse"))
     csr, replaced = sparsify_linear(model, masks, min_sparsity=0.0)
     arts = [("unpruned", dense, dense_bytes), ("dense with zeros", model, dense_bytes),
             ("csr linear", csr, sparse_bytes)]
-    src = _shrunk_file(runner)
+    src = _shrunk_file(ctx)
     if src is not None:
         arts.append(("shrunk", load_shrunk(src)[0].eval(), src.stat().st_size))
     base_flops = count_flops(dense, shape)["dense"]

@@ -1,31 +1,92 @@
-"""The Method base class and its registry."""
+"""The Method base class, its declared hooks, the narrow view the hooks see, and the method registry.
+
+A method is criterion -> granularity -> allocation -> selector plus hooks. The hooks receive a
+:class:`PruneView` (model, targets, masks, channel graph) and the event's :class:`~prunelab.criteria.Context`,
+never the Pruner, and they return data: per-event inputs for the parts, an event record, weight values to
+set. The Pruner is the only one that installs masks and writes weights.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping
+
+import torch
+from torch import Tensor, nn
 
 from ..allocation import ALLOCATIONS, Allocation
-from ..criteria import CRITERIA, Criterion
+from ..criteria import CRITERIA, Criterion, Needs
 from ..errors import CheckpointError
 from ..granularity import GRANULARITIES, Granularity
 from ..registry import Registry
 from ..selection import SELECTORS, Selector
 
 if TYPE_CHECKING:
-    from torch import Tensor
-
+    from ..channels import ChannelGraph
     from ..criteria import Context
     from ..masks import Masks
-    from ..pruner import Pruner
+
+
+@dataclass(frozen=True)
+class PruneView:
+    """What a method's hooks may see of the pruning state: the model, its targets, the masks in force before
+    this event, and the traced channel coupling (None unless the method removes channels)."""
+
+    model: nn.Module
+    params: Mapping[str, nn.Parameter]
+    masks: "Masks"
+    channels: "ChannelGraph | None" = None
+
+    @contextmanager
+    def silenced(self, masks: Mapping[str, Tensor]) -> Iterator[None]:
+        """Within the block, the weights ``masks`` prune (and their channels' biases and norm entries) read as
+        zero; every value is restored on exit, so a method can measure a candidate decision without writing
+        the model."""
+        named = dict(self.model.named_parameters())
+        keeps = [(self.params[n], m) for n, m in masks.items()]
+        if self.channels is not None:
+            keeps += [(named[n], m) for n, m in self.channels.companion_masks(masks).items()]
+        saved = []
+        with torch.no_grad():
+            for p, keep in keeps:
+                saved.append((p, p.detach().clone()))
+                p.mul_(keep.to(device=p.device, dtype=p.dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, value in saved:
+                    p.copy_(value)
+
+
+@dataclass
+class Outcome:
+    """What a method's ``after_prune`` hands back: ``record`` joins the event's entry in ``pruner.history``;
+    ``values`` are weights to set, ``{name: (where, value)}`` with a bool mask and a full-shape tensor (e.g.
+    DropPruning's revived weights restarting at their pruned value). The Pruner applies them."""
+
+    record: dict = field(default_factory=dict)
+    values: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """What the surviving weights become after a pruning round, before retraining (lottery-style methods):
+    ``to="init"`` the run's initial weights, ``"step"`` the weights after ``step`` optimizer steps of dense
+    training, ``"reinit"`` a fresh random draw."""
+
+    to: Literal["init", "step", "reinit"]
+    step: int = 0
 
 
 @dataclass
 class Method:
-    """criterion -> granularity -> allocation -> selector, plus hooks a method may override.
+    """criterion -> granularity -> allocation -> selector, plus declared hooks a method may override.
 
-    Hooks: ``before_prune(pruner, ctx)`` runs before scores are computed; ``after_prune(pruner, old, new)``
-    after the new masks are installed and pruned weights zeroed (e.g. to restore revived weights); the dict
-    it returns is added to the pruning event's record in ``pruner.history``.
+    Declared before an event: :meth:`needs` (gradients, calibration inputs), :meth:`before_prune` (per-event
+    data for the parts, as :class:`Context` fields). Instead of the pipeline: :meth:`decide` (the one escape
+    hatch, for decisions that are not a ranking under a count). After an event: :meth:`after_prune` (a record
+    and weight values), :meth:`rewind_point` (what runners do with the survivors after a round).
 
     ``channels=True`` makes the pruner trace channel coupling (:mod:`prunelab.channels`; the Pruner then
     needs ``example_inputs``) and hold the bias and BatchNorm entries of removed channels at zero, so the
@@ -53,31 +114,44 @@ class Method:
     def name(self) -> str:
         return getattr(type(self), "registered_name", type(self).__name__)
 
-    def before_prune(self, pruner: "Pruner", ctx: "Context") -> None:
-        pass
+    # -- declared hooks -------------------------------------------------------------------------------
+    def needs(self) -> Needs:
+        """What must be handed over before each pruning event; default: what the criterion needs."""
+        return self.criterion_.needs()
 
-    def after_prune(self, pruner: "Pruner", old: "Masks", new: "Masks") -> dict | None:
+    def rewind_point(self) -> Rewind | None:
+        """What runners set the surviving weights to after each round (None: keep training from them)."""
         return None
 
-    def state_tensors(self) -> dict[str, "Tensor"]:
+    def before_prune(self, view: PruneView, ctx: "Context") -> dict[str, Any]:
+        """Per-event data for the parts, returned as Context fields (e.g. ``{"bn_scales": ...}``)."""
+        return {}
+
+    def decide(self, view: PruneView, ctx: "Context") -> dict[str, Tensor] | None:
+        """Masks decided by the method itself ({name: bool tensor}), or None to run the pipeline.
+
+        The one escape hatch from criterion -> granularity -> allocation -> selector, for decisions that are
+        not a ranking under a count (PCA's spectrum cut per layer and cumulative sum per unit); such a
+        method's event sparsity is an outcome, and the requested one is ignored.
+        """
+        return None
+
+    def after_prune(self, view: PruneView, old: "Masks", new: "Masks", ctx: "Context") -> Outcome:
+        """Called once the new masks are installed and pruned weights zeroed; ``view.masks`` is ``new``."""
+        return Outcome()
+
+    # -- state carried between events -------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, Tensor]:
         """Tensors the method carries from one pruning event to the next (e.g. which weights DropPruning has
         revived, and the values they had when pruned). Saved with each checkpoint and given back by
         :meth:`load_state_tensors`, so a run whose rounds are separate stages (or resume) continues the same
         process. Default: none."""
         return {}
 
-    def load_state_tensors(self, tensors: dict[str, "Tensor"]) -> None:
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
         if tensors:
             raise CheckpointError(f"the checkpoint holds method state ({', '.join(sorted(tensors)[:2])}) that "
-                                  f"method {self.name()!r} does not keep")
-
-    def select(self, pruner: "Pruner", ctx: "Context") -> dict | None:
-        """Masks decided by the method itself ({name: bool tensor}), or None to run the pipeline.
-
-        For decisions that are not a ranking under a count (e.g. PCA's spectrum cut per layer); such a
-        method's event sparsity is an outcome, and the requested one is ignored.
-        """
-        return None
+                                  f"method {self.name!r} does not keep")
 
     def describe(self) -> str:
         def n(spec: Any) -> str:

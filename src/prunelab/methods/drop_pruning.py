@@ -24,7 +24,7 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..selection import Drop
 from ..topk import kth_largest
-from .base import METHODS, Method
+from .base import METHODS, Method, Outcome
 
 
 @METHODS.register("drop_pruning")
@@ -56,20 +56,22 @@ class DropPruning(Method):
                                  lam=self.lam, anneal_rounds=self.anneal_rounds)
         super().__post_init__()
 
-    def before_prune(self, pruner, ctx) -> None:
+    def before_prune(self, view, ctx) -> dict:
+        """Global scope: one candidate threshold over all tensors, handed to the Drop selector on the Context.
+        ``revive_value: pruned``: the weights as they are before the event, to store the pruned ones' values."""
+        out = {}
         sel = self.selector_
-        if isinstance(sel, Drop):
-            sel.threshold = None
-            if self.scope == "global" and sel.candidates == "lowest" and not ctx.final:
-                sel.threshold = self._global_candidate_threshold(pruner, ctx, sel.q_at(ctx))
+        if isinstance(sel, Drop) and self.scope == "global" and sel.candidates == "lowest" and not ctx.final:
+            out["candidate_threshold"] = self._global_candidate_threshold(view, ctx, sel.q_at(ctx))
         if self.revive_value == "pruned":
-            self._state["before"] = {n: p.detach().clone() for n, p in pruner.params.items()}
+            self._state["before"] = {n: p.detach().clone() for n, p in view.params.items()}
+        return out
 
-    def _global_candidate_threshold(self, pruner, ctx, q: float) -> float | None:
+    def _global_candidate_threshold(self, view, ctx, q: float) -> float | None:
         """The score below which an alive group is among the lowest q fraction over all tensors."""
         gran = self.granularity_
-        scores = self.criterion_.scores(pruner.params, ctx)
-        alive_scores = [gran.group_scores(scores[n].float())[gran.alive(pruner.masks[n])] for n in pruner.params]
+        scores = self.criterion_.scores(view.params, ctx)
+        alive_scores = [gran.group_scores(scores[n].float())[gran.alive(view.masks[n])] for n in view.params]
         n_alive = sum(a.numel() for a in alive_scores)
         keep = n_alive - int(q * n_alive + 0.5)
         return kth_largest(alive_scores, keep) if 0 < keep < n_alive else None
@@ -89,13 +91,15 @@ class DropPruning(Method):
             state.setdefault(kind, {})[name] = t.bool() if kind == "ever_revived" else t
         self._state.update(state)
 
-    def after_prune(self, pruner, old, new) -> dict:
+    def after_prune(self, view, old, new, ctx) -> Outcome:
+        """Counts for the event's record; with ``revive_value: pruned``, the revived weights' stored values."""
         ever = self._state.setdefault("ever_revived", {})
         stored = self._state.setdefault("pruned_values", {})
         before = self._state.pop("before", None)
         dropped = revived = revived_alive = 0
+        values = {}
         with torch.no_grad():
-            for n, p in pruner.params.items():
+            for n, p in view.params.items():
                 gone, back = old[n] & ~new[n], ~old[n] & new[n]
                 dropped += int(torch.count_nonzero(gone))
                 n_back = int(torch.count_nonzero(back))
@@ -103,9 +107,10 @@ class DropPruning(Method):
                 if n_back:
                     ever[n] = ever[n] | back if n in ever else back.clone()
                 if before is not None:
-                    if n in stored:
-                        p[back] = stored[n][back]
+                    if n in stored and n_back:
+                        values[n] = (back, stored[n].clone())
                     stored.setdefault(n, torch.zeros_like(p))[gone] = before[n][gone]
                 if n in ever:
                     revived_alive += int(torch.count_nonzero(ever[n] & new[n]))
-        return {"dropped": dropped, "revived": revived, "revived_alive": revived_alive, "density": new.density()}
+        record = {"dropped": dropped, "revived": revived, "revived_alive": revived_alive, "density": new.density()}
+        return Outcome(record, values)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from .base import METHODS, Method
+from .base import METHODS, Method, Rewind
 
 REWINDS = ("none", "init", "step", "reinit")
 
@@ -41,3 +41,6 @@ class IterativeMagnitude(Method):
         if self.rewind != "step" and self.rewind_step:
             raise ConfigError("imp rewind_step is only used with rewind: step")
         super().__post_init__()
+
+    def rewind_point(self) -> Rewind | None:
+        return None if self.rewind == "none" else Rewind(self.rewind, self.rewind_step)

@@ -10,14 +10,18 @@ B. Connections. With the removed units already silenced, a second calibration pa
    layer's inputs. For unit j, c_ij = |w_ij| * E|a_i| (conv: every weight of input channel i), RI_ij =
    c_ij / sum_k c_kj, and j keeps the smallest set of its connections whose RI sums to ``tau_c`` (default
    ``tau``); connections from silenced inputs have RI 0 and go first.
-Then the run retrains once. The masks are decided here, not by the criterion -> allocation -> selector
-pipeline, because the decisions are a spectrum cut per layer and a cumulative sum per unit, not a ranking
-under a count; the run's ``sparsity`` is therefore an outcome and the recipe's value is ignored.
+Then the run retrains once. Calibration arrives through the engine's seam: the method declares
+``needs().calibration_samples`` and reads the batches given to ``pruner.calibrate(batches)`` from the event's
+Context; the removed units are silenced for step B through ``PruneView.silenced`` (weights restored after).
+The masks are decided in :meth:`PCAPruning.decide`, not by the criterion -> allocation -> selector pipeline,
+because the decisions are a spectrum cut per layer and a cumulative sum per unit, not a ranking under a
+count: this is the one built-in method that uses that escape hatch. The run's ``sparsity`` is therefore an
+outcome and the recipe's value is ignored.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,7 +29,8 @@ from torch import Tensor
 from ..analysis.activations import collect, pca_width, unit_contributions
 from ..errors import ConfigError
 from ..registry import check_fraction
-from .base import METHODS, Method
+from ..criteria import Needs
+from .base import METHODS, Method, Outcome
 
 
 def cumulative_keep(ri: Tensor, tau: float) -> Tensor:
@@ -61,39 +66,38 @@ class PCAPruning(Method):
     samples: int = 2048
     units: bool = True
     connections: bool = True
-    plan: dict = field(default_factory=dict, repr=False)  # per-layer widths and densities of the last decision
 
     def __post_init__(self) -> None:
         for label, v in (("tau", self.tau), ("tau_c", self.tau_c)):
             if v is not None and check_fraction(f"pca {label}", v, allow_one=True) == 0:
                 raise ConfigError(f"pca {label} must be in (0, 1], got 0")
-        if self.samples < 2:
-            raise ConfigError(f"pca needs at least 2 calibration samples, got {self.samples}")
-        self._batches: Iterable | None = None
-        self._device = "cpu"
+        if not isinstance(self.samples, int) or self.samples < 2:
+            raise ConfigError(f"pca needs at least 2 calibration samples, got {self.samples!r}")
+        self.plan: dict = {}  # per-layer widths and densities of the last decision
         super().__post_init__()
 
     def describe(self) -> str:
         return f"pca (tau={self.tau:g}, tau_c={self.tau if self.tau_c is None else self.tau_c:g}, " \
                f"{self.samples} calibration samples)"
 
-    def after_prune(self, pruner, old, new) -> dict:
-        return {"plan": self.plan}
+    def needs(self) -> Needs:
+        return Needs(calibration_samples=self.samples)
 
-    def calibrate(self, pruner, batches: Iterable, device: str = "cpu") -> None:
-        """Give the calibration data ((x, y) batches of training samples) used at the next pruning event."""
-        self._batches, self._device = batches, device
+    def after_prune(self, view, old, new, ctx) -> Outcome:
+        return Outcome(record={"plan": self.plan})
 
-    def select(self, pruner, ctx) -> dict[str, Tensor]:
-        if self._batches is None:
-            raise ConfigError("pca needs calibration data: call pruner.method.calibrate(pruner, loader) first")
-        model = pruner.model
-        layers = [n.rsplit(".", 1)[0] for n in pruner.params]
-        classifier = pruner.channels.ignored if pruner.channels is not None else []
-        stats = collect(model, layers, self._batches, self.samples, outputs=self.units, device=self._device)
+    def decide(self, view, ctx) -> dict[str, Tensor]:
+        if ctx.calibration is None:
+            raise ConfigError("pca needs calibration data: call pruner.calibrate(batches) with a few batches of "
+                              "model inputs before pruning")
+        model, params = view.model, view.params
+        device = next(iter(params.values())).device
+        layers = [n.rsplit(".", 1)[0] for n in params]
+        classifier = view.channels.ignored if view.channels is not None else []
+        stats = collect(model, layers, ctx.calibration, self.samples, outputs=self.units, device=device)
         masks, self.plan = {}, {}
-        for name, layer in zip(pruner.params, layers):
-            w = pruner.params[name]
+        for name, layer in zip(params, layers):
+            w = params[name]
             rows = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
             k = w.shape[0]
             if self.units and layer not in classifier:
@@ -104,24 +108,18 @@ class PCAPruning(Method):
             masks[name] = rows.reshape(-1, *([1] * (w.dim() - 1))).expand_as(w).clone()
             self.plan[layer] = {"units": w.shape[0], "kept_units": k}
         if self.connections:
-            # silence the removed units (weights and channel companions) before measuring the inputs
-            with torch.no_grad():
-                for name, m in masks.items():
-                    pruner.params[name].mul_(m.to(pruner.params[name].dtype))
-                if pruner.channels is not None:
-                    named = dict(model.named_parameters())
-                    for pname, keep in pruner.channels.companion_masks(masks).items():
-                        named[pname].mul_(keep.to(named[pname].dtype))
-            inputs = collect(model, layers, self._batches, self.samples, outputs=False, device=self._device)
             tau_c = self.tau if self.tau_c is None else self.tau_c
-            for name, layer in zip(pruner.params, layers):
-                w = pruner.params[name]
-                mean_abs = inputs.inputs[layer].mean_abs()
-                if mean_abs.numel() != w.shape[1]:
-                    raise ConfigError(f"pca: the inputs of {layer} have {mean_abs.numel()} features, its weight "
-                                      f"{w.shape[1]}; grouped convolutions are not supported")
-                keep = cumulative_keep(relative_importance(w, mean_abs), tau_c).reshape(w.shape)
-                masks[name] = masks[name] & keep.to(w.device)
-        for name, layer in zip(pruner.params, layers):
+            # the removed units (weights and channel companions) are silenced while the inputs are measured
+            with view.silenced(masks):
+                inputs = collect(model, layers, ctx.calibration, self.samples, outputs=False, device=device)
+                for name, layer in zip(params, layers):
+                    w = params[name]
+                    mean_abs = inputs.inputs[layer].mean_abs()
+                    if mean_abs.numel() != w.shape[1]:
+                        raise ConfigError(f"pca: the inputs of {layer} have {mean_abs.numel()} features, its "
+                                          f"weight {w.shape[1]}; grouped convolutions are not supported")
+                    keep = cumulative_keep(relative_importance(w, mean_abs), tau_c).reshape(w.shape)
+                    masks[name] = masks[name] & keep.to(w.device)
+        for name, layer in zip(params, layers):
             self.plan[layer]["density"] = masks[name].float().mean().item()
         return masks

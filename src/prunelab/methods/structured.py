@@ -104,14 +104,15 @@ class Slimming(Method):
     def default_targets(self) -> dict:
         return {"module_types": ["Conv1d", "Conv2d", "Conv3d"]}
 
-    def before_prune(self, pruner, ctx) -> None:
-        graph = pruner.channels
+    def before_prune(self, view, ctx) -> dict:
+        """The scale of the BatchNorm after each pruned layer, for the ``bn_scale`` criterion."""
+        graph = view.channels
         gammas = {}
-        for name in pruner.params:
+        for name in view.params:
             layer = name.rsplit(".", 1)[0]
             norm = graph.norm_after.get(layer)
             if norm is None:
                 raise ConfigError(f"slimming needs a BatchNorm right after every pruned layer; {layer} has none "
                                   "(exclude it with targets.exclude)")
             gammas[name] = graph.modules[norm].weight.detach()
-        self.criterion_.gammas = gammas
+        return {"bn_scales": gammas}

@@ -1,8 +1,10 @@
 """Model zoo: LeNets, CIFAR VGG and ResNet, and any torchvision classification model (``torchvision:NAME``)."""
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -22,8 +24,30 @@ def model_names() -> list[str]:
     return sorted(_BUILDERS) + ["torchvision:<name>"]
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
-    """Build a model by name for inputs of ``input_shape`` (C, H, W) and ``num_classes`` outputs."""
+@contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Draws inside the block come from ``seed``, and the process's (CPU) RNG is left as it was; with
+    ``seed=None`` they come from the process RNG as usual."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int | None = None,
+                **kwargs: Any) -> nn.Module:
+    """Build a model by name for inputs of ``input_shape`` (C, H, W) and ``num_classes`` outputs.
+
+    ``seed``: its initial weights are drawn from this seed and the global RNG is not touched; ``None`` draws
+    them from the global RNG, as constructing a torch module does.
+    """
+    with seeded(seed):
+        return _build(name, input_shape, num_classes, **kwargs)
+
+
+def _build(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
     if name.startswith("torchvision:"):
         import torchvision
 
@@ -40,21 +64,21 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, **kwa
         raise ConfigError(f"bad parameters for model {name!r}: {exc}") from None
 
 
-def reinit(model: nn.Module, seed: int) -> nn.Module:
+def reinit(model: nn.Module, seed: int | None) -> nn.Module:
     """Fresh random weights for ``model`` as it is now (e.g. a shrunk architecture), in place.
 
     Every submodule's ``reset_parameters`` (PyTorch's default initialisation, running statistics reset),
-    then the family's own ``init_weights()`` when the model defines one, under ``torch.manual_seed(seed)``.
+    then the family's own ``init_weights()`` when the model defines one, drawn from ``seed`` (the global RNG
+    is left as it was; ``None``: drawn from the global RNG).
     """
-    import torch
-
-    torch.manual_seed(seed)
-    for m in model.modules():
-        if m is not model and hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-    if hasattr(model, "init_weights"):
-        model.init_weights()
+    with seeded(seed):
+        for m in model.modules():
+            if m is not model and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        init = getattr(model, "init_weights", None)  # a model family's own initialisation, when it has one
+        if callable(init):
+            init()
     return model
 
 
-__all__ = ["build_model", "reinit", "model_names", "LeNet5", "LeNet300100", "VGG", "ResNetCifar"]
+__all__ = ["build_model", "reinit", "seeded", "model_names", "LeNet5", "LeNet300100", "VGG", "ResNetCifar"]

@@ -1,0 +1,160 @@
+"""The run context: what every stage of a run shares, as a public API (recipe, paths, data, builders).
+
+The runner, the stages, the controls, and the commands that read a finished run (export, bench, attack) all go
+through a :class:`RunContext`; none reaches into another's internals.
+"""
+from __future__ import annotations
+
+import time
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..data import load_data
+from ..errors import ConfigError
+from ..masks import Masks
+from ..methods import Method, build_method
+from ..models import build_model
+from ..pruner import Pruner
+from ..schedules import Schedule
+from ..training import Trainer, evaluate
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import check_same, current
+from .paths import RunPaths
+from .schema import Recipe, load_recipe
+
+SCRATCH_SEED = 10_007  # added to the run's seed: a fresh init, different from the one the large model had
+
+
+class RunContext:
+    """One run's shared resources. Only rank 0 logs and writes (``main``); data is loaded on first use.
+
+    Args:
+        recipe: the resolved recipe.
+        run_dir: the run folder (see :mod:`prunelab.experiment.paths`).
+        log: receives one line per event (rank 0 only).
+        progress: progress bars during training (rank 0 only).
+        share_dense: reuse the dense training of runs in the same runs folder that differ only in pruning.
+    """
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path, log: Callable[[str], None] = print,
+                 progress: bool = True, share_dense: bool = True) -> None:
+        self.recipe = recipe
+        self.paths = RunPaths(Path(run_dir))
+        self.dist = current()  # rank and world size under torchrun
+        self.main = self.dist.main
+        self.log = log if self.main else (lambda m: None)
+        self.progress = progress and self.main
+        self.share_dense = share_dense
+
+    @classmethod
+    def open_finished(cls, run_dir: str | Path) -> "RunContext":
+        """The context of a finished run folder, from its own recipe.yaml (CheckpointError if unfinished)."""
+        paths = RunPaths(Path(run_dir))
+        paths.require_finished()
+        return cls(load_recipe(str(paths.recipe)), paths.root, log=lambda m: None, progress=False)
+
+    # -- resources --------------------------------------------------------------------------------------
+    @cached_property
+    def data(self):
+        """The recipe's data set; under torchrun each rank gets its shard of every epoch."""
+        d, world = self.recipe.data, self.dist.world
+        if d.batch_size % world:
+            raise ConfigError(f"data.batch_size {d.batch_size} must be divisible by the {world} processes")
+        return load_data(d.name, d.root, d.batch_size // world, d.test_batch_size, self.recipe.seed, d.download,
+                         d.augment, train_subset=d.train_subset, shard=(self.dist.rank, world))
+
+    @cached_property
+    def method(self) -> Method | None:
+        """The recipe's pruning method (None for a dense recipe)."""
+        return build_method(self.recipe.prune.method) if self.recipe.prune else None
+
+    @cached_property
+    def schedule(self) -> Schedule:
+        """The engine's schedule of the recipe: the one source of every round's target and of the final event.
+        Only a cubic schedule counts optimizer steps, so only it loads the data here (steps per epoch)."""
+        p = self.recipe.prune
+        if p is None:
+            raise ConfigError("this recipe has no prune section, so no pruning schedule")
+        steps = len(self.data.train) if p.schedule.name == "cubic" else None
+        return p.engine_schedule(steps)
+
+    def example_inputs(self) -> torch.Tensor:
+        """One all-zero input batch, for tracing the model's channel coupling."""
+        return torch.zeros((1,) + tuple(self.data.input_shape), device=self.recipe.device)
+
+    # -- builders ---------------------------------------------------------------------------------------
+    def build_model(self, checkpoint: str | Path | None = None, seed: int | None = None) -> nn.Module:
+        """The recipe's model, initialised from ``seed`` (default: the recipe's seed) without touching the global
+        RNG; with ``checkpoint``, its weights are then loaded from that checkpoint folder."""
+        r = self.recipe
+        model = build_model(r.model.name, self.data.input_shape, self.data.num_classes,
+                            seed=r.seed if seed is None else seed, **r.model.kwargs).to(r.device)
+        if checkpoint is not None:
+            load_checkpoint(checkpoint, model, restore_rng=False)
+        return model
+
+    def build_pruner(self, model: nn.Module, schedule: Schedule | str = "manual", auto_prune: bool = True) -> Pruner:
+        """A Pruner of the recipe's method and targets on ``model``: ``"manual"`` (masks installed or pruned by
+        the caller), or an engine schedule (``self.schedule``) driven by steps or, ``auto_prune=False``, by
+        the caller's ``prune_event``."""
+        p = self.recipe.prune
+        return Pruner(model, method=p.method, schedule=schedule,
+                      sparsity=p.sparsity if isinstance(schedule, str) else None, targets=p.targets,
+                      seed=self.recipe.seed, example_inputs=self.example_inputs(), auto_prune=auto_prune)
+
+    def fixed_pruner(self, model: nn.Module, masks: Masks) -> Pruner:
+        """A Pruner that holds ``masks`` fixed on ``model`` (its manual schedule never prunes)."""
+        pruner = self.build_pruner(model)
+        pruner.set_masks(masks)
+        return pruner
+
+    def trainer(self, model: nn.Module, opt, cfg, pruner: Pruner | None, stage: str,
+                hooks: list | None = None) -> Trainer:
+        """The built-in Trainer for ``model`` in ``stage`` (metrics to the stage's metrics.jsonl), under
+        DistributedDataParallel when there are several ranks."""
+        net = model
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model)
+            if pruner is not None:
+                hooks = list(hooks or []) + [MaskSync(pruner, stage)]
+        metrics = self.paths.stage_metrics(stage) if self.main else None
+        return Trainer(net, opt, cfg, self.data.train, self.data.test, pruner=pruner, metrics_path=metrics,
+                       progress=self.progress, device=self.recipe.device, stage=stage, hooks=hooks)
+
+    # -- checkpoints and evaluation -----------------------------------------------------------------------
+    def save(self, folder: Path, model: nn.Module, masks: Masks | None = None, optimizer=None,
+             extra: dict | None = None, method_state: dict | None = None) -> None:
+        """save_checkpoint on rank 0 only."""
+        if self.main:
+            save_checkpoint(folder, model, masks, optimizer, extra=extra, method_state=method_state)
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return evaluate(model, self.data.test, self.recipe.device)
+
+    def stage_record(self, model: nn.Module, pruner: Pruner | None, t0: float, **more: Any) -> dict:
+        """What a training stage's state.json records: test accuracy and loss, seconds, and the pruner's state."""
+        ev = self.evaluate(model)
+        out = {"test_acc": ev["acc"], "test_loss": ev["loss"], "seconds": time.perf_counter() - t0}
+        if pruner is not None:
+            out["pruner"] = pruner.state()
+            out["sparsity"] = pruner.masks.sparsity()
+        out.update(more)
+        return out
+
+
+class MaskSync:
+    """Trainer hook (several ranks): check the ranks' masks after every pruning event during training."""
+
+    def __init__(self, pruner: Pruner, stage: str) -> None:
+        self.pruner, self.stage, self.events = pruner, stage, pruner.events
+
+    def on_batch_end(self, trainer, step: int, loss: float) -> None:
+        if self.pruner.events != self.events:
+            self.events = self.pruner.events
+            check_same(self.pruner.masks, f"pruning event {self.events} in {self.stage}")

@@ -1,0 +1,138 @@
+"""Every file and folder of a run, named in one place.
+
+A run folder (``RUNS/NAME-HASH``)::
+
+    recipe.yaml            the resolved recipe (its hash names the folder)
+    init/                  checkpoint of the initial weights (rewinding, lottery_reset)
+    rewind_K/              checkpoint after K optimizer steps of dense training (late rewinding)
+    stages/STAGE/          one checkpoint per stage (see CHECKPOINT_FILES), plus metrics.jsonl
+    stages/shrunk/shrunk.safetensors   the physically smaller model of a channel method
+    metrics.jsonl          every stage's metrics, concatenated when the run finishes
+    summary.json           written last: a run without it has not finished
+    attack.json            ``prunelab attack``'s results
+    export/                ``prunelab export`` / ``bench`` artifacts
+
+Runs in one runs folder that differ only in pruning share their dense training through
+``RUNS/_dense/MODEL-DENSEHASH/{dense,init,rewind_K}``. Nothing outside this module spells one of these names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CheckpointError
+
+# -- files of a checkpoint folder (see checkpoint.py) --------------------------------------------------
+MODEL = "model.safetensors"
+MASKS = "masks.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+METHOD_STATE = "method_state.safetensors"
+RNG = "rng.safetensors"
+STATE = "state.json"  # written last: its presence marks the checkpoint complete
+CHECKPOINT_FILES = (MODEL, MASKS, OPTIMIZER, METHOD_STATE, RNG, STATE)
+
+# -- stage names (folders under stages/) ---------------------------------------------------------------
+DENSE = "dense"
+GRADUAL = "gradual"
+SHRUNK = "shrunk"
+_ROUND = "round_"
+_CONTROL = "control_"
+
+#: Extension of each ``prunelab export`` format's default file name (``export/model.EXT``).
+EXPORT_EXTENSIONS = {"dense": "safetensors", "sparse": "sparse.safetensors", "shrunk": "shrunk.safetensors",
+                     "onnx": "onnx"}
+
+
+def round_stage(index: int) -> str:
+    """The name of pruning round ``index`` (1-based): ``round_01``."""
+    return f"{_ROUND}{index:02d}"
+
+
+def control_stage(kind: str) -> str:
+    """The name of a control's stage: ``control_scratch_e``."""
+    return f"{_CONTROL}{kind}"
+
+
+def control_kind(stage: str) -> str | None:
+    """The control kind of a stage name (``scratch_e`` for ``control_scratch_e``), None for other stages."""
+    return stage[len(_CONTROL):] if stage.startswith(_CONTROL) else None
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The paths of one run folder."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def recipe(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def attack(self) -> Path:
+        return self.root / "attack.json"
+
+    @property
+    def init(self) -> Path:
+        return self.root / "init"
+
+    def rewind(self, step: int) -> Path:
+        return self.root / f"rewind_{step}"
+
+    def stage(self, name: str) -> Path:
+        return self.root / "stages" / name
+
+    def stage_metrics(self, name: str) -> Path:
+        return self.stage(name) / "metrics.jsonl"
+
+    @property
+    def shrunk_model(self) -> Path:
+        return self.stage(SHRUNK) / "shrunk.safetensors"
+
+    def export(self, fmt: str) -> Path:
+        return self.root / "export" / f"model.{EXPORT_EXTENSIONS[fmt]}"
+
+    def dense_cache(self, model_name: str, dense_fingerprint: str) -> "DenseCache":
+        """The shared dense training of runs in the same runs folder that differ only in pruning."""
+        return DenseCache(self.root.parent / "_dense" / f"{model_name}-{dense_fingerprint}")
+
+    def require_finished(self) -> None:
+        """CheckpointError unless this is a run folder whose run has finished."""
+        if not self.recipe.is_file():
+            raise CheckpointError(f"{self.root} is not a run folder (no {self.recipe.name})")
+        if not self.summary.is_file():
+            raise CheckpointError(f"{self.root} has not finished (no {self.summary.name}); rerun it first")
+
+
+@dataclass(frozen=True)
+class DenseCache:
+    """``RUNS/_dense/MODEL-DENSEHASH``: the checkpoints of one dense training, shared by runs."""
+
+    root: Path
+
+    @property
+    def dense(self) -> Path:
+        return self.root / DENSE
+
+    @property
+    def init(self) -> Path:
+        return self.root / "init"
+
+    def rewind(self, step: int) -> Path:
+        return self.root / f"rewind_{step}"
+
+
+def is_complete(folder: str | Path) -> bool:
+    """A checkpoint folder is complete once its state.json exists (it is written last)."""
+    return (Path(folder) / STATE).is_file()

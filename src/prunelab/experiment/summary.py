@@ -1,0 +1,66 @@
+"""summary.json: what a finished run reports, each figure saying over which parameters it is counted."""
+from __future__ import annotations
+
+from ..analysis import count_flops, count_params
+from ..export import compact_bytes
+from ..io import atomic_write_json, atomic_write_text, read_json
+from . import paths
+from .checkpoint import load_checkpoint
+from .context import RunContext
+from .stages import Stage
+
+
+def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
+    """Write the run's concatenated metrics.jsonl and summary.json (last); returns the summary."""
+    r = ctx.recipe
+    pruning = [s.name for s in stages if s.pruning]
+    states = {n: read_json(ctx.paths.stage(n) / paths.STATE) for n in pruning}
+    extra = {s.name: read_json(ctx.paths.stage(s.name) / paths.STATE) for s in stages if not s.pruning}
+    final = pruning[-1]
+    model = ctx.build_model()
+    masks, _ = load_checkpoint(ctx.paths.stage(final), model, restore_rng=False)
+    shape = ctx.data.input_shape
+    params = count_params(model)
+    flops = count_flops(model, shape, r.device)
+    dense_flops = count_flops(ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE)), shape, r.device)
+    summary = {
+        "recipe": r.name, "run_dir": str(ctx.paths.root), "seed": r.seed,
+        "method": r.prune.method if r.prune else None,
+        "dense_acc": states[paths.DENSE]["test_acc"] if r.train.epochs > 0 else None,  # None: sparse from scratch
+        "pruned_acc": states[final]["test_acc"] if r.prune else None,
+        "params_total": params["total"], "params_nonzero": params["nonzero"],
+        "compression_model": params["total"] / max(params["nonzero"], 1),
+        "flops_dense": dense_flops["dense"], "flops_nonzero": flops["nonzero"],
+        "wall_seconds": sum(s.get("seconds", 0.0) for s in states.values()),
+        "stages": [{"stage": n, "test_acc": s["test_acc"], "sparsity": s.get("sparsity", 0.0),
+                    "acc_before_retrain": s.get("acc_before_retrain"), "seconds": s["seconds"]}
+                   for n, s in states.items()],
+    }
+    summary["bytes_dense_file"] = (ctx.paths.stage(final) / paths.MODEL).stat().st_size
+    if masks is not None:
+        compact, formats = compact_bytes(model, masks)
+        summary.update(bytes_compact_file=compact, compact_formats=formats)
+        summary.update(prunable_params=masks.numel(), nonzero_prunable=masks.nonzero(),
+                       sparsity_prunable=masks.sparsity(), compression_prunable=masks.compression_ratio(),
+                       layers=masks.layer_stats())
+    if paths.SHRUNK in extra:
+        sh = extra[paths.SHRUNK]
+        summary["shrunk"] = {"params": sh["params"], "flops": sh["flops"], "bytes_file": sh["bytes"],
+                             "test_acc": sh["test_acc"], "changed_modules": sh["changed_modules"]}
+    summary["controls"] = {kind: {k: v for k, v in s.items() if k not in ("rng", "optimizer")}
+                           for n, s in extra.items() if (kind := paths.control_kind(n)) is not None}
+    lines = []
+    for s in stages:
+        p = ctx.paths.stage_metrics(s.name)
+        if p.exists():
+            lines += p.read_text(encoding="utf-8").splitlines()
+    atomic_write_text(ctx.paths.metrics, "".join(line + "\n" for line in lines))
+    atomic_write_json(ctx.paths.summary, summary)
+    return summary
+
+
+def load_summary(run_dir) -> dict:
+    """summary.json of a finished run (CheckpointError when missing or corrupt)."""
+    from pathlib import Path
+
+    return read_json(paths.RunPaths(Path(run_dir)).summary)
