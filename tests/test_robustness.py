@@ -74,6 +74,10 @@ def test_accuracy_under_attack_is_monotone_on_a_trained_model():
     clean = accuracy_under_attack(model, loader, "none", 0.0, MEAN, STD)
     accs = [accuracy_under_attack(model, loader, "pgd", e, MEAN, STD, steps=10) for e in (0.01, 0.05, 0.2)]
     assert clean > 0.9 and clean >= accs[0] >= accs[1] >= accs[2] and accs[2] < 0.2
-    assert accuracy_under_attack(model, loader, "fgsm", 0.05, MEAN, STD, samples=100) <= 1.0
+    # samples=100 attacks exactly the first 100 samples, in loader order
+    first_100 = [(_norm(x[:64]), y[:64]), (_norm(x[64:100]), y[64:100])]
+    fgsm_100 = accuracy_under_attack(model, loader, "fgsm", 0.05, MEAN, STD, samples=100)
+    assert fgsm_100 == accuracy_under_attack(model, first_100, "fgsm", 0.05, MEAN, STD)
+    assert fgsm_100 != accuracy_under_attack(model, loader, "fgsm", 0.05, MEAN, STD)
     with pytest.raises(ValueError):
         accuracy_under_attack(model, loader, "cw", 0.1, MEAN, STD)

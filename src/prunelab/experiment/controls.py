@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,7 +44,7 @@ class Shrunk(Stage):
     """Shrink the final pruned model (stage ``final``), verify it, save it with its width manifest."""
 
     final: str = paths.DENSE
-    name: str = paths.SHRUNK
+    name: str = field(default=paths.SHRUNK, init=False)
 
     def inputs(self, ctx: RunContext) -> list[Path]:
         return [ctx.paths.stage(self.final)]
@@ -126,7 +126,7 @@ class Control(Stage):
 
     kind: str = "scratch_e"
     final: str = paths.DENSE
-    name: str = ""
+    name: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         if self.kind not in CONTROLS:
@@ -170,5 +170,12 @@ class Control(Stage):
         ctx.log(f"stage {self.name}: accuracy {acc:.4f} after {cfg.epochs} epochs")
 
 
+def _control_kind(kind: str):
+    def build(final: str = paths.DENSE) -> Control:
+        return Control(kind=kind, final=final)
+    build.__doc__ = f"The {kind} control on the masks of stage ``final``."
+    return build
+
+
 for _kind in CONTROLS:  # each control is a stage kind of its own name
-    STAGES.register(_kind)(lambda final, _kind=_kind: Control(kind=_kind, final=final))
+    STAGES.register(_kind)(_control_kind(_kind))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -58,7 +58,7 @@ class Dense(Stage):
     rewinding, its weights after ``rewind_step`` steps. Shared through the runs folder's dense cache."""
 
     rewind_step: int = 0
-    name: str = paths.DENSE
+    name: str = field(default=paths.DENSE, init=False)
     pruning: ClassVar[bool] = True
 
     def _kept(self, root) -> list[Path]:
@@ -126,6 +126,8 @@ class Round(_Pruning):
     index: int = 1
 
     def __post_init__(self) -> None:
+        if not isinstance(self.index, int) or self.index < 1:
+            raise ConfigError(f"a round's index counts from 1, got {self.index!r}")
         self.name = paths.round_stage(self.index)
 
     def run(self, ctx: RunContext) -> None:
@@ -153,8 +155,8 @@ class Round(_Pruning):
 class Gradual(_Pruning):
     """One stage that prunes on the cubic schedule while it trains (masks frozen after the schedule's end)."""
 
-    name: str = paths.GRADUAL
-    final: bool = True
+    name: str = field(default=paths.GRADUAL, init=False)
+    final: bool = field(default=True, init=False)
 
     def run(self, ctx: RunContext) -> None:
         t0 = time.perf_counter()
