@@ -1,0 +1,152 @@
+"""The command handlers: each turns parsed arguments into a call of the library and hands the result to a
+renderer (:mod:`prunelab.cli.render`). User mistakes raise PrunelabError; :func:`prunelab.cli.main` turns them
+into one line and exit status 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from .render import console, print_attack, print_bench, print_plan, print_summary
+
+
+def runs_root(args: argparse.Namespace) -> str:
+    """Where run folders go: --runs-dir, else $PRUNELAB_RUNS, else ./runs."""
+    return args.runs_dir or os.environ.get("PRUNELAB_RUNS") or "runs"
+
+
+def data_overrides(args: argparse.Namespace) -> list[str]:
+    """--data-root as a recipe override."""
+    return [f"data.root={args.data_root}"] if args.data_root else []
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..experiment import Runner, load_recipe, run_dir_for
+
+    recipe_arg, overrides = args.recipe, list(args.overrides)
+    if recipe_arg is not None and "=" in recipe_arg:  # `prunelab run train.epochs=2` runs the quickstart
+        overrides.insert(0, recipe_arg)
+        recipe_arg = None
+    recipe = load_recipe(recipe_arg, overrides + data_overrides(args))
+    from ..experiment.distributed import init_from_env
+
+    info = init_from_env(recipe.device)  # torchrun: one process per rank, rank 0 writes and prints
+    run_dir = run_dir_for(recipe, runs_root(args))
+    con = console()
+    if info.main:
+        where = f" ({info.world} processes)" if info.world > 1 else ""
+        con.print(f"[bold]{recipe.name}[/]: {recipe.description or ''}\nrun folder: {run_dir}{where}")
+    runner = Runner(recipe, run_dir, progress=not args.no_progress and sys.stderr.isatty(),
+                    log=lambda s: con.print(s), stop_after=args.stop_after)
+    try:
+        if args.dry_run:
+            if info.world > 1:
+                raise ConfigError("--dry-run runs in one process; start it without torchrun")
+            print_plan(runner.dry_run(), con)
+            return 0
+        summary = runner.run()
+        if summary and info.main:
+            print_summary(summary, con, layers=False)
+    finally:
+        if info.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..experiment import builtin_recipes
+
+    for name, path in sorted(builtin_recipes().items()):
+        desc = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description", "")
+        print(f"{name:34s} {desc}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ..experiment import load_summary
+
+    print_summary(load_summary(args.run_dir), console(), layers=True)
+    return 0
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from ..attack import attack_run
+    from ..errors import ConfigError
+
+    try:
+        eps = [float(e) for e in args.eps.split(",")]
+    except ValueError:
+        raise ConfigError(f"--eps must be comma-separated numbers, got {args.eps!r}") from None
+    out = attack_run(args.run_dir, eps, args.attacks.split(","), args.samples or None, args.steps, args.step_size,
+                     args.dense_run)
+    print_attack(out, console())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..experiment.compare import compare_runs, table_lines, write_table
+
+    rows = compare_runs(args.run_dirs)
+    lines, _ = table_lines(rows)
+    print("Top-1 accuracy %, mean +- std over seeds.\n")
+    print("\n".join(lines))
+    if args.out:
+        from ..experiment.mask_report import mask_report
+
+        for path in write_table(rows, args.out):
+            print(f"wrote {path}")
+        sim = mask_report(args.run_dirs, args.out)
+        if sim:
+            print("\nJaccard similarity of final masks (mean over pairs of runs), against random masks:\n")
+            print("\n".join(sim))
+            print(f"\nwrote jaccard, similarity, accuracy, structure and stability tables and figures to {args.out}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..experiment.sweep import commands, plan, run_sweep, table
+
+    root, fixed = runs_root(args), list(args.set or []) + data_overrides(args)
+    points = plan(args.recipe, list(args.grid or []), args.seeds, root, fixed)
+    if args.print_commands:
+        print("\n".join(commands(args.recipe, points, root)))
+        return 0
+    rows = run_sweep(args.recipe, points, root, args.jobs, threads=args.threads)
+    print("\n".join(table(rows)))
+    return 1 if any(r["status"].startswith("failed") for r in rows) else 0
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from ..experiment.curve import curve_points, parse_baselines, parse_compressions, run_curve, write_curve
+
+    root, fixed = runs_root(args), list(args.set or []) + data_overrides(args)
+    points = curve_points(args.recipe, parse_compressions(args.compressions), parse_baselines(args.baseline),
+                          args.seeds, root, fixed)
+    rows = run_curve(args.recipe, points, root, args.jobs, threads=args.threads)
+    out = args.out or str(Path(root) / f"curve_{args.recipe}")
+    command = "prunelab " + " ".join(shlex.quote(a) for a in args.argv)
+    print("\n".join(write_curve(rows, out, f"{args.recipe}: accuracy against compression", command)))
+    print(f"\nwrote {out}.md, {out}.csv and {out}.png")
+    return 0 if len(rows) == len(points) else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..export.artifacts import export_run
+
+    path = export_run(args.run_dir, args.format, args.out)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ..export.artifacts import bench_run
+
+    print_bench(bench_run(args.run_dir, args.repeats), args.run_dir, args.repeats, console())
+    return 0

@@ -1,0 +1,116 @@
+"""The command line's rich tables: a run's summary, a dry run's plan, attack and bench results.
+
+Renderers take plain data (what the handlers computed) and a console; they compute nothing themselves.
+"""
+from __future__ import annotations
+
+
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def print_plan(plan: dict, con) -> None:
+    """The per-layer decision of a dry run: units (output rows) kept and weight density."""
+    from rich.table import Table
+
+    t = Table(title=f"dry run: {plan['method']} -> sparsity {plan['sparsity']:.4f} over prunable weights "
+                    f"({plan['compression_prunable']:.2f}x), before any retraining")
+    for col in ("layer", "shape", "units kept", "density"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for row in plan["layers"]:
+        units = row["shape"][0]
+        kept = round(units * (1 - row["filter_sparsity"]))
+        t.add_row(row["name"], "x".join(map(str, row["shape"])), f"{kept}/{units}", f"{1 - row['sparsity']:.4f}")
+    con.print(t)
+
+
+def print_attack(out: dict, con) -> None:
+    """Accuracy under each attack and radius, one row per model."""
+    from rich.table import Table
+
+    t = Table(title=f"accuracy under attack ({out['samples'] or 'all'} test samples, PGD {out['steps']} steps)")
+    cols = list(out["results"][0])
+    for c in cols:
+        t.add_column(c)
+    for row in out["results"]:
+        t.add_row(*[row[c] if isinstance(row[c], str) else f"{row[c]:.4f}" for c in cols])
+    con.print(t)
+
+
+def print_bench(out: dict, run_dir: str, repeats: int, con) -> None:
+    """Bytes, FLOPs and latency of a run's artifacts, then the diagnoses where a speedup falls short."""
+    from rich.table import Table
+
+    t = Table(title=f"artifacts of {run_dir}: CPU, 1 thread, median of {repeats} runs after warm-up")
+    for col in ("artifact", "bytes", "nonzero params", "FLOPs", "FLOP reduction", "b=1 ms", "speedup b=1",
+                "b=64 ms", "speedup b=64"):
+        t.add_column(col, justify="left" if col == "artifact" else "right")
+    notes = []
+    for r in out["rows"]:
+        t.add_row(r["artifact"], f"{r['bytes']:,}", f"{r['params_nonzero']:,}", f"{r['flops']:,}",
+                  f"{r['flop_reduction']:.2f}x", f"{r['latency_ms_b1']:.3f}", f"{r['speedup_b1']:.2f}x",
+                  f"{r['latency_ms_b64']:.2f}", f"{r['speedup_b64']:.2f}x")
+        for b in (1, 64):
+            if r[f"diagnosis_b{b}"]:
+                notes.append(f"{r['artifact']}, batch {b}: {r[f'diagnosis_b{b}']}")
+    con.print(t)
+    for n in dict.fromkeys(notes):
+        con.print(f"- {n}")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def print_summary(s: dict, con, layers: bool = True) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{s['recipe']} (seed {s['seed']})", show_header=False)
+    rows = [("dense accuracy", _fmt(s["dense_acc"]) if s["dense_acc"] is not None else "- (sparse from scratch)"), ("pruned accuracy", _fmt(s.get("pruned_acc")))]
+    if "sparsity_prunable" in s:
+        rows += [("sparsity over prunable weights", f"{s['sparsity_prunable']:.4f}"),
+                 ("compression over prunable weights",
+                  f"{s['compression_prunable']:.2f}x ({s['prunable_params']:,} -> {s['nonzero_prunable']:,})")]
+    rows += [("compression over all parameters",
+              f"{s['compression_model']:.2f}x ({s['params_total']:,} -> {s['params_nonzero']:,})"),
+             ("FLOPs (multiply-accumulates)",
+              f"{s['flops_dense']:,} -> {s['flops_nonzero']:,} ({s['flops_dense'] / max(s['flops_nonzero'], 1):.2f}x fewer)"),
+             ("wall time", f"{s['wall_seconds']:.1f} s")]
+    if s.get("bytes_compact_file"):
+        rows.append(("bytes on disk: dense -> compact",
+                     f"{s['bytes_dense_file']:,} -> {s['bytes_compact_file']:,} "
+                     f"({s['bytes_dense_file'] / s['bytes_compact_file']:.2f}x smaller; "
+                     f"formats: {', '.join(sorted(set(s['compact_formats'].values())))})"))
+    sh = s.get("shrunk")
+    if sh:
+        rows.append(("shrunk model (channels removed)",
+                     f"{sh['params']:,} parameters, {sh['flops']:,} FLOPs, {sh['bytes_file']:,} bytes, "
+                     f"accuracy {sh['test_acc']:.4f}"))
+    for name, c in (s.get("controls") or {}).items():
+        rows.append((f"control {name}", f"accuracy {c['test_acc']:.4f} after {c['epochs']} epochs"))
+    for k, v in rows:
+        t.add_row(k, v)
+    con.print(t)
+    if layers and s.get("layers"):
+        lt = Table(title="per-layer sparsity")
+        for col in ("layer", "shape", "nonzero", "sparsity", "filter", "input ch.", "kernel"):
+            lt.add_column(col, justify="right" if col != "layer" else "left", no_wrap=True)
+        for row in s["layers"]:
+            lt.add_row(row["name"], "x".join(map(str, row["shape"])), f"{row['nonzero']:,}/{row['numel']:,}",
+                       _fmt(row["sparsity"]), _fmt(row["filter_sparsity"]), _fmt(row["input_channel_sparsity"]),
+                       _fmt(row["kernel_sparsity"]))
+        con.print(lt)
+    if layers and s.get("stages"):
+        st = Table(title="stages")
+        for col in ("stage", "sparsity", "acc. before retrain", "test acc.", "seconds"):
+            st.add_column(col)
+        for row in s["stages"]:
+            st.add_row(row["stage"], _fmt(row["sparsity"]), _fmt(row["acc_before_retrain"]), _fmt(row["test_acc"]),
+                       f"{row['seconds']:.1f}")
+        con.print(st)
