@@ -37,6 +37,8 @@ GRADUAL = "gradual"
 SHRUNK = "shrunk"
 _ROUND = "round_"
 _CONTROL = "control_"
+_INIT = "init"
+_REWIND = "rewind_"
 
 #: Extension of each ``prunelab export`` format's default file name (``export/model.EXT``).
 EXPORT_EXTENSIONS = {"dense": "safetensors", "sparse": "sparse.safetensors", "shrunk": "shrunk.safetensors",
@@ -85,10 +87,10 @@ class RunPaths:
 
     @property
     def init(self) -> Path:
-        return self.root / "init"
+        return self.root / _INIT
 
     def rewind(self, step: int) -> Path:
-        return self.root / f"rewind_{step}"
+        return self.root / f"{_REWIND}{step}"
 
     def stage(self, name: str) -> Path:
         return self.root / "stages" / name
@@ -127,10 +129,10 @@ class DenseCache:
 
     @property
     def init(self) -> Path:
-        return self.root / "init"
+        return self.root / _INIT
 
     def rewind(self, step: int) -> Path:
-        return self.root / f"rewind_{step}"
+        return self.root / f"{_REWIND}{step}"
 
 
 def is_complete(folder: str | Path) -> bool:
