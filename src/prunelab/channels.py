@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .inputs import Inputs, call, tensors
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
@@ -39,7 +40,7 @@ class ChannelGraph:
     registration order (the classifier, whose outputs are the classes).
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Tensor, ignored: list[str] | None = None) -> None:
+    def __init__(self, model: nn.Module, example_inputs: Inputs, ignored: list[str] | None = None) -> None:
         import torch_pruning as tp
 
         self.model = model
@@ -56,7 +57,9 @@ class ChannelGraph:
         was = model.training
         model.eval()
         try:
-            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+            # the inputs as the user has them (a tensor, a tuple, a dict of token ids ...) and every output tensor
+            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, forward_fn=call,
+                                                            output_transform=tensors, verbose=False)
         except Exception as exc:  # tracing failures come from user models; name the cause in one line
             raise ConfigError(f"could not trace the model's channel dependencies: {exc}") from None
         finally:

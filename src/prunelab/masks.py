@@ -85,14 +85,17 @@ class Masks(Mapping[str, Tensor]):
         nz = self.nonzero()
         return self.numel() / nz if nz else float("inf")
 
-    def layer_stats(self) -> list[dict]:
-        """One row per tensor: shape, counts, density and structured sparsities (see :func:`structure`)."""
+    def layer_stats(self, layouts: Mapping | None = None) -> list[dict]:
+        """One row per tensor: shape, counts, density and structured sparsities (see :func:`structure`), the
+        latter over each tensor's (out, in, *kernel) view when its target layout is given (a transposed
+        Hugging Face Conv1D reports its output rows as filters, as a Linear does)."""
         rows = []
         for name, m in self._m.items():
             nz = int(torch.count_nonzero(m))
             row = {"name": name, "shape": list(m.shape), "numel": m.numel(), "nonzero": nz,
                    "density": nz / m.numel(), "sparsity": 1 - nz / m.numel()}
-            row.update(structure(m))
+            layout = (layouts or {}).get(name)
+            row.update(structure(layout.canonical(m) if layout is not None else m))
             rows.append(row)
         return rows
 
@@ -117,8 +120,9 @@ class Masks(Mapping[str, Tensor]):
 
     # -- application ----------------------------------------------------------------------------
     def apply(self, model: nn.Module) -> None:
-        """Zero the pruned entries of the model's parameters in place."""
-        params = dict(model.named_parameters())
+        """Zero the pruned entries of the model's parameters in place; a mask may name any alias of a tied
+        weight."""
+        params = dict(model.named_parameters(remove_duplicate=False))
         missing = [n for n in self if n not in params]
         if missing:
             raise CheckpointError(f"the model has no parameter(s) {', '.join(missing)} named by the masks")

@@ -32,7 +32,7 @@ from .methods import Method, build_method
 from .methods.base import PruneView
 from .registry import check_fraction
 from .schedules import SCHEDULES, Schedule
-from .targets import Targets, build_targets
+from .targets import Layout, Targets, accounting, build_targets
 from .topk import all_true
 
 
@@ -78,10 +78,23 @@ class Pruner:
             raise ConfigError(f"this N:M pattern fixes sparsity at {1 - gran.fixed_density:g}; "
                               f"got sparsity={self.schedule.sparsity:g}")
         self.seed = int(seed)
-        self.params: dict[str, nn.Parameter] = build_targets(
-            targets if targets is not None else self.method.default_targets).resolve(model)
-        for name, p in self.params.items():
-            gran.check(name, tuple(p.shape))
+        self.params: dict[str, nn.Parameter] = {}
+        self.layouts: dict[str, Layout] = {}  # how each target maps to (out, in, *kernel)
+        self.skipped: dict[str, str] = {}  # targets the granularity cannot apply to, with the reason
+        spec = build_targets(targets if targets is not None else self.method.default_targets)
+        found = spec.find(model)
+        for t in found:
+            try:
+                gran.check(t.name, t.layout.canonical_shape(tuple(t.param.shape)))
+            except ConfigError as exc:
+                if spec.incompatible == "error":
+                    raise
+                self.skipped[t.name] = str(exc)
+                continue
+            self.params[t.name], self.layouts[t.name] = t.param, t.layout
+        if not self.params:
+            raise ConfigError(f"the granularity fits none of the {len(found)} target weights; for example: "
+                              f"{next(iter(self.skipped.values()))}")
         self.masks = Masks.dense(self.params)
         self.channels: ChannelGraph | None = None
         if self.method.channels:
@@ -178,7 +191,7 @@ class Pruner:
         return self.masks
 
     def _view(self) -> PruneView:
-        return PruneView(self.model, self.params, self.masks, self.channels)
+        return PruneView(self.model, self.params, self.masks, self.channels, self.layouts)
 
     def _set_values(self, values: dict[str, tuple[Tensor, Tensor]]) -> None:
         """Weights a method's after_prune sets (e.g. revived weights restarting at their pruned value)."""
@@ -207,14 +220,16 @@ class Pruner:
         alloc = m.allocation_
         layers, views = [], {}
         for name, p in self.params.items():
+            layout = self.layouts[name]  # granularities see every weight as (out, in, *kernel)
+            shape = layout.canonical_shape(tuple(p.shape))
             with torch.no_grad():
-                gs = gran.group_scores(scores.pop(name).float())
-                alive = gran.alive(masks[name])
+                gs = gran.group_scores(layout.canonical(scores.pop(name)).float())
+                alive = gran.alive(layout.canonical(masks[name]))
                 if name not in dense:
                     gs.masked_fill_(~alive, float("-inf"))  # scores are ours: fill in place, no copy
             views[name] = (gs, alive)
             b, g = gs.shape
-            layers.append(LayerGroups(name, tuple(p.shape), b, g, gran.group_size(tuple(p.shape)),
+            layers.append(LayerGroups(name, shape, b, g, gran.group_size(shape),
                                       gran.per_block, gs if alloc.needs_scores else None))
         keep = alloc.keep_counts(layers, sparsity, final_sparsity)
         new = {}
@@ -222,7 +237,7 @@ class Pruner:
             gs, alive = views.pop(layer.name)
             layer.scores = None  # free each tensor's scores as soon as it is selected
             sel = m.selector_.select(gs, alive, keep[layer.name], gran.per_block, ctx, layer.name, layer.threshold)
-            mask = gran.expand(sel, layer.shape)
+            mask = self.layouts[layer.name].stored(gran.expand(sel, layer.shape))
             if not m.selector_.revives and layer.name not in dense:
                 mask = mask & masks[layer.name]
             new[layer.name] = mask.contiguous()
@@ -271,11 +286,19 @@ class Pruner:
 
     # -- reporting and state --------------------------------------------------------------------
     def summary(self) -> dict:
-        """Method, step, overall sparsity/density/compression over prunable weights, and per-layer rows."""
+        """Method, step, sparsity/density/compression over the prunable weights, per-layer rows, and the same
+        over every weight matrix of the model (``all_weights``), with the matrices that are not pruned listed
+        (``untargeted``; ``skipped`` when the granularity could not apply to them)."""
         return {"method": self.method.describe(), "step": self.step_count, "events": self.events,
                 "prunable_params": self.masks.numel(), "nonzero_prunable": self.masks.nonzero(),
                 "sparsity": self.masks.sparsity(), "density": self.masks.density(),
-                "compression_prunable": self.masks.compression_ratio(), "layers": self.masks.layer_stats()}
+                "compression_prunable": self.masks.compression_ratio(),
+                "layers": self.masks.layer_stats(self.layouts), **self.accounting()}
+
+    def accounting(self) -> dict:
+        """:func:`prunelab.targets.accounting` of the current masks, plus ``skipped``: the targets the
+        granularity could not apply to, with the reason."""
+        return {**accounting(self.model, self.masks), "skipped": dict(self.skipped)}
 
     def state(self) -> dict:
         """Counters to store beside the masks in a checkpoint (JSON-serialisable)."""

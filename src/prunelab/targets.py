@@ -1,66 +1,178 @@
-"""Targets: which parameters may be pruned.
+"""Targets: which weight tensors may be pruned, and how each is laid out.
 
-By default the weights of every Conv and Linear layer; include/exclude by glob over parameter names
-(``features.*.weight``) or by module type name, with options to keep the first and the last matched layer
-dense (in module registration order, which for sequential models is execution order).
+A target is chosen by what its module *is* (``isinstance``, through the class hierarchy, so subclasses such as
+attention's ``NonDynamicallyQuantizableLinear`` count), not by an exact class name. By default every weight
+matrix of:
+
+- ``Conv1d/2d/3d`` and ``Linear`` (and subclasses): ``weight``;
+- ``MultiheadAttention``: ``in_proj_weight`` (or ``q/k/v_proj_weight``); its ``out_proj`` is a Linear;
+- ``RNN/LSTM/GRU`` (``RNNBase``): every ``weight_ih_l*``, ``weight_hh_l*`` (and ``weight_hr_l*``);
+- Hugging Face ``Conv1D`` (GPT-2's layers; matched by name, transformers is never imported): ``weight``,
+  stored transposed as (in, out).
+
+``Embedding`` tables, and any weight tied to one (a language model's output layer sharing the token
+embedding), are targets only with ``embeddings=True``. ``ConvTranspose`` weights are targets when their class
+is named in ``module_types``. A weight shared by several modules is one target, named as
+``model.named_parameters()`` names it (its first alias).
+
+Every target has a :class:`Layout` that maps its storage to the engine's (out, in, *kernel) convention, so a
+granularity means the same on a transposed ``Conv1D`` as on a ``Linear``.
 """
 from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
+from typing import Iterator
 
-from torch import nn
+from torch import Tensor, nn
 
 from .errors import ConfigError
 
-DEFAULT_TYPES = ["Conv1d", "Conv2d", "Conv3d", "Linear"]
+DEFAULT_TYPES = ["Conv1d", "Conv2d", "Conv3d", "Linear", "MultiheadAttention", "RNNBase", "Conv1D"]
+_GATES = {"LSTM": 4, "GRU": 3}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a stored weight maps to (out, in, *kernel): ``transposed`` when stored (in, out, ...) (HF ``Conv1D``,
+    ``ConvTranspose``); ``blocks`` stacked row blocks (LSTM gates 4, GRU 3, attention q/k/v 3); ``kind`` says
+    what the weight is, for reports."""
+
+    kind: str = "linear"
+    transposed: bool = False
+    blocks: int = 1
+
+    def canonical(self, t: Tensor) -> Tensor:
+        """A view of ``t`` (the weight, its scores or its mask) as (out, in, *kernel)."""
+        return t.transpose(0, 1) if self.transposed else t
+
+    def stored(self, t: Tensor) -> Tensor:
+        """The inverse of :meth:`canonical`: a canonical tensor back in the weight's storage layout."""
+        return t.transpose(0, 1) if self.transposed else t
+
+    def canonical_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (shape[1], shape[0], *shape[2:]) if self.transposed else tuple(shape)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One prunable weight: its name (the first alias), the parameter, its layout, and every alias."""
+
+    name: str
+    param: nn.Parameter
+    layout: Layout
+    aliases: tuple[str, ...] = ()
+
+
+def _is(module: nn.Module, names: list[str]) -> bool:
+    """True when the module's class or one of its bases is named in ``names`` (subclasses count)."""
+    return any(cls.__name__ in names for cls in type(module).__mro__)
+
+
+def _weights(module: nn.Module) -> Iterator[tuple[str, Layout]]:
+    """The weight matrices a module owns directly: (attribute name, layout)."""
+    cls = type(module).__name__
+    if isinstance(module, nn.MultiheadAttention):
+        for attr in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            yield attr, Layout("attention", blocks=3 if attr == "in_proj_weight" else 1)
+    elif isinstance(module, nn.RNNBase):
+        gates = next((g for name, g in _GATES.items() if _is(module, [name])), 1)
+        for attr, _ in module.named_parameters(recurse=False):
+            if attr.startswith("weight_"):
+                yield attr, Layout("recurrent", blocks=1 if attr.startswith("weight_hr") else gates)
+    elif isinstance(module, nn.modules.conv._ConvTransposeNd):
+        yield "weight", Layout("conv_transpose", transposed=True)
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        yield "weight", Layout("conv")
+    elif isinstance(module, nn.Embedding):
+        yield "weight", Layout("embedding")
+    elif cls == "Conv1D" and type(module).__module__.startswith("transformers"):
+        yield "weight", Layout("linear", transposed=True)  # Hugging Face Conv1D: y = x @ W + b, W is (in, out)
+    else:
+        yield "weight", Layout("linear")
 
 
 @dataclass
 class Targets:
-    """Selects prunable weight tensors of a model.
+    """Selects the prunable weight tensors of a model.
 
-    include / exclude: glob patterns over parameter names; a parameter must match some ``include``
-    pattern and no ``exclude`` pattern. module_types: class names of modules whose ``weight`` may be
-    pruned. keep_first_dense / keep_last_dense: drop the first / last of the matched layers.
+    include / exclude: glob patterns over parameter names; a weight must match some ``include`` pattern and no
+    ``exclude`` pattern. module_types: class names (a module matches when its class or a base class has one of
+    these names) whose weights may be pruned. embeddings: also prune ``Embedding`` tables and weights tied to
+    them. keep_first_dense / keep_last_dense: drop the first / last of the matched weights (registration
+    order). incompatible: what to do with a weight the granularity cannot apply to (N:M on 3 input channels):
+    ``"skip"`` it, named in the summary, or ``"error"``.
     """
 
     include: list[str] = field(default_factory=lambda: ["*"])
     exclude: list[str] = field(default_factory=list)
     module_types: list[str] = field(default_factory=lambda: list(DEFAULT_TYPES))
+    embeddings: bool = False
     keep_first_dense: bool = False
     keep_last_dense: bool = False
+    incompatible: str = "skip"
+
+    def __post_init__(self) -> None:
+        if self.incompatible not in ("skip", "error"):
+            raise ConfigError(f"targets incompatible must be 'skip' or 'error', got {self.incompatible!r}")
+
+    def find(self, model: nn.Module) -> list[Target]:
+        """The prunable weights in registration order; ConfigError when nothing matches, so a typo in a pattern
+        cannot silently prune nothing."""
+        aliases: dict[int, list[str]] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(p), []).append(name)
+        embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        types = self.module_types + (["Embedding"] if self.embeddings else [])
+        found: dict[int, Target] = {}
+        for module in model.modules():
+            if not _is(module, types):
+                continue
+            for attr, layout in _weights(module):
+                w = getattr(module, attr, None)
+                if not isinstance(w, nn.Parameter) or w.dim() < 2 or id(w) in found:
+                    continue
+                if id(w) in embedded and not self.embeddings:
+                    continue  # a weight tied to an embedding table is one (e.g. GPT-2's lm_head)
+                names = aliases[id(w)]
+                if not any(fnmatch.fnmatchcase(n, p) for n in names for p in self.include):
+                    continue
+                if any(fnmatch.fnmatchcase(n, p) for n in names for p in self.exclude):
+                    continue
+                found[id(w)] = Target(names[0], w, layout, tuple(names))
+        targets = list(found.values())
+        if self.keep_last_dense and len(targets) > 1:
+            targets.pop()
+        if self.keep_first_dense and targets:
+            targets.pop(0)
+        if not targets:
+            raise ConfigError(
+                f"no prunable weights matched (include={self.include}, exclude={self.exclude}, "
+                f"module_types={self.module_types}, embeddings={self.embeddings})")
+        return targets
 
     def resolve(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        """The prunable parameters, ``{name: parameter}``, in registration order.
+        """``{name: parameter}`` of :meth:`find`."""
+        return {t.name: t.param for t in self.find(model)}
 
-        Raises ConfigError when nothing matches, so a typo in a pattern cannot silently prune nothing.
-        """
-        found: dict[str, nn.Parameter] = {}
-        seen: set[int] = set()
-        for mod_name, module in model.named_modules():
-            if type(module).__name__ not in self.module_types:
-                continue
-            weight = getattr(module, "weight", None)
-            if not isinstance(weight, nn.Parameter) or id(weight) in seen:
-                continue
-            name = f"{mod_name}.weight" if mod_name else "weight"
-            if not any(fnmatch.fnmatchcase(name, p) for p in self.include):
-                continue
-            if any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
-                continue
-            seen.add(id(weight))
-            found[name] = weight
-        names = list(found)
-        if self.keep_first_dense and names:
-            found.pop(names[0])
-        if self.keep_last_dense and len(names) > 1:
-            found.pop(names[-1])
-        if not found:
-            raise ConfigError(
-                f"no prunable parameters matched (include={self.include}, exclude={self.exclude}, "
-                f"module_types={self.module_types})")
-        return found
+
+def weight_matrices(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every parameter with two or more dimensions, once per tensor (first alias): what a user counts as the
+    model's weights when asking how sparse it is."""
+    return {n: p for n, p in model.named_parameters() if p.dim() >= 2}
+
+
+def accounting(model: nn.Module, masks) -> dict:
+    """What the masks do to every weight matrix of ``model``: ``all_weights`` (params, nonzero and sparsity over
+    all of them, untargeted ones counted as they are) and ``untargeted`` (name, shape, numel of each matrix the
+    masks do not cover), so a sparsity over prunable weights never hides weights nobody looked at."""
+    import torch
+
+    untargeted = {n: p for n, p in weight_matrices(model).items() if n not in masks}
+    total = masks.numel() + sum(p.numel() for p in untargeted.values())
+    nonzero = masks.nonzero() + sum(int(torch.count_nonzero(p)) for p in untargeted.values())
+    return {"all_weights": {"params": total, "nonzero": nonzero, "sparsity": 1 - nonzero / max(total, 1)},
+            "untargeted": [{"name": n, "shape": list(p.shape), "numel": p.numel()} for n, p in untargeted.items()]}
 
 
 def build_targets(spec: "Targets | dict | None") -> Targets:

@@ -77,6 +77,12 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
         rows += [("sparsity over prunable weights", f"{s['sparsity_prunable']:.4f}"),
                  ("compression over prunable weights",
                   f"{s['compression_prunable']:.2f}x ({s['prunable_params']:,} -> {s['nonzero_prunable']:,})")]
+    if "all_weights" in s:
+        a, left = s["all_weights"], s.get("untargeted") or []
+        rows.append(("sparsity over all weight matrices", f"{a['sparsity']:.4f} ({a['params']:,} -> {a['nonzero']:,})"))
+        if left:
+            names = ", ".join(r["name"] for r in left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+            rows.append(("weight matrices not pruned", f"{len(left)} ({sum(r['numel'] for r in left):,} weights): {names}"))
     rows += [("compression over all parameters",
               f"{s['compression_model']:.2f}x ({s['params_total']:,} -> {s['params_nonzero']:,})"),
              ("FLOPs (multiply-accumulates)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..analysis import count_flops, count_params
 from ..export import compact_bytes
 from ..io import atomic_write_json, atomic_write_text, read_json
+from ..targets import accounting
 from . import paths
 from .checkpoint import load_checkpoint
 from .context import RunContext
@@ -42,7 +43,7 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
         summary.update(bytes_compact_file=compact, compact_formats=formats)
         summary.update(prunable_params=masks.numel(), nonzero_prunable=masks.nonzero(),
                        sparsity_prunable=masks.sparsity(), compression_prunable=masks.compression_ratio(),
-                       layers=masks.layer_stats())
+                       layers=masks.layer_stats(), **accounting(model, masks))
     if paths.SHRUNK in extra:
         sh = extra[paths.SHRUNK]
         summary["shrunk"] = {"params": sh["params"], "flops": sh["flops"], "bytes_file": sh["bytes"],

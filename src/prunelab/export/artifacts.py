@@ -24,6 +24,7 @@ from ..analysis import count_flops
 from ..errors import ConfigError
 from ..io import atomic_write_bytes
 from .compact import save_compact
+from .onnx import export_onnx
 from .shrink import load_shrunk
 from .sparse_linear import sparsify_linear
 
@@ -65,37 +66,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     else:
         src = _shrunk_file(ctx)
         net = load_shrunk(src)[0].eval() if src else model
-        export_onnx(net, tuple(ctx.data.input_shape), path)
+        export_onnx(net, ctx.example_inputs().expand(4, *ctx.data.input_shape).clone(), path)
     return path
-
-
-def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: str | Path, atol: float = 1e-4) -> float:
-    """Export ``model`` to ONNX (batch dimension dynamic) and check it under onnxruntime; returns the max abs
-    difference from PyTorch's outputs (ConfigError when above ``atol`` or when onnx is not installed)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ConfigError("ONNX export needs onnx and onnxruntime: pip install 'prunelab[onnx]'") from None
-    import io
-    import logging
-
-    model = model.eval()
-    x = torch.randn((4,) + tuple(input_shape), generator=torch.Generator().manual_seed(0))
-    buf = io.BytesIO()
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    prog = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False, report=False)
-    prog.save(buf)
-    data = buf.getvalue()
-    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        want = model(x).numpy()
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    diff = float(abs(got - want).max())
-    if not diff <= atol:
-        raise ConfigError(f"the ONNX model's outputs differ from PyTorch's by {diff:.3g} (> {atol:g}); not written")
-    atomic_write_bytes(path, data)
-    return diff
 
 
 def latency_ms(model: torch.nn.Module, input_shape, batch: int, repeats: int = 30, warmup: int = 5) -> float:

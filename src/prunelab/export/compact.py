@@ -9,7 +9,7 @@ Formats, chosen per tensor from the mask (the most compact that describes it exa
               count the values form a regular (kernels x count) array.
   ``csr``     instead of ``bitmask`` when smaller (very sparse tensors): row pointers (int32), column indices
               (int16 when the rows are short enough, else int32) and values, rows being output channels.
-Everything else in the state_dict is stored as is. The file is safetensors with a JSON manifest in its
+Everything else in the state_dict is stored as is; a tied tensor is stored once (its other names are aliases). The file is safetensors with a JSON manifest in its
 metadata, with a SHA-256 digest of every stored tensor; loading checks every shape, count and the digest,
 so a truncated, edited or tampered file is refused instead of silently giving other weights.
 """
@@ -118,10 +118,23 @@ def decode_tensor(parts: dict[str, Tensor], meta: dict) -> tuple[Tensor, Tensor]
 
 
 def _encode_model(model: nn.Module, masks: Masks) -> tuple[dict[str, Tensor], dict]:
+    """Every state_dict entry once: a tied weight (the same tensor under several names) is stored under its
+    first name, the others are manifest entries ``{"format": "alias", "of": first}``; its mask may be keyed by
+    any of its names."""
     tensors, manifest = {}, {}
-    for name, t in model.state_dict().items():
-        if name in masks:
-            parts, meta = encode_tensor(t, masks[name])
+    first: dict[int, str] = {}
+    state = model.state_dict(keep_vars=True)
+    names_of: dict[int, list[str]] = {}
+    for name, t in state.items():
+        names_of.setdefault(id(t), []).append(name)
+    for name, t in state.items():
+        if id(t) in first:
+            manifest[name] = {"format": "alias", "of": first[id(t)]}
+            continue
+        first[id(t)] = name
+        mask = next((masks[n] for n in names_of[id(t)] if n in masks), None)
+        if mask is not None:
+            parts, meta = encode_tensor(t, mask)
             for suffix, part in parts.items():
                 tensors[f"{name}::{suffix}"] = part
             manifest[name] = meta
@@ -139,7 +152,7 @@ def _serialize(model: nn.Module, masks: Masks) -> tuple[bytes, dict]:
 def compact_bytes(model: nn.Module, masks: Masks) -> tuple[int, dict[str, str]]:
     """Bytes of the compact file for this model and masks, and the format chosen per masked tensor."""
     data, manifest = _serialize(model, masks)
-    return len(data), {n: m["format"] for n, m in manifest.items()}
+    return len(data), {n: m["format"] for n, m in manifest.items() if m["format"] != "alias"}
 
 
 def save_compact(model: nn.Module, masks: Masks, path: str | Path) -> int:
@@ -157,9 +170,16 @@ def load_compact(path: str | Path) -> tuple[dict[str, Tensor], Masks]:
         if "::" not in key:
             state[key] = tensors[key]
     for name, entry in manifest.items():
+        if entry.get("format") == "alias":
+            continue
         parts = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{name}::")}
         try:
             state[name], masks[name] = decode_tensor(parts, entry)
         except (KeyError, RuntimeError, ValueError, IndexError):
             raise CheckpointError(f"{path}: tensor {name} is damaged") from None
+    for name, entry in manifest.items():  # tied weights: the same tensor under each of its names
+        if entry.get("format") == "alias":
+            if entry.get("of") not in state:
+                raise CheckpointError(f"{path}: {name} is an alias of a tensor the file does not hold")
+            state[name] = state[entry["of"]]
     return state, Masks(masks)

@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 from safetensors.torch import save as st_save
-from torch import Tensor, nn
+from torch import nn
 
 from ..channels import ChannelGraph
 from ..errors import CheckpointError, PrunelabError
+from ..inputs import Inputs, max_output_diff, random_like, to_double
 from ..io import atomic_write_bytes, read_tagged_safetensors
 
 FORMAT = "prunelab-shrunk/1"
@@ -33,43 +34,33 @@ class ShrinkError(PrunelabError):
     """The shrunk model does not compute what the masked model computes."""
 
 
-def _apply(model: nn.Module, masks, graph: ChannelGraph) -> None:
-    """Zero the pruned weights and their channel companions in ``model`` (a copy), in place."""
-    params = dict(model.named_parameters())
+def _apply(model: nn.Module, masks, graph: ChannelGraph | None = None) -> None:
+    """Zero the pruned weights (and, with ``graph``, their channel companions) of ``model`` in place; a mask may
+    name any alias of a tied weight."""
+    params = dict(model.named_parameters(remove_duplicate=False))
     with torch.no_grad():
         for name, m in masks.items():
             params[name].mul_(m.to(params[name].dtype))
-        for name, keep in graph.companion_masks(masks).items():
+        for name, keep in (graph.companion_masks(masks) if graph is not None else {}).items():
             params[name].mul_(keep.to(params[name].dtype))
 
 
-def max_output_diff(a: nn.Module, b: nn.Module, inputs: Tensor) -> float:
-    """Max abs difference of two models' outputs on ``inputs`` (both in eval mode)."""
-    wa, wb = a.training, b.training
-    a.eval(), b.eval()
-    with torch.no_grad():
-        d = (a(inputs) - b(inputs)).abs().max().item()
-    a.train(wa), b.train(wb)
-    return d
-
-
-def shrink(model: nn.Module, masks, example_inputs: Tensor, atol: float = 1e-5,
-           check_inputs: Tensor | None = None) -> tuple[nn.Module, dict[str, dict]]:
+def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
+           check_inputs: Inputs | None = None) -> tuple[nn.Module, dict[str, dict]]:
     """A smaller copy of ``model`` without the channels the masks remove, and its width changes.
 
-    ``model`` itself is not changed. Returns ``(shrunk, widths)`` where widths maps module names to their
-    new sizes (see the module docstring). Raises ShrinkError when the outputs differ by more than ``atol``
-    (for instance when a removed channel still has a BatchNorm shift that the masked model kept).
+    ``example_inputs`` are the model's inputs as it takes them: a tensor, a tuple of positional inputs or a
+    dict of keyword inputs (token ids included). ``model`` itself is not changed. Returns ``(shrunk, widths)``
+    where widths maps module names to their new sizes (see the module docstring). The outputs are compared on
+    ``example_inputs`` and on random inputs like them (floats N(0, 1), integers over the example's range), in
+    float64; ShrinkError when they differ by more than ``atol`` (for instance when a removed channel still
+    has a BatchNorm shift that the masked model kept).
     """
     masked = copy.deepcopy(model).eval()
     small = copy.deepcopy(model).eval()
     graph = ChannelGraph(small, example_inputs)
     removed = graph.removed(masks)
-    # the masked reference: pruned weights zero, companions untouched (exactly the trained model)
-    params = dict(masked.named_parameters())
-    with torch.no_grad():
-        for name, m in masks.items():
-            params[name].mul_(m.to(params[name].dtype))
+    _apply(masked, masks)  # the masked reference: pruned weights zero, companions untouched (the trained model)
     _apply(small, masks, graph)
     before = _sizes(small)
     sizes = {g.root: g.size for g in graph.groups}
@@ -80,17 +71,20 @@ def shrink(model: nn.Module, masks, example_inputs: Tensor, atol: float = 1e-5,
             raise ShrinkError(f"the masks remove every output channel of {root}; the model would be cut in two")
         pruner = graph.dg.get_pruner_of_module(module)
         graph.dg.get_pruning_group(module, pruner.prune_out_channels, chans.tolist()).prune()
-    if check_inputs is None:
-        gen = torch.Generator().manual_seed(0)
-        check_inputs = torch.randn((8,) + tuple(example_inputs.shape[1:]), generator=gen).to(example_inputs.device)
+    checks = [example_inputs, random_like(example_inputs, torch.Generator().manual_seed(0))]
+    if check_inputs is not None:
+        checks.append(check_inputs)
     # compared in float64: a deep net's float32 outputs differ by summation order alone (1e-4 at outputs of
     # ~400 for an untrained ResNet-56), which would hide nothing but make the tolerance scale-dependent
-    diff = max_output_diff(masked.double(), copy.deepcopy(small).double(), check_inputs.double())
+    masked64, small64 = masked.double(), copy.deepcopy(small).double()
+    diff = max(max_output_diff(masked64, small64, to_double(x)) for x in checks)
     if not diff <= atol:
         raise ShrinkError(
             f"the shrunk model's outputs differ from the masked model's by {diff:.3g} (> {atol:g}): removed "
-            "channels still carry a bias or BatchNorm shift; prune with a channel method (l1_filter, slimming, "
-            "or method option channels: true) so those are held at zero")
+            "channels still carry a bias or normalization shift, or feed a normalization over channels "
+            "(LayerNorm, GroupNorm) whose statistics change when a channel goes; prune with a channel method "
+            "(l1_filter, slimming, or method option channels: true), which holds removable channels' companions "
+            "at zero and leaves channels under such norms in place")
     after = _sizes(small)
     widths = {n: s for n, s in after.items() if before.get(n) != s}
     return small, widths

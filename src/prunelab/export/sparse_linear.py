@@ -4,7 +4,8 @@
 weight as a ``torch.sparse_csr`` tensor and compute ``x @ W^T + b`` with ``torch.sparse.mm`` (W @ x^T):
 outputs equal the dense layer's up to float rounding. It only pays when the weight is very sparse and the
 batch small (see ``prunelab bench``'s diagnosis); conv layers are left dense (no CPU sparse convolution in
-torch).
+torch), and so are Linear layers whose weight their parent reads directly instead of calling them
+(``nn.MultiheadAttention``'s ``out_proj``): their masks are applied, their modules kept.
 """
 from __future__ import annotations
 
@@ -45,16 +46,18 @@ def sparsify_linear(model: nn.Module, masks, min_sparsity: float = 0.0) -> tuple
     returns (model, names of the replaced layers)."""
     out = copy.deepcopy(model).eval()
     modules = dict(out.named_modules())
+    # attention calls F.multi_head_attention_forward with out_proj.weight: a module swap would not be seen
+    read_directly = {id(c) for m in out.modules() if isinstance(m, nn.MultiheadAttention) for c in m.children()}
     replaced = []
     for name, m in masks.items():
         layer = name.rsplit(".", 1)[0]
         mod = modules.get(layer)
         if not isinstance(mod, nn.Linear) or not name.endswith("weight"):
             continue
-        if 1 - m.float().mean().item() < min_sparsity:
-            continue
         with torch.no_grad():
             mod.weight.mul_(m.to(mod.weight.dtype))
+        if 1 - m.float().mean().item() < min_sparsity or id(mod) in read_directly:
+            continue
         parent, _, child = layer.rpartition(".")
         setattr(modules[parent] if parent else out, child, SparseLinear(mod))
         replaced.append(layer)

@@ -25,17 +25,25 @@ if TYPE_CHECKING:
     from ..channels import ChannelGraph
     from ..criteria import Context
     from ..masks import Masks
+    from ..targets import Layout
 
 
 @dataclass(frozen=True)
 class PruneView:
     """What a method's hooks may see of the pruning state: the model, its targets, the masks in force before
-    this event, and the traced channel coupling (None unless the method removes channels)."""
+    this event, the traced channel coupling (None unless the method removes channels) and each target's layout
+    (:meth:`canonical` gives the (out, in, *kernel) view granularities use)."""
 
     model: nn.Module
     params: Mapping[str, nn.Parameter]
     masks: "Masks"
     channels: "ChannelGraph | None" = None
+    layouts: Mapping[str, "Layout"] = field(default_factory=dict)
+
+    def canonical(self, name: str, t: Tensor) -> Tensor:
+        """``t`` (the weight ``name``, its scores or its mask) viewed as (out, in, *kernel)."""
+        layout = self.layouts.get(name)
+        return layout.canonical(t) if layout is not None else t
 
     @contextmanager
     def silenced(self, masks: Mapping[str, Tensor]) -> Iterator[None]:

@@ -71,7 +71,8 @@ class DropPruning(Method):
         """The score below which an alive group is among the lowest q fraction over all tensors."""
         gran = self.granularity_
         scores = self.criterion_.scores(view.params, ctx)
-        alive_scores = [gran.group_scores(scores[n].float())[gran.alive(view.masks[n])] for n in view.params]
+        alive_scores = [gran.group_scores(view.canonical(n, scores[n]).float())[gran.alive(view.canonical(n, view.masks[n]))]
+                        for n in view.params]
         n_alive = sum(a.numel() for a in alive_scores)
         keep = n_alive - int(q * n_alive + 0.5)
         return kth_largest(alive_scores, keep) if 0 < keep < n_alive else None

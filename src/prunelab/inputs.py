@@ -1,0 +1,79 @@
+"""Model inputs and outputs as users have them: one tensor, a tuple of positional inputs, or a dict of keyword
+inputs (token ids, attention masks, images); outputs as a tensor, a tuple, a dict or a Hugging Face
+``ModelOutput``. Tracing, the shrink check and ONNX export go through these helpers instead of assuming one
+float tensor.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+Inputs = Any  # Tensor | tuple | list | Mapping[str, Tensor]
+
+
+def call(model: nn.Module, inputs: Inputs) -> Any:
+    """``model(x)``, ``model(*inputs)`` or ``model(**inputs)``, by the kind of ``inputs``."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def map_tensors(inputs: Inputs, fn: Callable[[Tensor], Tensor]) -> Inputs:
+    """The same structure with ``fn`` applied to every tensor (other values kept)."""
+    if isinstance(inputs, Tensor):
+        return fn(inputs)
+    if isinstance(inputs, Mapping):
+        return {k: map_tensors(v, fn) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(map_tensors(v, fn) for v in inputs)
+    return inputs
+
+
+def tensors(outputs: Any) -> list[Tensor]:
+    """Every tensor in a model's output, in a fixed order (dict keys in insertion order)."""
+    if isinstance(outputs, Tensor):
+        return [outputs]
+    if isinstance(outputs, Mapping):
+        return [t for v in outputs.values() for t in tensors(v)]
+    if isinstance(outputs, (tuple, list)):
+        return [t for v in outputs for t in tensors(v)]
+    return []
+
+
+def to_double(inputs: Inputs) -> Inputs:
+    """Floating tensors to float64; integer inputs (token ids, masks) unchanged."""
+    return map_tensors(inputs, lambda t: t.double() if t.is_floating_point() else t)
+
+
+def random_like(inputs: Inputs, generator: torch.Generator, batch: int | None = None) -> Inputs:
+    """Random inputs of the same structure, dtypes and shapes (the leading dimension ``batch`` when given):
+    floats from N(0, 1), integers uniform over the range the example uses (token ids stay valid ids), bools
+    copied. Every tensor's batch must be the same for ``batch`` to apply."""
+    def draw(t: Tensor) -> Tensor:
+        shape = (batch, *t.shape[1:]) if batch is not None and t.dim() > 0 else tuple(t.shape)
+        if t.is_floating_point():
+            return torch.randn(shape, generator=generator, dtype=t.dtype).to(t.device)
+        if t.dtype == torch.bool:
+            return t[:1].expand(shape).clone() if batch is not None and t.dim() > 0 else t.clone()
+        lo, hi = int(t.min()), int(t.max())
+        return torch.randint(lo, hi + 1, shape, generator=generator, dtype=t.dtype).to(t.device)
+    return map_tensors(inputs, draw)
+
+
+def max_output_diff(a: nn.Module, b: nn.Module, inputs: Inputs) -> float:
+    """Max abs difference between two models' outputs on ``inputs`` (both in eval mode, no gradients)."""
+    wa, wb = a.training, b.training
+    a.eval(), b.eval()
+    try:
+        with torch.no_grad():
+            out_a, out_b = tensors(call(a, inputs)), tensors(call(b, inputs))
+    finally:
+        a.train(wa), b.train(wb)
+    if len(out_a) != len(out_b) or any(x.shape != y.shape for x, y in zip(out_a, out_b)):
+        return float("inf")
+    return max(((x.double() - y.double()).abs().max().item() for x, y in zip(out_a, out_b)), default=0.0)
