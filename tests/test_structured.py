@@ -62,13 +62,19 @@ def test_masked_and_shrunk_models_agree(make, allocation):
         assert small.bn.num_features == small.a.out_channels + small.b.out_channels < 11
 
 
-def test_coupled_residual_channels_go_only_when_every_branch_prunes_them():
+def test_coupled_residual_channels_are_chosen_as_one_group():
+    """Naming one branch of a residual stream prunes the stream: every producer drops the same channels."""
     model = build_model("resnet20", (3, 16, 16), 10, shortcut="B")
     x = torch.zeros(1, 3, 16, 16)
     p = Pruner(model, method={"name": "l1_filter", "allocation": {
         "name": "explicit", "sparsities": {"layers.0.conv2.weight": 0.5}}}, sparsity=0.5, example_inputs=x)
-    assert p.channels.removed(p.masks) == {}  # conv1 and the other blocks still write those channels
-    assert p._companions == {}
+    stream = ["conv1.weight"] + [f"layers.{b}.conv2.weight" for b in range(3)]  # stage 1 adds into conv1's channels
+    dead = [set((~p.masks[n].flatten(1).any(1)).nonzero().flatten().tolist()) for n in stream]
+    assert len(dead[0]) == 8 and all(d == dead[0] for d in dead)
+    assert [len(v) for v in p.channels.removed(p.masks).values()] == [8]  # the one group, really removed
+    untouched = [n for n in p.params if n not in stream]
+    assert all(p.masks[n].all() for n in untouched)
+    assert p.summary()["channels"]["removed"] == 8
 
 
 def test_companions_stay_zero_while_training():

@@ -31,6 +31,7 @@ class LayerGroups:
     per_block: bool
     scores: Tensor | None = None  # (B, G) group scores, -inf for pruned groups (global allocation only)
     threshold: float | None = None  # set by allocations that found a score threshold (a selector hint)
+    members: tuple[str, ...] = ()  # other tensors chosen with this one (coupled channels); named rules match them
 
     @property
     def numel(self) -> int:
@@ -147,7 +148,8 @@ class ERK(Allocation):
 @ALLOCATIONS.register("explicit")
 @dataclass
 class Explicit(Allocation):
-    """Per-tensor sparsities ``{name or glob: sparsity}``; the first matching pattern wins.
+    """Per-tensor sparsities ``{name or glob: sparsity}``; the first matching pattern wins. A group of coupled
+    channels matches when any of its producers' weights does.
 
     Tensors no pattern matches get ``default`` (None = kept dense). Under a schedule, every layer's
     sparsity is scaled by (scheduled sparsity / final sparsity), so the dict is reached at the end.
@@ -169,7 +171,7 @@ class Explicit(Allocation):
         for l in layers:
             s = self.default
             for pat, val in self.sparsities.items():
-                if fnmatch.fnmatchcase(l.name, pat):
+                if any(fnmatch.fnmatchcase(n, pat) for n in (l.name, *l.members)):
                     s = val
                     unused.discard(pat)
                     break

@@ -31,6 +31,13 @@ class ChannelGroup:
     size: int
     producers: dict[str, Tensor] = field(default_factory=dict)  # layer name -> its channel index per root channel
     norms: dict[str, Tensor] = field(default_factory=dict)      # BatchNorm name -> channel index per root channel
+    # members through which a removed channel would still change the outputs (a LayerNorm's statistics over the
+    # channels, an added position embedding ...): their type names; such a group's channels are not removable
+    blockers: list[str] = field(default_factory=list)
+
+    @property
+    def removable(self) -> bool:
+        return not self.blockers
 
 
 class ChannelGraph:
@@ -72,6 +79,8 @@ class ChannelGraph:
             group = ChannelGroup(root, len(g[0].idxs))
             for item in g:
                 mod = item.dep.target.module
+                if not _exact_through(mod):
+                    group.blockers.append(type(mod).__name__)
                 name = self.names.get(mod)
                 if name is None or not item.dep.handler.__name__.endswith("out_channels"):
                     continue
@@ -97,10 +106,12 @@ class ChannelGraph:
         """``{root: sorted root channel indices}`` of channels every producer of the group has pruned.
 
         Masks are keyed by weight name (``conv1.weight``); a group with a producer that has no mask keeps
-        all its channels.
+        all its channels, and so does a group whose channels are not removable (see ``ChannelGroup.blockers``).
         """
         out = {}
         for g in self.groups:
+            if not g.removable:
+                continue
             dead = torch.ones(g.size, dtype=torch.bool)
             for layer, idx in g.producers.items():
                 m = masks.get(f"{layer}.weight")
@@ -127,6 +138,14 @@ class ChannelGraph:
                 _drop(out, params, f"{norm}.weight", idx[chans])
                 _drop(out, params, f"{norm}.bias", idx[chans])
         return out
+
+
+def _exact_through(module) -> bool:
+    """Whether a removed (all-zero) channel passing through ``module`` leaves the outputs as the shrunk model
+    computes them: layers, BatchNorm (its entries are held at zero), PReLU, and Torch-Pruning's graph
+    operations (adds, concatenations, reshapes: their class names start with an underscore). Normalizations
+    over the channels (LayerNorm, GroupNorm) and free parameters (position embeddings) are not."""
+    return isinstance(module, (*_LAYERS, *_NORMS, nn.PReLU)) or type(module).__name__.startswith("_")
 
 
 def _drop(out: dict[str, Tensor], params: dict[str, nn.Parameter], name: str, idx: Tensor) -> None:

@@ -25,6 +25,8 @@ from torch import Tensor, nn
 
 from .allocation import LayerGroups
 from .channels import ChannelGraph
+from .coupling import channel_report, coupled_groups, select_channels
+from .granularity import Filter
 from .criteria import Context, Needs
 from .errors import CheckpointError, ConfigError
 from .masks import Masks
@@ -102,6 +104,7 @@ class Pruner:
                 raise ConfigError(f"method {self.method.name} removes whole channels: give the Pruner "
                                   "example_inputs (a batch of model inputs) so channel coupling can be traced")
             self.channels = ChannelGraph(model, example_inputs)
+        self._coupled: list | None = None  # coupled channel groups, found at the first channel selection
         self._companions: dict[str, tuple[nn.Parameter, Tensor]] = {}
         self.step_count = 0
         self.events = 0
@@ -215,9 +218,19 @@ class Pruner:
 
     def _select(self, gran, sparsity: float, final_sparsity: float, scores: dict, masks: Masks, dense: set,
                 ctx: Context) -> dict[str, Tensor]:
-        """One pass of granularity -> allocation -> selector over every tensor; returns the new masks."""
+        """One pass of granularity -> allocation -> selector over every tensor; returns the new masks.
+
+        Output channels of a channel method are chosen per group of coupled channels (:mod:`prunelab.coupling`).
+        """
         m = self.method
         alloc = m.allocation_
+        if self.channels is not None and isinstance(gran, Filter):
+            if self._coupled is None:
+                self._coupled = coupled_groups(self.channels, self.params)
+            rows = {n: gran.group_scores(self.layouts[n].canonical(scores.pop(n)).float())[0] for n in self.params}
+            new = select_channels(self._coupled, self.params, self.layouts, rows, masks, alloc, m.selector_,
+                                  sparsity, final_sparsity, ctx)
+            return {n: new.get(n, masks[n]) for n in self.params}
         layers, views = [], {}
         for name, p in self.params.items():
             layout = self.layouts[name]  # granularities see every weight as (out, in, *kernel)
@@ -298,7 +311,10 @@ class Pruner:
     def accounting(self) -> dict:
         """:func:`prunelab.targets.accounting` of the current masks, plus ``skipped``: the targets the
         granularity could not apply to, with the reason."""
-        return {**accounting(self.model, self.masks), "skipped": dict(self.skipped)}
+        out = {**accounting(self.model, self.masks), "skipped": dict(self.skipped)}
+        if self.channels is not None:
+            out["channels"] = channel_report(self.channels, self.params, self.masks)
+        return out
 
     def state(self) -> dict:
         """Counters to store beside the masks in a checkpoint (JSON-serialisable)."""

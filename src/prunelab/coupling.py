@@ -1,0 +1,110 @@
+"""Coupling: channels that must go together across tensors are scored and chosen as one group.
+
+A channel written by several layers (the branches of a residual add, a concatenation's inputs feeding one
+BatchNorm ...) is removed only when every one of them drops it. Choosing rows layer by layer and hoping the
+choices agree removes far less than asked (on ResNet-18 at 0.5, about 1 in 3 coupled channels). Here, as in
+Torch-Pruning's group importance, a coupled channel's score is the sum of its producers' row scores, the
+allocation counts channels per group (a group plays the part a tensor plays elsewhere, named after its
+root layer's weight), the selector picks channels, and every producer's row of a dropped channel is pruned.
+
+Only groups whose every producer is a prunable target and whose channels are removable (no LayerNorm,
+GroupNorm or free parameter in the way: :attr:`prunelab.channels.ChannelGroup.blockers`) take part; the other
+targets keep their masks, and :func:`channel_report` says how many channels were out of reach and why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from .allocation import Allocation, LayerGroups
+from .channels import ChannelGraph
+from .criteria import Context
+from .errors import ConfigError
+from .selection import Selector
+from .targets import Layout
+
+
+@dataclass(frozen=True)
+class CoupledChannels:
+    """One prunable channel group: ``name`` (its root layer's weight), ``size`` channels, and per producer
+    weight the row of every channel."""
+
+    name: str
+    size: int
+    rows: Mapping[str, Tensor]
+
+
+def coupled_groups(graph: ChannelGraph, params: Mapping[str, Tensor]) -> list[CoupledChannels]:
+    """The removable groups whose every producer is a target, in the order of their first target."""
+    order = {n: i for i, n in enumerate(params)}
+    out = []
+    for g in graph.groups:
+        rows = {f"{layer}.weight": idx for layer, idx in g.producers.items()}
+        if not rows or not g.removable or any(n not in params for n in rows):
+            continue
+        name = f"{g.root}.weight" if f"{g.root}.weight" in rows else next(iter(rows))
+        out.append(CoupledChannels(name, g.size, rows))
+    if not out:
+        raise ConfigError("no group of coupled channels has all its producers among the targets (or every one "
+                          "feeds a normalization over channels): this model has no channel to remove")
+    return sorted(out, key=lambda c: min(order[n] for n in c.rows))
+
+
+def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor], layouts: Mapping[str, Layout],
+                    row_scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], allocation: Allocation,
+                    selector: Selector, sparsity: float, final_sparsity: float, ctx: Context) -> dict[str, Tensor]:
+    """New masks of the producers after one pass over the coupled channels (other targets: unchanged).
+
+    ``row_scores``: per target, one score per output row (its (out, in, *kernel) view's row sums).
+    """
+    layers, views = [], {}
+    for g in groups:
+        score = sum(row_scores[n][idx].double() for n, idx in g.rows.items())
+        alive = torch.zeros(g.size, dtype=torch.bool, device=score.device)
+        for n, idx in g.rows.items():
+            canon = layouts[n].canonical(masks[n])
+            alive |= canon.reshape(canon.shape[0], -1).any(1)[idx.to(canon.device)]
+        score = score.float().masked_fill(~alive, float("-inf"))[None]
+        views[g.name] = (score, alive[None])
+        per_channel = sum(layouts[n].canonical(params[n])[0].numel() for n in g.rows)
+        shape = layouts[g.name].canonical_shape(tuple(params[g.name].shape))
+        layers.append(LayerGroups(g.name, shape, 1, g.size, per_channel, False,
+                                  score if allocation.needs_scores else None,
+                                  members=tuple(n for n in g.rows if n != g.name)))
+    keep = allocation.keep_counts(layers, sparsity, final_sparsity)
+    new = {}
+    for g, layer in zip(groups, layers):
+        score, alive = views.pop(g.name)
+        kept = selector.select(score.clone(), alive, keep[g.name], False, ctx, g.name, layer.threshold)[0]
+        for n, idx in g.rows.items():
+            canon = layouts[n].canonical(masks[n])
+            rows = torch.ones(canon.shape[0], dtype=torch.bool, device=canon.device)
+            rows[idx.to(canon.device)] = kept.to(canon.device)
+            whole = rows.reshape(-1, *([1] * (canon.dim() - 1))).expand_as(canon)
+            m = whole if selector.revives else canon & whole  # a revived channel comes back whole
+            new[n] = layouts[n].stored(m).contiguous()
+    return new
+
+
+def channel_report(graph: ChannelGraph, params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict:
+    """Channels of the model's layers: how many could be removed (``prunable``), how many are (``removed``),
+    their ``sparsity``, and the channels out of reach with the reason (``blocked``: by type of the member in the
+    way; ``untargeted``: a producer is not a target)."""
+    removed = graph.removed(masks)
+    prunable = n_removed = 0
+    blocked: dict[str, int] = {}
+    untargeted = 0
+    for g in graph.groups:
+        if not g.removable:
+            for b in dict.fromkeys(g.blockers):
+                blocked[b] = blocked.get(b, 0) + g.size
+        elif any(f"{layer}.weight" not in params for layer in g.producers):
+            untargeted += g.size
+        else:
+            prunable += g.size
+            n_removed += len(removed.get(g.root, ()))
+    return {"prunable": prunable, "removed": n_removed, "sparsity": n_removed / prunable if prunable else 0.0,
+            "blocked": blocked, "untargeted": untargeted}
