@@ -81,6 +81,8 @@ class ChannelGraph:
                 mod = item.dep.target.module
                 if not _exact_through(mod):
                     group.blockers.append(type(mod).__name__)
+                elif _grouped(mod):
+                    group.blockers.append(f"grouped {type(mod).__name__}")
                 name = self.names.get(mod)
                 if name is None or not item.dep.handler.__name__.endswith("out_channels"):
                     continue
@@ -146,6 +148,13 @@ def _exact_through(module) -> bool:
     operations (adds, concatenations, reshapes: their class names start with an underscore). Normalizations
     over the channels (LayerNorm, GroupNorm) and free parameters (position embeddings) are not."""
     return isinstance(module, (*_LAYERS, *_NORMS, nn.PReLU)) or type(module).__name__.startswith("_")
+
+
+def _grouped(module) -> bool:
+    """A grouped, not depthwise, convolution: its channels can only go the same number per group, which channel
+    selection does not arrange yet, so its groups are not removable (depthwise convolutions are)."""
+    return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
+            and not module.groups == module.in_channels == module.out_channels)
 
 
 def _drop(out: dict[str, Tensor], params: dict[str, nn.Parameter], name: str, idx: Tensor) -> None:
