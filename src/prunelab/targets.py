@@ -157,9 +157,10 @@ class Targets:
 
 
 def weight_matrices(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Every parameter with two or more dimensions, once per tensor (first alias): what a user counts as the
-    model's weights when asking how sparse it is."""
-    return {n: p for n, p in model.named_parameters() if p.dim() >= 2}
+    """Every parameter with at least two dimensions larger than one, once per tensor (first alias): what a user
+    counts as the model's weights when asking how sparse it is. Vectors in disguise (a layer scale of shape
+    (C, 1, 1), a class token (1, 1, D)) are not matrices; position embeddings (1, S, D) are."""
+    return {n: p for n, p in model.named_parameters() if sum(d > 1 for d in p.shape) >= 2}
 
 
 def accounting(model: nn.Module, masks) -> dict:

@@ -27,6 +27,12 @@ class SparseLinear(nn.Module):
             self.weight_csr = linear.weight.detach().to_sparse_csr()
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
 
+    @property
+    def weight(self) -> Tensor:
+        """The weight as a dense tensor, for parents that read it instead of calling the layer (e.g. the fused
+        fast path of ``nn.TransformerEncoderLayer``); built on each access, never stored."""
+        return self.weight_csr.to_dense()
+
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
