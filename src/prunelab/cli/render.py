@@ -83,6 +83,11 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
         if left:
             names = ", ".join(r["name"] for r in left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
             rows.append(("weight matrices not pruned", f"{len(left)} ({sum(r['numel'] for r in left):,} weights): {names}"))
+    ch = s.get("channels")
+    if ch:
+        out_of_reach = ", ".join(f"{v:,} behind {k}" for k, v in ch["blocked"].items())
+        rows.append(("channels removed", f"{ch['removed']:,} of {ch['prunable']:,} removable ({ch['sparsity']:.4f})"
+                     + (f"; not removable: {out_of_reach}" if out_of_reach else "")))
     rows += [("compression over all parameters",
               f"{s['compression_model']:.2f}x ({s['params_total']:,} -> {s['params_nonzero']:,})"),
              ("FLOPs (multiply-accumulates)",

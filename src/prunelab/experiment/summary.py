@@ -4,6 +4,8 @@ from __future__ import annotations
 from ..analysis import count_flops, count_params
 from ..export import compact_bytes
 from ..io import atomic_write_json, atomic_write_text, read_json
+from ..channels import ChannelGraph
+from ..coupling import channel_report
 from ..targets import accounting
 from . import paths
 from .checkpoint import load_checkpoint
@@ -44,6 +46,8 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
         summary.update(prunable_params=masks.numel(), nonzero_prunable=masks.nonzero(),
                        sparsity_prunable=masks.sparsity(), compression_prunable=masks.compression_ratio(),
                        layers=masks.layer_stats(), **accounting(model, masks))
+    if masks is not None and ctx.method is not None and ctx.method.channels:
+        summary["channels"] = channel_report(ChannelGraph(model, ctx.example_inputs()), masks, masks)
     if paths.SHRUNK in extra:
         sh = extra[paths.SHRUNK]
         summary["shrunk"] = {"params": sh["params"], "flops": sh["flops"], "bytes_file": sh["bytes"],
