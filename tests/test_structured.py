@@ -221,3 +221,20 @@ def test_lottery_reset_of_a_shrunk_model_with_biases(tmp_path):
     s = Runner(recipe, tmp_path / "run", progress=False, log=lambda m: None, share_dense=False).run()
     assert set(s["controls"]) == {"lottery_reset", "scratch_e"} and s["shrunk"]["changed_modules"] == 3
     assert s["channels"] == {"prunable": 400, "removed": 200, "sparsity": 0.5, "blocked": {}, "untargeted": 0}
+
+
+def test_grouped_convolutions_lose_channels_by_their_group_structure():
+    """Into a grouped conv, channels go at the same positions in every conv group; out of it, the same number
+    per conv group: then it shrinks exactly (Torch-Pruning needs both)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 16, 3))
+    x = torch.randn(2, 3, 4, 4)
+    p = Pruner(model, "l1_filter", sparsity=0.5, example_inputs=x)
+    into = (~p.masks["0.weight"].flatten(1).any(1)).nonzero().flatten().tolist()
+    out_of = (~p.masks["2.weight"].flatten(1).any(1)).nonzero().flatten().tolist()
+    assert len(into) == 4 and sorted(i % 4 for i in into[:2]) == sorted(i % 4 for i in into[2:])
+    assert sum(i < 4 for i in out_of) == sum(i >= 4 for i in out_of) == 2
+    small, _ = shrink(model, p.masks, x)
+    assert small[2].in_channels == small[2].out_channels == 4 and small[2].groups == 2
+    assert max_output_diff(model.double(), small.double(), x.double()) <= 1e-10

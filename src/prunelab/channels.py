@@ -34,6 +34,10 @@ class ChannelGroup:
     # members through which a removed channel would still change the outputs (a LayerNorm's statistics over the
     # channels, an added position embedding ...): their type names; such a group's channels are not removable
     blockers: list[str] = field(default_factory=list)
+    # a grouped (not depthwise) convolution among the members: ("producer" | "consumer", its channel index per
+    # root channel, its groups, its channels); channels must then go the same number per conv group
+    # (producer) or at the same positions in every conv group (consumer)
+    grouped: list[tuple[str, Tensor, int, int]] = field(default_factory=list)
 
     @property
     def removable(self) -> bool:
@@ -81,18 +85,25 @@ class ChannelGraph:
                 mod = item.dep.target.module
                 if not _exact_through(mod):
                     group.blockers.append(type(mod).__name__)
-                elif _grouped(mod):
-                    group.blockers.append(f"grouped {type(mod).__name__}")
                 name = self.names.get(mod)
-                if name is None or not item.dep.handler.__name__.endswith("out_channels"):
+                out = item.dep.handler.__name__.endswith("out_channels")
+                grouped_in = item.dep.handler.__name__.endswith("in_channels") and _grouped(mod)
+                if name is None or not (out or grouped_in):
                     continue
                 pos = torch.tensor([int(i) for i in item.root_idxs])
                 idx = torch.empty(group.size, dtype=torch.long)
                 idx[pos] = torch.tensor([int(i) for i in item.idxs])
+                if _grouped(mod):
+                    channels = mod.out_channels if out else mod.in_channels
+                    group.grouped.append(("producer" if out else "consumer", idx, mod.groups, channels))
+                if not out:
+                    continue
                 if isinstance(mod, _LAYERS):
                     group.producers[name] = idx
                 elif isinstance(mod, _NORMS):
                     group.norms[name] = idx
+            if len(group.grouped) > 1 or any(len(idx) != ch for _, idx, _, ch in group.grouped):
+                group.blockers.append("grouped Conv (several, or partly coupled)")
             self.groups.append(group)
         for name, mod in self.modules.items():
             if isinstance(mod, _LAYERS):
@@ -151,8 +162,8 @@ def _exact_through(module) -> bool:
 
 
 def _grouped(module) -> bool:
-    """A grouped, not depthwise, convolution: its channels can only go the same number per group, which channel
-    selection does not arrange yet, so its groups are not removable (depthwise convolutions are)."""
+    """A grouped, not depthwise, convolution: its output channels can only go the same number per conv group,
+    its input channels only at the same positions in every conv group (see ``ChannelGroup.grouped``)."""
     return (isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1
             and not module.groups == module.in_channels == module.out_channels)
 

@@ -29,12 +29,13 @@ from .targets import Layout
 
 @dataclass(frozen=True)
 class CoupledChannels:
-    """One prunable channel group: ``name`` (its root layer's weight), ``size`` channels, and per producer
-    weight the row of every channel."""
+    """One prunable channel group: ``name`` (its root layer's weight), ``size`` channels, per producer weight the
+    row of every channel, and the grouped convolution among its members, if any (see ``ChannelGroup.grouped``)."""
 
     name: str
     size: int
     rows: Mapping[str, Tensor]
+    grouped: tuple[str, Tensor, int, int] | None = None
 
 
 def coupled_groups(graph: ChannelGraph, params: Mapping[str, Tensor]) -> list[CoupledChannels]:
@@ -46,11 +47,22 @@ def coupled_groups(graph: ChannelGraph, params: Mapping[str, Tensor]) -> list[Co
         if not rows or not g.removable or any(n not in params for n in rows):
             continue
         name = f"{g.root}.weight" if f"{g.root}.weight" in rows else next(iter(rows))
-        out.append(CoupledChannels(name, g.size, rows))
+        out.append(CoupledChannels(name, g.size, rows, g.grouped[0] if g.grouped else None))
     if not out:
         raise ConfigError("no group of coupled channels has all its producers among the targets (or every one "
                           "feeds a normalization over channels): this model has no channel to remove")
     return sorted(out, key=lambda c: min(order[n] for n in c.rows))
+
+
+def _conv_group_order(g: CoupledChannels) -> tuple[Tensor, int, int]:
+    """For a group with a grouped convolution: the channel order that lays the channels out as (conv group,
+    position) for a producer, (position, conv group) for a consumer; and the two sizes of that layout."""
+    kind, idx, groups, channels = g.grouped
+    per = channels // groups
+    block, position = idx // per, idx % per
+    if kind == "producer":
+        return torch.argsort(block * per + position), groups, per
+    return torch.argsort(position * groups + block), per, groups
 
 
 def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor], layouts: Mapping[str, Layout],
@@ -58,7 +70,9 @@ def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor],
                     selector: Selector, sparsity: float, final_sparsity: float, ctx: Context) -> dict[str, Tensor]:
     """New masks of the producers after one pass over the coupled channels (other targets: unchanged).
 
-    ``row_scores``: per target, one score per output row (its (out, in, *kernel) view's row sums).
+    ``row_scores``: per target, one score per output row (its (out, in, *kernel) view's row sums). Around a
+    grouped convolution the choice keeps its structure: a producer's conv groups each lose the same number of
+    channels; a consumer's lose the channels at the same positions (scored by the sum over its conv groups).
     """
     layers, views = [], {}
     for g in groups:
@@ -67,18 +81,37 @@ def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor],
         for n, idx in g.rows.items():
             canon = layouts[n].canonical(masks[n])
             alive |= canon.reshape(canon.shape[0], -1).any(1)[idx.to(canon.device)]
-        score = score.float().masked_fill(~alive, float("-inf"))[None]
-        views[g.name] = (score, alive[None])
+        score = score.float().masked_fill(~alive, float("-inf"))
         per_channel = sum(layouts[n].canonical(params[n])[0].numel() for n in g.rows)
         shape = layouts[g.name].canonical_shape(tuple(params[g.name].shape))
-        layers.append(LayerGroups(g.name, shape, 1, g.size, per_channel, False,
-                                  score if allocation.needs_scores else None,
-                                  members=tuple(n for n in g.rows if n != g.name)))
+        members = tuple(n for n in g.rows if n != g.name)
+        if g.grouped is not None and g.grouped[0] == "consumer":  # choose positions, shared by every conv group
+            order, positions, blocks = _conv_group_order(g)
+            score = score[order].reshape(positions, blocks).sum(1)
+            alive = alive[order].reshape(positions, blocks).any(1)
+            per_channel *= blocks
+        views[g.name] = (score[None], alive[None])
+        layers.append(LayerGroups(g.name, shape, 1, score.numel(), per_channel, False,
+                                  score[None] if allocation.needs_scores else None, members=members))
     keep = allocation.keep_counts(layers, sparsity, final_sparsity)
     new = {}
     for g, layer in zip(groups, layers):
         score, alive = views.pop(g.name)
-        kept = selector.select(score.clone(), alive, keep[g.name], False, ctx, g.name, layer.threshold)[0]
+        k = keep[g.name]
+        if g.grouped is not None and g.grouped[0] == "producer":  # the same count in every conv group
+            order, blocks, per = _conv_group_order(g)
+            k_per = max(0, min(per, round(k / blocks)))
+            chosen = selector.select(score[0][order].reshape(blocks, per).clone(),
+                                     alive[0][order].reshape(blocks, per), k_per * blocks, True, ctx, g.name)
+            kept = torch.empty(g.size, dtype=torch.bool, device=chosen.device)
+            kept[order] = chosen.reshape(-1)
+        else:
+            kept = selector.select(score.clone(), alive, k, False, ctx, g.name, layer.threshold)[0]
+            if g.grouped is not None:  # consumer: a kept position keeps its channel in every conv group
+                order, positions, blocks = _conv_group_order(g)
+                expanded = torch.empty(g.size, dtype=torch.bool, device=kept.device)
+                expanded[order] = kept[:, None].expand(positions, blocks).reshape(-1)
+                kept = expanded
         for n, idx in g.rows.items():
             canon = layouts[n].canonical(masks[n])
             rows = torch.ones(canon.shape[0], dtype=torch.bool, device=canon.device)
