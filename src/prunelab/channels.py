@@ -85,6 +85,8 @@ class ChannelGraph:
                 mod = item.dep.target.module
                 if not _exact_through(mod):
                     group.blockers.append(type(mod).__name__)
+                elif _splits_heads(mod):
+                    group.blockers.append("attention heads")
                 name = self.names.get(mod)
                 out = item.dep.handler.__name__.endswith("out_channels")
                 grouped_in = item.dep.handler.__name__.endswith("in_channels") and _grouped(mod)
@@ -159,6 +161,14 @@ def _exact_through(module) -> bool:
     operations (adds, concatenations, reshapes: their class names start with an underscore). Normalizations
     over the channels (LayerNorm, GroupNorm) and free parameters (position embeddings) are not."""
     return isinstance(module, (*_LAYERS, *_NORMS, nn.PReLU)) or type(module).__name__.startswith("_")
+
+
+def _splits_heads(module) -> bool:
+    """A product of two activations (attention's q k^T and its weighted sum of v) among Torch-Pruning's graph
+    operations: the channels there are split into heads of a fixed size, so removing some of them moves the
+    rest into other heads. Torch-Pruning keeps the autograd node's name of each operation in ``_grad_fn``."""
+    name = str(getattr(module, "_grad_fn", ""))
+    return type(module).__name__.startswith("_") and any(k in name for k in ("Attention", "Bmm", "Matmul"))
 
 
 def _grouped(module) -> bool:
