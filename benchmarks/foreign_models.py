@@ -60,7 +60,7 @@ def _models() -> dict:
         import transformers
 
         gpt2 = transformers.GPT2Config(n_layer=4, n_embd=256, n_head=8, vocab_size=1000, n_positions=64,
-                                       bos_token_id=0, eos_token_id=0)
+                                       bos_token_id=0, eos_token_id=0, use_cache=False)
         bert = transformers.BertConfig(num_hidden_layers=4, hidden_size=256, num_attention_heads=8,
                                        intermediate_size=1024, vocab_size=1000, max_position_embeddings=64)
         out["HF GPT-2 (config)"] = (lambda: transformers.GPT2LMHeadModel(gpt2), tok(1000))

@@ -83,16 +83,15 @@ def _hf(kind):
     transformers = pytest.importorskip("transformers")
     if kind == "gpt2":
         cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=16,
-                                      bos_token_id=0, eos_token_id=0)
+                                      bos_token_id=0, eos_token_id=0, use_cache=False)
         return transformers.GPT2LMHeadModel(cfg)
     cfg = transformers.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
                                   vocab_size=100, max_position_embeddings=16)
     return transformers.BertForSequenceClassification(cfg)
 
 
-# GPT-2's channels are not traced (Torch-Pruning cannot follow its Conv1D layers and cache): no channel test
-for _kind, _channels in (("gpt2", False), ("bert", True)):
-    MODELS[f"hf_{_kind}"] = ((lambda k: lambda: _hf(k))(_kind), _tokens(100), _channels)
+for _kind in ("gpt2", "bert"):
+    MODELS[f"hf_{_kind}"] = ((lambda k: lambda: _hf(k))(_kind), _tokens(100), True)
 
 
 def _build(name):

@@ -1,6 +1,7 @@
 """Channels: which output channels are coupled, and what else must go to zero when a channel is removed.
 
-A channel of a Conv/Linear layer can be physically removed only together with every layer coupled to it
+A channel of a Conv/Linear layer (or Hugging Face Conv1D, for which a Torch-Pruning pruner is given here) can be
+physically removed only together with every layer coupled to it
 (the BatchNorm after it, the other branches of a residual add, the consumers' input slices). The coupling
 comes from Torch-Pruning's dependency graph, traced once on example inputs; prunelab does not re-implement
 it. A channel is *removed* when every producer in its group (the Conv/Linear layers writing it) has that
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .inputs import Inputs, call, tensors
+from .targets import is_hf_conv1d
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
@@ -57,7 +59,10 @@ class ChannelGraph:
         self.model = model
         self.names = {m: n for n, m in model.named_modules()}
         self.modules = dict(model.named_modules())
-        layers = [n for n, m in model.named_modules() if isinstance(m, _LAYERS)]
+        hf = {type(m) for m in model.modules() if is_hf_conv1d(m)}
+        self.layer_types = _LAYERS + tuple(hf)
+        self.transposed = {n for n, m in model.named_modules() if is_hf_conv1d(m)}  # weights stored (in, out)
+        layers = [n for n, m in model.named_modules() if isinstance(m, self.layer_types)]
         if not layers:
             raise ConfigError("the model has no Conv or Linear layer whose channels could be removed")
         ignored = [layers[-1]] if ignored is None else list(ignored)
@@ -69,8 +74,9 @@ class ChannelGraph:
         model.eval()
         try:
             # the inputs as the user has them (a tensor, a tuple, a dict of token ids ...) and every output tensor
-            self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, forward_fn=call,
-                                                            output_transform=tensors, verbose=False)
+            self.dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, forward_fn=call, output_transform=tensors, verbose=False,
+                customized_pruners={cls: _HFConv1DPruner() for cls in hf})
         except Exception as exc:  # tracing failures come from user models; name the cause in one line
             raise ConfigError(f"could not trace the model's channel dependencies: {exc}") from None
         finally:
@@ -78,12 +84,12 @@ class ChannelGraph:
         self.groups: list[ChannelGroup] = []
         self.norm_after: dict[str, str] = {}  # layer name -> the BatchNorm that directly follows it
         for g in self.dg.get_all_groups(ignored_layers=[self.modules[n] for n in ignored],
-                                        root_module_types=list(_LAYERS)):
+                                        root_module_types=list(self.layer_types)):
             root = self.names[g[0].dep.target.module]
             group = ChannelGroup(root, len(g[0].idxs))
             for item in g:
                 mod = item.dep.target.module
-                if not _exact_through(mod):
+                if not (_exact_through(mod) or isinstance(mod, self.layer_types)):
                     group.blockers.append(type(mod).__name__)
                 elif _splits_heads(mod):
                     group.blockers.append("attention heads")
@@ -100,7 +106,7 @@ class ChannelGraph:
                     group.grouped.append(("producer" if out else "consumer", idx, mod.groups, channels))
                 if not out:
                     continue
-                if isinstance(mod, _LAYERS):
+                if isinstance(mod, self.layer_types):
                     group.producers[name] = idx
                 elif isinstance(mod, _NORMS):
                     group.norms[name] = idx
@@ -108,7 +114,7 @@ class ChannelGraph:
                 group.blockers.append("grouped Conv (several, or partly coupled)")
             self.groups.append(group)
         for name, mod in self.modules.items():
-            if isinstance(mod, _LAYERS):
+            if isinstance(mod, self.layer_types):
                 nxt = [n.module for n in self.dg.module2node[mod].outputs] if mod in self.dg.module2node else []
                 if len(nxt) == 1 and isinstance(nxt[0], _NORMS):
                     self.norm_after[name] = self.names[nxt[0]]
@@ -133,7 +139,7 @@ class ChannelGraph:
                 if m is None:
                     dead[:] = False
                     break
-                dead &= ~self._row_alive(m).cpu()[idx]
+                dead &= ~self._row_alive(m.transpose(0, 1) if layer in self.transposed else m).cpu()[idx]
             if dead.any():
                 out[g.root] = dead.nonzero().flatten()
         return out
@@ -153,6 +159,37 @@ class ChannelGraph:
                 _drop(out, params, f"{norm}.weight", idx[chans])
                 _drop(out, params, f"{norm}.bias", idx[chans])
         return out
+
+
+def _hf_conv1d_pruner_base():
+    from torch_pruning.pruner.function import BasePruningFunc
+
+    return BasePruningFunc
+
+
+class _HFConv1DPruner(_hf_conv1d_pruner_base()):
+    """Torch-Pruning has no pruner for Hugging Face's Conv1D (y = x @ W + b, W stored (in, out)): this one
+    removes output channels as columns of W (and entries of b) and input channels as rows of W."""
+
+    TARGET_MODULES = None
+
+    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        keep = sorted(set(range(layer.weight.shape[1])) - {int(i) for i in idxs})
+        layer.weight = nn.Parameter(layer.weight.detach()[:, keep].clone())
+        layer.bias = nn.Parameter(layer.bias.detach()[keep].clone())
+        layer.nf = len(keep)
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        keep = sorted(set(range(layer.weight.shape[0])) - {int(i) for i in idxs})
+        layer.weight = nn.Parameter(layer.weight.detach()[keep].clone())
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[1]
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[0]
 
 
 def _exact_through(module) -> bool:

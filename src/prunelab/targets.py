@@ -69,9 +69,13 @@ def _is(module: nn.Module, names: list[str]) -> bool:
     return any(cls.__name__ in names for cls in type(module).__mro__)
 
 
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2's linear layers), recognised without importing transformers."""
+    return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers")
+
+
 def _weights(module: nn.Module) -> Iterator[tuple[str, Layout]]:
     """The weight matrices a module owns directly: (attribute name, layout)."""
-    cls = type(module).__name__
     if isinstance(module, nn.MultiheadAttention):
         for attr in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
             yield attr, Layout("attention", blocks=3 if attr == "in_proj_weight" else 1)
@@ -86,7 +90,7 @@ def _weights(module: nn.Module) -> Iterator[tuple[str, Layout]]:
         yield "weight", Layout("conv")
     elif isinstance(module, nn.Embedding):
         yield "weight", Layout("embedding")
-    elif cls == "Conv1D" and type(module).__module__.startswith("transformers"):
+    elif is_hf_conv1d(module):
         yield "weight", Layout("linear", transposed=True)  # Hugging Face Conv1D: y = x @ W + b, W is (in, out)
     else:
         yield "weight", Layout("linear")

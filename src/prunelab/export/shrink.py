@@ -9,7 +9,7 @@ eval mode and float64) and raises :class:`ShrinkError` when it does not, so a wr
 The shrunk model is stored as safetensors weights plus a JSON *width manifest*: the original model's name
 and arguments and, for every module whose size changed, its new sizes. ``rebuild`` builds the original
 architecture, swaps those modules for resized ones of the same class and loads the weights: nothing is
-unpickled. Resizable module classes: Conv1d/2d/3d, Linear, BatchNorm1d/2d/3d.
+unpickled. Resizable module classes: Conv1d/2d/3d, Linear, BatchNorm1d/2d/3d, Hugging Face Conv1D.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from ..channels import ChannelGraph
 from ..errors import CheckpointError, PrunelabError
 from ..inputs import Inputs, max_output_diff, random_like, to_double
 from ..io import atomic_write_bytes, read_tagged_safetensors
+from ..targets import is_hf_conv1d
 
 FORMAT = "prunelab-shrunk/1"
 
@@ -100,6 +101,8 @@ def _sizes(model: nn.Module) -> dict[str, dict]:
             out[name] = {"type": "Linear", "in_features": m.in_features, "out_features": m.out_features}
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             out[name] = {"type": type(m).__name__, "num_features": m.num_features}
+        elif is_hf_conv1d(m):
+            out[name] = {"type": "Conv1D", "in_features": m.weight.shape[0], "out_features": m.weight.shape[1]}
     return out
 
 
@@ -113,6 +116,8 @@ def _resized(m: nn.Module, spec: dict) -> nn.Module:
         return nn.Linear(int(spec["in_features"]), int(spec["out_features"]), m.bias is not None)
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         return type(m)(int(spec["num_features"]), m.eps, m.momentum, m.affine, m.track_running_stats)
+    if is_hf_conv1d(m):
+        return type(m)(int(spec["out_features"]), int(spec["in_features"]))  # Conv1D(nf, nx)
     raise CheckpointError(f"width manifest resizes {type(m).__name__}, which cannot be rebuilt")
 
 
