@@ -209,3 +209,16 @@ def test_onnx_export_with_the_models_own_inputs(name, tmp_path):
     model, x = _build(name)
     Pruner(model, {"name": "magnitude", "allocation": "global"}, sparsity=0.8)
     assert export_onnx(model, x, tmp_path / "m.onnx") <= 1e-4 and (tmp_path / "m.onnx").stat().st_size > 0
+
+
+def test_hugging_face_attention_loses_whole_heads_the_same_in_q_k_and_v():
+    model, x = _build("hf_bert")
+    p = Pruner(model, "l1_filter", sparsity=0.5, example_inputs=x)
+    for layer in range(2):
+        base = f"bert.encoder.layer.{layer}.attention.self"
+        dead = [(~p.masks[f"{base}.{w}.weight"].any(1)).reshape(4, 8) for w in ("query", "key", "value")]
+        assert all(torch.equal(d, dead[0]) for d in dead)  # the same channels in q, k and v
+        assert (dead[0].all(1) | ~dead[0].any(1)).all() and int(dead[0].all(1).sum()) == 2  # whole heads, half
+    small, _ = shrink(model, p.masks, x)
+    assert small.bert.encoder.layer[0].attention.self.query.out_features == 16
+    assert max_output_diff(model.double(), small.double(), x) <= 1e-5

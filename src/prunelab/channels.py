@@ -40,6 +40,9 @@ class ChannelGroup:
     # root channel, its groups, its channels); channels must then go the same number per conv group
     # (producer) or at the same positions in every conv group (consumer)
     grouped: list[tuple[str, Tensor, int, int]] = field(default_factory=list)
+    # attention q, k, v projections whose forward splits the channels into heads of this size: channels then
+    # go by whole heads (the same heads in q, k and v), which is exact when the head size stays fixed
+    head_dim: int | None = None
 
     @property
     def removable(self) -> bool:
@@ -87,12 +90,15 @@ class ChannelGraph:
                                         root_module_types=list(self.layer_types)):
             root = self.names[g[0].dep.target.module]
             group = ChannelGroup(root, len(g[0].idxs))
+            split_heads = split_outputs = False
             for item in g:
                 mod = item.dep.target.module
                 if not (_exact_through(mod) or isinstance(mod, self.layer_types)):
                     group.blockers.append(type(mod).__name__)
                 elif _splits_heads(mod):
-                    group.blockers.append("attention heads")
+                    split_heads = True
+                elif type(mod).__name__ == "_SplitOp":
+                    split_outputs = True
                 name = self.names.get(mod)
                 out = item.dep.handler.__name__.endswith("out_channels")
                 grouped_in = item.dep.handler.__name__.endswith("in_channels") and _grouped(mod)
@@ -112,12 +118,29 @@ class ChannelGraph:
                     group.norms[name] = idx
             if len(group.grouped) > 1 or any(len(idx) != ch for _, idx, _, ch in group.grouped):
                 group.blockers.append("grouped Conv (several, or partly coupled)")
+            if split_heads:
+                group.head_dim = None if split_outputs else self._head_dim(group)
+                if group.head_dim is None:
+                    group.blockers.append("attention heads")
             self.groups.append(group)
         for name, mod in self.modules.items():
             if isinstance(mod, self.layer_types):
                 nxt = [n.module for n in self.dg.module2node[mod].outputs] if mod in self.dg.module2node else []
                 if len(nxt) == 1 and isinstance(nxt[0], _NORMS):
                     self.norm_after[name] = self.names[nxt[0]]
+
+    def _head_dim(self, group: ChannelGroup) -> int | None:
+        """The head size of an attention whose q, k, v projections are this group's producers, read from their
+        parent module (``attention_head_size`` in BERT-style, ``head_dim`` in LLaMA-style Hugging Face models,
+        whose forward splits heads with a view of that size). None when the producers do not share one parent
+        with such a size, or their channels are not whole heads."""
+        parents = {name.rpartition(".")[0] for name in group.producers}
+        if len(parents) != 1 or len(group.producers) < 2:
+            return None
+        parent = self.modules.get(next(iter(parents)))
+        size = next((v for v in (vars(parent).get("attention_head_size"), vars(parent).get("head_dim"))
+                     if isinstance(v, int) and v > 0), None)  # plain attributes of the module, not submodules
+        return size if size and group.size % size == 0 else None
 
     @staticmethod
     def _row_alive(mask: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ class CoupledChannels:
     size: int
     rows: Mapping[str, Tensor]
     grouped: tuple[str, Tensor, int, int] | None = None
+    head_dim: int | None = None
 
 
 def coupled_groups(graph: ChannelGraph, params: Mapping[str, Tensor]) -> list[CoupledChannels]:
@@ -47,11 +48,16 @@ def coupled_groups(graph: ChannelGraph, params: Mapping[str, Tensor]) -> list[Co
         if not rows or not g.removable or any(n not in params for n in rows):
             continue
         name = f"{g.root}.weight" if f"{g.root}.weight" in rows else next(iter(rows))
-        out.append(CoupledChannels(name, g.size, rows, g.grouped[0] if g.grouped else None))
+        out.append(CoupledChannels(name, g.size, rows, g.grouped[0] if g.grouped else None, g.head_dim))
     if not out:
         raise ConfigError("no group of coupled channels has all its producers among the targets (or every one "
                           "feeds a normalization over channels): this model has no channel to remove")
     return sorted(out, key=lambda c: min(order[n] for n in c.rows))
+
+
+def _heads_of(g: CoupledChannels) -> Tensor:
+    """The head of every channel of an attention group (by the first projection's output row)."""
+    return next(iter(g.rows.values())) // g.head_dim
 
 
 def _conv_group_order(g: CoupledChannels) -> tuple[Tensor, int, int]:
@@ -85,7 +91,12 @@ def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor],
         per_channel = sum(layouts[n].canonical(params[n])[0].numel() for n in g.rows)
         shape = layouts[g.name].canonical_shape(tuple(params[g.name].shape))
         members = tuple(n for n in g.rows if n != g.name)
-        if g.grouped is not None and g.grouped[0] == "consumer":  # choose positions, shared by every conv group
+        if g.head_dim is not None:  # attention: choose whole heads, scored by the sum over their channels
+            head = _heads_of(g)
+            score = torch.zeros(g.size // g.head_dim, dtype=score.dtype).index_add_(0, head, score)
+            alive = torch.zeros(g.size // g.head_dim, dtype=torch.long).index_add_(0, head, alive.long()) > 0
+            per_channel *= g.head_dim
+        elif g.grouped is not None and g.grouped[0] == "consumer":  # choose positions, shared by every conv group
             order, positions, blocks = _conv_group_order(g)
             score = score[order].reshape(positions, blocks).sum(1)
             alive = alive[order].reshape(positions, blocks).any(1)
@@ -107,7 +118,9 @@ def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor],
             kept[order] = chosen.reshape(-1)
         else:
             kept = selector.select(score.clone(), alive, k, False, ctx, g.name, layer.threshold)[0]
-            if g.grouped is not None:  # consumer: a kept position keeps its channel in every conv group
+            if g.head_dim is not None:  # a kept head keeps all its channels
+                kept = kept[_heads_of(g).to(kept.device)]
+            elif g.grouped is not None:  # consumer: a kept position keeps its channel in every conv group
                 order, positions, blocks = _conv_group_order(g)
                 expanded = torch.empty(g.size, dtype=torch.bool, device=kept.device)
                 expanded[order] = kept[:, None].expand(positions, blocks).reshape(-1)
