@@ -220,7 +220,8 @@ def test_lottery_reset_of_a_shrunk_model_with_biases(tmp_path):
                                         "prune.controls=[lottery_reset, scratch_e]"])
     s = Runner(recipe, tmp_path / "run", progress=False, log=lambda m: None, share_dense=False).run()
     assert set(s["controls"]) == {"lottery_reset", "scratch_e"} and s["shrunk"]["changed_modules"] == 3
-    assert s["channels"] == {"prunable": 400, "removed": 200, "sparsity": 0.5, "blocked": {}, "untargeted": 0}
+    assert s["channels"] == {"prunable": 400, "removed": 200, "sparsity": 0.5, "blocked": {}, "untargeted": 0,
+                             "heads": {"prunable": 0, "removed": 0}}
 
 
 def test_grouped_convolutions_lose_channels_by_their_group_structure():

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 
 from .allocation import Allocation, LayerGroups
+from .attention import AttentionHeads, attention_heads
 from .channels import ChannelGraph
 from .criteria import Context
-from .errors import ConfigError
 from .selection import Selector
 from .targets import Layout
 
@@ -49,10 +49,16 @@ def coupled_groups(graph: ChannelGraph, params: Mapping[str, Tensor]) -> list[Co
             continue
         name = f"{g.root}.weight" if f"{g.root}.weight" in rows else next(iter(rows))
         out.append(CoupledChannels(name, g.size, rows, g.grouped[0] if g.grouped else None, g.head_dim))
-    if not out:
-        raise ConfigError("no group of coupled channels has all its producers among the targets (or every one "
-                          "feeds a normalization over channels): this model has no channel to remove")
     return sorted(out, key=lambda c: min(order[n] for n in c.rows))
+
+
+def _head_view(a: AttentionHeads, scores: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """(heads,) scores (sum over each head's q, k, v rows and out_proj columns; -inf for dropped heads) and alive
+    flags of one attention."""
+    inp, out = scores[a.in_proj].double(), scores[a.out_proj].double()
+    score = torch.stack([inp[a.rows(h)].sum() + out[:, a.columns(h)].sum() for h in range(a.heads)]).float()
+    alive = a.kept(masks)
+    return score.masked_fill(~alive, float("-inf")), alive
 
 
 def _heads_of(g: CoupledChannels) -> Tensor:
@@ -73,12 +79,17 @@ def _conv_group_order(g: CoupledChannels) -> tuple[Tensor, int, int]:
 
 def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor], layouts: Mapping[str, Layout],
                     row_scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], allocation: Allocation,
-                    selector: Selector, sparsity: float, final_sparsity: float, ctx: Context) -> dict[str, Tensor]:
-    """New masks of the producers after one pass over the coupled channels (other targets: unchanged).
+                    selector: Selector, sparsity: float, final_sparsity: float, ctx: Context,
+                    heads: list[AttentionHeads] = (), head_scores: Mapping[str, Tensor] | None = None
+                    ) -> dict[str, Tensor]:
+    """New masks of the producers after one pass over the coupled channels and attention heads (other targets:
+    unchanged); one allocation over both, so a head is a group like any other.
 
     ``row_scores``: per target, one score per output row (its (out, in, *kernel) view's row sums). Around a
     grouped convolution the choice keeps its structure: a producer's conv groups each lose the same number of
     channels; a consumer's lose the channels at the same positions (scored by the sum over its conv groups).
+    ``heads``: ``nn.MultiheadAttention`` heads, scored by the sum of ``head_scores`` over their q, k, v rows and
+    out_proj columns; a dropped head loses all of them.
     """
     layers, views = [], {}
     for g in groups:
@@ -104,8 +115,23 @@ def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor],
         views[g.name] = (score[None], alive[None])
         layers.append(LayerGroups(g.name, shape, 1, score.numel(), per_channel, False,
                                   score[None] if allocation.needs_scores else None, members=members))
+    for a in heads:
+        score, alive = _head_view(a, head_scores, masks)
+        views[a.in_proj] = (score[None], alive[None])
+        layers.append(LayerGroups(a.in_proj, (a.heads, a.head_dim), 1, a.heads, 4 * a.head_dim * a.width,
+                                  False, score[None] if allocation.needs_scores else None, members=(a.out_proj,)))
     keep = allocation.keep_counts(layers, sparsity, final_sparsity)
     new = {}
+    for a, layer in zip(heads, layers[len(groups):]):
+        score, alive = views.pop(a.in_proj)
+        kept = selector.select(score.clone(), alive, keep[a.in_proj], False, ctx, a.in_proj, layer.threshold)[0]
+        in_mask, out_mask = masks[a.in_proj].clone(), masks[a.out_proj].clone()
+        if selector.revives:
+            in_mask.fill_(True), out_mask.fill_(True)
+        for h in (~kept).nonzero().flatten().tolist():
+            in_mask[a.rows(h)] = False
+            out_mask[:, a.columns(h)] = False
+        new[a.in_proj], new[a.out_proj] = in_mask, out_mask
     for g, layer in zip(groups, layers):
         score, alive = views.pop(g.name)
         k = keep[g.name]
@@ -152,5 +178,8 @@ def channel_report(graph: ChannelGraph, params: Mapping[str, Tensor], masks: Map
         else:
             prunable += g.size
             n_removed += len(removed.get(g.root, ()))
+    heads = attention_heads(graph.model, params)
+    kept = sum(int(a.kept(masks).sum()) for a in heads)
+    total = sum(a.heads for a in heads)
     return {"prunable": prunable, "removed": n_removed, "sparsity": n_removed / prunable if prunable else 0.0,
-            "blocked": blocked, "untargeted": untargeted}
+            "blocked": blocked, "untargeted": untargeted, "heads": {"prunable": total, "removed": total - kept}}

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .allocation import LayerGroups
+from .attention import attention_heads
 from .channels import ChannelGraph
 from .coupling import channel_report, coupled_groups, select_channels
 from .granularity import Filter
@@ -104,7 +105,7 @@ class Pruner:
                 raise ConfigError(f"method {self.method.name} removes whole channels: give the Pruner "
                                   "example_inputs (a batch of model inputs) so channel coupling can be traced")
             self.channels = ChannelGraph(model, example_inputs)
-        self._coupled: list | None = None  # coupled channel groups, found at the first channel selection
+        self._coupled: tuple | None = None  # coupled channel groups and attention heads, found at first use
         self._companions: dict[str, tuple[nn.Parameter, Tensor]] = {}
         self.step_count = 0
         self.events = 0
@@ -226,10 +227,16 @@ class Pruner:
         alloc = m.allocation_
         if self.channels is not None and isinstance(gran, Filter):
             if self._coupled is None:
-                self._coupled = coupled_groups(self.channels, self.params)
+                self._coupled = (coupled_groups(self.channels, self.params), attention_heads(self.model, self.params))
+                if not any(self._coupled):
+                    raise ConfigError("no group of coupled channels has all its producers among the targets (or "
+                                      "every one feeds a normalization over channels), and no attention's heads "
+                                      "are: this model has nothing to remove whole")
+            groups, heads = self._coupled
+            head_scores = {n: scores[n] for a in heads for n in (a.in_proj, a.out_proj)}
             rows = {n: gran.group_scores(self.layouts[n].canonical(scores.pop(n)).float())[0] for n in self.params}
-            new = select_channels(self._coupled, self.params, self.layouts, rows, masks, alloc, m.selector_,
-                                  sparsity, final_sparsity, ctx)
+            new = select_channels(groups, self.params, self.layouts, rows, masks, alloc, m.selector_,
+                                  sparsity, final_sparsity, ctx, heads, head_scores)
             return {n: new.get(n, masks[n]) for n in self.params}
         layers, views = [], {}
         for name, p in self.params.items():

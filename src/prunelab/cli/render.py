@@ -88,6 +88,9 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
         out_of_reach = ", ".join(f"{v:,} behind {k}" for k, v in ch["blocked"].items())
         rows.append(("channels removed", f"{ch['removed']:,} of {ch['prunable']:,} removable ({ch['sparsity']:.4f})"
                      + (f"; not removable: {out_of_reach}" if out_of_reach else "")))
+        heads = ch.get("heads") or {}
+        if heads.get("prunable"):
+            rows.append(("attention heads removed", f"{heads['removed']:,} of {heads['prunable']:,}"))
     rows += [("compression over all parameters",
               f"{s['compression_model']:.2f}x ({s['params_total']:,} -> {s['params_nonzero']:,})"),
              ("FLOPs (multiply-accumulates)",

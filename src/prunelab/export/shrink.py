@@ -9,7 +9,8 @@ eval mode and float64) and raises :class:`ShrinkError` when it does not, so a wr
 The shrunk model is stored as safetensors weights plus a JSON *width manifest*: the original model's name
 and arguments and, for every module whose size changed, its new sizes. ``rebuild`` builds the original
 architecture, swaps those modules for resized ones of the same class and loads the weights: nothing is
-unpickled. Resizable module classes: Conv1d/2d/3d, Linear, BatchNorm1d/2d/3d, Hugging Face Conv1D.
+unpickled. Resizable module classes: Conv1d/2d/3d, Linear, BatchNorm1d/2d/3d, Hugging Face Conv1D, and
+``nn.MultiheadAttention``, whose pruned heads make it a :class:`~prunelab.attention.HeadPrunedAttention`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import save as st_save
 from torch import nn
 
+from ..attention import HeadPrunedAttention, attention_heads
 from ..channels import ChannelGraph
 from ..errors import CheckpointError, PrunelabError
 from ..inputs import Inputs, max_output_diff, random_like, to_double
@@ -72,6 +74,15 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
             raise ShrinkError(f"the masks remove every output channel of {root}; the model would be cut in two")
         pruner = graph.dg.get_pruner_of_module(module)
         graph.dg.get_pruning_group(module, pruner.prune_out_channels, chans.tolist()).prune()
+    for a in attention_heads(small, masks):  # heads whose out_proj columns are all pruned go
+        kept = a.kept(masks)
+        if not kept.all():
+            if not kept.any():
+                raise ShrinkError(f"the masks remove every head of {a.module}; the model would be cut in two")
+            parent, _, child = a.module.rpartition(".")
+            attn = small.get_submodule(a.module)
+            setattr(small.get_submodule(parent) if parent else small, child,
+                    HeadPrunedAttention.from_attention(attn, kept.nonzero().flatten()))
     checks = [example_inputs, random_like(example_inputs, torch.Generator().manual_seed(0))]
     if check_inputs is not None:
         checks.append(check_inputs)
@@ -93,7 +104,11 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
 
 def _sizes(model: nn.Module) -> dict[str, dict]:
     out = {}
+    # a HeadPrunedAttention is rebuilt whole from its kept heads: its out_proj is not a width of its own
+    inside = {f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, HeadPrunedAttention)}
     for name, m in model.named_modules():
+        if name in inside:
+            continue
         if isinstance(m, nn.modules.conv._ConvNd):
             out[name] = {"type": type(m).__name__, "in_channels": m.in_channels, "out_channels": m.out_channels,
                          "groups": m.groups}
@@ -103,10 +118,14 @@ def _sizes(model: nn.Module) -> dict[str, dict]:
             out[name] = {"type": type(m).__name__, "num_features": m.num_features}
         elif is_hf_conv1d(m):
             out[name] = {"type": "Conv1D", "in_features": m.weight.shape[0], "out_features": m.weight.shape[1]}
+        elif isinstance(m, HeadPrunedAttention):
+            out[name] = {"type": "HeadPrunedAttention", "heads_kept": m.heads_kept}
     return out
 
 
 def _resized(m: nn.Module, spec: dict) -> nn.Module:
+    if spec.get("type") == "HeadPrunedAttention" and isinstance(m, nn.MultiheadAttention):
+        return HeadPrunedAttention.from_attention(m, torch.tensor([int(h) for h in spec["heads_kept"]]))
     if spec.get("type") != type(m).__name__:
         raise CheckpointError(f"width manifest says {spec.get('type')} where the model has {type(m).__name__}")
     if isinstance(m, nn.modules.conv._ConvNd):
