@@ -123,8 +123,8 @@ def main() -> None:
           f"{a.threads} thread(s), channel ratio {a.ratio}, times: min / median of {a.repeats} (prunelab and "
           "Torch-Pruning interleaved; prunelab's includes the float64 equality check of the shrunk model)\n")
     print("| model | params | kept, prunelab | kept, Torch-Pruning | channels removed / removable (exactly) | "
-          "channels out of reach | prune+shrink s, prunelab | prune s, Torch-Pruning |")
-    print("|---|---|---|---|---|---|---|---|")
+          "heads removed | channels out of reach | prune+shrink s, prunelab | prune s, Torch-Pruning |")
+    print("|---|---|---|---|---|---|---|---|---|")
     notes = []
     for name in chosen:
         make, inputs = models[name]
@@ -145,7 +145,9 @@ def main() -> None:
         t_t = [r[1] for r, _ in theirs if r]
         fmt = lambda ts: f"{min(ts):.2f} / {statistics.median(ts):.2f}" if ts else "-"  # noqa: E731
         removed = f"{ch['removed']:,} / {ch['prunable']:,}" if ch else "-"
-        print(f"| {name} | {n0:,} | {o_cell} | {t_cell} | {removed} | {reach} | {fmt(o_t)} | {fmt(t_t)} |")
+        heads = ch.get("heads") or {}
+        heads = f"{heads['removed']} / {heads['prunable']}" if heads.get("prunable") else "-"
+        print(f"| {name} | {n0:,} | {o_cell} | {t_cell} | {removed} | {heads} | {reach} | {fmt(o_t)} | {fmt(t_t)} |")
         torch.manual_seed(0)
         model = make().eval()
         s = Pruner(model, {"name": "magnitude", "allocation": "global"}, sparsity=0.8).summary()
