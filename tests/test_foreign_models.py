@@ -223,3 +223,16 @@ def test_hugging_face_attention_loses_whole_heads_the_same_in_q_k_and_v():
     small, _ = shrink(model, p.masks, x)
     assert small.bert.encoder.layer[0].attention.self.query.out_features == 16
     assert max_output_diff(model.double(), small.double(), x) <= 1e-5
+
+
+def test_bad_input_is_one_clear_sentence():
+    from prunelab import ConfigError
+
+    with pytest.raises(ConfigError, match="no prunable weights matched"):
+        Pruner(nn.Sequential(nn.ReLU(), nn.LayerNorm(4)), "magnitude", sparsity=0.5)
+    with pytest.raises(ConfigError, match="fits none of the 1 target weights.*divisible by 4"):
+        Pruner(nn.Sequential(nn.Linear(3, 5)), {"name": "magnitude", "granularity": "nm"})
+    with pytest.raises(ConfigError, match="incompatible must be 'skip' or 'error'"):
+        Pruner(nn.Sequential(nn.Linear(4, 5)), "magnitude", sparsity=0.5, targets={"incompatible": "ignore"})
+    with pytest.raises(ConfigError, match="could not trace the model's channel dependencies"):
+        Pruner(_build("lstm")[0], "l1_filter", sparsity=0.5, example_inputs=torch.randn(2, 7))  # floats, not ids
