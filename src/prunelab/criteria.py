@@ -26,18 +26,21 @@ class Needs:
     """
 
     gradient_batches: int = 0  # batches of loss gradients observed through after_backward() (taylor)
-    calibration_samples: int = 0  # model inputs seen through calibrate() (pca)
+    calibration_samples: int = 0  # model inputs seen through calibrate() (pca, wanda, sparsegpt)
+    input_stats: str | None = None  # per-target input statistics the Pruner streams: "norms" or "gram" (X^T X too)
 
     def __or__(self, other: "Needs") -> "Needs":
+        stats = "gram" if "gram" in (self.input_stats, other.input_stats) else (self.input_stats or other.input_stats)
         return Needs(max(self.gradient_batches, other.gradient_batches),
-                     max(self.calibration_samples, other.calibration_samples))
+                     max(self.calibration_samples, other.calibration_samples), stats)
 
 
 @dataclass(frozen=True)
 class Context:
     """What a pruning decision may depend on besides the weights: a seed, the event, and per-event data.
 
-    The per-event data (``calibration``, ``bn_scales``, ``candidate_threshold``) is filled by the Pruner from
+    The per-event data (``calibration``, ``input_stats``, ``bn_scales``, ``candidate_threshold``) is filled by
+    the Pruner from
     :meth:`Pruner.calibrate` and from what the method's ``before_prune`` hook returns, so parts receive it as
     data instead of having fields set on them.
     """
@@ -51,6 +54,8 @@ class Context:
     calibration: Iterable[Any] | None = None  # batches of model inputs for calibrated methods (pca)
     bn_scales: Mapping[str, Tensor] | None = None  # {weight name: scale of the norm after it} (bn_scale)
     candidate_threshold: float | None = None  # one score threshold for drop candidates over all tensors
+    input_stats: Mapping[str, Any] | None = None  # {target: calibration.InputStats}, when the method needs them
+    layouts: Mapping[str, Any] | None = None  # {target: targets.Layout}: each weight's (out, in, *kernel) view
 
     def generator(self, *salt: str | int) -> torch.Generator:
         """A CPU generator determined by (seed, event, salt): stateless, so a resumed run draws the same."""
@@ -170,3 +175,40 @@ class Taylor(Criterion):
 
     def reset(self):
         self._acc.clear()
+
+
+@CRITERIA.register("wanda")
+@dataclass
+class Wanda(Criterion):
+    """|W_ij| * ||X_j||_2: a weight's magnitude times the norm of the input it multiplies, over calibration data.
+
+    Sun, Liu, Bair, Kolter, "A Simple and Effective Pruning Approach for Large Language Models" (Wanda, ICLR
+    2024). The input norms come from the Pruner's streamed statistics (:mod:`prunelab.calibration`) over
+    ``samples`` calibration inputs given to ``pruner.calibrate(batches)``; a convolution's columns are its
+    unfolded receptive fields. Wanda compares scores within each output row (granularity ``row``, the
+    ``wanda`` method's default) or within N:M groups.
+    """
+
+    samples: int = 128
+
+    def __post_init__(self):
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 1:
+            raise ConfigError(f"wanda samples must be a positive integer, got {self.samples!r}")
+
+    def needs(self) -> Needs:
+        return Needs(calibration_samples=self.samples, input_stats="norms")
+
+    def scores(self, params, ctx):
+        from .calibration import column_view
+        from .targets import Layout
+
+        if ctx.input_stats is None:
+            raise ConfigError("the wanda criterion needs calibration data: call pruner.calibrate(batches) with a few "
+                              "batches of model inputs before pruning")
+        out = {}
+        for n, p in params.items():
+            layout = (ctx.layouts or {}).get(n) or Layout()
+            w = column_view(layout, p.detach()).abs().double()
+            s = (w * ctx.input_stats[n].norms().to(w.device)).float()
+            out[n] = layout.stored(s.reshape(layout.canonical(p).shape))
+        return out

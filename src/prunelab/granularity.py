@@ -93,6 +93,21 @@ class Filter(Granularity):
         return v.reshape(shape)
 
 
+@GRANULARITIES.register("row")
+@dataclass
+class Row(Granularity):
+    """Single weights, the same count kept in every output row (Wanda's comparison group: each output's inputs
+    compete only with each other)."""
+
+    per_block = True
+
+    def _view(self, t):
+        return t.reshape(t.shape[0], -1, 1)
+
+    def _unview(self, v, shape):
+        return v.reshape(shape)
+
+
 @GRANULARITIES.register("input_channel")
 @dataclass
 class InputChannel(Granularity):

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from .allocation import LayerGroups
 from .attention import attention_heads
+from .calibration import input_stats
 from .channels import ChannelGraph
 from .coupling import channel_report, coupled_groups, select_channels
 from .granularity import Filter
@@ -174,7 +175,8 @@ class Pruner:
     def _prune(self, sparsity: float, optimizer: torch.optim.Optimizer | None, final: bool) -> Masks:
         m = self.method
         ctx = Context(seed=self.seed, event=self.events, sparsity=sparsity, final_sparsity=self.schedule.sparsity,
-                      final=final, total_events=self.planned_events, calibration=self._calibration)
+                      final=final, total_events=self.planned_events, calibration=self._calibration,
+                      input_stats=self._input_stats(), layouts=self.layouts)
         ctx = replace(ctx, **m.before_prune(self._view(), ctx))
         custom = m.decide(self._view(), ctx)
         if custom is not None:
@@ -193,6 +195,17 @@ class Pruner:
         record.update(outcome.record)
         self.history.append(record)
         return self.masks
+
+    def _input_stats(self) -> dict | None:
+        """The targets' streamed input statistics, when the method needs them (see :mod:`prunelab.calibration`)."""
+        needs = self.needs
+        if not needs.input_stats:
+            return None
+        if self._calibration is None:
+            raise ConfigError(f"method {self.method.name} needs calibration data: call pruner.calibrate(batches) "
+                              "with a few batches of model inputs before pruning")
+        return input_stats(self.model, self.params, self._calibration, needs.calibration_samples,
+                           gram=needs.input_stats == "gram")
 
     def _view(self) -> PruneView:
         return PruneView(self.model, self.params, self.masks, self.channels, self.layouts)

@@ -1,0 +1,65 @@
+"""One-shot pruning from calibration data: streamed input statistics and Wanda."""
+import pytest
+import torch
+from torch import nn
+
+from prunelab import ConfigError, Pruner
+from prunelab.calibration import input_stats
+
+
+def test_input_statistics_stream_to_the_closed_form():
+    torch.manual_seed(0)
+    lin, conv = nn.Linear(5, 3), nn.Conv2d(2, 4, 3, padding=1)
+    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(4 * 16, 5), nn.ReLU(), lin)
+    batches = [torch.randn(3, 2, 4, 4) for _ in range(3)]
+    stats = input_stats(model, {"c": conv.weight, "l": lin.weight}, batches, samples=7, gram=True)
+    xs = torch.cat(batches)[:7].double()  # 7 samples: the third batch is cut to one
+    cols = nn.functional.unfold(xs, 3, padding=1).transpose(1, 2).reshape(-1, 18)
+    assert stats["c"].rows == 7 * 16 and torch.allclose(stats["c"].gram, cols.T @ cols)
+    with torch.no_grad():
+        h = model[:4].double()(xs)
+    assert torch.allclose(stats["l"].sq, h.square().sum(0)) and stats["l"].rows == 7
+
+
+def test_wanda_keeps_what_a_hand_computation_keeps():
+    w = torch.tensor([[1.0, -2.0, 3.0, 0.5], [-4.0, 1.0, 0.1, 2.0]])
+    lin, lin2 = nn.Linear(4, 2, bias=False), nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(w), lin2.weight.copy_(w)
+    x = torch.tensor([[3.0, 1.0, 0.1, 2.0], [4.0, 0.0, 0.2, 1.0]])  # column norms 5, 1, 0.2236, 2.236
+    p = Pruner(nn.Sequential(lin), "wanda", sparsity=0.5, schedule="manual")
+    p.calibrate([x])
+    p.prune(0.5)
+    # scores: row 0: 5, 2, 0.67, 1.12 -> keep 0, 1; row 1: 20, 1, 0.022, 4.47 -> keep 0, 3
+    assert p.masks["0.weight"].tolist() == [[True, True, False, False], [True, False, False, True]]
+    # magnitude alone keeps columns 1, 2 in row 0: the inputs changed the decision
+    mag = Pruner(nn.Sequential(lin2), {"name": "magnitude", "granularity": "row"}, sparsity=0.5)
+    assert mag.masks["0.weight"].tolist() == [[False, True, True, False], [True, False, False, True]]
+
+
+def test_wanda_on_token_ids_and_two_four():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(30, 8), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    p = Pruner(model, {"name": "wanda", "granularity": "nm", "samples": 6}, schedule="manual")
+    p.calibrate([torch.randint(0, 30, (4, 5)) for _ in range(2)])
+    p.prune(0.5)
+    for m in p.masks.values():
+        assert (m.reshape(m.shape[0], -1, 4).sum(-1) == 2).all()
+
+
+def test_calibrated_methods_say_what_they_miss():
+    model = nn.Sequential(nn.Linear(4, 3))
+    p = Pruner(model, "wanda", sparsity=0.5, schedule="manual")
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        p.prune(0.5)
+    p.calibrate([])
+    with pytest.raises(ConfigError, match="calibration data is empty"):
+        p.prune(0.5)
+    attn = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    with pytest.raises(ConfigError, match="cannot observe the inputs of self_attn.in_proj_weight"):
+        q = Pruner(attn, "wanda", sparsity=0.5, schedule="manual")
+        q.calibrate([torch.randn(2, 3, 8)])
+        q.prune(0.5)
+    ok = Pruner(attn, "wanda", sparsity=0.5, schedule="manual", targets={"exclude": ["self_attn.*"]})
+    ok.calibrate([torch.randn(2, 3, 8)])
+    assert ok.prune(0.5).sparsity() == pytest.approx(0.5)
