@@ -63,3 +63,68 @@ def test_calibrated_methods_say_what_they_miss():
     ok = Pruner(attn, "wanda", sparsity=0.5, schedule="manual", targets={"exclude": ["self_attn.*"]})
     ok.calibrate([torch.randn(2, 3, 8)])
     assert ok.prune(0.5).sparsity() == pytest.approx(0.5)
+
+
+def _correlated(n=64, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, 3, generator=g, dtype=torch.double)
+    return base @ torch.randn(3, d, generator=g, dtype=torch.double) + 0.1 * torch.randn(n, d, generator=g,
+                                                                                         dtype=torch.double)
+
+
+def test_sparsegpt_with_a_fixed_mask_is_the_least_squares_fit_of_the_kept_weights():
+    from prunelab.reconstruction import sparsegpt
+
+    x = _correlated()
+    w = torch.randn(3, 8, generator=torch.Generator().manual_seed(1), dtype=torch.double)
+    keep = torch.ones(3, 8, dtype=torch.bool)
+    keep[:, :3] = False  # the pruned columns come first: every kept weight may compensate them
+    new, kept = sparsegpt(w, x.T @ x, keep=keep, percdamp=0.0)
+    assert torch.equal(kept, keep) and (new[:, :3] == 0).all()
+    for r in range(3):
+        fit = torch.linalg.lstsq(x[:, 3:], x @ w[r]).solution
+        assert torch.allclose(new[r, 3:], fit, atol=1e-5)
+
+
+def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda():
+    from prunelab.reconstruction import sparsegpt
+
+    x = _correlated(n=256, d=32)
+    w = torch.randn(16, 32, generator=torch.Generator().manual_seed(2), dtype=torch.double)
+    err = {}
+    new, keep = sparsegpt(w, x.T @ x, 0.5, blocksize=8)
+    assert int(keep.sum()) == w.numel() // 2
+    err["sparsegpt"] = (x @ (new * keep).T - x @ w.T).norm()
+    for name, score in (("magnitude", w.abs()), ("wanda", w.abs() * x.norm(dim=0))):
+        m = torch.zeros_like(w, dtype=torch.bool).scatter_(1, score.topk(16, dim=1).indices, True)
+        err[name] = (x @ (w * m).T - x @ w.T).norm()
+    assert err["sparsegpt"] < 0.5 * min(err["wanda"], err["magnitude"])
+
+
+def test_sparsegpt_two_four_is_exact():
+    from prunelab.reconstruction import sparsegpt
+
+    x = _correlated(d=16)
+    w = torch.randn(4, 16, generator=torch.Generator().manual_seed(3), dtype=torch.double)
+    new, keep = sparsegpt(w, x.T @ x, n=2, m=4, blocksize=8)
+    assert (keep.reshape(4, 4, 4).sum(-1) == 2).all() and (new[~keep] == 0).all()
+
+
+def test_sequential_sparsegpt_calibrates_each_layer_on_the_pruned_layers_before_it():
+    from prunelab.reconstruction import sparsegpt
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).double()
+    x = torch.randn(32, 6, dtype=torch.double)
+    w1, w2 = model[0].weight.detach().clone(), model[2].weight.detach().clone()
+    p = Pruner(model, {"name": "sparsegpt", "samples": 32}, sparsity=0.5, schedule="manual")
+    p.calibrate([x])
+    p.prune(0.5)
+    # by hand: layer 1 from the dense inputs, layer 2 from the outputs of the pruned, updated layer 1
+    new1, keep1 = sparsegpt(w1, x.T @ x, 0.5)
+    h = torch.relu(x @ (new1 * keep1).T + model[0].bias.detach())
+    new2, keep2 = sparsegpt(w2, h.T @ h, 0.5)
+    assert torch.equal(p.masks["0.weight"], keep1) and torch.equal(p.masks["2.weight"], keep2)
+    assert torch.allclose(model[2].weight, new2 * keep2) and torch.allclose(model[0].weight, new1 * keep1)
+    dense_h = torch.relu(x @ w1.T + model[0].bias.detach())  # what a calibration on the dense model would see
+    assert not torch.allclose(sparsegpt(w2, dense_h.T @ dense_h, 0.5)[0] * keep2, new2 * keep2)

@@ -40,6 +40,11 @@ class PruneView:
     channels: "ChannelGraph | None" = None
     layouts: Mapping[str, "Layout"] = field(default_factory=dict)
 
+    def scratch(self):
+        """A context manager yielding ``write(name, value)``: within the block a target reads ``value``; every
+        written target is restored on exit (a method measures a decision layer by layer, the Pruner installs it)."""
+        return _scratch(self.params)
+
     def canonical(self, name: str, t: Tensor) -> Tensor:
         """``t`` (the weight ``name``, its scores or its mask) viewed as (out, in, *kernel)."""
         layout = self.layouts.get(name)
@@ -65,6 +70,24 @@ class PruneView:
             with torch.no_grad():
                 for p, value in saved:
                     p.copy_(value)
+
+
+@contextmanager
+def _scratch(params: Mapping[str, nn.Parameter]) -> Iterator:
+    saved: dict[str, Tensor] = {}
+
+    def write(name: str, value: Tensor) -> None:
+        p = params[name]
+        with torch.no_grad():
+            if name not in saved:
+                saved[name] = p.detach().clone()
+            p.copy_(value.to(device=p.device, dtype=p.dtype))
+    try:
+        yield write
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
 
 
 @dataclass

@@ -4,13 +4,28 @@
 2024): score |W_ij| * ||X_j||_2 with the input norms streamed over ``samples`` calibration inputs
 (:mod:`prunelab.calibration`), the same fraction kept in every output row (granularity ``row``; ``nm`` for
 N:M); no weight update, and no retraining needed. In a run, the calibration inputs are training inputs.
+
+``sparsegpt`` (Frantar & Alistarh, ICML 2023): every target's mask and surviving weights from its inputs' Gram
+matrix X^T X (:func:`prunelab.reconstruction.sparsegpt`: blocks of ``blocksize`` columns, dampening
+``percdamp``; ``granularity: nm`` for N:M, otherwise the event's sparsity in every block). ``sequential``
+(default): the layers are calibrated and pruned in order, each seeing the inputs produced by the layers already
+pruned and updated before it, as the paper does; otherwise all from the dense model in one pass. The mask and
+the new weights are decided together, so it uses :meth:`Method.decide` (with PCA, the two methods whose
+decision is not a ranking under a count) and hands the weights back in its event outcome; the model is
+written only by the Pruner. While it calibrates layer by layer, the layers already done hold their new weights
+(a copy of the original targets is kept until the Pruner installs the result).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from .base import METHODS, Method
+from ..calibration import column_view, input_stats
+from ..criteria import Needs
+from ..errors import ConfigError
+from ..granularity import NM, Element
+from ..reconstruction import sparsegpt
+from .base import METHODS, Method, Outcome
 
 
 @METHODS.register("wanda")
@@ -26,3 +41,54 @@ class WandaMethod(Method):
         if self.criterion is None:
             self.criterion = {"name": "wanda", "samples": self.samples}
         super().__post_init__()
+
+
+@METHODS.register("sparsegpt")
+@dataclass
+class SparseGPTMethod(Method):
+    criterion: Any = "magnitude"  # not used for the decision (see the module docstring); kept for reports
+    granularity: Any = "element"
+    samples: int = 128
+    blocksize: int = 128
+    percdamp: float = 0.01
+    sequential: bool = True
+
+    def __post_init__(self) -> None:
+        for label, v in (("samples", self.samples), ("blocksize", self.blocksize)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"sparsegpt {label} must be a positive integer, got {v!r}")
+        if not (isinstance(self.percdamp, (int, float)) and self.percdamp >= 0):
+            raise ConfigError(f"sparsegpt percdamp must be a non-negative number, got {self.percdamp!r}")
+        super().__post_init__()
+        if not isinstance(self.granularity_, (NM, Element)):
+            raise ConfigError("sparsegpt chooses single weights (granularity element) or N:M patterns (nm)")
+        self._values: dict = {}
+
+    def needs(self) -> Needs:
+        # the one-pass mode takes every Gram matrix from the Pruner; the sequential one streams its own
+        return Needs(calibration_samples=self.samples, input_stats=None if self.sequential else "gram")
+
+    def decide(self, view, ctx):
+        if ctx.calibration is None:
+            raise ConfigError("sparsegpt needs calibration data: call pruner.calibrate(batches) with a few batches "
+                              "of model inputs before pruning")
+        gran = self.granularity_
+        nm = (gran.n, gran.m) if isinstance(gran, NM) else (0, 0)
+        masks, self._values = {}, {}
+        with view.scratch() as write:
+            for name, p in view.params.items():
+                stats = ctx.input_stats[name] if ctx.input_stats is not None else \
+                    input_stats(view.model, {name: p}, ctx.calibration, self.samples, gram=True)[name]
+                layout = view.layouts[name]
+                w, keep = sparsegpt(column_view(layout, p.detach()), stats.gram, ctx.sparsity, *nm,
+                                    blocksize=self.blocksize, percdamp=self.percdamp)
+                shape = layout.canonical(p).shape
+                masks[name] = layout.stored(keep.reshape(shape)).contiguous()
+                self._values[name] = layout.stored(w.reshape(shape)).contiguous()
+                if self.sequential:  # the next layers calibrate on this one's result
+                    write(name, self._values[name] * masks[name])
+        return masks
+
+    def after_prune(self, view, old, new, ctx) -> Outcome:
+        values, self._values = self._values, {}
+        return Outcome(record={"reconstructed": len(values)}, values={n: (new[n], v) for n, v in values.items()})

@@ -1,0 +1,76 @@
+"""Reconstruction: what the surviving weights of a layer become so that its outputs on calibration data change
+as little as possible (SparseGPT's blocked optimal-brain-surgeon update).
+
+Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot" (ICML 2023),
+Algorithm 1, written here from the paper (torch has no such routine; the authors' code is a research script):
+for a weight W (rows x columns) whose inputs X have Gram matrix H = X^T X (dampened by ``percdamp`` times its
+mean diagonal), columns are processed left to right in blocks of ``blocksize``; within a block the weights to
+prune are those with the smallest w^2 / [H^-1]_jj^2 (unstructured: a fraction ``sparsity`` of each block,
+chosen over all rows; N:M: n of every m consecutive columns of each row), and each pruned or kept column's
+error is spread over the columns to its right through the upper Cholesky factor of H^-1, lazily per block.
+With ``keep`` given, the mask is fixed and only the update runs.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+
+
+def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m: int = 0,
+              keep: Tensor | None = None, blocksize: int = 128, percdamp: float = 0.01) -> tuple[Tensor, Tensor]:
+    """(updated weight, keep mask) of one layer, both (rows, columns); float64 internally, the weight's dtype
+    out. Columns no calibration input ever reached (zero diagonal of H) are pruned and their weights dropped,
+    as the paper's implementation does."""
+    if weight.dim() != 2 or gram.shape != (weight.shape[1], weight.shape[1]):
+        raise ConfigError(f"sparsegpt needs a (rows, columns) weight and a (columns, columns) Gram matrix, got "
+                          f"{tuple(weight.shape)} and {tuple(gram.shape)}")
+    w = weight.detach().double().clone()
+    h = gram.detach().double().clone().to(w.device)
+    rows, cols = w.shape
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    h += percdamp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype, device=h.device)
+    try:
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except RuntimeError:
+        raise ConfigError("sparsegpt: the calibration Gram matrix is not positive definite even after dampening; "
+                          "give more calibration samples or raise percdamp") from None
+    pruned = torch.zeros_like(w, dtype=torch.bool) if keep is None else ~keep.to(w.device)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        w1, h1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        q1, err1 = torch.zeros_like(w1), torch.zeros_like(w1)
+        if keep is None and not n:
+            score = w1.square() / torch.diag(h1).square()[None]
+            k = int(score.numel() * sparsity)
+            if k:
+                thresh = score.flatten().kthvalue(k).values
+                pruned[:, i1:i2] = score <= thresh
+                _trim(pruned[:, i1:i2], score, k)
+        for i in range(i2 - i1):
+            col = w1[:, i]
+            d = h1[i, i]
+            if keep is None and n and i % m == 0:
+                block = w1[:, i:i + m].square() / torch.diag(h1)[i:i + m].square()[None]
+                idx = block.topk(n, dim=1, largest=False).indices
+                pruned[:, i1 + i:i1 + i + m] = False
+                pruned[:, i1 + i:i1 + i + m].scatter_(1, idx, True)
+            q = col.masked_fill(pruned[:, i1 + i], 0)
+            q1[:, i] = q
+            e = (col - q) / d
+            w1[:, i:] -= e[:, None] * h1[i, i:][None]
+            err1[:, i] = e
+        w[:, i1:i2] = q1
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return w.to(weight.dtype), ~pruned
+
+
+def _trim(pruned: Tensor, score: Tensor, k: int) -> None:
+    """Ties at the threshold can prune more than ``k``: keep the surplus with the highest positions (in place)."""
+    extra = int(pruned.sum()) - k
+    if extra > 0:
+        tied = (pruned & (score == score[pruned].max())).flatten().nonzero().flatten()
+        pruned.view(-1)[tied[-extra:]] = False
