@@ -55,6 +55,9 @@ def test_calibrated_methods_say_what_they_miss():
     p.calibrate([])
     with pytest.raises(ConfigError, match="calibration data is empty"):
         p.prune(0.5)
+    p.calibrate([torch.randn(2, 7)])  # 7 features for a layer of 4
+    with pytest.raises(ConfigError, match="the model rejected the calibration inputs"):
+        p.prune(0.5)
     attn = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
     with pytest.raises(ConfigError, match="cannot observe the inputs of self_attn.in_proj_weight"):
         q = Pruner(attn, "wanda", sparsity=0.5, schedule="manual")

@@ -113,7 +113,11 @@ def input_stats(model: nn.Module, targets: Mapping[str, Tensor], batches: Iterab
             n = _batch_size(x)
             x = map_tensors(x, lambda t: t[: samples - seen] if t.dim() > 0 and t.shape[0] == n else t)
             device = next(model.parameters()).device
-            call(model, map_tensors(x, lambda t: t.to(device)))
+            try:
+                call(model, map_tensors(x, lambda t: t.to(device)))
+            except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # the user's inputs, the user's model
+                raise ConfigError(f"the model rejected the calibration inputs: {str(exc).splitlines()[0][:200]}"
+                                  ) from None
             seen += min(n, samples - seen)
             if seen >= samples:
                 break
