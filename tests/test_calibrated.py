@@ -131,3 +131,14 @@ def test_sequential_sparsegpt_calibrates_each_layer_on_the_pruned_layers_before_
     assert torch.allclose(model[2].weight, new2 * keep2) and torch.allclose(model[0].weight, new1 * keep1)
     dense_h = torch.relu(x @ w1.T + model[0].bias.detach())  # what a calibration on the dense model would see
     assert not torch.allclose(sparsegpt(w2, dense_h.T @ dense_h, 0.5)[0] * keep2, new2 * keep2)
+
+
+@pytest.mark.parametrize("method", ["wanda", "{name: sparsegpt, samples: 64}"])
+def test_calibrated_methods_run_as_recipes_and_retrain(tmp_path, method):
+    from prunelab.experiment import Runner, load_recipe
+
+    recipe = load_recipe("quickstart", ["train.epochs=1", f"prune.method={method}", "prune.sparsity=0.75",
+                                        "prune.schedule.name=oneshot", "prune.retrain.epochs=1"])
+    s = Runner(recipe, tmp_path / "r", progress=False, log=lambda m: None).run()
+    assert [row["stage"] for row in s["stages"]] == ["dense", "round_01"]
+    assert s["sparsity_prunable"] == pytest.approx(0.75, abs=1e-3) and s["pruned_acc"] > 0.5
