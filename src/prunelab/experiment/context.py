@@ -82,6 +82,23 @@ class RunContext:
         steps = len(self.data.train) if p.schedule.name == "cubic" else None
         return p.engine_schedule(steps)
 
+    def calibration_batches(self):
+        """Training batches for calibration, the same on every rank: the training loader itself in one process;
+        under torchrun an unsharded loader over the same split, order and augmentation (each rank's own loader
+        holds only its shard, and calibrated methods would decide different masks on different ranks)."""
+        from ..data.loader import TensorLoader
+
+        train = self.data.train
+        if self.dist.world == 1:
+            return train
+        if not isinstance(train, TensorLoader):  # a folder-backed set (ImageNet) has no unsharded view here
+            raise ConfigError("calibrated methods under torchrun need an in-memory data set; run them in one process")
+
+        loader = TensorLoader(train.x, train.y, self.recipe.data.batch_size, shuffle=train.shuffle, seed=train.seed,
+                              crop_pad=train.crop_pad, flip=train.flip)
+        loader.set_epoch(train.epoch)
+        return loader
+
     def example_inputs(self) -> torch.Tensor:
         """One all-zero input batch, for tracing the model's channel coupling."""
         return torch.zeros((1,) + tuple(self.data.input_shape), device=self.recipe.device)

@@ -172,7 +172,7 @@ def prepare_event(ctx: RunContext, model, pruner: Pruner) -> None:
     the loss gradients of ``gradient_batches`` training batches."""
     needs = pruner.needs
     if needs.calibration_samples:
-        pruner.calibrate(ctx.data.train)
+        pruner.calibrate(ctx.calibration_batches())
     if not needs.gradient_batches:
         return
     model.train()
