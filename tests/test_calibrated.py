@@ -49,6 +49,8 @@ def test_wanda_on_token_ids_and_two_four():
 
 def test_calibrated_methods_say_what_they_miss():
     model = nn.Sequential(nn.Linear(4, 3))
+    with pytest.raises(ConfigError, match="puts at construction: build the Pruner with schedule='manual'"):
+        Pruner(model, "wanda", sparsity=0.5)  # one shot at step 0, before any calibrate() could happen
     p = Pruner(model, "wanda", sparsity=0.5, schedule="manual")
     with pytest.raises(ConfigError, match="needs calibration data"):
         p.prune(0.5)
@@ -142,3 +144,33 @@ def test_calibrated_methods_run_as_recipes_and_retrain(tmp_path, method):
     s = Runner(recipe, tmp_path / "r", progress=False, log=lambda m: None).run()
     assert [row["stage"] for row in s["stages"]] == ["dense", "round_01"]
     assert s["sparsity_prunable"] == pytest.approx(0.75, abs=1e-3) and s["pruned_acc"] > 0.5
+
+
+def test_calibration_samples_cap_what_is_used():
+    torch.manual_seed(0)
+    x = torch.randn(6, 8)
+    x[1:] *= torch.linspace(0.1, 5, 8)  # the later inputs would change the norms, and the decision
+
+    def masks(batches, samples=None):
+        torch.manual_seed(1)
+        p = Pruner(nn.Sequential(nn.Linear(8, 4)), "wanda", sparsity=0.5, schedule="manual")
+        p.calibrate(batches, samples=samples)
+        return p.prune(0.5)["0.weight"]
+
+    assert torch.equal(masks([x], samples=1), masks([x[:1]]))
+    assert not torch.equal(masks([x], samples=1), masks([x]))
+    with pytest.raises(ConfigError, match="calibration samples must be a positive integer"):
+        Pruner(nn.Sequential(nn.Linear(8, 4)), "wanda", sparsity=0.5, schedule="manual").calibrate([x], samples=0)
+
+
+def test_recipe_calibration_section(tmp_path, capsys):
+    from prunelab.cli import main
+    from prunelab.experiment import Runner, load_recipe
+
+    recipe = load_recipe("quickstart", ["train.epochs=1", "prune.method=sparsegpt", "prune.schedule.name=oneshot",
+                                        "prune.sparsity=0.5", "prune.retrain.epochs=0",
+                                        "prune.calibration={samples: 16, batch_size: 4}"])
+    s = Runner(recipe, tmp_path / "r", progress=False, log=lambda m: None).run()
+    assert s["sparsity_prunable"] == pytest.approx(0.5, abs=1e-3)
+    assert main(["run", "prune.calibration.samples=0", "--runs-dir", str(tmp_path)]) == 2
+    assert "prune.calibration.samples" in capsys.readouterr().err

@@ -52,6 +52,7 @@ class Context:
     final: bool = False  # this event reaches the final target (stochastic selectors clean up exactly)
     total_events: int | None = None  # planned number of events, when known
     calibration: Iterable[Any] | None = None  # batches of model inputs for calibrated methods (pca)
+    calibration_samples: int | None = None  # how many of those inputs to use (pruner.calibrate's samples)
     bn_scales: Mapping[str, Tensor] | None = None  # {weight name: scale of the norm after it} (bn_scale)
     candidate_threshold: float | None = None  # one score threshold for drop candidates over all tensors
     input_stats: Mapping[str, Any] | None = None  # {target: calibration.InputStats}, when the method needs them

@@ -115,6 +115,11 @@ class Pruner:
         self._dense: set[str] = set(self.params)  # names whose masks are all alive
         self.auto_prune = bool(auto_prune)
         self._calibration: Iterable | None = None
+        self._calibration_samples: int | None = None
+        if self.needs.calibration_samples and self.auto_prune and self.schedule.target(0) is not None:
+            raise ConfigError(f"method {self.method.name} needs calibration data before its first pruning event, "
+                              "which this schedule puts at construction: build the Pruner with schedule='manual', "
+                              "call pruner.calibrate(batches), then pruner.prune(sparsity)")
         self._maybe_prune(None)
 
     @property
@@ -127,10 +132,13 @@ class Pruner:
         """What the method needs handed over before each event: gradient batches, calibration samples."""
         return self.method.needs()
 
-    def calibrate(self, batches: Iterable) -> None:
+    def calibrate(self, batches: Iterable, samples: int | None = None) -> None:
         """Hand over calibration data for the following pruning events: an iterable of model inputs (or of
-        ``(inputs, targets)`` batches, whose first item is used), read by methods that need it (``pca``)."""
-        self._calibration = batches
+        ``(inputs, targets)`` batches, whose first item is used), read by methods that need it (``pca``,
+        ``wanda``, ``sparsegpt``). ``samples``: how many inputs to use (default: what the method asks for)."""
+        if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool) or samples < 1):
+            raise ConfigError(f"calibration samples must be a positive integer, got {samples!r}")
+        self._calibration, self._calibration_samples = batches, samples
 
     # -- the training-loop API ------------------------------------------------------------------
     def after_backward(self) -> None:
@@ -176,6 +184,7 @@ class Pruner:
         m = self.method
         ctx = Context(seed=self.seed, event=self.events, sparsity=sparsity, final_sparsity=self.schedule.sparsity,
                       final=final, total_events=self.planned_events, calibration=self._calibration,
+                      calibration_samples=self._calibration_samples or self.needs.calibration_samples or None,
                       input_stats=self._input_stats(), layouts=self.layouts)
         ctx = replace(ctx, **m.before_prune(self._view(), ctx))
         custom = m.decide(self._view(), ctx)
@@ -204,8 +213,8 @@ class Pruner:
         if self._calibration is None:
             raise ConfigError(f"method {self.method.name} needs calibration data: call pruner.calibrate(batches) "
                               "with a few batches of model inputs before pruning")
-        return input_stats(self.model, self.params, self._calibration, needs.calibration_samples,
-                           gram=needs.input_stats == "gram")
+        return input_stats(self.model, self.params, self._calibration,
+                           self._calibration_samples or needs.calibration_samples, gram=needs.input_stats == "gram")
 
     def _view(self) -> PruneView:
         return PruneView(self.model, self.params, self.masks, self.channels, self.layouts)

@@ -84,17 +84,18 @@ class RunContext:
 
     def calibration_batches(self):
         """Training batches for calibration, the same on every rank: the training loader itself in one process;
-        under torchrun an unsharded loader over the same split, order and augmentation (each rank's own loader
-        holds only its shard, and calibrated methods would decide different masks on different ranks)."""
+        under torchrun, or with ``prune.calibration``'s batch size, an unsharded loader over the same split,
+        order and augmentation (each rank's own loader holds only its shard, and calibrated methods would decide
+        different masks on different ranks)."""
         from ..data.loader import TensorLoader
 
-        train = self.data.train
-        if self.dist.world == 1:
+        train, cal = self.data.train, self.recipe.prune.calibration if self.recipe.prune else None
+        if self.dist.world == 1 and cal is None:
             return train
         if not isinstance(train, TensorLoader):  # a folder-backed set (ImageNet) has no unsharded view here
-            raise ConfigError("calibrated methods under torchrun need an in-memory data set; run them in one process")
-
-        loader = TensorLoader(train.x, train.y, self.recipe.data.batch_size, shuffle=train.shuffle, seed=train.seed,
+            raise ConfigError("prune.calibration and calibrated methods under torchrun need an in-memory data set")
+        batch = cal.batch_size if cal is not None and cal.batch_size else self.recipe.data.batch_size
+        loader = TensorLoader(train.x, train.y, batch, shuffle=train.shuffle, seed=train.seed,
                               crop_pad=train.crop_pad, flip=train.flip)
         loader.set_epoch(train.epoch)
         return loader

@@ -54,6 +54,14 @@ class ScheduleConfig(_Strict):
     initial_sparsity: float = Field(0.0, ge=0, lt=1)
 
 
+class CalibrationConfig(_Strict):
+    """Calibration data of calibrated methods (pca, wanda, sparsegpt): the first ``samples`` training inputs (in
+    the training order at that point), in batches of ``batch_size`` (default: the training batch size)."""
+
+    samples: int = Field(128, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+
+
 class PruneConfig(_Strict):
     method: str | dict[str, Any] = "magnitude"
     sparsity: float = Field(0.9, ge=0, lt=1)
@@ -67,6 +75,7 @@ class PruneConfig(_Strict):
     # lottery_reset trains it from the run's own initial weights; guided trains stage-averaged widths.
     controls: list[Literal["finetune", "scratch_e", "scratch_b", "lottery_reset", "guided"]] = Field(default_factory=list)
     scratch_b_cap: float | None = Field(None, ge=1)
+    calibration: CalibrationConfig | None = None  # None: the method's own sample count, training batches
 
     def engine_schedule(self, steps_per_epoch: int | None = None) -> Schedule:
         """The engine's :class:`~prunelab.schedules.Schedule` of this section: ``oneshot`` and ``iterative``

@@ -172,7 +172,8 @@ def prepare_event(ctx: RunContext, model, pruner: Pruner) -> None:
     the loss gradients of ``gradient_batches`` training batches."""
     needs = pruner.needs
     if needs.calibration_samples:
-        pruner.calibrate(ctx.calibration_batches())
+        cal = ctx.recipe.prune.calibration
+        pruner.calibrate(ctx.calibration_batches(), samples=cal.samples if cal is not None else None)
     if not needs.gradient_batches:
         return
     model.train()

@@ -78,7 +78,8 @@ class SparseGPTMethod(Method):
         with view.scratch() as write:
             for name, p in view.params.items():
                 stats = ctx.input_stats[name] if ctx.input_stats is not None else \
-                    input_stats(view.model, {name: p}, ctx.calibration, self.samples, gram=True)[name]
+                    input_stats(view.model, {name: p}, ctx.calibration, ctx.calibration_samples or self.samples,
+                                gram=True)[name]
                 layout = view.layouts[name]
                 w, keep = sparsegpt(column_view(layout, p.detach()), stats.gram, ctx.sparsity, *nm,
                                     blocksize=self.blocksize, percdamp=self.percdamp)

@@ -94,7 +94,8 @@ class PCAPruning(Method):
         device = next(iter(params.values())).device
         layers = [n.rsplit(".", 1)[0] for n in params]
         classifier = view.channels.ignored if view.channels is not None else []
-        stats = collect(model, layers, ctx.calibration, self.samples, outputs=self.units, device=device)
+        samples = ctx.calibration_samples or self.samples
+        stats = collect(model, layers, ctx.calibration, samples, outputs=self.units, device=device)
         masks, self.plan = {}, {}
         for name, layer in zip(params, layers):
             w = params[name]
@@ -111,7 +112,7 @@ class PCAPruning(Method):
             tau_c = self.tau if self.tau_c is None else self.tau_c
             # the removed units (weights and channel companions) are silenced while the inputs are measured
             with view.silenced(masks):
-                inputs = collect(model, layers, ctx.calibration, self.samples, outputs=False, device=device)
+                inputs = collect(model, layers, ctx.calibration, samples, outputs=False, device=device)
                 for name, layer in zip(params, layers):
                     w = params[name]
                     mean_abs = inputs.inputs[layer].mean_abs()
