@@ -1,8 +1,9 @@
-"""One-shot pruning from calibration data on LeNet-5 / MNIST: magnitude, Wanda and SparseGPT at several
-sparsities with no retraining, PCA at its own compression, then SparseGPT + one retraining against iterative
-magnitude pruning at 12.5x (the recipes lenet5_mnist_sparsegpt and lenet5_mnist_magnitude, same dense model).
+"""One-shot pruning from calibration data on LeNet-5 or LeNet-300-100 / MNIST: magnitude, Wanda and SparseGPT
+at several sparsities with no retraining, PCA at its own compression, then SparseGPT + one retraining against
+iterative magnitude pruning at 12.5x (the recipes MODEL_mnist_sparsegpt and MODEL_mnist_magnitude, same dense
+model).
 
-    python benchmarks/one_shot.py --data-root ../shared/data --runs-dir runs --seeds 0 --threads 1
+    python benchmarks/one_shot.py --model lenet5 --data-root ../shared/data --runs-dir runs --seeds 0 --threads 1
 
 Accuracy is top-1 on the 10,000 test images; times are wall seconds of the pruning decision (calibration
 included) on this machine, and for the recipes the summed seconds of their pruning stages (retraining included).
@@ -19,6 +20,7 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="lenet5", choices=["lenet5", "lenet300_100"])
     ap.add_argument("--data-root", default="../shared/data")
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--seeds", default="0")
@@ -41,7 +43,7 @@ def main() -> None:
     dense_acc, pca_rows, recipe_rows = [], [], []
     for seed in map(int, a.seeds.split(",")):
         over = [f"seed={seed}", f"data.root={a.data_root}"]
-        recipe = load_recipe("lenet5_mnist_magnitude", over)
+        recipe = load_recipe(f"{a.model}_mnist_magnitude", over)
         run_dir = run_dir_for(recipe, a.runs_dir)
         Runner(recipe, run_dir, progress=False, log=lambda m: None, stop_after="dense").run()
         ctx = RunContext(recipe, run_dir, log=lambda m: None, progress=False)
@@ -65,14 +67,14 @@ def main() -> None:
             p.prune(0.5)
             pca_rows.append((tau, p.masks.sparsity(), ctx.evaluate(model)["acc"], time.perf_counter() - t0))
         if not a.no_retrain:
-            for name in ("lenet5_mnist_sparsegpt", "lenet5_mnist_magnitude"):
+            for name in (f"{a.model}_mnist_sparsegpt", f"{a.model}_mnist_magnitude"):
                 r = load_recipe(name, over)
                 s = Runner(r, run_dir_for(r, a.runs_dir), progress=False, log=lambda m: None).run()
                 prune_s = sum(st["seconds"] for st in s["stages"] if st["stage"] != "dense")
                 recipe_rows.append((name, seed, s["compression_prunable"], s["pruned_acc"], prune_s,
                                     len(s["stages"]) - 1))
     pm = lambda v: f"{100 * statistics.mean(v):.2f}" + (f" +- {100 * statistics.stdev(v):.2f}" if len(v) > 1 else "")  # noqa: E731
-    print(f"# One-shot pruning of LeNet-5 / MNIST from {a.samples} calibration images\n")
+    print(f"# One-shot pruning of {a.model} / MNIST from {a.samples} calibration images\n")
     print(f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__}, {a.threads} thread(s), seeds {a.seeds}; "
           f"dense accuracy {pm(dense_acc)} %. Test accuracy % right after pruning, no retraining "
           "(seconds of the decision, calibration included, in brackets).\n")
