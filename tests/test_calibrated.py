@@ -174,3 +174,15 @@ def test_recipe_calibration_section(tmp_path, capsys):
     assert s["sparsity_prunable"] == pytest.approx(0.5, abs=1e-3)
     assert main(["run", "prune.calibration.samples=0", "--runs-dir", str(tmp_path)]) == 2
     assert "prune.calibration.samples" in capsys.readouterr().err
+
+
+def test_sparsegpt_per_row_budget():
+    from prunelab.reconstruction import sparsegpt
+
+    x = _correlated(d=16)
+    w = torch.randn(6, 16, generator=torch.Generator().manual_seed(4), dtype=torch.double)
+    w[0] *= 10  # one loud row: a shared threshold would spare it, a per-row budget does not
+    _, shared = sparsegpt(w, x.T @ x, 0.5, blocksize=8)
+    _, rows = sparsegpt(w, x.T @ x, 0.5, blocksize=8, per_row=True)
+    assert (rows.reshape(6, 2, 8).sum(-1) == 4).all()
+    assert int(shared.sum()) == int(rows.sum()) == 48 and not torch.equal(shared, rows)

@@ -6,7 +6,8 @@ Algorithm 1, written here from the paper (torch has no such routine; the authors
 for a weight W (rows x columns) whose inputs X have Gram matrix H = X^T X (dampened by ``percdamp`` times its
 mean diagonal), columns are processed left to right in blocks of ``blocksize``; within a block the weights to
 prune are those with the smallest w^2 / [H^-1]_jj^2 (unstructured: a fraction ``sparsity`` of each block,
-chosen over all rows; N:M: n of every m consecutive columns of each row), and each pruned or kept column's
+chosen over all rows, or with ``per_row`` the same count in every row; N:M: n of every m consecutive columns
+of each row), and each pruned or kept column's
 error is spread over the columns to its right through the upper Cholesky factor of H^-1, lazily per block.
 With ``keep`` given, the mask is fixed and only the update runs.
 """
@@ -19,7 +20,8 @@ from .errors import ConfigError
 
 
 def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m: int = 0,
-              keep: Tensor | None = None, blocksize: int = 128, percdamp: float = 0.01) -> tuple[Tensor, Tensor]:
+              keep: Tensor | None = None, blocksize: int = 128, percdamp: float = 0.01,
+              per_row: bool = False) -> tuple[Tensor, Tensor]:
     """(updated weight, keep mask) of one layer, both (rows, columns); float64 internally, the weight's dtype
     out. Columns no calibration input ever reached (zero diagonal of H) are pruned and their weights dropped,
     as the paper's implementation does."""
@@ -45,11 +47,17 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
         q1, err1 = torch.zeros_like(w1), torch.zeros_like(w1)
         if keep is None and not n:
             score = w1.square() / torch.diag(h1).square()[None]
-            k = int(score.numel() * sparsity)
-            if k:
-                thresh = score.flatten().kthvalue(k).values
-                pruned[:, i1:i2] = score <= thresh
-                _trim(pruned[:, i1:i2], score, k)
+            if per_row:  # the same count in every row of the block
+                k = int(score.shape[1] * sparsity)
+                if k:
+                    idx = score.topk(k, dim=1, largest=False).indices
+                    pruned[:, i1:i2] = torch.zeros_like(score, dtype=torch.bool).scatter_(1, idx, True)
+            else:
+                k = int(score.numel() * sparsity)
+                if k:
+                    thresh = score.flatten().kthvalue(k).values
+                    pruned[:, i1:i2] = score <= thresh
+                    _trim(pruned[:, i1:i2], score, k)
         for i in range(i2 - i1):
             col = w1[:, i]
             d = h1[i, i]

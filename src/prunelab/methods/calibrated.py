@@ -7,7 +7,8 @@ N:M); no weight update, and no retraining needed. In a run, the calibration inpu
 
 ``sparsegpt`` (Frantar & Alistarh, ICML 2023): every target's mask and surviving weights from its inputs' Gram
 matrix X^T X (:func:`prunelab.reconstruction.sparsegpt`: blocks of ``blocksize`` columns, dampening
-``percdamp``; ``granularity: nm`` for N:M, otherwise the event's sparsity in every block). ``sequential``
+``percdamp``; ``granularity: nm`` for N:M, otherwise the event's sparsity in every block, over all rows or,
+``per_row: true``, in every row). ``sequential``
 (default): the layers are calibrated and pruned in order, each seeing the inputs produced by the layers already
 pruned and updated before it, as the paper does; otherwise all from the dense model in one pass. The mask and
 the new weights are decided together, so it uses :meth:`Method.decide` (with PCA, the two methods whose
@@ -52,6 +53,7 @@ class SparseGPTMethod(Method):
     blocksize: int = 128
     percdamp: float = 0.01
     sequential: bool = True
+    per_row: bool = False  # unstructured: the same count in every row of each block (a per-row budget)
 
     def __post_init__(self) -> None:
         for label, v in (("samples", self.samples), ("blocksize", self.blocksize)):
@@ -82,7 +84,7 @@ class SparseGPTMethod(Method):
                                 gram=True)[name]
                 layout = view.layouts[name]
                 w, keep = sparsegpt(column_view(layout, p.detach()), stats.gram, ctx.sparsity, *nm,
-                                    blocksize=self.blocksize, percdamp=self.percdamp)
+                                    blocksize=self.blocksize, percdamp=self.percdamp, per_row=self.per_row)
                 shape = layout.canonical(p).shape
                 masks[name] = layout.stored(keep.reshape(shape)).contiguous()
                 self._values[name] = layout.stored(w.reshape(shape)).contiguous()
