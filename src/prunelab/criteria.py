@@ -13,8 +13,10 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor
 
+from .calibration import column_view
 from .errors import ConfigError
 from .registry import Registry
+from .targets import Layout
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,6 @@ class Needs:
     gradient_batches: int = 0  # batches of loss gradients observed through after_backward() (taylor)
     calibration_samples: int = 0  # model inputs seen through calibrate() (pca, wanda, sparsegpt)
     input_stats: str | None = None  # per-target input statistics the Pruner streams: "norms" or "gram" (X^T X too)
-
-    def __or__(self, other: "Needs") -> "Needs":
-        stats = "gram" if "gram" in (self.input_stats, other.input_stats) else (self.input_stats or other.input_stats)
-        return Needs(max(self.gradient_batches, other.gradient_batches),
-                     max(self.calibration_samples, other.calibration_samples), stats)
 
 
 @dataclass(frozen=True)
@@ -200,9 +197,6 @@ class Wanda(Criterion):
         return Needs(calibration_samples=self.samples, input_stats="norms")
 
     def scores(self, params, ctx):
-        from .calibration import column_view
-        from .targets import Layout
-
         if ctx.input_stats is None:
             raise ConfigError("the wanda criterion needs calibration data: call pruner.calibrate(batches) with a few "
                               "batches of model inputs before pruning")

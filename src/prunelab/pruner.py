@@ -30,6 +30,7 @@ from .channels import ChannelGraph
 from .coupling import channel_report, coupled_groups, select_channels
 from .granularity import Filter
 from .criteria import Context, Needs
+from .inputs import Inputs
 from .errors import CheckpointError, ConfigError
 from .masks import Masks
 from .methods import Method, build_method
@@ -62,7 +63,7 @@ class Pruner:
 
     def __init__(self, model: nn.Module, method: Any = "magnitude", schedule: Any = "oneshot",
                  sparsity: float | None = None, targets: Targets | dict | None = None, seed: int = 0,
-                 example_inputs: Tensor | None = None, auto_prune: bool = True) -> None:
+                 example_inputs: Inputs | None = None, auto_prune: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Pruner needs an nn.Module, got {type(model).__name__}")
         self.model = model

@@ -61,13 +61,25 @@ def control_kind(stage: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class RunPaths:
-    """The paths of one run folder."""
+class _WithDenseCheckpoints:
+    """A folder holding the dense training's extra checkpoints: initial weights and late-rewinding points."""
 
     root: Path
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def init(self) -> Path:
+        return self.root / _INIT
+
+    def rewind(self, step: int) -> Path:
+        return self.root / f"{_REWIND}{step}"
+
+
+@dataclass(frozen=True)
+class RunPaths(_WithDenseCheckpoints):
+    """The paths of one run folder."""
 
     @property
     def recipe(self) -> Path:
@@ -84,13 +96,6 @@ class RunPaths:
     @property
     def attack(self) -> Path:
         return self.root / "attack.json"
-
-    @property
-    def init(self) -> Path:
-        return self.root / _INIT
-
-    def rewind(self, step: int) -> Path:
-        return self.root / f"{_REWIND}{step}"
 
     def stage(self, name: str) -> Path:
         return self.root / "stages" / name
@@ -118,21 +123,12 @@ class RunPaths:
 
 
 @dataclass(frozen=True)
-class DenseCache:
+class DenseCache(_WithDenseCheckpoints):
     """``RUNS/_dense/MODEL-DENSEHASH``: the checkpoints of one dense training, shared by runs."""
-
-    root: Path
 
     @property
     def dense(self) -> Path:
         return self.root / DENSE
-
-    @property
-    def init(self) -> Path:
-        return self.root / _INIT
-
-    def rewind(self, step: int) -> Path:
-        return self.root / f"{_REWIND}{step}"
 
 
 def is_complete(folder: str | Path) -> bool:

@@ -1,6 +1,8 @@
 """summary.json: what a finished run reports, each figure saying over which parameters it is counted."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..analysis import count_flops, count_params
 from ..export import compact_bytes
 from ..io import atomic_write_json, atomic_write_text, read_json
@@ -64,8 +66,6 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
     return summary
 
 
-def load_summary(run_dir) -> dict:
+def load_summary(run_dir: str | Path) -> dict:
     """summary.json of a finished run (CheckpointError when missing or corrupt)."""
-    from pathlib import Path
-
     return read_json(paths.RunPaths(Path(run_dir)).summary)

@@ -55,25 +55,20 @@ class PruneView:
         """Within the block, the weights ``masks`` prune (and their channels' biases and norm entries) read as
         zero; every value is restored on exit, so a method can measure a candidate decision without writing
         the model."""
-        named = dict(self.model.named_parameters())
-        keeps = [(self.params[n], m) for n, m in masks.items()]
+        named = {**dict(self.model.named_parameters()), **self.params}
+        keeps = dict(masks)
         if self.channels is not None:
-            keeps += [(named[n], m) for n, m in self.channels.companion_masks(masks).items()]
-        saved = []
-        with torch.no_grad():
-            for p, keep in keeps:
-                saved.append((p, p.detach().clone()))
-                p.mul_(keep.to(device=p.device, dtype=p.dtype))
-        try:
+            keeps.update(self.channels.companion_masks(masks))
+        with _scratch(named) as write:
+            for name, keep in keeps.items():
+                p = named[name]
+                write(name, p.detach() * keep.to(device=p.device, dtype=p.dtype))
             yield
-        finally:
-            with torch.no_grad():
-                for p, value in saved:
-                    p.copy_(value)
 
 
 @contextmanager
 def _scratch(params: Mapping[str, nn.Parameter]) -> Iterator:
+    """Yields ``write(name, value)``; every parameter written within the block gets its value back on exit."""
     saved: dict[str, Tensor] = {}
 
     def write(name: str, value: Tensor) -> None:
