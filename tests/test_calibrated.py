@@ -1,4 +1,5 @@
 """One-shot pruning from calibration data: streamed input statistics and Wanda."""
+import copy
 import pytest
 import torch
 from torch import nn
@@ -60,14 +61,66 @@ def test_calibrated_methods_say_what_they_miss():
     p.calibrate([torch.randn(2, 7)])  # 7 features for a layer of 4
     with pytest.raises(ConfigError, match="the model rejected the calibration inputs"):
         p.prune(0.5)
-    attn = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
-    with pytest.raises(ConfigError, match="cannot observe the inputs of self_attn.in_proj_weight"):
-        q = Pruner(attn, "wanda", sparsity=0.5, schedule="manual")
-        q.calibrate([torch.randn(2, 3, 8)])
+    rnn = nn.Sequential(nn.LSTM(8, 8, num_layers=2, batch_first=True))
+    rnn_inputs = [torch.randn(2, 3, 8)]
+    with pytest.raises(ConfigError, match="cannot observe the inputs of 0.weight_ih_l0, .* and more"):
+        q = Pruner(rnn, "wanda", sparsity=0.5, schedule="manual")
+        q.calibrate(rnn_inputs)
         q.prune(0.5)
-    ok = Pruner(attn, "wanda", sparsity=0.5, schedule="manual", targets={"exclude": ["self_attn.*"]})
-    ok.calibrate([torch.randn(2, 3, 8)])
+    decoder = nn.TransformerDecoderLayer(8, 2, 16, batch_first=True)
+    with pytest.raises(ConfigError, match="needs one input for query, key and value"):
+        q = Pruner(decoder, "wanda", sparsity=0.5, schedule="manual")
+        q.calibrate([{"tgt": torch.randn(2, 3, 8), "memory": torch.randn(2, 5, 8)}])
+        q.prune(0.5)
+    ok = Pruner(decoder, "wanda", sparsity=0.5, schedule="manual",
+                targets={"exclude": ["multihead_attn.in_proj_weight"]})
+    ok.calibrate([{"tgt": torch.randn(2, 3, 8), "memory": torch.randn(2, 5, 8)}])
     assert ok.prune(0.5).sparsity() == pytest.approx(0.5)
+
+
+def test_attention_projections_see_their_own_inputs():
+    """in_proj sees the query of a self-attention call; out_proj the concatenated heads, which MHA multiplies
+    itself: checked against (output - bias) W_o^-T, computed by hand from the module's own output."""
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(6, 2, batch_first=True).double()
+    x = torch.randn(3, 4, 6, dtype=torch.double)
+    model = _SelfAttention(mha)
+    stats = input_stats(model, {"mha.in_proj_weight": mha.in_proj_weight, "mha.out_proj.weight": mha.out_proj.weight},
+                        [x], samples=3, gram=True)
+    rows = x.reshape(-1, 6)
+    assert torch.allclose(stats["mha.in_proj_weight"].gram, rows.T @ rows)
+    with torch.no_grad():
+        out = mha(x, x, x, need_weights=False)[0].reshape(-1, 6)
+    heads = (out - mha.out_proj.bias) @ torch.linalg.inv(mha.out_proj.weight.detach().T)
+    assert stats["mha.out_proj.weight"].rows == 12
+    assert torch.allclose(stats["mha.out_proj.weight"].gram, heads.T @ heads, atol=1e-9)
+
+
+class _SelfAttention(nn.Module):
+    def __init__(self, mha):
+        super().__init__()
+        self.mha = mha
+
+    def forward(self, x):
+        return self.mha(x, x, x, need_weights=False)[0]
+
+
+def test_sparsegpt_on_a_transformer_layer_beats_magnitude_at_its_outputs():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
+    x = (torch.randn(16, 6, 3) @ torch.randn(3, 16)) + 0.1 * torch.randn(16, 6, 16)  # correlated features
+    with torch.no_grad():
+        ref = layer(x)
+    err = {}
+    for spec in ("magnitude", {"name": "sparsegpt", "samples": 16}):
+        model = copy.deepcopy(layer)
+        p = Pruner(model, spec, sparsity=0.5, schedule="manual")
+        p.calibrate([x])
+        p.prune(0.5)
+        assert p.masks["self_attn.in_proj_weight"].float().mean() == pytest.approx(0.5, abs=0.01)
+        with torch.no_grad():
+            err[p.method.name] = (model(x) - ref).square().mean().item()
+    assert err["sparsegpt"] < 0.5 * err["magnitude"]
 
 
 def _correlated(n=64, d=8, seed=0):
@@ -186,3 +239,22 @@ def test_sparsegpt_per_row_budget():
     _, rows = sparsegpt(w, x.T @ x, 0.5, blocksize=8, per_row=True)
     assert (rows.reshape(6, 2, 8).sum(-1) == 4).all()
     assert int(shared.sum()) == int(rows.sum()) == 48 and not torch.equal(shared, rows)
+
+
+def test_sparsegpt_splits_its_budget_by_the_allocation():
+    """allocation global: each layer is reconstructed at the sparsity global magnitude gives it, exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    with torch.no_grad():
+        model[0].weight.mul_(4)  # a layer of large weights: global magnitude leaves it denser
+    ref = Pruner(copy.deepcopy(model), {"name": "magnitude", "allocation": "global"}, sparsity=0.8,
+                 schedule="manual").prune(0.8)
+    p = Pruner(model, {"name": "sparsegpt", "allocation": "global", "samples": 64, "blocksize": 8},
+               sparsity=0.8, schedule="manual")
+    p.calibrate([torch.randn(64, 8)])
+    p.prune(0.8)
+    for name, m in p.masks.items():
+        assert int(m.sum()) == int(ref[name].sum()), name
+    assert p.history[-1]["layer_sparsity"]["0.weight"] < 0.8 < p.history[-1]["layer_sparsity"]["2.weight"]
+    with pytest.raises(ConfigError, match="use allocation uniform"):
+        Pruner(model, {"name": "sparsegpt", "allocation": "global", "granularity": "nm"}, schedule="manual")

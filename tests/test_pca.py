@@ -73,6 +73,10 @@ def test_collect_streams_and_stops_at_the_sample_budget():
     batches = [(torch.randn(10, 4), None) for _ in range(5)]
     st = collect(model, ["0", "2"], batches, samples=25)
     assert st.samples == 25 and st.outputs["0"].n == 25 and st.inputs["2"].mean_abs().shape == (3,)
+    bare = collect(model, ["0", "2"], [x for x, _ in batches], samples=25)  # model inputs without labels
+    assert torch.equal(bare.outputs["0"].covariance(), st.outputs["0"].covariance())
+    with pytest.raises(ConfigError, match="calibration data is empty"):
+        collect(model, ["0"], [], samples=5)
 
 
 def test_bad_parameters_are_rejected():

@@ -10,14 +10,17 @@ computes X W^T. Accumulated per target, in float64, without holding any activati
 - ``rows``: how many rows were seen.
 
 Forward hooks observe the modules that own the targets: Linear (and subclasses), Conv1d/Conv2d with groups=1,
-Hugging Face Conv1D. A target whose inputs cannot be observed this way (attention's in_proj and out_proj, whose
-parent reads the weights directly; recurrent weights; grouped convolutions) is a ConfigError naming it, so a
-method never silently scores weights without their statistics.
+Hugging Face Conv1D, and nn.MultiheadAttention, whose parent reads its weights directly: in_proj_weight sees
+the query (self-attention: query, key and value one input; q/k/v_proj_weight each their own input) and out_proj
+the heads' concatenated outputs, recomputed in the hook with an identity projection. A target whose inputs
+cannot be observed this way (recurrent weights, whose inputs include hidden states the module never returns for
+inner layers; grouped or transposed convolutions; cross-attention through a packed in_proj) is a ConfigError
+naming it, so a method never silently scores weights without their statistics.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -61,48 +64,89 @@ def _observable(module: nn.Module, attr: str) -> bool:
     return isinstance(module, nn.Linear) or is_hf_conv1d(module)
 
 
-def owners(model: nn.Module, targets: Mapping[str, Tensor]) -> dict[str, nn.Module]:
-    """The module whose forward call shows each target's inputs; ConfigError naming the targets without one."""
+Rows = Callable[[nn.Module, tuple, dict, Any], Tensor]  # (module, args, kwargs, output) -> rows of the columns
+
+
+def _layer_rows(module, args, kwargs, output) -> Tensor:
+    return _rows(module, args[0])
+
+
+def _mha_inputs(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor]:
+    named = ("query", "key", "value")
+    got = list(args[:3]) + [kwargs[k] for k in named[len(args[:3]):] if k in kwargs]
+    if len(got) < 3:
+        raise ConfigError("calibration could not read the query, key and value of an attention call")
+    return got[0], got[1], got[2]
+
+
+def _mha_rows(which: int | None) -> Rows:
+    """Rows of nn.MultiheadAttention's projections: ``which`` 0/1/2 the query/key/value input (separate
+    q/k/v_proj_weight), None the packed in_proj_weight, which needs one input for all three (self-attention)."""
+    def rows(module, args, kwargs, output):
+        q, k, v = _mha_inputs(args, kwargs)
+        if which is not None:
+            x = (q, k, v)[which]
+        elif q is k and k is v or (q.shape == k.shape == v.shape and torch.equal(q, k) and torch.equal(k, v)):
+            x = q
+        else:
+            raise ConfigError("calibration of a packed attention in_proj_weight needs one input for query, key and "
+                              "value (self-attention); exclude cross-attention projections with targets.exclude")
+        return x.reshape(-1, x.shape[-1])
+    return rows
+
+
+_REENTERED: set[int] = set()
+
+
+def _mha_out_rows(module, args, kwargs, output) -> Tensor:
+    """The inputs of out_proj, which MultiheadAttention multiplies itself: the attention's output recomputed
+    with an identity projection (the heads' concatenated outputs)."""
+    e = module.out_proj.weight.shape[1]
+    eye = torch.eye(e, dtype=module.out_proj.weight.dtype, device=module.out_proj.weight.device)
+    _REENTERED.add(id(module))  # the recomputation calls the module, whose hook must stay silent
+    try:
+        out = torch.func.functional_call(module, {"out_proj.weight": eye, "out_proj.bias": torch.zeros_like(eye[0])},
+                                         args, kwargs)
+    finally:
+        _REENTERED.discard(id(module))
+    out = out[0] if isinstance(out, tuple) else out
+    return out.reshape(-1, e)
+
+
+def owners(model: nn.Module, targets: Mapping[str, Tensor]) -> dict[str, tuple[nn.Module, Rows]]:
+    """For each target, the module whose forward call shows its inputs and how to read them as rows of its
+    columns; ConfigError naming the targets without one."""
     by_param = {id(p): (m, attr) for m in model.modules() for attr, p in m.named_parameters(recurse=False)}
-    # a Linear whose parent reads its weight (attention's out_proj) is never called: its hook would not fire
-    read_directly = {id(c) for m in model.modules() if isinstance(m, nn.MultiheadAttention) for c in m.children()}
+    attention = {id(c): m for m in model.modules() if isinstance(m, nn.MultiheadAttention) for c in m.children()}
     out, missing = {}, []
     for name, p in targets.items():
         module, attr = by_param.get(id(p), (None, None))
-        if module is None or not _observable(module, attr) or id(module) in read_directly:
+        if isinstance(module, nn.MultiheadAttention) and attr in ("in_proj_weight", "q_proj_weight",
+                                                                  "k_proj_weight", "v_proj_weight"):
+            out[name] = module, _mha_rows(None if attr == "in_proj_weight" else "qkv".index(attr[0]))
+        elif id(module) in attention and attr == "weight" and module is attention[id(module)].out_proj:
+            out[name] = attention[id(module)], _mha_out_rows  # out_proj is never called: its parent reads it
+        elif module is None or not _observable(module, attr):
             missing.append(name)
         else:
-            out[name] = module
+            out[name] = module, _layer_rows
     if missing:
         raise ConfigError(f"calibration cannot observe the inputs of {', '.join(missing[:3])}"
-                          f"{' and more' if len(missing) > 3 else ''} (attention, recurrent or grouped layers); "
+                          f"{' and more' if len(missing) > 3 else ''} (recurrent, grouped or transposed layers); "
                           "leave them out with targets.exclude")
     return out
 
 
 @torch.no_grad()
-def input_stats(model: nn.Module, targets: Mapping[str, Tensor], batches: Iterable, samples: int,
-                gram: bool = False) -> dict[str, InputStats]:
-    """Run ``model`` (eval mode) over ``batches`` (model inputs, or ``(inputs, targets)`` pairs whose first item
-    is used) until ``samples`` inputs were seen, accumulating every target's :class:`InputStats`."""
-    mods = owners(model, targets)
-    stats: dict[str, InputStats] = {}
-
-    def hook(name):
-        def fn(module, args, output):
-            x = _rows(module, args[0].detach()).double()
-            s = stats.get(name)
-            if s is None:
-                s = stats[name] = InputStats(0, torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
-                                             torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64,
-                                                         device=x.device) if gram else None)
-            s.rows += x.shape[0]
-            s.sq += x.square().sum(0)
-            if gram:
-                s.gram += x.T @ x
-        return fn
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in mods.items()]
+def stream(model: nn.Module, hooks: Mapping[nn.Module, Callable], batches: Iterable, samples: int) -> int:
+    """Run ``model`` (eval mode, no gradients) over ``batches`` until ``samples`` inputs were seen, with
+    ``hook(module, args, kwargs, output)`` registered as a forward hook on each module of ``hooks``; returns the number
+    of inputs seen. A batch is any model input (tensor, tuple, dict: see :mod:`prunelab.inputs`) or an
+    ``(inputs, targets)`` pair, whose first item is used; the last batch is cut to reach ``samples`` exactly.
+    The one loop every calibrated statistic is gathered by (input statistics here, PCA's activation moments)."""
+    def silent_when_reentered(fn):
+        return lambda m, a, k, o: None if id(m) in _REENTERED else fn(m, a, k, o)
+    handles = [m.register_forward_hook(silent_when_reentered(fn), with_kwargs=True) for m, fn in hooks.items()]
     was = model.training
     model.eval()
     seen = 0
@@ -127,10 +171,44 @@ def input_stats(model: nn.Module, targets: Mapping[str, Tensor], batches: Iterab
         model.train(was)
     if seen == 0:
         raise ConfigError("the calibration data is empty: give at least one batch of model inputs")
+    return seen
+
+
+def input_stats(model: nn.Module, targets: Mapping[str, Tensor], batches: Iterable, samples: int,
+                gram: bool = False) -> dict[str, InputStats]:
+    """Every target's :class:`InputStats` over the first ``samples`` inputs of ``batches`` (see :func:`stream`)."""
+    mods = owners(model, targets)
+    stats: dict[str, InputStats] = {}
+
+    def hook(name, read_rows):
+        def fn(module, args, kwargs, output):
+            x = read_rows(module, args, kwargs, output).detach().double()
+            s = stats.get(name)
+            if s is None:
+                s = stats[name] = InputStats(0, torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
+                                             torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64,
+                                                         device=x.device) if gram else None)
+            s.rows += x.shape[0]
+            s.sq += x.square().sum(0)
+            if gram:
+                s.gram += x.T @ x
+        return fn
+
+    by_module: dict[nn.Module, list] = {}  # an attention module shows the inputs of several targets
+    for name, (module, read_rows) in mods.items():
+        by_module.setdefault(module, []).append(hook(name, read_rows))
+    stream(model, {m: _each(fns) for m, fns in by_module.items()}, batches, samples)
     unseen = [n for n in mods if n not in stats]
     if unseen:
         raise ConfigError(f"calibration never reached {', '.join(unseen[:3])}: the model did not call them")
     return stats
+
+
+def _each(fns: list) -> Callable:
+    def fn(*hook_args):
+        for f in fns:
+            f(*hook_args)
+    return fn
 
 
 def _batch_size(x) -> int:

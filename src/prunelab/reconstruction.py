@@ -13,6 +13,8 @@ With ``keep`` given, the mask is fixed and only the update runs.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -47,13 +49,15 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
         q1, err1 = torch.zeros_like(w1), torch.zeros_like(w1)
         if keep is None and not n:
             score = w1.square() / torch.diag(h1).square()[None]
+            # the layer's count, rounded once (nearest, halves up) and shared out over the blocks by cumulative
+            # rounding, so the whole layer meets the engine's rounding rule rather than a floor per block
             if per_row:  # the same count in every row of the block
-                k = int(score.shape[1] * sparsity)
+                k = _share(sparsity, cols, i1, i2)
                 if k:
                     idx = score.topk(k, dim=1, largest=False).indices
                     pruned[:, i1:i2] = torch.zeros_like(score, dtype=torch.bool).scatter_(1, idx, True)
             else:
-                k = int(score.numel() * sparsity)
+                k = _share(sparsity, rows * cols, rows * i1, rows * i2)
                 if k:
                     thresh = score.flatten().kthvalue(k).values
                     pruned[:, i1:i2] = score <= thresh
@@ -74,6 +78,14 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
         w[:, i1:i2] = q1
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     return w.to(weight.dtype), ~pruned
+
+
+def _share(sparsity: float, total: int, start: int, stop: int) -> int:
+    """How many of the elements [start, stop) of ``total`` to prune so that every prefix prunes
+    floor(sparsity * prefix + 0.5) of the elements before it."""
+    whole = math.floor(sparsity * total + 0.5)
+    cum = lambda c: math.floor(whole * c / total + 0.5) if total else 0  # noqa: E731
+    return cum(stop) - cum(start)
 
 
 def _trim(pruned: Tensor, score: Tensor, k: int) -> None:

@@ -14,6 +14,9 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from ..calibration import stream
+from ..errors import ConfigError
+
 
 def _features(t: Tensor) -> Tensor:
     """(observations, features): channels last for conv activations (N, C, *spatial)."""
@@ -66,37 +69,27 @@ class ActivationStats:
     samples: int = 0
 
 
-@torch.no_grad()
 def collect(model: nn.Module, layers: list[str], batches: Iterable, samples: int = 2048,
-            outputs: bool = True, device: str | torch.device = "cpu") -> ActivationStats:
-    """Run ``model`` (eval mode) over ``batches`` ((x, y) or x) until ``samples`` inputs were seen."""
+            outputs: bool = True) -> ActivationStats:
+    """Moments of every layer's inputs (and outputs) over the first ``samples`` inputs of ``batches``, streamed
+    by the calibration loop (:func:`prunelab.calibration.stream`: any model inputs, eval mode, no gradients)."""
     modules = dict(model.named_modules())
     stats = ActivationStats()
-    handles = []
-    for name in layers:
+
+    def hook(name):
         stats.inputs[name] = Moments()
         if outputs:
             stats.outputs[name] = Moments()
 
-        def hook(mod, inp, out, name=name):
+        def fn(mod, inp, kwargs, out):
             stats.inputs[name].add(inp[0], second=False)
             if outputs:
                 stats.outputs[name].add(out, second=True)
-        handles.append(modules[name].register_forward_hook(hook))
-    was = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            x = x[: samples - stats.samples].to(device)
-            model(x)
-            stats.samples += len(x)
-            if stats.samples >= samples:
-                break
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+        return fn
+    stats.samples = stream(model, {modules[name]: hook(name) for name in layers}, batches, samples)
+    unseen = [n for n in layers if stats.inputs[n].n == 0]
+    if unseen:
+        raise ConfigError(f"calibration never reached {', '.join(unseen[:3])}: the model did not call them")
     return stats
 
 

@@ -8,7 +8,10 @@ N:M); no weight update, and no retraining needed. In a run, the calibration inpu
 ``sparsegpt`` (Frantar & Alistarh, ICML 2023): every target's mask and surviving weights from its inputs' Gram
 matrix X^T X (:func:`prunelab.reconstruction.sparsegpt`: blocks of ``blocksize`` columns, dampening
 ``percdamp``; ``granularity: nm`` for N:M, otherwise the event's sparsity in every block, over all rows or,
-``per_row: true``, in every row). ``sequential``
+``per_row: true``, in every row). ``allocation`` splits the budget over layers: ``uniform`` (the paper: the
+event's sparsity in every layer), or any other allocation ranked by the method's ``criterion`` on the weights
+before reconstruction (``global`` magnitude leaves small, sensitive layers denser, as iterative magnitude
+pruning does); each layer is then reconstructed at its own sparsity. ``sequential``
 (default): the layers are calibrated and pruned in order, each seeing the inputs produced by the layers already
 pruned and updated before it, as the paper does; otherwise all from the dense model in one pass. The mask and
 the new weights are decided together, so it uses :meth:`Method.decide` (with PCA, the two methods whose
@@ -24,6 +27,7 @@ from typing import Any
 from ..calibration import column_view, input_stats
 from ..criteria import Needs
 from ..errors import ConfigError
+from ..allocation import LayerGroups, Uniform
 from ..granularity import NM, Element
 from ..reconstruction import sparsegpt
 from .base import METHODS, Method, Outcome
@@ -64,6 +68,8 @@ class SparseGPTMethod(Method):
         super().__post_init__()
         if not isinstance(self.granularity_, (NM, Element)):
             raise ConfigError("sparsegpt chooses single weights (granularity element) or N:M patterns (nm)")
+        if isinstance(self.granularity_, NM) and not isinstance(self.allocation_, Uniform):
+            raise ConfigError("sparsegpt with N:M patterns fixes the sparsity of every layer: use allocation uniform")
         self._values: dict = {}
 
     def needs(self) -> Needs:
@@ -77,13 +83,14 @@ class SparseGPTMethod(Method):
         gran = self.granularity_
         nm = (gran.n, gran.m) if isinstance(gran, NM) else (0, 0)
         masks, self._values = {}, {}
+        self._sparsities = self.layer_sparsities(view, ctx)
         with view.scratch() as write:
             for name, p in view.params.items():
                 stats = ctx.input_stats[name] if ctx.input_stats is not None else \
                     input_stats(view.model, {name: p}, ctx.calibration, ctx.calibration_samples or self.samples,
                                 gram=True)[name]
                 layout = view.layouts[name]
-                w, keep = sparsegpt(column_view(layout, p.detach()), stats.gram, ctx.sparsity, *nm,
+                w, keep = sparsegpt(column_view(layout, p.detach()), stats.gram, self._sparsities[name], *nm,
                                     blocksize=self.blocksize, percdamp=self.percdamp, per_row=self.per_row)
                 shape = layout.canonical(p).shape
                 masks[name] = layout.stored(keep.reshape(shape)).contiguous()
@@ -92,6 +99,23 @@ class SparseGPTMethod(Method):
                     write(name, self._values[name] * masks[name])
         return masks
 
+    def layer_sparsities(self, view, ctx) -> dict[str, float]:
+        """Each target's sparsity for this event: the event's own under ``uniform`` allocation, otherwise the
+        allocation's keep counts over single weights scored by the criterion (the weights as they are now)."""
+        if isinstance(self.allocation_, Uniform):
+            return {n: ctx.sparsity for n in view.params}
+        scores = self.criterion_.scores(view.params, ctx)
+        layers = []
+        for name, p in view.params.items():
+            s = scores.pop(name).float().reshape(1, -1).masked_fill(~view.masks[name].reshape(1, -1), float("-inf"))
+            layers.append(LayerGroups(name, tuple(p.shape), 1, p.numel(), 1, False,
+                                      s if self.allocation_.needs_scores else None))
+        keep = self.allocation_.keep_counts(layers, ctx.sparsity, ctx.final_sparsity)
+        return {n: 1 - keep[n] / view.params[n].numel() for n in view.params}
+
     def after_prune(self, view, old, new, ctx) -> Outcome:
         values, self._values = self._values, {}
-        return Outcome(record={"reconstructed": len(values)}, values={n: (new[n], v) for n, v in values.items()})
+        record = {"reconstructed": len(values)}
+        if not isinstance(self.allocation_, Uniform):
+            record["layer_sparsity"] = {n: round(s, 6) for n, s in self._sparsities.items()}
+        return Outcome(record=record, values={n: (new[n], v) for n, v in values.items()})

@@ -91,11 +91,10 @@ class PCAPruning(Method):
             raise ConfigError("pca needs calibration data: call pruner.calibrate(batches) with a few batches of "
                               "model inputs before pruning")
         model, params = view.model, view.params
-        device = next(iter(params.values())).device
         layers = [n.rsplit(".", 1)[0] for n in params]
         classifier = view.channels.ignored if view.channels is not None else []
         samples = ctx.calibration_samples or self.samples
-        stats = collect(model, layers, ctx.calibration, samples, outputs=self.units, device=device)
+        stats = collect(model, layers, ctx.calibration, samples, outputs=self.units)
         masks, self.plan = {}, {}
         for name, layer in zip(params, layers):
             w = params[name]
@@ -112,7 +111,7 @@ class PCAPruning(Method):
             tau_c = self.tau if self.tau_c is None else self.tau_c
             # the removed units (weights and channel companions) are silenced while the inputs are measured
             with view.silenced(masks):
-                inputs = collect(model, layers, ctx.calibration, samples, outputs=False, device=device)
+                inputs = collect(model, layers, ctx.calibration, samples, outputs=False)
                 for name, layer in zip(params, layers):
                     w = params[name]
                     mean_abs = inputs.inputs[layer].mean_abs()
