@@ -46,7 +46,7 @@ def main() -> None:
                "sparsegpt": {"name": "sparsegpt", "samples": a.samples},
                "sparsegpt (global allocation)": {"name": "sparsegpt", "samples": a.samples, "allocation": "global"}}
     res: dict = {}  # (label, sparsity) -> {"acc", "acc_rt", "s", "s_rt"} lists
-    dense_acc, pca_rows, recipe_rows = [], [], []
+    dense_acc, recipe_rows = [], []
 
     def add(key, **vals):
         for k, v in vals.items():

@@ -258,3 +258,56 @@ def test_sparsegpt_splits_its_budget_by_the_allocation():
     assert p.history[-1]["layer_sparsity"]["0.weight"] < 0.8 < p.history[-1]["layer_sparsity"]["2.weight"]
     with pytest.raises(ConfigError, match="use allocation uniform"):
         Pruner(model, {"name": "sparsegpt", "allocation": "global", "granularity": "nm"}, schedule="manual")
+
+
+class _Chain(nn.Module):
+    """Blocks applied in turn (chained) or side by side and summed (not a chain)."""
+
+    def __init__(self, chained=True):
+        super().__init__()
+        self.inp = nn.Linear(4, 8)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(3))
+        self.chained = chained
+
+    def forward(self, x):
+        h = self.inp(x)
+        if self.chained:
+            for b in self.blocks:
+                h = b(h)
+            return h
+        return sum(b(h) for b in self.blocks)
+
+
+@pytest.mark.parametrize("chained", [True, False])
+def test_sequential_statistics_see_the_blocks_already_updated(chained):
+    """Block by block on cached inputs (chained) or a full pass per target (not): either way, a group's
+    statistics equal those measured on the whole model with every earlier group already rewritten, and a chain
+    costs one checking pass and one catching pass of the whole model, not one per target."""
+    from prunelab.sequential import find_blocks, sequential_stats
+
+    torch.manual_seed(0)
+    model = _Chain(chained)
+    targets = {n: p for n, p in model.named_parameters() if n.endswith("weight")}
+    batches = [torch.randn(5, 4) for _ in range(3)]
+    assert len(find_blocks(model, targets)) == 3
+    calls = []
+    handle = model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    groups, done, full_passes = sequential_stats(model, targets, batches, samples=12, gram=True), [], 0
+    while True:
+        before = len(calls)
+        stats = next(groups, None)
+        full_passes += len(calls) - before
+        if stats is None:
+            break
+        handle.remove()
+        for name, st in stats.items():  # measured after every earlier group's update, before this one's
+            ref = input_stats(model, {name: targets[name]}, batches, 12, gram=True)[name]
+            assert torch.allclose(st.gram, ref.gram, atol=1e-8), name
+        with torch.no_grad():
+            for name in stats:
+                model.get_parameter(name).mul_(0.5).add_(0.1)  # the caller's update of this group
+        done += list(stats)
+        handle = model.register_forward_pre_hook(lambda m, a: calls.append(1))
+    assert done == list(targets)
+    # chained: inp (3 batches) + the chain check (1) + the catching pass (3); otherwise 3 per target
+    assert full_passes == (3 + 1 + 3 if chained else 1 + 3 * len(targets))

@@ -20,7 +20,8 @@ naming it, so a method never silently scores weights without their statistics.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -137,47 +138,66 @@ def owners(model: nn.Module, targets: Mapping[str, Tensor]) -> dict[str, tuple[n
     return out
 
 
-@torch.no_grad()
-def stream(model: nn.Module, hooks: Mapping[nn.Module, Callable], batches: Iterable, samples: int) -> int:
-    """Run ``model`` (eval mode, no gradients) over ``batches`` until ``samples`` inputs were seen, with
-    ``hook(module, args, kwargs, output)`` registered as a forward hook on each module of ``hooks``; returns the number
-    of inputs seen. A batch is any model input (tensor, tuple, dict: see :mod:`prunelab.inputs`) or an
-    ``(inputs, targets)`` pair, whose first item is used; the last batch is cut to reach ``samples`` exactly.
-    The one loop every calibrated statistic is gathered by (input statistics here, PCA's activation moments)."""
+def model_inputs(model: nn.Module, batches: Iterable, samples: int) -> Iterator[tuple[Any, int]]:
+    """(inputs on the model's device, how many) of the first ``samples`` inputs of ``batches``: a batch is any
+    model input (tensor, tuple, dict: see :mod:`prunelab.inputs`) or an ``(inputs, targets)`` pair, whose first
+    item is used; the last batch is cut to reach ``samples`` exactly. ConfigError when there is none."""
+    seen = 0
+    device = next(model.parameters()).device
+    for batch in batches:
+        x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 and not isinstance(batch[1], dict) \
+            else batch
+        n = _batch_size(x)
+        x = map_tensors(x, lambda t: t[: samples - seen] if t.dim() > 0 and t.shape[0] == n else t)
+        yield map_tensors(x, lambda t: t.to(device)), min(n, samples - seen)
+        seen += min(n, samples - seen)
+        if seen >= samples:
+            break
+    if seen == 0:
+        raise ConfigError("the calibration data is empty: give at least one batch of model inputs")
+
+
+def run_model(model: nn.Module, x: Any) -> Any:
+    """``model`` called on calibration inputs; what it raises on them is the user's inputs' fault: ConfigError."""
+    try:
+        return call(model, x)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        raise ConfigError(f"the model rejected the calibration inputs: {str(exc).splitlines()[0][:200]}") from None
+
+
+@contextmanager
+def hooked(model: nn.Module, hooks: Mapping[nn.Module, Callable]) -> Iterator[None]:
+    """Within the block: ``hook(module, args, kwargs, output)`` on each module of ``hooks`` (silent while a hook
+    recomputes its own module), ``model`` in eval mode, no gradients; all restored on exit."""
     def silent_when_reentered(fn):
         return lambda m, a, k, o: None if id(m) in _REENTERED else fn(m, a, k, o)
     handles = [m.register_forward_hook(silent_when_reentered(fn), with_kwargs=True) for m, fn in hooks.items()]
     was = model.training
     model.eval()
-    seen = 0
     try:
-        for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 and not isinstance(batch[1], dict) \
-                else batch
-            n = _batch_size(x)
-            x = map_tensors(x, lambda t: t[: samples - seen] if t.dim() > 0 and t.shape[0] == n else t)
-            device = next(model.parameters()).device
-            try:
-                call(model, map_tensors(x, lambda t: t.to(device)))
-            except (RuntimeError, TypeError, ValueError, IndexError) as exc:  # the user's inputs, the user's model
-                raise ConfigError(f"the model rejected the calibration inputs: {str(exc).splitlines()[0][:200]}"
-                                  ) from None
-            seen += min(n, samples - seen)
-            if seen >= samples:
-                break
+        with torch.no_grad():
+            yield
     finally:
         for h in handles:
             h.remove()
         model.train(was)
-    if seen == 0:
-        raise ConfigError("the calibration data is empty: give at least one batch of model inputs")
+
+
+def stream(model: nn.Module, hooks: Mapping[nn.Module, Callable], batches: Iterable, samples: int) -> int:
+    """Run ``model`` over the first ``samples`` inputs of ``batches`` (:func:`model_inputs`) with ``hooks``
+    (:func:`hooked`); returns the number of inputs seen. The one loop every calibrated statistic is gathered by
+    (input statistics here, PCA's activation moments)."""
+    seen = 0
+    with hooked(model, hooks):
+        for x, n in model_inputs(model, batches, samples):
+            run_model(model, x)
+            seen += n
     return seen
 
 
-def input_stats(model: nn.Module, targets: Mapping[str, Tensor], batches: Iterable, samples: int,
-                gram: bool = False) -> dict[str, InputStats]:
-    """Every target's :class:`InputStats` over the first ``samples`` inputs of ``batches`` (see :func:`stream`)."""
-    mods = owners(model, targets)
+def stat_hooks(mods: Mapping[str, tuple[nn.Module, Rows]], gram: bool
+               ) -> tuple[dict[nn.Module, Callable], dict[str, InputStats]]:
+    """Forward hooks accumulating each target's :class:`InputStats` (from :func:`owners`), and the dict they fill."""
     stats: dict[str, InputStats] = {}
 
     def hook(name, read_rows):
@@ -197,11 +217,23 @@ def input_stats(model: nn.Module, targets: Mapping[str, Tensor], batches: Iterab
     by_module: dict[nn.Module, list] = {}  # an attention module shows the inputs of several targets
     for name, (module, read_rows) in mods.items():
         by_module.setdefault(module, []).append(hook(name, read_rows))
-    stream(model, {m: _each(fns) for m, fns in by_module.items()}, batches, samples)
-    unseen = [n for n in mods if n not in stats]
+    return {m: _each(fns) for m, fns in by_module.items()}, stats
+
+
+def input_stats(model: nn.Module, targets: Mapping[str, Tensor], batches: Iterable, samples: int,
+                gram: bool = False) -> dict[str, InputStats]:
+    """Every target's :class:`InputStats` over the first ``samples`` inputs of ``batches`` (see :func:`stream`)."""
+    mods = owners(model, targets)
+    hooks, stats = stat_hooks(mods, gram)
+    stream(model, hooks, batches, samples)
+    check_reached(mods, stats)
+    return stats
+
+
+def check_reached(names: Iterable[str], stats: Mapping[str, Any]) -> None:
+    unseen = [n for n in names if n not in stats]
     if unseen:
         raise ConfigError(f"calibration never reached {', '.join(unseen[:3])}: the model did not call them")
-    return stats
 
 
 def _each(fns: list) -> Callable:

@@ -104,3 +104,37 @@ def read_tagged_safetensors(path: str | Path, fmt: str, what: str, key: str) -> 
         return tensors, json.loads(meta[key])
     except (KeyError, ValueError):
         raise CheckpointError(f"{path} has no readable {key}") from None
+
+
+def state_bytes(state: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes of a state_dict with tied tensors stored once: a key whose tensor is a view of the
+    same memory as an earlier key's (a language model's output layer tied to its embedding) is left out and
+    named in the metadata entry ``aliases`` (JSON {alias: stored key}), as safetensors' own ``save_model`` does.
+    :func:`read_state` puts the aliases back."""
+    from safetensors.torch import save as st_save
+
+    seen: dict[tuple, str] = {}
+    tensors, aliases = {}, {}
+    for k, v in state.items():
+        key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()), v.dtype) if v.numel() else ("empty", k)
+        if key in seen:
+            aliases[k] = seen[key]
+        else:
+            seen[key] = k
+            tensors[k] = v.detach().cpu().contiguous()
+    meta = dict(metadata or {})
+    if aliases:
+        meta["aliases"] = json.dumps(aliases, sort_keys=True)
+    return st_save(tensors, metadata=meta)
+
+
+def read_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(state_dict, metadata) written by :func:`state_bytes`: tied keys restored as the same tensor."""
+    tensors, meta = read_safetensors(path)
+    try:
+        aliases = json.loads(meta.get("aliases", "{}"))
+        for alias, key in aliases.items():
+            tensors[alias] = tensors[key]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{path} has a damaged alias table") from None
+    return tensors, meta

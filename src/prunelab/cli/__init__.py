@@ -56,10 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="also write the tables (markdown, CSV) and, for runs with masks, the mask report "
                                  "(Jaccard heatmap, accuracy, structure, stability figures) into this folder")
     c.set_defaults(fn=commands.cmd_compare)
-    e = sub.add_parser("export", help="write a run's pruned model as dense, sparse, shrunk or ONNX")
+    e = sub.add_parser("export", help="write a run's pruned model as dense, sparse, shrunk, ONNX or a Hugging Face folder")
     e.add_argument("run_dir", help=RUN_DIR_HELP)
-    e.add_argument("--format", default="sparse", choices=["dense", "sparse", "shrunk", "onnx"])
-    e.add_argument("--out", help="output file (default RUN_DIR/export/model.FORMAT)")
+    e.add_argument("--format", default="sparse", choices=["dense", "sparse", "shrunk", "onnx", "hf"],
+                   help="hf: a folder AutoModelForCausalLM.from_pretrained loads (Hugging Face models only)")
+    e.add_argument("--out", help="output file, or folder for hf (default RUN_DIR/export/model.FORMAT)")
     e.set_defaults(fn=commands.cmd_export)
     b = sub.add_parser("bench", help="bytes, FLOPs and CPU latency of a run's artifacts, with a diagnosis")
     b.add_argument("run_dir", help=RUN_DIR_HELP)

@@ -9,6 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from rich.markup import escape
+
 from .render import console, print_attack, print_bench, print_plan, print_summary
 
 
@@ -38,9 +40,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     con = console()
     if info.main:
         where = f" ({info.world} processes)" if info.world > 1 else ""
-        con.print(f"[bold]{recipe.name}[/]: {recipe.description or ''}\nrun folder: {run_dir}{where}")
+        con.print(f"[bold]{escape(recipe.name)}[/]: {escape(recipe.description or '')}\n"
+                  f"run folder: {escape(str(run_dir))}{where}")
     runner = Runner(recipe, run_dir, progress=not args.no_progress and sys.stderr.isatty(),
-                    log=lambda s: con.print(s), stop_after=args.stop_after)
+                    log=lambda s: con.print(s, markup=False), stop_after=args.stop_after)
     try:
         if args.dry_run:
             if info.world > 1:

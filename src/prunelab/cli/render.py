@@ -72,7 +72,13 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
     from rich.table import Table
 
     t = Table(title=f"{s['recipe']} (seed {s['seed']})", show_header=False)
-    rows = [("dense accuracy", _fmt(s["dense_acc"]) if s["dense_acc"] is not None else "- (sparse from scratch)"), ("pruned accuracy", _fmt(s.get("pruned_acc")))]
+    acc = "next-token accuracy" if s.get("task") == "causal_lm" else "accuracy"
+    rows = [(f"dense {acc}", _fmt(s["dense_acc"]) if s["dense_acc"] is not None else "- (sparse from scratch)"),
+            (f"pruned {acc}", _fmt(s.get("pruned_acc")))]
+    if s.get("task") == "causal_lm":
+        ev = s.get("eval") or {}
+        where = f" ({ev.get('data')}, held-out, {ev.get('tokens', 0):,} tokens, windows of {ev.get('seq_len')})"
+        rows += [("dense perplexity" + where, _fmt(s.get("dense_ppl"))), ("pruned perplexity", _fmt(s.get("pruned_ppl")))]
     if "sparsity_prunable" in s:
         rows += [("sparsity over prunable weights", f"{s['sparsity_prunable']:.4f}"),
                  ("compression over prunable weights",

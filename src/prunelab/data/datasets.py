@@ -35,10 +35,13 @@ class DataBundle:
     name: str
     train: Any
     test: Any
-    input_shape: tuple[int, int, int]
-    num_classes: int
+    input_shape: tuple[int, ...]
+    num_classes: int  # classes, or the vocabulary size of a language model
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    task: str = "classification"  # see prunelab.training.tasks
+    calibration: Any = None  # a split of its own for calibrated methods (text data sets); None: the training one
+    input_dtype: torch.dtype = torch.float32  # token ids: int64
 
 
 def resolve_root(root: str | os.PathLike | None) -> Path:
@@ -140,18 +143,36 @@ DATASETS: dict[str, Callable] = {
 }
 
 
+TEXT = ("pystdlib", "wikitext2")
+
+
 def load_data(name: str, root: str | None = None, batch_size: int = 128, test_batch_size: int = 1000,
               seed: int = 0, download: bool = False, augment: bool | None = None, workers: int = 4,
-              train_subset: int | None = None, shard: tuple[int, int] = (0, 1)) -> DataBundle:
+              train_subset: int | None = None, shard: tuple[int, int] = (0, 1), seq_len: int = 128,
+              tokens: dict[str, int | None] | None = None) -> DataBundle:
     """Load a data set by name. ``augment=None`` uses the data set's standard augmentation.
 
-    ``train_subset`` keeps only the first N training samples (for quick runs and tests).
+    ``train_subset`` keeps only the first N training samples (windows, for text) (for quick runs and tests).
+    Text data sets (:mod:`prunelab.data.text`) take ``seq_len`` and ``tokens`` ({split: at most this many
+    tokens}) and give a causal-LM bundle with a calibration split of its own.
     """
     base = resolve_root(root)
     if name == "imagenet":
         return _imagenet(base, batch_size, test_batch_size, workers, shard)
+    if name in TEXT:
+        from .text import VOCAB, load_text
+
+        splits = load_text(name, seq_len, tokens or {}, download)
+        train = splits["train"]
+        if train_subset is not None:
+            train = (train[0][:train_subset], train[1][:train_subset])
+        return DataBundle(name, TensorLoader(*train, batch_size=batch_size, shuffle=True, seed=seed, shard=shard),
+                          TensorLoader(*splits["heldout"], batch_size=test_batch_size), (seq_len,), VOCAB, (), (),
+                          task="causal_lm", calibration=TensorLoader(*splits["calibration"], batch_size=batch_size, shuffle=True,
+                                                               seed=seed),
+                          input_dtype=torch.int64)
     if name not in DATASETS:
-        raise ConfigError(f"unknown data set {name!r}; valid: {', '.join(sorted(DATASETS) + ['imagenet'])}")
+        raise ConfigError(f"unknown data set {name!r}; valid: {', '.join(sorted(DATASETS) + ['imagenet', *TEXT])}")
     train, test, shape, classes, mean, std, std_aug = DATASETS[name](base, download, seed)
     if train_subset is not None:
         train = (train[0][:train_subset], train[1][:train_subset])

@@ -18,7 +18,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from ..errors import CheckpointError
-from ..io import atomic_write_bytes, atomic_write_json, read_json, read_safetensors
+from ..io import atomic_write_bytes, atomic_write_json, read_json, read_safetensors, read_state, state_bytes
 from ..masks import Masks
 from .paths import MASKS, METHOD_STATE, MODEL, OPTIMIZER, RNG, STATE
 
@@ -45,8 +45,7 @@ def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = 
     """Write a checkpoint; ``extra`` (JSON-serialisable) lands in the state file, ``method_state`` (the pruning
     method's :meth:`~prunelab.methods.Method.state_tensors`) in its own file."""
     folder = Path(folder)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write_bytes(folder / MODEL, st_save(sd, metadata={"format": "prunelab.model/1"}))
+    atomic_write_bytes(folder / MODEL, state_bytes(model.state_dict(), {"format": "prunelab.model/1"}))
     if masks is not None:
         masks.save(folder / MASKS)
     if method_state:
@@ -86,7 +85,7 @@ def load_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim
     """Load weights (and optimizer state, RNG states) into the given objects; returns (masks, state dict)."""
     folder = Path(folder)
     state = read_json(folder / STATE)
-    tensors, _ = read_safetensors(folder / MODEL)
+    tensors, _ = read_state(folder / MODEL)
     own = model.state_dict()
     if set(tensors) != set(own):
         diff = sorted(set(tensors) ^ set(own))[:3]

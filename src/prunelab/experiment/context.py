@@ -65,7 +65,9 @@ class RunContext:
         if d.batch_size % world:
             raise ConfigError(f"data.batch_size {d.batch_size} must be divisible by the {world} processes")
         return load_data(d.name, d.root, d.batch_size // world, d.test_batch_size, self.recipe.seed, d.download,
-                         d.augment, train_subset=d.train_subset, shard=(self.dist.rank, world))
+                         d.augment, train_subset=d.train_subset, shard=(self.dist.rank, world), seq_len=d.seq_len,
+                         tokens={"train": d.train_tokens, "calibration": d.calibration_tokens,
+                                 "heldout": d.eval_tokens})
 
     @cached_property
     def method(self) -> Method | None:
@@ -83,13 +85,18 @@ class RunContext:
         return p.engine_schedule(steps)
 
     def calibration_batches(self):
-        """Training batches for calibration, the same on every rank: the training loader itself in one process;
+        """Batches for calibration, the same on every rank: the data set's own calibration split when it has one
+        (text: its windows in an order drawn from the recipe's seed); else the training loader itself in one process;
         under torchrun, or with ``prune.calibration``'s batch size, an unsharded loader over the same split,
         order and augmentation (each rank's own loader holds only its shard, and calibrated methods would decide
         different masks on different ranks)."""
         from ..data.loader import TensorLoader
 
         train, cal = self.data.train, self.recipe.prune.calibration if self.recipe.prune else None
+        if self.data.calibration is not None:  # a split of its own (text), already the same on every rank
+            train = self.data.calibration
+            if cal is None or not cal.batch_size:
+                return train
         if self.dist.world == 1 and cal is None:
             return train
         if not isinstance(train, TensorLoader):  # a folder-backed set (ImageNet) has no unsharded view here
@@ -101,8 +108,9 @@ class RunContext:
         return loader
 
     def example_inputs(self) -> torch.Tensor:
-        """One all-zero input batch, for tracing the model's channel coupling."""
-        return torch.zeros((1,) + tuple(self.data.input_shape), device=self.recipe.device)
+        """One all-zero input batch (token ids for a language model), for tracing the model's channel coupling."""
+        return torch.zeros((1,) + tuple(self.data.input_shape), dtype=self.data.input_dtype,
+                           device=self.recipe.device)
 
     # -- builders ---------------------------------------------------------------------------------------
     def build_model(self, checkpoint: str | Path | None = None, seed: int | None = None) -> nn.Module:
@@ -143,7 +151,8 @@ class RunContext:
                 hooks = list(hooks or []) + [MaskSync(pruner, stage)]
         metrics = self.paths.stage_metrics(stage) if self.main else None
         return Trainer(net, opt, cfg, self.data.train, self.data.test, pruner=pruner, metrics_path=metrics,
-                       progress=self.progress, device=self.recipe.device, stage=stage, hooks=hooks)
+                       progress=self.progress, device=self.recipe.device, stage=stage, hooks=hooks,
+                       task=self.data.task)
 
     # -- checkpoints and evaluation -----------------------------------------------------------------------
     def save(self, folder: Path, model: nn.Module, masks: Masks | None = None, optimizer=None,
@@ -153,12 +162,15 @@ class RunContext:
             save_checkpoint(folder, model, masks, optimizer, extra=extra, method_state=method_state)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        return evaluate(model, self.data.test, self.recipe.device)
+        """The task's metrics on the test split (held-out text): loss, acc, and ppl for a language model."""
+        return evaluate(model, self.data.test, self.recipe.device, self.data.task)
 
     def stage_record(self, model: nn.Module, pruner: Pruner | None, t0: float, **more: Any) -> dict:
         """What a training stage's state.json records: test accuracy and loss, seconds, and the pruner's state."""
         ev = self.evaluate(model)
         out = {"test_acc": ev["acc"], "test_loss": ev["loss"], "seconds": time.perf_counter() - t0}
+        if "ppl" in ev:
+            out["test_ppl"] = ev["ppl"]
         if pruner is not None:
             out["pruner"] = pruner.state()
             out["sparsity"] = pruner.masks.sparsity()

@@ -59,7 +59,7 @@ class Shrunk(Stage):
         small, widths = shrink(model, masks, ctx.example_inputs())
         spec = model_spec(r.model.name, r.model.kwargs, data.input_shape, data.num_classes)
         nbytes = save_shrunk(ctx.paths.shrunk_model, small, widths, spec)
-        params, flops = count_params(small), count_flops(small, data.input_shape, r.device)
+        params, flops = count_params(small), count_flops(small, data.input_shape, r.device, data.input_dtype)
         acc = ctx.evaluate(small)["acc"]
         save_checkpoint(ctx.paths.stage(self.name), small, extra={
             "test_acc": acc, "seconds": time.perf_counter() - t0, "bytes": nbytes, "params": params["total"],
@@ -153,8 +153,8 @@ class Control(Stage):
         else:
             model, pruner = pruned_architecture(ctx, self.final, "init" if self.kind == "lottery_reset" else "scratch")
         if self.kind == "scratch_b":
-            flops_full = count_flops(ctx.build_model(), data.input_shape, r.device)["dense"]
-            flops_pruned = count_flops(model, data.input_shape, r.device)["nonzero"]
+            flops_full = count_flops(ctx.build_model(), data.input_shape, r.device, data.input_dtype)["dense"]
+            flops_pruned = count_flops(model, data.input_shape, r.device, data.input_dtype)["nonzero"]
             epochs = scratch_b_epochs(cfg.epochs, flops_full, flops_pruned, r.prune.scratch_b_cap)
             scale = epochs / max(cfg.epochs, 1)
             cfg = cfg.model_copy(update={

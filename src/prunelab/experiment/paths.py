@@ -17,6 +17,8 @@ Runs in one runs folder that differ only in pruning share their dense training t
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +44,7 @@ _REWIND = "rewind_"
 
 #: Extension of each ``prunelab export`` format's default file name (``export/model.EXT``).
 EXPORT_EXTENSIONS = {"dense": "safetensors", "sparse": "sparse.safetensors", "shrunk": "shrunk.safetensors",
-                     "onnx": "onnx"}
+                     "onnx": "onnx", "hf": "hf"}  # hf: a folder
 
 
 def round_stage(index: int) -> str:
@@ -112,7 +114,8 @@ class RunPaths(_WithDenseCheckpoints):
 
     def dense_cache(self, model_name: str, dense_fingerprint: str) -> "DenseCache":
         """The shared dense training of runs in the same runs folder that differ only in pruning."""
-        return DenseCache(self.root.parent / "_dense" / f"{model_name}-{dense_fingerprint}")
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name).strip("._") or "model"  # hf:/a/folder is a name
+        return DenseCache(self.root.parent / "_dense" / f"{safe}-{dense_fingerprint}")
 
     def require_finished(self) -> None:
         """CheckpointError unless this is a run folder whose run has finished."""

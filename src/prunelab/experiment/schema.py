@@ -31,6 +31,11 @@ class DataConfig(_Strict):
     download: bool = False
     augment: bool | None = None
     train_subset: int | None = Field(None, ge=1)
+    # text data sets (causal language models): window length and token budgets per split (None: all)
+    seq_len: int = Field(128, ge=1)
+    train_tokens: int | None = Field(None, ge=2)
+    calibration_tokens: int | None = Field(None, ge=2)
+    eval_tokens: int | None = Field(None, ge=2)
 
 
 class ModelConfig(_Strict):

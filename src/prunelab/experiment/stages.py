@@ -24,6 +24,7 @@ from ..pruner import Pruner
 from ..registry import Registry
 from ..schedules import Cubic
 from ..training import build_optimizer
+from ..training.tasks import get_task
 from . import paths
 from .checkpoint import load_checkpoint, load_method_state
 from .context import SCRATCH_SEED, RunContext
@@ -182,7 +183,7 @@ def prepare_event(ctx: RunContext, model, pruner: Pruner) -> None:
         if i >= needs.gradient_batches:
             break
         model.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        get_task(ctx.data.task).loss(model(x.to(device)), y.to(device)).backward()
         pruner.after_backward()
     model.zero_grad(set_to_none=True)
 

@@ -26,13 +26,15 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
     masks, _ = load_checkpoint(ctx.paths.stage(final), model, restore_rng=False)
     shape = ctx.data.input_shape
     params = count_params(model)
-    flops = count_flops(model, shape, r.device)
-    dense_flops = count_flops(ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE)), shape, r.device)
+    dt = ctx.data.input_dtype
+    flops = count_flops(model, shape, r.device, dt)
+    dense_flops = count_flops(ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE)), shape, r.device, dt)
     summary = {
         "recipe": r.name, "run_dir": str(ctx.paths.root), "seed": r.seed,
         "method": r.prune.method if r.prune else None,
         "dense_acc": states[paths.DENSE]["test_acc"] if r.train.epochs > 0 else None,  # None: sparse from scratch
         "pruned_acc": states[final]["test_acc"] if r.prune else None,
+        "task": ctx.data.task,
         "params_total": params["total"], "params_nonzero": params["nonzero"],
         "compression_model": params["total"] / max(params["nonzero"], 1),
         "flops_dense": dense_flops["dense"], "flops_nonzero": flops["nonzero"],
@@ -41,6 +43,11 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
                     "acc_before_retrain": s.get("acc_before_retrain"), "seconds": s["seconds"]}
                    for n, s in states.items()],
     }
+    if ctx.data.task == "causal_lm":  # accuracy is next-token accuracy; perplexity on the held-out stream
+        summary["dense_ppl"] = states[paths.DENSE].get("test_ppl") if r.train.epochs > 0 else None
+        summary["pruned_ppl"] = states[final].get("test_ppl") if r.prune else None
+        summary["eval"] = {"data": ctx.data.name, "seq_len": r.data.seq_len, "stride": r.data.seq_len,
+                           "tokens": sum(y.numel() for _, y in ctx.data.test)}
     summary["bytes_dense_file"] = (ctx.paths.stage(final) / paths.MODEL).stat().st_size
     if masks is not None:
         compact, formats = compact_bytes(model, masks)

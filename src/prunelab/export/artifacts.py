@@ -2,11 +2,15 @@
 
 ``export_run(run_dir, fmt, out)`` writes one artifact of the run's final pruned model:
   ``dense``   plain safetensors weights with the zeros in place; state_dict keys unchanged, loadable with
-              ``model.load_state_dict(safetensors.torch.load_file(path))`` into the original architecture;
+              ``safetensors.torch.load_model(model, path)`` into the original architecture (tied weights are
+              stored once, as safetensors' ``save_model`` does; untied models also load with ``load_file``);
   ``sparse``  the compact format (:mod:`prunelab.export.compact`: filter / kernel / bitmask / CSR per tensor,
               SHA-256 checked), read back exactly with :func:`prunelab.export.load_compact`;
   ``shrunk``  the physically smaller model of a channel method (:func:`prunelab.export.load_shrunk`);
-  ``onnx``    the shrunk model when there is one, else the dense one, checked under onnxruntime.
+  ``onnx``    the shrunk model when there is one, else the dense one, checked under onnxruntime;
+  ``hf``      a Hugging Face model's folder (``save_pretrained``: config and safetensors weights with the zeros
+              in place), which ``AutoModelForCausalLM.from_pretrained`` loads. Structured pruning keeps the
+              config's widths: transformers has no per-layer head counts or MLP widths for most architectures.
 ``bench_run(run_dir)`` measures file bytes, parameters, FLOPs and CPU latency (batch 1 and 64, median of
 repeats after warm-up) of the dense model, the pruned model with CSR linear layers and the shrunk model, with
 the speedup beside the FLOP reduction and a plain-language diagnosis where the speedup falls short.
@@ -18,17 +22,16 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as st_save
 
 from ..analysis import count_flops
 from ..errors import ConfigError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, state_bytes
 from .compact import save_compact
 from .onnx import export_onnx
 from .shrink import load_shrunk
 from .sparse_linear import sparsify_linear
 
-FORMATS = ("dense", "sparse", "shrunk", "onnx")
+FORMATS = ("dense", "sparse", "shrunk", "onnx", "hf")
 
 
 def _open_run(run_dir: str | Path):
@@ -54,10 +57,13 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     ctx, model, masks = _open_run(run_dir)
     path = Path(out) if out else ctx.paths.export(fmt)
     if fmt == "dense":
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        atomic_write_bytes(path, st_save(state, metadata={"format": "pt"}))
+        atomic_write_bytes(path, state_bytes(model.state_dict(), {"format": "pt"}))
     elif fmt == "sparse":
         save_compact(model, masks, path)
+    elif fmt == "hf":
+        from ..models.hf import save_pretrained
+
+        save_pretrained(model, path)
     elif fmt == "shrunk":
         src = _shrunk_file(ctx)
         if src is None:
@@ -109,7 +115,7 @@ def bench_run(run_dir: str | Path, repeats: int = 30) -> dict:
     from ..experiment.paths import DENSE
 
     dense = ctx.build_model(checkpoint=ctx.paths.stage(DENSE)).eval()
-    dense_bytes = len(st_save({k: v.contiguous() for k, v in dense.state_dict().items()}))
+    dense_bytes = len(state_bytes(dense.state_dict()))
     sparse_bytes = save_compact(model, masks, ctx.paths.export("sparse"))
     csr, replaced = sparsify_linear(model, masks, min_sparsity=0.0)
     arts = [("unpruned", dense, dense_bytes), ("dense with zeros", model, dense_bytes),

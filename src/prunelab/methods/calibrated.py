@@ -13,7 +13,8 @@ event's sparsity in every layer), or any other allocation ranked by the method's
 before reconstruction (``global`` magnitude leaves small, sensitive layers denser, as iterative magnitude
 pruning does); each layer is then reconstructed at its own sparsity. ``sequential``
 (default): the layers are calibrated and pruned in order, each seeing the inputs produced by the layers already
-pruned and updated before it, as the paper does; otherwise all from the dense model in one pass. The mask and
+pruned and updated before it, as the paper does (a chain of transformer blocks runs block by block on cached
+inputs: :mod:`prunelab.sequential`); otherwise all from the dense model in one pass. The mask and
 the new weights are decided together, so it uses :meth:`Method.decide` (with PCA, the two methods whose
 decision is not a ranking under a count) and hands the weights back in its event outcome; the model is
 written only by the Pruner. While it calibrates layer by layer, the layers already done hold their new weights
@@ -24,7 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..calibration import column_view, input_stats
+from ..calibration import column_view
+from ..sequential import sequential_stats
 from ..criteria import Needs
 from ..errors import ConfigError
 from ..allocation import LayerGroups, Uniform
@@ -84,20 +86,20 @@ class SparseGPTMethod(Method):
         nm = (gran.n, gran.m) if isinstance(gran, NM) else (0, 0)
         masks, self._values = {}, {}
         self._sparsities = self.layer_sparsities(view, ctx)
+        groups = [ctx.input_stats] if ctx.input_stats is not None else sequential_stats(
+            view.model, view.params, ctx.calibration, ctx.calibration_samples or self.samples, gram=True)
         with view.scratch() as write:
-            for name, p in view.params.items():
-                stats = ctx.input_stats[name] if ctx.input_stats is not None else \
-                    input_stats(view.model, {name: p}, ctx.calibration, ctx.calibration_samples or self.samples,
-                                gram=True)[name]
-                layout = view.layouts[name]
-                w, keep = sparsegpt(column_view(layout, p.detach()), stats.gram, self._sparsities[name], *nm,
-                                    blocksize=self.blocksize, percdamp=self.percdamp, per_row=self.per_row)
-                shape = layout.canonical(p).shape
-                masks[name] = layout.stored(keep.reshape(shape)).contiguous()
-                self._values[name] = layout.stored(w.reshape(shape)).contiguous()
-                if self.sequential:  # the next layers calibrate on this one's result
-                    write(name, self._values[name] * masks[name])
-        return masks
+            for stats in groups:  # sequential: each group is measured after the ones before it were written
+                for name, st in stats.items():
+                    p, layout = view.params[name], view.layouts[name]
+                    w, keep = sparsegpt(column_view(layout, p.detach()), st.gram, self._sparsities[name], *nm,
+                                        blocksize=self.blocksize, percdamp=self.percdamp, per_row=self.per_row)
+                    shape = layout.canonical(p).shape
+                    masks[name] = layout.stored(keep.reshape(shape)).contiguous()
+                    self._values[name] = layout.stored(w.reshape(shape)).contiguous()
+                    if self.sequential:  # the next layers calibrate on this one's result
+                        write(name, self._values[name] * masks[name])
+        return {name: masks[name] for name in view.params}
 
     def layer_sparsities(self, view, ctx) -> dict[str, float]:
         """Each target's sparsity for this event: the event's own under ``uniform`` allocation, otherwise the

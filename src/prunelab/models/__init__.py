@@ -1,4 +1,5 @@
-"""Model zoo: LeNets, CIFAR VGG and ResNet, and any torchvision classification model (``torchvision:NAME``)."""
+"""Model zoo: LeNets, CIFAR VGG and ResNet, any torchvision classification model (``torchvision:NAME``) and
+Hugging Face causal language models (``hf:TYPE`` from a config, ``hf:/local/folder``; :mod:`.hf`)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ _BUILDERS = {
 
 
 def model_names() -> list[str]:
-    return sorted(_BUILDERS) + ["torchvision:<name>"]
+    return sorted(_BUILDERS) + ["torchvision:<name>", "hf:<model type or local folder>"]
 
 
 @contextmanager
@@ -48,6 +49,10 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
 
 
 def _build(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
+    if name.startswith("hf:"):
+        from .hf import build_hf
+
+        return build_hf(name[3:], num_classes, **kwargs)
     if name.startswith("torchvision:"):
         import torchvision
 

@@ -13,27 +13,31 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import TrainingDiverged
 from .optim import OptimConfig, lr_at, set_lr
+from .tasks import Classification, get_task
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Mean cross-entropy loss and top-1 accuracy (in [0, 1]) of ``model`` over ``loader``."""
+def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu",
+             task: str | Classification | None = None) -> dict[str, float]:
+    """The task's metrics of ``model`` over ``loader`` (default classification: mean cross-entropy ``loss`` and
+    top-1 ``acc`` in [0, 1]; ``causal_lm``: mean token loss, next-token ``acc`` and ``ppl``, every target token
+    of the loader counted once)."""
+    task = task if isinstance(task, Classification) else get_task(task)
     was_training = model.training
     model.eval()
     total, correct, loss = 0, 0, 0.0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         out = model(x)
-        loss += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-        total += len(y)
+        loss += task.loss(out, y, reduction="sum").item()
+        correct += task.correct(out, y)
+        total += task.count(y)
     model.train(was_training)
-    return {"loss": loss / max(total, 1), "acc": correct / max(total, 1)}
+    return task.metrics(loss, correct, total)
 
 
 @torch.no_grad()
@@ -50,13 +54,14 @@ class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: OptimConfig, train_loader: Any,
                  test_loader: Any = None, pruner: Any = None, hooks: list | None = None,
                  metrics_path: str | Path | None = None, progress: bool = True, device: str = "cpu",
-                 stage: str = "train", loss_fn: Any = None) -> None:
+                 stage: str = "train", loss_fn: Any = None, task: str | Classification | None = None) -> None:
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.train_loader, self.test_loader = train_loader, test_loader
         self.pruner, self.hooks = pruner, list(hooks or [])
         self.metrics_path = Path(metrics_path) if metrics_path else None
         self.progress, self.device, self.stage = progress, device, stage
-        self.loss_fn = loss_fn or F.cross_entropy
+        self.task = task if isinstance(task, Classification) else get_task(task)
+        self.loss_fn = loss_fn or self.task.loss
         self.global_step = 0
         self.history: list[dict] = []
 
@@ -106,13 +111,13 @@ class Trainer:
             if self.pruner is not None:
                 self.pruner.step(self.optimizer)
             self.global_step += 1
-            n, loss_value = len(y), loss.item()
+            n, loss_value = self.task.count(y), loss.item()
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(f"training diverged in stage {self.stage}, epoch {epoch + 1} (loss "
                                        f"{loss_value}); lower the learning rate (lr={lr:g})")
             seen += n
             loss_sum += loss_value * n
-            correct += (out.argmax(1) == y).sum().item()
+            correct += self.task.correct(out, y)
             self._call("on_batch_end", self.global_step, loss_value)
             info = f"loss {loss_sum / seen:.4f} acc {correct / seen:.4f}"
             if self.pruner is not None:
@@ -121,8 +126,8 @@ class Trainer:
         metrics = {"stage": self.stage, "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
                    "train_acc": correct / max(seen, 1)}
         if self.test_loader is not None:
-            ev = evaluate(self.model, self.test_loader, self.device)
-            metrics.update(test_loss=ev["loss"], test_acc=ev["acc"])
+            ev = evaluate(self.model, self.test_loader, self.device, self.task)
+            metrics.update({f"test_{k}": v for k, v in ev.items()})
         if self.pruner is not None:
             metrics["sparsity"] = self.pruner.masks.sparsity()
         metrics["seconds"] = time.perf_counter() - t0

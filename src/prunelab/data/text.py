@@ -1,0 +1,109 @@
+"""Text data for causal language models: token streams cut into fixed-length windows.
+
+``pystdlib``: the source files of the running Python's standard library (``sysconfig``'s ``stdlib`` path; every
+``*.py`` file outside ``site-packages``/``dist-packages``), a real corpus present offline on every machine. It
+depends on the Python version, which every summary records through the data description. The split is by file
+and fixed: a file whose relative path has CRC-32 ``c`` goes to held-out when ``c % 20 == 0``, to calibration when
+``c % 20 == 1``, to training otherwise. Within a split the files are ordered by (CRC-32, path) and joined with a
+NUL byte between them, so a token budget takes a spread of the library rather than its first package.
+
+``wikitext2``: WikiText-2 (raw) through the ``datasets`` library, where a network or its cache is available
+(``data.download=true``); train / validation / test splits as published.
+
+Tokens are bytes (vocabulary 256: no tokenizer to download); a window of ``seq_len + 1`` tokens gives inputs
+``w[:-1]`` and next-token targets ``w[1:]``; consecutive windows overlap by one token (stride ``seq_len``), so
+every token of the stream but the first is predicted exactly once. The held-out stream is evaluated the same way.
+"""
+from __future__ import annotations
+
+import sys
+import sysconfig
+import zlib
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, DataMissingError
+
+VOCAB = 256
+SPLITS = ("train", "calibration", "heldout")
+SEPARATOR = b"\0"
+
+
+def split_of(rel_path: str) -> str:
+    """The fixed split of a corpus file, from its path relative to the corpus root (forward slashes)."""
+    c = zlib.crc32(rel_path.encode()) % 20
+    return "heldout" if c == 0 else "calibration" if c == 1 else "train"
+
+
+def stdlib_files(root: str | Path | None = None) -> dict[str, list[Path]]:
+    """The corpus files per split, in their fixed order."""
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    if not root.is_dir():
+        raise DataMissingError(f"the Python standard library was not found at {root}")
+    files: dict[str, list[tuple[int, str, Path]]] = {s: [] for s in SPLITS}
+    for p in root.rglob("*.py"):
+        rel = p.relative_to(root).as_posix()
+        if "site-packages/" in rel or "dist-packages/" in rel or "__pycache__" in rel:
+            continue
+        files[split_of(rel)].append((zlib.crc32(rel.encode()), rel, p))
+    return {s: [p for _, _, p in sorted(v)] for s, v in files.items()}
+
+
+def byte_stream(files: list[Path], limit: int | None) -> Tensor:
+    """The files' bytes joined by NUL, cut at ``limit`` tokens (None: all), as int64 token ids."""
+    chunks, total = [], 0
+    for p in files:
+        data = p.read_bytes() + SEPARATOR
+        chunks.append(data)
+        total += len(data)
+        if limit is not None and total >= limit:
+            break
+    stream = b"".join(chunks)[:limit]
+    return torch.frombuffer(bytearray(stream), dtype=torch.uint8).to(torch.int64)
+
+
+def windows(stream: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
+    """(inputs, targets), each (windows, seq_len): windows of seq_len + 1 tokens at stride seq_len; the tail
+    shorter than a window is dropped."""
+    n = (len(stream) - 1) // seq_len
+    if n < 1:
+        raise ConfigError(f"the token stream has {len(stream)} tokens, fewer than one window of {seq_len + 1}")
+    w = stream[: n * seq_len + 1].unfold(0, seq_len + 1, seq_len)
+    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+
+def load_text(name: str, seq_len: int, tokens: dict[str, int | None], download: bool = False
+              ) -> dict[str, tuple[Tensor, Tensor]]:
+    """{split: (inputs, targets)} of the text data set ``name`` with at most ``tokens[split]`` tokens a split."""
+    if name == "pystdlib":
+        files = stdlib_files()
+        streams = {s: byte_stream(files[s], tokens.get(s)) for s in SPLITS}
+    elif name == "wikitext2":
+        streams = _wikitext2(tokens, download)
+    else:
+        raise ConfigError(f"unknown text data set {name!r}; valid: pystdlib, wikitext2")
+    return {s: windows(t, seq_len) for s, t in streams.items()}
+
+
+def _wikitext2(tokens: dict[str, int | None], download: bool) -> dict[str, Tensor]:
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError("wikitext2 needs the datasets library: pip install datasets") from None
+    try:
+        ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1",
+                                   download_mode=None if download else "reuse_cache_if_exists")
+    except Exception as exc:  # noqa: BLE001 - the library raises many kinds for "no network, no cache"
+        raise DataMissingError(f"WikiText-2 could not be loaded ({type(exc).__name__}); add data.download=true "
+                               "where a network is available, or use data.name=pystdlib offline") from None
+    out = {}
+    for split, hf in (("train", "train"), ("calibration", "validation"), ("heldout", "test")):
+        text = "\n\n".join(ds[hf]["text"]).encode()[: tokens.get(split)]
+        out[split] = torch.frombuffer(bytearray(text), dtype=torch.uint8).to(torch.int64)
+    return out
+
+
+def describe(name: str) -> str:
+    return f"{name} (Python {sys.version.split()[0]} standard library)" if name == "pystdlib" else name

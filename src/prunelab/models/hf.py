@@ -1,0 +1,78 @@
+"""Hugging Face causal language models as prunelab models (``transformers``: ``pip install "prunelab[hf]"``).
+
+``hf:TYPE`` (e.g. ``hf:gpt2``, ``hf:llama``) builds a randomly initialised model of that ``model_type`` from a
+config whose fields are the recipe's ``model.kwargs`` (``vocab_size`` defaults to the data set's vocabulary);
+``hf:PATH`` (a local folder, absolute or starting with ``.``) loads it with ``local_files_only=True``: nothing is
+ever downloaded. The model is returned as transformers builds it, unwrapped, so its parameter names, its
+``save_pretrained`` and its tied weights are its own; tasks read its ``logits``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError('Hugging Face models need transformers: pip install "prunelab[hf]"') from None
+    transformers.logging.set_verbosity_error()  # its advice and progress bars would bury the run's own output
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def is_local(spec: str) -> bool:
+    return spec.startswith(("/", ".", "~")) or Path(spec).expanduser().is_dir()
+
+
+def build_hf(spec: str, vocab_size: int, **kwargs: Any) -> nn.Module:
+    """The causal LM of ``spec`` (a model type or a local folder), see the module docstring."""
+    tf = _transformers()
+    if is_local(spec):
+        folder = Path(spec).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"{folder} is not a Hugging Face model folder (no config.json)")
+        try:
+            model = tf.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"transformers could not load {folder}: {str(exc).splitlines()[0][:200]}") from None
+    else:
+        try:
+            config = tf.AutoConfig.for_model(spec, **{"vocab_size": vocab_size, **kwargs})
+            model = tf.AutoModelForCausalLM.from_config(config)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"bad Hugging Face model hf:{spec}: {str(exc).splitlines()[0][:200]}") from None
+    model.config.use_cache = False  # training and evaluation never reuse a key/value cache
+    return model
+
+
+def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
+    """``model.save_pretrained(folder)`` (safetensors), written next to ``folder`` and moved into place, so an
+    interrupted export never leaves a half-written model folder."""
+    import os
+    import shutil
+    import tempfile
+
+    if not hasattr(model, "save_pretrained"):
+        raise ConfigError("this run's model is not a Hugging Face model: export it as dense, sparse or onnx")
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
