@@ -311,3 +311,13 @@ def test_sequential_statistics_see_the_blocks_already_updated(chained):
     assert done == list(targets)
     # chained: inp (3 batches) + the chain check (1) + the catching pass (3); otherwise 3 per target
     assert full_passes == (3 + 1 + 3 if chained else 1 + 3 * len(targets))
+
+
+def test_curve_reads_a_one_shot_baseline_without_rounds(tmp_path):
+    from prunelab.experiment.curve import curve_points
+
+    points = curve_points("quickstart", [10.0], {"sparsegpt": "{name: sparsegpt, samples: 64}", "random": "random"},
+                          1, tmp_path)
+    over = {p["method"]: p["overrides"] for p in points}
+    assert "prune.schedule.name=oneshot" in over["sparsegpt"]
+    assert not any("schedule" in o for o in over["magnitude"] + over["random"])  # iterative, as the recipe

@@ -36,9 +36,12 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
-    h += percdamp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype, device=h.device)
-    try:
-        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    h.diagonal().add_(percdamp * torch.mean(torch.diag(h)))
+    try:  # one (columns, columns) matrix alive at a time besides the caller's Gram: each step replaces h
+        h = torch.linalg.cholesky(h)
+        h = torch.cholesky_inverse(h)
+        hinv = torch.linalg.cholesky(h, upper=True)
+        del h
     except RuntimeError:
         raise ConfigError("sparsegpt: the calibration Gram matrix is not positive definite even after dampening; "
                           "give more calibration samples or raise percdamp") from None

@@ -3,7 +3,8 @@
 ``prunelab curve lenet5_mnist_drop --compressions 10,20,50,100 --seeds 3 --jobs 2 --out results/lenet5`` runs,
 for every target compression (over prunable weights) and seed, the recipe as it is and the recipe with
 ``prune.method`` replaced by each baseline (default: global magnitude pruning) — same dense model, rounds,
-retraining epochs and learning rates, so the methods differ in their masks only — and writes ``OUT.md`` (mean
+retraining epochs and learning rates, so the methods differ in their masks only; a one-shot baseline
+(``wanda``, ``sparsegpt``, ``pca``) reads each point in one event followed by one retraining — and writes ``OUT.md`` (mean
 +- std over seeds, accuracy relative to each seed's own dense model, achieved compression, wall time of the
 pruning stages), ``OUT.csv`` (every run) and ``OUT.png`` (accuracy against compression, log x axis).
 
@@ -72,10 +73,25 @@ def curve_points(recipe_name: str, compressions: list[float], baselines: dict[st
             over = list(fixed) + [f"prune.sparsity={1 - 1 / c:.10f}"]
             if method is not None:
                 over.append(f"prune.method={method}")
+                if _one_shot(method):  # a calibrated method reads each compression point in one event
+                    over.append("prune.schedule.name=oneshot")
             for p in plan(recipe_name, [], seeds, runs_dir, over):
                 p.update(method=label, target_compression=c, seed=int(p["overrides"][-1].split("=")[1]))
                 points.append(p)
     return points
+
+
+def _one_shot(method: str) -> bool:
+    """Whether the method (a name or a YAML flow mapping, as given to --baseline) decides in one shot."""
+    import yaml
+
+    from ..methods import build_method
+
+    try:
+        spec = yaml.safe_load(method)
+    except yaml.YAMLError:
+        raise ConfigError(f"baseline method {method!r} is not valid YAML") from None
+    return build_method(spec).one_shot
 
 
 def run_curve(recipe_name: str, points: list[dict], runs_dir: str | Path, jobs: int, threads: int | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -124,6 +124,8 @@ class Method:
     allocation: Any = "uniform"
     selector: Any = "topk"
     channels: bool = False  # also hold removed channels' biases and BatchNorm scale/shift at zero (shrinkable)
+    # a one-shot method decides from calibration data in one event; `prunelab curve` runs it without rounds
+    one_shot: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         self.criterion_: Criterion = CRITERIA.build(self.criterion)

@@ -23,7 +23,7 @@ written only by the Pruner. While it calibrates layer by layer, the layers alrea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..calibration import column_view
 from ..sequential import sequential_stats
@@ -38,6 +38,7 @@ from .base import METHODS, Method, Outcome
 @METHODS.register("wanda")
 @dataclass
 class WandaMethod(Method):
+    one_shot: ClassVar[bool] = True
     criterion: Any = None  # {"name": "wanda", "samples": samples}
     granularity: Any = "row"
     allocation: Any = "uniform"
@@ -53,6 +54,7 @@ class WandaMethod(Method):
 @METHODS.register("sparsegpt")
 @dataclass
 class SparseGPTMethod(Method):
+    one_shot: ClassVar[bool] = True
     criterion: Any = "magnitude"  # not used for the decision (see the module docstring); kept for reports
     granularity: Any = "element"
     samples: int = 128

@@ -21,7 +21,7 @@ outcome and the recipe's value is ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -58,6 +58,7 @@ def relative_importance(weight: Tensor, mean_abs_input: Tensor) -> Tensor:
 @METHODS.register("pca")
 @dataclass
 class PCAPruning(Method):
+    one_shot: ClassVar[bool] = True
     criterion: Any = "magnitude"  # not used for the decision (see the module docstring); kept for reports
     granularity: Any = "element"
     channels: bool = True
