@@ -13,7 +13,8 @@ from prunelab.analysis import count_flops
 from prunelab.data.text import SEPARATOR, byte_stream, split_of, stdlib_files, windows
 from prunelab.experiment import Runner, load_recipe
 from prunelab.experiment.checkpoint import load_checkpoint, save_checkpoint
-from prunelab.export.artifacts import export_run
+from prunelab.attack import attack_run
+from prunelab.export.artifacts import bench_run, export_run
 from prunelab.models import build_model
 from prunelab.training import evaluate
 
@@ -115,6 +116,10 @@ def test_a_language_model_recipe_end_to_end(tmp_path):
     out = export_run(tmp_path / "run", "hf")
     back = transformers.AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True)
     assert back.config.n_embd == 16 and float((back.transformer.h[0].mlp.c_fc.weight == 0).float().mean()) >= 0.5
+    bench = bench_run(tmp_path / "run", repeats=1)  # token-id inputs for the latency runs
+    assert [r["artifact"] for r in bench["rows"]][:2] == ["unpruned", "dense with zeros"]
+    with pytest.raises(ConfigError, match="adversarial attacks need an image classifier"):
+        attack_run(tmp_path / "run", [0.1], ["fgsm"])
 
 
 def test_without_transformers_a_clear_error(monkeypatch):
@@ -125,3 +130,24 @@ def test_without_transformers_a_clear_error(monkeypatch):
         monkeypatch.delitem(sys.modules, "transformers")
         build_model("hf:/nonexistent/folder", (16,), 256)
 
+
+
+def test_text_through_a_local_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from prunelab.data import load_data
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train_from_iterator(["def f(x):\n    return x + 1\n"] * 20, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok)
+    fast.save_pretrained(str(tmp_path))
+    b = load_data("pystdlib", seq_len=8, tokens={"train": 200, "calibration": 50, "heldout": 50},
+                  tokenizer=str(tmp_path))
+    assert b.num_classes == len(fast) and b.task == "causal_lm"
+    first = stdlib_files()["train"][0].read_text(encoding="utf-8", errors="replace") + "\0"
+    ids = fast(first, add_special_tokens=False)["input_ids"]
+    assert b.train.x[0].tolist() == ids[:8] and b.train.y[0].tolist() == ids[1:9]  # stored in stream order
+    with pytest.raises(ConfigError, match="no tokenizer could be loaded"):
+        load_data("pystdlib", seq_len=8, tokens={"train": 50}, tokenizer=str(tmp_path / "none"))

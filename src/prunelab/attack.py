@@ -20,6 +20,8 @@ def attack_run(run_dir: str | Path, eps: list[float], attacks: list[str], sample
     from .experiment.paths import DENSE
 
     ctx = RunContext.open_finished(run_dir)
+    if ctx.data.task != "classification":
+        raise ConfigError(f"{run_dir} is a {ctx.data.task} run: adversarial attacks need an image classifier")
     bad = [a for a in attacks if a not in ("fgsm", "pgd")]
     if bad:
         raise ConfigError(f"unknown attack(s) {', '.join(bad)}; valid: fgsm, pgd")

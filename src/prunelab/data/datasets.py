@@ -149,25 +149,26 @@ TEXT = ("pystdlib", "wikitext2")
 def load_data(name: str, root: str | None = None, batch_size: int = 128, test_batch_size: int = 1000,
               seed: int = 0, download: bool = False, augment: bool | None = None, workers: int = 4,
               train_subset: int | None = None, shard: tuple[int, int] = (0, 1), seq_len: int = 128,
-              tokens: dict[str, int | None] | None = None) -> DataBundle:
+              tokens: dict[str, int | None] | None = None, tokenizer: str | None = None) -> DataBundle:
     """Load a data set by name. ``augment=None`` uses the data set's standard augmentation.
 
     ``train_subset`` keeps only the first N training samples (windows, for text) (for quick runs and tests).
     Text data sets (:mod:`prunelab.data.text`) take ``seq_len`` and ``tokens`` ({split: at most this many
-    tokens}) and give a causal-LM bundle with a calibration split of its own.
+    tokens}, ``tokenizer``: a local model folder whose tokenizer to use instead of bytes) and give a causal-LM
+    bundle with a calibration split of its own.
     """
     base = resolve_root(root)
     if name == "imagenet":
         return _imagenet(base, batch_size, test_batch_size, workers, shard)
     if name in TEXT:
-        from .text import VOCAB, load_text
+        from .text import load_text
 
-        splits = load_text(name, seq_len, tokens or {}, download)
+        splits, vocab = load_text(name, seq_len, tokens or {}, download, tokenizer)
         train = splits["train"]
         if train_subset is not None:
             train = (train[0][:train_subset], train[1][:train_subset])
         return DataBundle(name, TensorLoader(*train, batch_size=batch_size, shuffle=True, seed=seed, shard=shard),
-                          TensorLoader(*splits["heldout"], batch_size=test_batch_size), (seq_len,), VOCAB, (), (),
+                          TensorLoader(*splits["heldout"], batch_size=test_batch_size), (seq_len,), vocab, (), (),
                           task="causal_lm", calibration=TensorLoader(*splits["calibration"], batch_size=batch_size, shuffle=True,
                                                                seed=seed),
                           input_dtype=torch.int64)

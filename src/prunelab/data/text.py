@@ -10,7 +10,8 @@ NUL byte between them, so a token budget takes a spread of the library rather th
 ``wikitext2``: WikiText-2 (raw) through the ``datasets`` library, where a network or its cache is available
 (``data.download=true``); train / validation / test splits as published.
 
-Tokens are bytes (vocabulary 256: no tokenizer to download); a window of ``seq_len + 1`` tokens gives inputs
+Tokens are bytes (vocabulary 256: no tokenizer to download), or, with ``data.tokenizer`` (a local Hugging Face
+model folder, e.g. the model's own), that tokenizer's ids; a window of ``seq_len + 1`` tokens gives inputs
 ``w[:-1]`` and next-token targets ``w[1:]``; consecutive windows overlap by one token (stride ``seq_len``), so
 every token of the stream but the first is predicted exactly once. The held-out stream is evaluated the same way.
 """
@@ -20,6 +21,7 @@ import sys
 import sysconfig
 import zlib
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -51,17 +53,32 @@ def stdlib_files(root: str | Path | None = None) -> dict[str, list[Path]]:
     return {s: [p for _, _, p in sorted(v)] for s, v in files.items()}
 
 
-def byte_stream(files: list[Path], limit: int | None) -> Tensor:
-    """The files' bytes joined by NUL, cut at ``limit`` tokens (None: all), as int64 token ids."""
-    chunks, total = [], 0
+def byte_stream(files: list[Path], limit: int | None, encode=None) -> Tensor:
+    """The files joined by NUL, cut at ``limit`` tokens (None: all), as int64 token ids: bytes, or with
+    ``encode`` (text -> token ids, a tokenizer's) each file's text decoded as UTF-8 and encoded."""
+    chunks: list[Tensor] = []
+    total = 0
     for p in files:
         data = p.read_bytes() + SEPARATOR
-        chunks.append(data)
-        total += len(data)
+        ids = torch.frombuffer(bytearray(data), dtype=torch.uint8) if encode is None else \
+            torch.tensor(encode(data.decode("utf-8", errors="replace")), dtype=torch.int64)
+        chunks.append(ids.to(torch.int64))
+        total += len(ids)
         if limit is not None and total >= limit:
             break
-    stream = b"".join(chunks)[:limit]
-    return torch.frombuffer(bytearray(stream), dtype=torch.uint8).to(torch.int64)
+    return torch.cat(chunks)[:limit] if chunks else torch.zeros(0, dtype=torch.int64)
+
+
+def tokenizer_encoder(folder: str) -> tuple[Any, int]:
+    """(text -> token ids, vocabulary size) of the tokenizer saved in a local Hugging Face model folder."""
+    from ..models.hf import _transformers
+
+    tf = _transformers()
+    try:
+        tok = tf.AutoTokenizer.from_pretrained(str(Path(folder).expanduser()), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"no tokenizer could be loaded from {folder}: {str(exc).splitlines()[0][:160]}") from None
+    return (lambda text: tok(text, add_special_tokens=False)["input_ids"]), len(tok)
 
 
 def windows(stream: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
@@ -74,20 +91,22 @@ def windows(stream: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
     return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 
 
-def load_text(name: str, seq_len: int, tokens: dict[str, int | None], download: bool = False
-              ) -> dict[str, tuple[Tensor, Tensor]]:
-    """{split: (inputs, targets)} of the text data set ``name`` with at most ``tokens[split]`` tokens a split."""
+def load_text(name: str, seq_len: int, tokens: dict[str, int | None], download: bool = False,
+              tokenizer: str | None = None) -> tuple[dict[str, tuple[Tensor, Tensor]], int]:
+    """({split: (inputs, targets)}, vocabulary size) of the text data set ``name`` with at most
+    ``tokens[split]`` tokens a split: bytes, or the tokens of the tokenizer in the local folder ``tokenizer``."""
+    encode, vocab = tokenizer_encoder(tokenizer) if tokenizer else (None, VOCAB)
     if name == "pystdlib":
         files = stdlib_files()
-        streams = {s: byte_stream(files[s], tokens.get(s)) for s in SPLITS}
+        streams = {s: byte_stream(files[s], tokens.get(s), encode) for s in SPLITS}
     elif name == "wikitext2":
-        streams = _wikitext2(tokens, download)
+        streams = _wikitext2(tokens, download, encode)
     else:
         raise ConfigError(f"unknown text data set {name!r}; valid: pystdlib, wikitext2")
-    return {s: windows(t, seq_len) for s, t in streams.items()}
+    return {s: windows(t, seq_len) for s, t in streams.items()}, vocab
 
 
-def _wikitext2(tokens: dict[str, int | None], download: bool) -> dict[str, Tensor]:
+def _wikitext2(tokens: dict[str, int | None], download: bool, encode=None) -> dict[str, Tensor]:
     try:
         import datasets
     except ImportError:
@@ -100,8 +119,9 @@ def _wikitext2(tokens: dict[str, int | None], download: bool) -> dict[str, Tenso
                                "where a network is available, or use data.name=pystdlib offline") from None
     out = {}
     for split, hf in (("train", "train"), ("calibration", "validation"), ("heldout", "test")):
-        text = "\n\n".join(ds[hf]["text"]).encode()[: tokens.get(split)]
-        out[split] = torch.frombuffer(bytearray(text), dtype=torch.uint8).to(torch.int64)
+        text = "\n\n".join(ds[hf]["text"])
+        ids = list(text.encode()) if encode is None else encode(text)
+        out[split] = torch.tensor(ids[: tokens.get(split)], dtype=torch.int64)
     return out
 
 

@@ -67,7 +67,7 @@ class RunContext:
         return load_data(d.name, d.root, d.batch_size // world, d.test_batch_size, self.recipe.seed, d.download,
                          d.augment, train_subset=d.train_subset, shard=(self.dist.rank, world), seq_len=d.seq_len,
                          tokens={"train": d.train_tokens, "calibration": d.calibration_tokens,
-                                 "heldout": d.eval_tokens})
+                                 "heldout": d.eval_tokens}, tokenizer=d.tokenizer)
 
     @cached_property
     def method(self) -> Method | None:

@@ -36,6 +36,7 @@ class DataConfig(_Strict):
     train_tokens: int | None = Field(None, ge=2)
     calibration_tokens: int | None = Field(None, ge=2)
     eval_tokens: int | None = Field(None, ge=2)
+    tokenizer: str | None = None  # a local Hugging Face model folder whose tokenizer to use (default: bytes)
 
 
 class ModelConfig(_Strict):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..analysis import count_flops, count_params
 from ..export import compact_bytes
+from ..models.hf import is_local
 from ..io import atomic_write_json, atomic_write_text, read_json
 from ..channels import ChannelGraph
 from ..coupling import channel_report
@@ -29,10 +30,13 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
     dt = ctx.data.input_dtype
     flops = count_flops(model, shape, r.device, dt)
     dense_flops = count_flops(ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE)), shape, r.device, dt)
+    # the dense stage's model was trained, or loaded trained (a local Hugging Face folder): report it; otherwise
+    # (train.epochs 0 from a random init) the run trained sparse from scratch and has no dense accuracy
+    dense_known = r.train.epochs > 0 or (r.model.name.startswith("hf:") and is_local(r.model.name[3:]))
     summary = {
         "recipe": r.name, "run_dir": str(ctx.paths.root), "seed": r.seed,
         "method": r.prune.method if r.prune else None,
-        "dense_acc": states[paths.DENSE]["test_acc"] if r.train.epochs > 0 else None,  # None: sparse from scratch
+        "dense_acc": states[paths.DENSE]["test_acc"] if dense_known else None,
         "pruned_acc": states[final]["test_acc"] if r.prune else None,
         "task": ctx.data.task,
         "params_total": params["total"], "params_nonzero": params["nonzero"],
@@ -44,7 +48,7 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
                    for n, s in states.items()],
     }
     if ctx.data.task == "causal_lm":  # accuracy is next-token accuracy; perplexity on the held-out stream
-        summary["dense_ppl"] = states[paths.DENSE].get("test_ppl") if r.train.epochs > 0 else None
+        summary["dense_ppl"] = states[paths.DENSE].get("test_ppl") if dense_known else None
         summary["pruned_ppl"] = states[final].get("test_ppl") if r.prune else None
         summary["eval"] = {"data": ctx.data.name, "seq_len": r.data.seq_len, "stride": r.data.seq_len,
                            "tokens": sum(y.numel() for _, y in ctx.data.test)}

@@ -76,9 +76,12 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     return path
 
 
-def latency_ms(model: torch.nn.Module, input_shape, batch: int, repeats: int = 30, warmup: int = 5) -> float:
-    """Median wall time of one forward pass in milliseconds, after ``warmup`` passes."""
-    x = torch.randn((batch,) + tuple(input_shape))
+def latency_ms(model: torch.nn.Module, input_shape, batch: int, repeats: int = 30, warmup: int = 5,
+               vocab: int | None = None) -> float:
+    """Median wall time of one forward pass in milliseconds, after ``warmup`` passes, on random inputs (random
+    token ids below ``vocab`` when given)."""
+    shape = (batch,) + tuple(input_shape)
+    x = torch.randint(0, vocab, shape) if vocab else torch.randn(shape)
     times = []
     with torch.no_grad():
         for i in range(warmup + repeats):
@@ -111,6 +114,8 @@ def bench_run(run_dir: str | Path, repeats: int = 30) -> dict:
     """Measure the run's artifacts (see the module docstring); returns {rows, input_shape}."""
     ctx, model, masks = _open_run(run_dir)
     shape = tuple(ctx.data.input_shape)
+    dt = ctx.data.input_dtype
+    vocab = ctx.data.num_classes if not dt.is_floating_point else None  # token ids
     torch.set_num_threads(1)
     from ..experiment.paths import DENSE
 
@@ -123,17 +128,17 @@ def bench_run(run_dir: str | Path, repeats: int = 30) -> dict:
     src = _shrunk_file(ctx)
     if src is not None:
         arts.append(("shrunk", load_shrunk(src)[0].eval(), src.stat().st_size))
-    base_flops = count_flops(dense, shape)["dense"]
-    base = {b: latency_ms(dense, shape, b, repeats) for b in (1, 64)}
+    base_flops = count_flops(dense, shape, dtype=dt)["dense"]
+    base = {b: latency_ms(dense, shape, b, repeats, vocab=vocab) for b in (1, 64)}
     rows = []
     for name, net, nbytes in arts:
-        fl = count_flops(model if name == "csr linear" else net, shape)
+        fl = count_flops(model if name == "csr linear" else net, shape, dtype=dt)
         flops = fl["dense"] if name in ("unpruned", "shrunk") else fl["nonzero"]
         params = sum(int((p != 0).sum()) for p in (model if name == "csr linear" else net).parameters())
         row = {"artifact": name, "bytes": nbytes, "params_nonzero": params, "flops": flops,
                "flop_reduction": base_flops / max(flops, 1)}
         for b in (1, 64):
-            lat = base[b] if name == "unpruned" else latency_ms(net, shape, b, repeats)
+            lat = base[b] if name == "unpruned" else latency_ms(net, shape, b, repeats, vocab=vocab)
             row[f"latency_ms_b{b}"] = lat
             row[f"speedup_b{b}"] = base[b] / lat
             row[f"diagnosis_b{b}"] = "" if name == "unpruned" else diagnose(
