@@ -50,7 +50,7 @@ def test_wanda_on_token_ids_and_two_four():
 
 def test_calibrated_methods_say_what_they_miss():
     model = nn.Sequential(nn.Linear(4, 3))
-    with pytest.raises(ConfigError, match="puts at construction: build the Pruner with schedule='manual'"):
+    with pytest.raises(ConfigError, match=r"puts at construction \(step 0\): in a recipe use schedule oneshot"):
         Pruner(model, "wanda", sparsity=0.5)  # one shot at step 0, before any calibrate() could happen
     p = Pruner(model, "wanda", sparsity=0.5, schedule="manual")
     with pytest.raises(ConfigError, match="needs calibration data"):

@@ -68,6 +68,9 @@ def test_recipes_lists_builtins(capsys):
     (["run", "missing.yaml"], "missing.yaml does not exist"),
     (["run", "data.name=mnist", "--data-root", "/nonexistent"], "mnist not found"),
     (["show", "/nonexistent/run"], "does not exist"),
+    (["run", "prune.method=wanda", "prune.schedule.name=cubic"], "in a recipe use schedule oneshot or iterative"),
+    (["run", "prune.method={name: sparsegpt, granularity: filter}"], "sparsegpt chooses single weights"),
+    (["run", "model.name=hf:no_such_type"], "bad Hugging Face model hf:no_such_type"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
     assert main(argv + (["--runs-dir", str(tmp_path)] if argv[0] == "run" else [])) == 2

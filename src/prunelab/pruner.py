@@ -119,8 +119,9 @@ class Pruner:
         self._calibration_samples: int | None = None
         if self.needs.calibration_samples and self.auto_prune and self.schedule.target(0) is not None:
             raise ConfigError(f"method {self.method.name} needs calibration data before its first pruning event, "
-                              "which this schedule puts at construction: build the Pruner with schedule='manual', "
-                              "call pruner.calibrate(batches), then pruner.prune(sparsity)")
+                              "which this schedule puts at construction (step 0): in a recipe use schedule oneshot "
+                              "or iterative (or a later start_epoch); in your own loop build the Pruner with "
+                              "schedule='manual', call pruner.calibrate(batches), then pruner.prune(sparsity)")
         self._maybe_prune(None)
 
     @property
