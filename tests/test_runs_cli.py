@@ -26,8 +26,10 @@ def test_resumed_run_is_bit_identical(tmp_path):
     (b_dir / "stages" / "round_02" / "state.json").unlink()  # as if killed while writing round_02
     b = Runner(recipe, b_dir, progress=False, log=lambda s: None).run()
     for stage in ("dense", "round_01", "round_02", "round_03"):
-        for f in ("model.safetensors", "optimizer.safetensors"):
-            assert (tmp_path / "a" / "stages" / stage / f).read_bytes() == (b_dir / "stages" / stage / f).read_bytes()
+        files = sorted((tmp_path / "a" / "stages" / stage).glob("*.safetensors"))
+        assert {f.name for f in files} >= {"model.safetensors", "optimizer.safetensors", "rng.safetensors"}
+        for f in files:  # every tensors file byte for byte, masks and their metadata included
+            assert f.read_bytes() == (b_dir / "stages" / stage / f.name).read_bytes(), (stage, f.name)
     assert a["pruned_acc"] == b["pruned_acc"] and a["layers"] == b["layers"]
     assert a["sparsity_prunable"] == pytest.approx(0.9, abs=1e-4)
     assert (b_dir / "metrics.jsonl").read_text().count('"stage": "round_02", "epoch"') == 1
@@ -71,6 +73,9 @@ def test_recipes_lists_builtins(capsys):
     (["run", "prune.method=wanda", "prune.schedule.name=cubic"], "in a recipe use schedule oneshot or iterative"),
     (["run", "prune.method={name: sparsegpt, granularity: filter}"], "sparsegpt chooses single weights"),
     (["run", "model.name=hf:no_such_type"], "bad Hugging Face model hf:no_such_type"),
+    (["run", "train.lr=.inf"], "train.lr: Input should be a finite number"),
+    (["run", "prune.retrain.lr=.nan"], "prune.retrain.lr: Input should be a finite number"),
+    (["run", "prune.method={name: sparsegpt, percdamp: .inf}"], "percdamp must be a finite number"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
     assert main(argv + (["--runs-dir", str(tmp_path)] if argv[0] == "run" else [])) == 2

@@ -106,13 +106,29 @@ def read_tagged_safetensors(path: str | Path, fmt: str, what: str, key: str) -> 
         raise CheckpointError(f"{path} has no readable {key}") from None
 
 
+def safetensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """``safetensors.torch.save``, with the header written in one order: safetensors writes its metadata map in
+    a random order, so equal content would give different bytes (and different digests) from run to run. The
+    header is re-serialised with the metadata keys sorted and the tensors in safetensors' own (deterministic)
+    order; data offsets are relative to the data section, so they are unchanged."""
+    from safetensors.torch import save as st_save
+
+    raw = st_save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
+    ordered.update(header)
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned, as safetensors writes it
+    return len(text).to_bytes(8, "little") + text + raw[8 + n:]
+
+
 def state_bytes(state: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
     """safetensors bytes of a state_dict with tied tensors stored once: a key whose tensor is a view of the
     same memory as an earlier key's (a language model's output layer tied to its embedding) is left out and
     named in the metadata entry ``aliases`` (JSON {alias: stored key}), as safetensors' own ``save_model`` does.
     :func:`read_state` puts the aliases back."""
-    from safetensors.torch import save as st_save
-
     seen: dict[tuple, str] = {}
     tensors, aliases = {}, {}
     for k, v in state.items():
@@ -125,7 +141,7 @@ def state_bytes(state: dict[str, Tensor], metadata: dict[str, str] | None = None
     meta = dict(metadata or {})
     if aliases:
         meta["aliases"] = json.dumps(aliases, sort_keys=True)
-    return st_save(tensors, metadata=meta)
+    return safetensors_bytes(tensors, meta)
 
 
 def read_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:

@@ -136,11 +136,11 @@ class Masks(Mapping[str, Tensor]):
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the masks to a safetensors file atomically (uint8 tensors; order kept in metadata)."""
-        from safetensors.torch import save
+        from .io import safetensors_bytes
 
         tensors = {n: m.to(torch.uint8).contiguous().cpu() for n, m in self._m.items()}
         meta = {"format": "prunelab.masks/1", "order": json.dumps(list(self._m))}
-        atomic_write_bytes(path, save(tensors, metadata=meta))
+        atomic_write_bytes(path, safetensors_bytes(tensors, meta))
 
     @classmethod
     def load(cls, path: str | Path) -> "Masks":

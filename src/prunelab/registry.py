@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from typing import Any, Callable, Generic, TypeVar
 
 from .errors import ConfigError
@@ -73,6 +74,9 @@ class Registry(Generic[T]):
         if unknown:
             raise ConfigError(f"unknown parameter(s) {', '.join(unknown)} for {self.kind} {name!r}; "
                               f"valid: {', '.join(sorted(valid)) or 'none'}")
+        bad = _non_finite(params)
+        if bad:
+            raise ConfigError(f"{self.kind} {name!r} parameter {bad} must be a finite number")
         for key, value in defaults.items():
             if key in valid and key not in params:
                 params[key] = value
@@ -80,6 +84,23 @@ class Registry(Generic[T]):
             return ctor(**params)
         except TypeError as exc:  # e.g. a missing required parameter
             raise ConfigError(f"cannot build {self.kind} {name!r}: {exc}") from None
+
+
+def _non_finite(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first non-finite float in ``value`` (nested mappings and lists), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path.lstrip(".") or "value"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        found = _non_finite(v, f"{path}.{k}")
+        if found:
+            return found
+    return None
 
 
 def accepted_params(ctor: Callable[..., Any]) -> set[str]:

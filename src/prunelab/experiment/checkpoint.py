@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save as st_save
 from torch import nn
 
 from ..errors import CheckpointError
-from ..io import atomic_write_bytes, atomic_write_json, read_json, read_safetensors, read_state, state_bytes
+from ..io import (atomic_write_bytes, atomic_write_json, read_json, read_safetensors, read_state, safetensors_bytes,
+                  state_bytes)
 from ..masks import Masks
 from .paths import MASKS, METHOD_STATE, MODEL, OPTIMIZER, RNG, STATE
 
@@ -50,8 +50,8 @@ def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = 
         masks.save(folder / MASKS)
     if method_state:
         atomic_write_bytes(folder / METHOD_STATE,
-                           st_save({k: v.detach().contiguous().cpu() for k, v in method_state.items()},
-                                   metadata={"format": "prunelab.method_state/1"}))
+                           safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in method_state.items()},
+                                   {"format": "prunelab.method_state/1"}))
     opt_meta = None
     if optimizer is not None:
         osd = optimizer.state_dict()
@@ -62,10 +62,10 @@ def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = 
                     tensors[f"{idx}/{k}"] = v.detach().contiguous().cpu()
                 else:
                     scalars.setdefault(str(idx), {})[k] = v
-        atomic_write_bytes(folder / OPTIMIZER, st_save(tensors))
+        atomic_write_bytes(folder / OPTIMIZER, safetensors_bytes(tensors))
         opt_meta = {"param_groups": osd["param_groups"], "scalars": scalars}
     rng_t, rng_meta = rng_state()
-    atomic_write_bytes(folder / RNG, st_save(rng_t))
+    atomic_write_bytes(folder / RNG, safetensors_bytes(rng_t))
     atomic_write_json(folder / STATE, {"optimizer": opt_meta, "rng": rng_meta, **(extra or {})})
 
 

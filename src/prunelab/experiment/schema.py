@@ -20,7 +20,7 @@ from ..training.optim import OptimConfig
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # a finite number wherever one is meant
 
 
 class DataConfig(_Strict):

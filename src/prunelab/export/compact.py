@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..io import atomic_write_bytes, digest, read_tagged_safetensors
+from ..io import atomic_write_bytes, digest, read_tagged_safetensors, safetensors_bytes
 from ..masks import Masks
 
 
@@ -146,7 +145,7 @@ def _encode_model(model: nn.Module, masks: Masks) -> tuple[dict[str, Tensor], di
 def _serialize(model: nn.Module, masks: Masks) -> tuple[bytes, dict]:
     tensors, manifest = _encode_model(model, masks)
     meta = {"format": "prunelab.compact/1", "manifest": json.dumps(manifest), "sha256": digest(tensors)}
-    return st_save(tensors, metadata=meta), manifest
+    return safetensors_bytes(tensors, meta), manifest
 
 
 def compact_bytes(model: nn.Module, masks: Masks) -> tuple[int, dict[str, str]]:

@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as st_save
 from torch import nn
 
 from ..attention import HeadPrunedAttention, attention_heads
 from ..channels import ChannelGraph
 from ..errors import CheckpointError, PrunelabError
 from ..inputs import Inputs, max_output_diff, random_like, to_double
-from ..io import atomic_write_bytes, read_tagged_safetensors
+from ..io import atomic_write_bytes, read_tagged_safetensors, safetensors_bytes
 from ..targets import is_hf_conv1d
 
 FORMAT = "prunelab-shrunk/1"
@@ -158,7 +157,7 @@ def save_shrunk(path: str | Path, model: nn.Module, widths: dict, model_spec: di
     """
     manifest = {"model": model_spec, "widths": widths}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = st_save(state, metadata={"format": FORMAT, "manifest": json.dumps(manifest)})
+    data = safetensors_bytes(state, {"format": FORMAT, "manifest": json.dumps(manifest)})
     atomic_write_bytes(path, data)
     return len(data)
 

@@ -16,7 +16,7 @@ from torch import nn
 class OptimConfig(BaseModel):
     """Training hyper-parameters (a recipe's ``train`` section, and ``prune.retrain`` overrides)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(10, ge=0)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
