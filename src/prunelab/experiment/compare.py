@@ -16,7 +16,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
-from ..io import atomic_write_text, read_json
+from ..io import atomic_write_text
+from .records import load_summary
 from .paths import RunPaths
 
 COLUMNS = [("dense_acc", "Unpruned"), ("finetune", "Fine-tuned"), ("scratch_e", "Scratch-E"),
@@ -58,7 +59,7 @@ def compare_runs(run_dirs: list[str | Path]) -> list[dict]:
         summary = RunPaths(d).summary
         if not summary.is_file():
             raise ConfigError(f"{d} has not finished (no {summary.name}); run it to the end first")
-        s = read_json(summary)
+        s = load_summary(d)
         controls = s.get("controls") or {}
         sh = s.get("shrunk")
         run = {"seed": s["seed"], "dense_acc": s.get("dense_acc"), "finetune": s.get("pruned_acc"),

@@ -18,15 +18,16 @@ from itertools import combinations
 from pathlib import Path
 
 from ..analysis.masks import overlap, similarity, structure, weight_distance
-from ..io import atomic_write_text, read_json, read_safetensors
+from ..io import atomic_write_text, read_safetensors
 from ..masks import Masks
 from .compare import _setting
+from .records import load_summary
 from .paths import DENSE, MASKS, MODEL, RunPaths
 
 
 def _stages(d: Path) -> list[str]:
     run = RunPaths(d)
-    return [st["stage"] for st in read_json(run.summary)["stages"] if (run.stage(st["stage"]) / MASKS).is_file()]
+    return [st["stage"] for st in load_summary(d)["stages"] if (run.stage(st["stage"]) / MASKS).is_file()]
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[dict]:
@@ -38,7 +39,7 @@ def load_runs(run_dirs: list[str | Path]) -> list[dict]:
         if not stages:
             continue
         run = RunPaths(d)
-        runs.append({"dir": d, "key": key, "label": label, "summary": read_json(run.summary),
+        runs.append({"dir": d, "key": key, "label": label, "summary": load_summary(d),
                      "masks": [Masks.load(run.stage(st) / MASKS) for st in stages],
                      "stages": stages})
     return runs

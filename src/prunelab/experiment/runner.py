@@ -13,7 +13,7 @@ import yaml
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..io import atomic_write_text, read_json
+from ..io import atomic_write_text
 from ..masks import Masks
 from . import paths
 from .checkpoint import load_checkpoint
@@ -22,7 +22,8 @@ from .controls import Shrunk
 from .distributed import barrier
 from .schema import Recipe
 from .stages import STAGES, Dense, Stage, prepare_event
-from .summary import load_summary, summarize
+from .records import load_summary
+from .summary import summarize
 
 
 def run_dir_for(recipe: Recipe, runs_root: str | Path) -> Path:
@@ -110,7 +111,7 @@ class Runner:
                 return {}
         summary = summarize(ctx, stages) if ctx.main else {}
         barrier()
-        return summary if ctx.main else read_json(ctx.paths.summary)
+        return summary if ctx.main else load_summary(ctx.paths.root)
 
     def dry_run(self) -> dict:
         """Train (or reuse) the dense stage, then decide the final masks in memory, without retraining.

@@ -1,18 +1,17 @@
 """summary.json: what a finished run reports, each figure saying over which parameters it is counted."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..analysis import count_flops, count_params
 from ..export import compact_bytes
 from ..models.hf import is_local
-from ..io import atomic_write_json, atomic_write_text, read_json
+from ..io import atomic_write_json, atomic_write_text
 from ..channels import ChannelGraph
 from ..coupling import channel_report
 from ..targets import accounting
 from . import paths
 from .checkpoint import load_checkpoint
 from .context import RunContext
+from .records import StateRecord, SummaryRecord, read_record, validated
 from .stages import Stage
 
 
@@ -20,8 +19,8 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
     """Write the run's concatenated metrics.jsonl and summary.json (last); returns the summary."""
     r = ctx.recipe
     pruning = [s.name for s in stages if s.pruning]
-    states = {n: read_json(ctx.paths.stage(n) / paths.STATE) for n in pruning}
-    extra = {s.name: read_json(ctx.paths.stage(s.name) / paths.STATE) for s in stages if not s.pruning}
+    states = {n: read_record(StateRecord, ctx.paths.stage(n) / paths.STATE) for n in pruning}
+    extra = {s.name: read_record(StateRecord, ctx.paths.stage(s.name) / paths.STATE) for s in stages if not s.pruning}
     final = pruning[-1]
     model = ctx.build_model()
     masks, _ = load_checkpoint(ctx.paths.stage(final), model, restore_rng=False)
@@ -73,10 +72,6 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
         if p.exists():
             lines += p.read_text(encoding="utf-8").splitlines()
     atomic_write_text(ctx.paths.metrics, "".join(line + "\n" for line in lines))
-    atomic_write_json(ctx.paths.summary, summary)
+    atomic_write_json(ctx.paths.summary, validated(SummaryRecord, summary, ctx.paths.summary))
     return summary
 
-
-def load_summary(run_dir: str | Path) -> dict:
-    """summary.json of a finished run (CheckpointError when missing or corrupt)."""
-    return read_json(paths.RunPaths(Path(run_dir)).summary)
