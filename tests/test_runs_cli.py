@@ -116,3 +116,11 @@ def test_gradual_and_oneshot_taylor_runs(tmp_path, extra, stages):
     assert s["sparsity_prunable"] == pytest.approx(0.8, abs=0.02)
     if "prune.method.granularity=filter" in extra:
         assert all(row["filter_sparsity"] == pytest.approx(row["sparsity"]) for row in s["layers"])
+
+
+@pytest.mark.parametrize("content,needle", [('{"dense_acc": "x"}', "summary.json is malformed at recipe"),
+                                            ("{not json", "summary.json is not valid JSON")])
+def test_show_refuses_a_malformed_summary_in_one_line(tmp_path, capsys, content, needle):
+    (tmp_path / "summary.json").write_text(content)
+    assert main(["show", str(tmp_path)]) == 2
+    assert needle in _err_line(capsys)
