@@ -86,3 +86,22 @@ def test_mnist_from_shared_data():
     d = load_data("mnist", os.path.dirname(os.path.dirname(SHARED_MNIST)))
     assert len(d.train.x) == 60000 and len(d.test.x) == 10000
     assert abs(d.train.x.mean().item()) < 0.01
+
+
+def test_an_unreadable_torchvision_file_is_one_sentence_and_never_executes(tmp_path, capsys):
+    """A legacy MNIST/processed/*.pt holding a pickle that would run code: torchvision loads it weights-only
+    (refused); prunelab says which folder and what to do."""
+    import pickle
+
+    from prunelab.data import load_data
+    from prunelab.errors import DataMissingError
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("EXECUTED",))
+    (tmp_path / "MNIST" / "processed").mkdir(parents=True)
+    for f in ("training.pt", "test.pt"):
+        (tmp_path / "MNIST" / "processed" / f).write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(DataMissingError, match=r"torchvision could not read mnist .* delete .*processed"):
+        load_data("mnist", str(tmp_path))
+    assert "EXECUTED" not in capsys.readouterr().out

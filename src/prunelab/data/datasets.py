@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -92,6 +93,13 @@ def _mnist_like(name: str, tv_class: str, debian: Path | None):
             for train in (True, False):
                 ds = getattr(torchvision.datasets, tv_class)(str(root), train=train, download=download)
                 splits.append((ds.data, ds.targets))
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # torchvision found files it cannot read: a legacy processed/*.pt (loaded weights-only, so a pickle of
+            # anything else is refused, safely) or a damaged raw file
+            raise DataMissingError(
+                f"torchvision could not read {name} under {root / tv_class} ({type(exc).__name__}); delete "
+                f"{root / tv_class / 'processed'} if it exists, or replace the damaged files under "
+                f"{root / tv_class / 'raw'}") from None
         except RuntimeError:
             splits = []
             if debian is not None and (debian / "train-images-idx3-ubyte.gz").is_file():

@@ -138,9 +138,11 @@ class Recipe(_Strict):
         """A short hash of everything that affects results (so a changed recipe starts a new run).
 
         Values left at their defaults are not hashed, so adding an option with a default to the schema does
-        not move existing runs to new folders.
+        not move existing runs to new folders; nor is the description.
         """
-        blob = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True)
+        dump = self.model_dump(mode="json", exclude_defaults=True)
+        dump.pop("description", None)  # words about the recipe do not change its results
+        blob = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
