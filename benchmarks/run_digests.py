@@ -81,9 +81,11 @@ def compare(a: dict, b: dict) -> bool:
             continue
         new_keys = sorted(set(b[key]["summary"]) - set(a[key]["summary"]))
         bs = {k: v for k, v in b[key]["summary"].items() if k in a[key]["summary"]}
-        same = a[key]["dir"] == b[key]["dir"] and a[key]["stages"] == b[key]["stages"] and a[key]["summary"] == bs
+        same = a[key]["stages"] == b[key]["stages"] and a[key]["summary"] == bs
         ok &= same
-        print(f"{key}: {'identical' if same else 'DIFFERENT'}" + (f" (new summary keys: {new_keys})" if new_keys else ""))
+        moved = f" (run folder renamed: {a[key]['dir']} -> {b[key]['dir']})" if a[key]["dir"] != b[key]["dir"] else ""
+        print(f"{key}: {'identical' if same else 'DIFFERENT'}{moved}"
+              + (f" (new summary keys: {new_keys})" if new_keys else ""))
     return ok
 
 
