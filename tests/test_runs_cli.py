@@ -82,13 +82,22 @@ def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
     assert needle in _err_line(capsys)
 
 
-def test_corrupt_checkpoint_is_refused(tmp_path, capsys):
+def test_corrupt_checkpoint_is_recomputed_or_refused(tmp_path, capsys):
+    """A damaged file its state lists is recomputed; one no record vouches for (a checkpoint written before
+    state files listed their files) is refused in one line."""
     args = ["run", *TINY, "--runs-dir", str(tmp_path), "--no-progress"]
     assert main(args + ["--stop-after", "dense"]) == 0
     run = run_dir_for(load_recipe("quickstart", TINY), tmp_path)
     weights = run / "stages" / "dense" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
+    good = weights.read_bytes()
+    weights.write_bytes(good[:100])
     capsys.readouterr()
+    assert main(args + ["--stop-after", "dense"]) == 0
+    assert "stage dense: model.safetensors has 100 bytes where" in capsys.readouterr().out
+    assert weights.read_bytes() == good
+    state = run / "stages" / "dense" / "state.json"
+    state.write_text(json.dumps({k: v for k, v in json.loads(state.read_text()).items() if k != "files"}))
+    weights.write_bytes(good[:100])
     assert main(args) == 2
     assert "model.safetensors is not a readable safetensors file" in _err_line(capsys)
     (run / "summary.json").write_text("{ truncated")
@@ -124,3 +133,29 @@ def test_show_refuses_a_malformed_summary_in_one_line(tmp_path, capsys, content,
     (tmp_path / "summary.json").write_text(content)
     assert main(["show", str(tmp_path)]) == 2
     assert needle in _err_line(capsys)
+
+
+def test_a_damaged_artifact_is_found_named_and_recomputed(tmp_path, capsys):
+    """verify, show and export name the missing or truncated file; run recomputes that stage and the later
+    ones (deterministically: the same bytes again) and touches nothing before it."""
+    assert main(["run", *TINY, "--runs-dir", str(tmp_path), "--no-progress"]) == 0
+    run = next(tmp_path.glob("quickstart-*"))
+    stages = run / "stages"
+    before = {f: f.read_bytes() for f in stages.rglob("*.safetensors")}
+    dense_state = (stages / "dense" / "state.json").read_bytes()
+    capsys.readouterr()
+    assert main(["verify", str(run)]) == 0
+    (stages / "round_02" / "masks.safetensors").unlink()
+    assert main(["verify", str(run)]) == 1
+    assert "stages/round_02: masks.safetensors is missing" in capsys.readouterr().out
+    for argv in (["show", str(run)], ["export", str(run), "--format", "sparse"]):
+        assert main(argv) == 2
+        assert "round_02: masks.safetensors is missing; run `prunelab run" in _err_line(capsys)
+    assert main(["run", *TINY, "--runs-dir", str(tmp_path), "--no-progress"]) == 0
+    assert "stage round_02: masks.safetensors is missing" in capsys.readouterr().out
+    assert {f: f.read_bytes() for f in stages.rglob("*.safetensors")} == before
+    assert (stages / "dense" / "state.json").read_bytes() == dense_state  # not recomputed
+    final = stages / "round_03" / "model.safetensors"
+    final.write_bytes(final.read_bytes()[:-100])
+    assert main(["show", str(run)]) == 2
+    assert "model.safetensors has" in _err_line(capsys)

@@ -29,11 +29,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:  # say which file
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 
@@ -77,6 +79,15 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str
     except Exception as exc:  # safetensors raises several types for bad headers and short files
         raise CheckpointError(f"{path} is not a readable safetensors file ({type(exc).__name__})") from None
     return tensors, meta
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
 
 
 def digest(tensors: dict[str, Tensor]) -> str:

@@ -6,6 +6,7 @@ the handlers are in :mod:`prunelab.cli.commands` and the tables they print in :m
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from ..errors import PrunelabError
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print a run's summary as tables")
     s.add_argument("run_dir", help=RUN_DIR_HELP)
     s.set_defaults(fn=commands.cmd_show)
+    v = sub.add_parser("verify", help="check every artifact of a run against the SHA-256 recorded when it was "
+                                      "written (exit 1 if any differs)")
+    v.add_argument("run_dir", help=RUN_DIR_HELP)
+    v.set_defaults(fn=commands.cmd_verify)
     a = sub.add_parser("attack", help="accuracy of a run's dense and sparse models under FGSM and PGD")
     a.add_argument("run_dir", help=RUN_DIR_HELP)
     a.add_argument("--eps", default="0.05,0.1,0.2,0.3", help="L-inf radii in pixel space [0, 1]")
@@ -103,6 +108,9 @@ def _run_folder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", help="data root (default $PRUNELAB_DATA or ./data)")
 
 
+_FS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -120,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     except PrunelabError as exc:
         sys.stderr.write(f"prunelab: error: {exc}\n")
         return exc.exit_code
+    except OSError as exc:  # the file system refused: read-only, full, no permission
+        if exc.errno not in _FS_ERRORS or not exc.filename:
+            raise
+        sys.stderr.write(f"prunelab: error: cannot write {exc.filename}: {exc.strerror}; free space or choose "
+                         "a writable --runs-dir (what was written before is intact)\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("prunelab: interrupted; rerun the same command to resume from the last finished stage\n")
         return 130

@@ -73,10 +73,28 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from ..experiment import load_summary
+    from ..experiment import RunContext, load_summary
 
-    print_summary(load_summary(args.run_dir), console(), layers=True)
+    summary = load_summary(args.run_dir)
+    RunContext.open_finished(args.run_dir)  # the summary describes artifacts that are still there, unchanged
+    print_summary(summary, console(), layers=True)
     return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..experiment.verify import check_run, rerun_hint
+
+    bad = check_run(args.run_dir)
+    con = console()
+    if not bad:
+        con.print(f"{args.run_dir}: every artifact matches what was written", markup=False, soft_wrap=True)
+        return 0
+    for what, problems in bad:
+        for p in problems:
+            con.print(f"{what}: {p}", markup=False, soft_wrap=True)
+    con.print(f"to recompute the damaged stages and the ones after them, run {rerun_hint(Path(args.run_dir))}",
+              markup=False, soft_wrap=True)
+    return 1
 
 
 def cmd_attack(args: argparse.Namespace) -> int:

@@ -4,7 +4,9 @@ Layout of a checkpoint folder (file names in :mod:`prunelab.experiment.paths`): 
 state_dict keys), the masks, the optimizer state, the method's state (only for methods that carry state between
 events, e.g. DropPruning's record of revived weights), the torch RNG state, and a JSON file with the tensors'
 companions (optimizer hyper-parameters, pruner counters, Python and NumPy RNG states, anything the stage adds).
-The JSON file is written last: a folder without it is incomplete and is ignored. Nothing is ever unpickled.
+The JSON file is written last and lists the SHA-256 and size of every other file of the folder: a folder
+without it is incomplete and is ignored; one whose files no longer match it is damaged
+(:func:`verify_checkpoint`). Nothing is ever unpickled.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..io import (atomic_write_bytes, atomic_write_json, read_json, read_safetensors, read_state, safetensors_bytes,
-                  state_bytes)
+from ..io import (atomic_write_bytes, atomic_write_json, file_sha256, read_json, read_safetensors, read_state,
+                  safetensors_bytes, state_bytes)
 from ..masks import Masks
-from .paths import MASKS, METHOD_STATE, MODEL, OPTIMIZER, RNG, STATE
+from .paths import MASKS, METHOD_STATE, METRICS, MODEL, OPTIMIZER, RNG, STATE
+from .records import StateRecord, read_record
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -66,7 +69,38 @@ def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = 
         opt_meta = {"param_groups": osd["param_groups"], "scalars": scalars}
     rng_t, rng_meta = rng_state()
     atomic_write_bytes(folder / RNG, safetensors_bytes(rng_t))
-    atomic_write_json(folder / STATE, {"optimizer": opt_meta, "rng": rng_meta, **(extra or {})})
+    atomic_write_json(folder / STATE, {"optimizer": opt_meta, "rng": rng_meta, **(extra or {}),
+                                       "files": file_digests(folder)})
+
+
+def file_digests(folder: str | Path) -> dict[str, dict]:
+    """SHA-256 and size of every file of a checkpoint folder (what the stage wrote there, a shrunk model
+    included), read back from disk; the state file and the training log are not listed."""
+    return {f.name: {"sha256": file_sha256(f), "bytes": f.stat().st_size} for f in sorted(Path(folder).iterdir())
+            if f.is_file() and f.name not in (STATE, METRICS) and not f.name.startswith(".")}
+
+
+def verify_checkpoint(folder: str | Path) -> list[str]:
+    """What is wrong with a checkpoint folder, one phrase per problem ([] when intact): a state file that is
+    missing or malformed, a listed file missing, of another size or with another SHA-256. Checkpoints written
+    before state files listed their files are taken as they are."""
+    folder = Path(folder)
+    if not (folder / STATE).is_file():
+        return [f"{STATE} is missing (the stage did not finish)"]
+    try:
+        files = read_record(StateRecord, folder / STATE).get("files")
+    except CheckpointError as exc:
+        return [str(exc)]
+    problems = []
+    for name, d in (files or {}).items():
+        f = folder / name
+        if not f.is_file():
+            problems.append(f"{name} is missing")
+        elif f.stat().st_size != d["bytes"]:
+            problems.append(f"{name} has {f.stat().st_size:,} bytes where {d['bytes']:,} were written")
+        elif file_sha256(f) != d["sha256"]:
+            problems.append(f"{name} is damaged (its SHA-256 differs from the one recorded when it was written)")
+    return problems
 
 
 def load_method_state(folder: str | Path) -> dict[str, torch.Tensor]:

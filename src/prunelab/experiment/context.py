@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..data import load_data
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..masks import Masks
 from ..methods import Method, build_method
 from ..models import build_model
@@ -51,11 +51,25 @@ class RunContext:
         self.share_dense = share_dense
 
     @classmethod
+    def from_folder(cls, run_dir: str | Path) -> "RunContext":
+        """The context of a run folder, from its own recipe.yaml."""
+        paths = RunPaths(Path(run_dir))
+        if not paths.recipe.is_file():
+            raise CheckpointError(f"{paths.root} is not a run folder (no {paths.recipe.name})")
+        return cls(load_recipe(str(paths.recipe)), paths.root, log=lambda m: None, progress=False)
+
+    @classmethod
     def open_finished(cls, run_dir: str | Path) -> "RunContext":
-        """The context of a finished run folder, from its own recipe.yaml (CheckpointError if unfinished)."""
+        """The context of a finished run folder whose artifacts are intact: CheckpointError, saying what to run,
+        if it is unfinished or any checkpoint's files differ from what was written (see :mod:`.verify`)."""
+        from .runner import plan
+        from .verify import require_intact
+
         paths = RunPaths(Path(run_dir))
         paths.require_finished()
-        return cls(load_recipe(str(paths.recipe)), paths.root, log=lambda m: None, progress=False)
+        ctx = cls.from_folder(paths.root)
+        require_intact(ctx, plan(ctx))
+        return ctx
 
     # -- resources --------------------------------------------------------------------------------------
     @cached_property

@@ -30,7 +30,8 @@ MASKS = "masks.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 METHOD_STATE = "method_state.safetensors"
 RNG = "rng.safetensors"
-STATE = "state.json"  # written last: its presence marks the checkpoint complete
+STATE = "state.json"  # written last: its presence marks the checkpoint complete; it lists the others' SHA-256
+METRICS = "metrics.jsonl"  # a stage's training log (not part of the checkpoint's manifest)
 CHECKPOINT_FILES = (MODEL, MASKS, OPTIMIZER, METHOD_STATE, RNG, STATE)
 
 # -- stage names (folders under stages/) ---------------------------------------------------------------
@@ -103,7 +104,7 @@ class RunPaths(_WithDenseCheckpoints):
         return self.root / "stages" / name
 
     def stage_metrics(self, name: str) -> Path:
-        return self.stage(name) / "metrics.jsonl"
+        return self.stage(name) / METRICS
 
     @property
     def shrunk_model(self) -> Path:

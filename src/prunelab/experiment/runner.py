@@ -5,6 +5,7 @@ folder).
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +24,8 @@ from .distributed import barrier
 from .schema import Recipe
 from .stages import STAGES, Dense, Stage, prepare_event
 from .records import load_summary
+from .lock import RunLock
+from .verify import invalidate_damaged
 from .summary import summarize
 
 
@@ -90,8 +93,19 @@ class Runner:
         if ctx.recipe.prune is not None:  # fail on a bad method or target before any training
             ctx.build_pruner(ctx.build_model())
         ctx.paths.root.mkdir(parents=True, exist_ok=True)
+        with RunLock(ctx.paths.root) if ctx.main else nullcontext():  # one process writes a run folder
+            return self._run_stages(stages)
+
+    def _run_stages(self, stages: list[Stage]) -> dict:
+        ctx = self.ctx
+        if ctx.main:  # with the lock held, a temporary file is what a killed process left mid-write
+            for tmp in ctx.paths.root.rglob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
         if ctx.main and not ctx.paths.recipe.exists():
             atomic_write_text(ctx.paths.recipe, yaml.safe_dump(ctx.recipe.model_dump(mode="json"), sort_keys=False))
+        if ctx.main:
+            invalidate_damaged(ctx, stages, ctx.log)
+        barrier()
         for stage in stages:
             if stage.done(ctx):
                 ctx.log(f"stage {stage.name}: done, skipped")

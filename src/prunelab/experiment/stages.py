@@ -10,11 +10,13 @@ as in a resumed one, so both end bit-identical on CPU. A stage whose output chec
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError
@@ -45,6 +47,10 @@ class Stage:
     def done(self, ctx: RunContext) -> bool:
         return paths.is_complete(ctx.paths.stage(self.name))
 
+    def folders(self, ctx: RunContext) -> list[Path]:
+        """The checkpoint folders this stage writes (checked by :mod:`prunelab.experiment.verify`)."""
+        return [ctx.paths.stage(self.name)]
+
     def run(self, ctx: RunContext) -> None:
         raise NotImplementedError
 
@@ -65,6 +71,9 @@ class Dense(Stage):
     def _kept(self, root) -> list[Path]:
         return [root.init] + ([root.rewind(self.rewind_step)] if self.rewind_step else [])
 
+    def folders(self, ctx: RunContext) -> list[Path]:
+        return [ctx.paths.stage(self.name)] + self._kept(ctx.paths)
+
     def run(self, ctx: RunContext) -> None:
         r, folder = ctx.recipe, ctx.paths.stage(self.name)
         cache = ctx.paths.dense_cache(r.model.name, r.dense_fingerprint()) if ctx.share_dense else None
@@ -76,8 +85,11 @@ class Dense(Stage):
             return
         t0 = time.perf_counter()
         # The dense stage's own draws (dropout, anything not seeded by the data loader) start from the recipe's
-        # seed; later stages restore the RNG saved by the stage before them.
+        # seed, in torch, Python and NumPy alike (their states are saved with every checkpoint, so two runs of a
+        # recipe write the same bytes); later stages restore the RNG saved by the stage before them.
         torch.manual_seed(r.seed)
+        random.seed(r.seed)
+        np.random.seed(r.seed % 2**32)
         model = ctx.build_model()
         ctx.save(ctx.paths.init, model, extra={"note": "initial weights, for rewinding"})
         opt = build_optimizer(model, r.train)

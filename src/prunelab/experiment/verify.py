@@ -1,0 +1,76 @@
+"""Checking a run folder's artifacts against what was written, before anything reuses them.
+
+Every checkpoint's state file lists the SHA-256 and size of the files written beside it
+(:func:`~prunelab.experiment.checkpoint.verify_checkpoint`). :func:`check_run` checks every stage of a run's plan
+and its summary; :func:`require_intact` turns the first problem into one sentence saying what to run;
+:func:`invalidate_damaged` is what a resumed run does: a finished stage whose files no longer match is removed
+with every stage after it (they were computed from it) and the summary, so that they are recomputed, and nothing
+else is touched.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from ..errors import CheckpointError
+from . import paths
+from .checkpoint import verify_checkpoint
+from .records import load_summary
+
+
+def check_stages(ctx, stages) -> list[tuple[str, Path, list[str]]]:
+    """(stage, folder, problems) of every checkpoint folder of ``stages`` with a problem, in plan order."""
+    out = []
+    for stage in stages:
+        for folder in stage.folders(ctx):
+            problems = verify_checkpoint(folder)
+            if problems:
+                out.append((stage.name, folder, problems))
+    return out
+
+
+def check_run(run_dir: str | Path) -> list[tuple[str, list[str]]]:
+    """Every problem of a finished run folder: (what, problems) per stage folder and for the summary."""
+    from .context import RunContext
+    from .runner import plan
+
+    run = paths.RunPaths(Path(run_dir))
+    if not run.recipe.is_file():
+        raise CheckpointError(f"{run.root} is not a run folder (no {run.recipe.name})")
+    ctx = RunContext.from_folder(run.root)  # its own recipe.yaml; unfinished runs are checked as far as they got
+    out = [(str(folder.relative_to(run.root)), problems) for _, folder, problems in check_stages(ctx, plan(ctx))]
+    try:
+        load_summary(run.root)
+    except CheckpointError as exc:
+        out.append((run.summary.name, [str(exc)]))
+    return out
+
+
+def rerun_hint(root: Path) -> str:
+    return f"`prunelab run {paths.RunPaths(root).recipe} --runs-dir {root.parent}`"
+
+
+def require_intact(ctx, stages) -> None:
+    """CheckpointError naming the first damaged or missing artifact of a finished run and what to run."""
+    bad = check_stages(ctx, stages)
+    if bad:
+        name, folder, problems = bad[0]
+        raise CheckpointError(f"{folder}: {problems[0]}; run {rerun_hint(ctx.paths.root)} to recompute stage "
+                              f"{name} and the stages after it")
+
+
+def invalidate_damaged(ctx, stages, log: Callable[[str], None]) -> None:
+    """Remove the first finished stage whose files do not match their record, every later stage, and the
+    summary (see the module docstring)."""
+    names = [s.name for s in stages]
+    for name, folder, problems in check_stages(ctx, stages):
+        if not (folder / paths.STATE).is_file():
+            continue  # an unfinished stage is simply run again
+        log(f"stage {name}: {problems[0]} in {folder}; recomputing it and the stages after it")
+        for later in stages[names.index(name):]:
+            for f in later.folders(ctx):
+                if f.exists():
+                    shutil.rmtree(f)
+        ctx.paths.summary.unlink(missing_ok=True)
+        return

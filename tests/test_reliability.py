@@ -1,0 +1,129 @@
+"""Crash, interruption, concurrency and file-system failures: a run resumes to the same bytes, and every refusal
+is one sentence."""
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from prunelab.cli import main
+from prunelab.experiment import Runner, load_recipe
+
+TINY = ["train.epochs=2", "prune.schedule.rounds=3", "prune.retrain.epochs=1", "prune.sparsity=0.9"]
+WALL_CLOCK = {"seconds", "wall_seconds", "run_dir"}  # the only fields two runs of one recipe may differ in
+
+
+def artifacts(run: Path) -> dict[str, object]:
+    """Every file of a run folder: tensors files as bytes, JSON records without wall-clock fields."""
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k not in WALL_CLOCK}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+    out = {}
+    for f in sorted(run.rglob("*")):
+        if not f.is_file() or f.name == ".lock":
+            continue
+        rel = str(f.relative_to(run))
+        if f.suffix == ".json":
+            out[rel] = strip(json.loads(f.read_text()))
+        elif f.suffix == ".jsonl":
+            out[rel] = [strip(json.loads(line)) for line in f.read_text().splitlines()]
+        else:
+            out[rel] = f.read_bytes()
+    return out
+
+
+def _cli(runs: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "prunelab", "run", *TINY, "--runs-dir", str(runs), "--no-progress", *extra]
+
+
+def test_killed_at_random_moments_a_run_resumes_to_the_same_bytes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t0 = time.time()
+    subprocess.run(_cli(tmp_path / "ref"), check=True, capture_output=True, env=env)
+    whole = time.time() - t0
+    ref = next((tmp_path / "ref").glob("quickstart-*"))
+    rng = random.Random(0)
+    kills = 0
+    while True:  # SIGKILL each attempt at a random moment (up to 3 times), then let one finish
+        proc = subprocess.Popen(_cli(tmp_path / "crash"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            proc.wait(timeout=rng.uniform(0.3, 0.9) * whole if kills < 3 else 300)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.returncode == 0, proc.stderr.read().decode()[-500:]
+        break
+    assert kills >= 1
+    run = next((tmp_path / "crash").glob("quickstart-*"))
+    assert artifacts(run) == artifacts(ref)
+
+
+def test_interrupted_run_says_one_line_exits_130_and_resumes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cli(tmp_path, "train.epochs=40"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob("quickstart-*/recipe.yaml")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and "interrupted; rerun the same command to resume" in lines[0]
+    assert subprocess.run(_cli(tmp_path, "train.epochs=40"), capture_output=True, env=env).returncode == 0
+
+
+def test_one_process_per_run_folder_and_a_dead_holder_is_no_obstacle(tmp_path):
+    recipe = load_recipe("quickstart", TINY)
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, b'%d' % os.getpid())\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n"), str(run / ".lock")], stdout=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == b"held"
+    from prunelab import ConfigError
+
+    with pytest.raises(ConfigError, match=f"another prunelab process \\(PID {holder.pid}\\) is running"):
+        Runner(recipe, run, progress=False, log=lambda m: None).run()
+    holder.kill()  # kill -9: the kernel drops its lock, no stale lock file to clean
+    holder.wait()
+    assert Runner(recipe, run, progress=False, log=lambda m: None, share_dense=False).run()["pruned_acc"] > 0
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_runs_folder_is_one_sentence_and_loses_nothing(tmp_path, monkeypatch, capsys, code):
+    import prunelab.io as io
+
+    runs = tmp_path / "runs"
+    assert main(["run", *TINY, "--runs-dir", str(runs), "--no-progress", "--stop-after", "round_01"]) == 0
+    run = next(runs.glob("quickstart-*"))
+    before = artifacts(run)
+    real_fsync = io.os.fsync
+
+    def failing(fd):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(io.os, "fsync", failing)
+    capsys.readouterr()
+    assert main(["run", *TINY, "--runs-dir", str(runs), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot write {run}" in err[0] and os.strerror(code) in err[0]
+    after = artifacts(run)
+    assert {k: after.get(k) for k in before} == before  # every earlier artifact intact (the failed stage's log
+    assert not (run / "stages" / "round_02" / "state.json").exists()  # may stay; its checkpoint never completed)
+    assert not [f for f in run.rglob(".*.tmp")]
+    monkeypatch.setattr(io.os, "fsync", real_fsync)
+    assert main(["run", *TINY, "--runs-dir", str(runs), "--no-progress"]) == 0
