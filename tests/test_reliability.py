@@ -127,3 +127,17 @@ def test_a_full_or_read_only_runs_folder_is_one_sentence_and_loses_nothing(tmp_p
     assert not [f for f in run.rglob(".*.tmp")]
     monkeypatch.setattr(io.os, "fsync", real_fsync)
     assert main(["run", *TINY, "--runs-dir", str(runs), "--no-progress"]) == 0
+
+
+def test_two_runs_sharing_a_dense_training_take_turns(tmp_path):
+    """Started together, two recipes that differ only in pruning: one trains the dense model, the other waits
+    for it and reuses it; both finish."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(_cli(tmp_path, f"prune.sparsity={s}"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=env) for s in (0.8, 0.9)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e.decode()[-300:] for _, e in outs]
+    logs = [o.decode() for o, _ in outs]
+    assert sum("reused the identical dense training" in log for log in logs) == 1
+    dense = [f.read_bytes() for f in sorted(tmp_path.glob("quickstart-*/stages/dense/model.safetensors"))]
+    assert len(dense) == 2 and dense[0] == dense[1]

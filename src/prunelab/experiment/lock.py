@@ -18,10 +18,12 @@ LOCK = ".lock"
 
 
 class RunLock:
-    """Context manager: hold the run folder's lock, or ConfigError naming the process that holds it."""
+    """Context manager: hold the folder's lock, or ConfigError naming the process that holds it; with ``wait``
+    (a shared dense training that another run is computing) wait for it instead, telling ``log`` once."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, wait: bool = False, log=None) -> None:
         self.path = Path(root) / LOCK
+        self.wait, self.log = wait, log
         self._fd: int | None = None
 
     def __enter__(self) -> "RunLock":
@@ -33,11 +35,16 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            if not self.wait:
+                os.close(fd)
                 raise ConfigError(f"another prunelab process (PID {holder}) is running in {self.path.parent}; "
                                   "wait for it to finish or stop it, then run again") from None
-            raise
+            if self.log is not None:
+                self.log(f"waiting for prunelab process {holder}, which is writing {self.path.parent}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd

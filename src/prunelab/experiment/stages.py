@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -28,9 +29,10 @@ from ..schedules import Cubic
 from ..training import build_optimizer
 from ..training.tasks import get_task
 from . import paths
-from .checkpoint import load_checkpoint, load_method_state
+from .checkpoint import load_checkpoint, load_method_state, verify_checkpoint
 from .context import SCRATCH_SEED, RunContext
 from .distributed import barrier, check_same
+from .lock import RunLock
 
 
 class Stage:
@@ -77,12 +79,21 @@ class Dense(Stage):
     def run(self, ctx: RunContext) -> None:
         r, folder = ctx.recipe, ctx.paths.stage(self.name)
         cache = ctx.paths.dense_cache(r.model.name, r.dense_fingerprint()) if ctx.share_dense else None
-        if cache is not None and all(map(paths.is_complete, [cache.dense] + self._kept(cache))):
-            if ctx.main:
-                for src, dst in zip(self._kept(cache) + [cache.dense], self._kept(ctx.paths) + [folder]):
-                    copy_checkpoint(src, dst)
-            ctx.log(f"stage {self.name}: reused the identical dense training in {cache.root}")
-            return
+        # runs sharing a dense training take turns: the second waits for the first and reuses its result (under
+        # torchrun every rank must decide alike, so there the cache is only read, never waited for)
+        shared = cache is not None and ctx.dist.world == 1
+        with RunLock(cache.root, wait=True, log=ctx.log) if shared else nullcontext():
+            kept = [cache.dense] + self._kept(cache) if cache is not None else []
+            if cache is not None and all(paths.is_complete(f) and not verify_checkpoint(f) for f in kept):
+                if ctx.main:
+                    for src, dst in zip(self._kept(cache) + [cache.dense], self._kept(ctx.paths) + [folder]):
+                        copy_checkpoint(src, dst)
+                ctx.log(f"stage {self.name}: reused the identical dense training in {cache.root}")
+                return
+            self._train(ctx, folder, cache)
+
+    def _train(self, ctx: RunContext, folder: Path, cache) -> None:
+        r = ctx.recipe
         t0 = time.perf_counter()
         # The dense stage's own draws (dropout, anything not seeded by the data loader) start from the recipe's
         # seed, in torch, Python and NumPy alike (their states are saved with every checkpoint, so two runs of a
