@@ -82,13 +82,17 @@ def main() -> None:
         got = artifacts(next((Path(tmp) / "crash").glob("quickstart-*")))
         differing = sorted(k for k in set(ref) | set(got) if ref.get(k) != got.get(k))
         # SIGINT: one line, exit 130, and the run resumes to the same result
-        proc = subprocess.Popen(cmd(Path(tmp) / "int"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        # a process started in the background by a shell script inherits SIGINT ignored: restore the default
+        proc = subprocess.Popen(cmd(Path(tmp) / "int"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(whole / 2)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate()
         sigint_lines = err.decode().strip().splitlines()
         resumed = subprocess.run(cmd(Path(tmp) / "int"), capture_output=True, env=env).returncode
-        same_after_int = artifacts(next((Path(tmp) / "int").glob("quickstart-*"))) == ref
+        after_int = artifacts(next((Path(tmp) / "int").glob("quickstart-*")))
+        int_differing = sorted(k for k in set(ref) | set(after_int) if ref.get(k) != after_int.get(k))
+        same_after_int = not int_differing
     print("# Crash and resume\n")
     print(f"{time.strftime('%Y-%m-%d')}; `prunelab run quickstart {' '.join(a.overrides)}`, 1 thread; uninterrupted "
           f"run {whole:.1f} s wall (process start included).\n")
@@ -98,7 +102,8 @@ def main() -> None:
     print(f"| files compared with the uninterrupted run | {len(ref)}: "
           f"{'all identical' if not differing else 'DIFFERENT: ' + ', '.join(differing[:5])} |")
     print(f"| SIGINT | exit {proc.returncode}, {len(sigint_lines)} line on stderr: `{sigint_lines[-1] if sigint_lines else ''}` |")
-    print(f"| resumed after SIGINT | exit {resumed}; {'identical' if same_after_int else 'DIFFERENT'} to the uninterrupted run |")
+    print(f"| resumed after SIGINT | exit {resumed}; "
+          f"{'identical' if same_after_int else 'DIFFERENT: ' + ', '.join(int_differing[:5])} to the uninterrupted run |")
     print(f"\nCommand: `python benchmarks/crash_resume.py --kills {a.kills} --seed {a.seed}`")
     sys.exit(0 if not differing and same_after_int and proc.returncode == 130 else 1)
 

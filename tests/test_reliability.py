@@ -70,7 +70,7 @@ def test_killed_at_random_moments_a_run_resumes_to_the_same_bytes(tmp_path):
 def test_interrupted_run_says_one_line_exits_130_and_resumes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_cli(tmp_path, "train.epochs=40"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env)
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not list(tmp_path.glob("quickstart-*/recipe.yaml")) and time.time() < deadline:
         time.sleep(0.2)

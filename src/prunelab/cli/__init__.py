@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true",
                    help="train (or reuse) the dense model, print the per-layer pruning decision, retrain nothing")
     r.add_argument("--stop-after", metavar="STAGE", help="stop after this stage (resume later by rerunning)")
+    r.add_argument("--threads", type=int, help="torch threads (default: one for small work, else torch's default; "
+                                               "see prunelab/experiment/threads.py)")
     r.set_defaults(fn=commands.cmd_run)
     sub.add_parser("recipes", help="list the built-in recipes").set_defaults(fn=commands.cmd_recipes)
     s = sub.add_parser("show", help="print a run's summary as tables")

@@ -27,6 +27,7 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..experiment import Runner, load_recipe, run_dir_for
+    from ..experiment.threads import choose_threads
 
     recipe_arg, overrides = args.recipe, list(args.overrides)
     if recipe_arg is not None and "=" in recipe_arg:  # `prunelab run train.epochs=2` runs the quickstart
@@ -38,12 +39,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     info = init_from_env(recipe.device)  # torchrun: one process per rank, rank 0 writes and prints
     run_dir = run_dir_for(recipe, runs_root(args))
     con = console()
+    runner = Runner(recipe, run_dir, progress=not args.no_progress and sys.stderr.isatty(),
+                    log=lambda s: con.print(s, markup=False), stop_after=args.stop_after)
+    threads, why = choose_threads(runner.ctx, args.threads)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     if info.main:
         where = f" ({info.world} processes)" if info.world > 1 else ""
         con.print(f"[bold]{escape(recipe.name)}[/]: {escape(recipe.description or '')}\n"
-                  f"run folder: {escape(str(run_dir))}{where}")
-    runner = Runner(recipe, run_dir, progress=not args.no_progress and sys.stderr.isatty(),
-                    log=lambda s: con.print(s, markup=False), stop_after=args.stop_after)
+                  f"run folder: {escape(str(run_dir))}{where}\n"
+                  f"torch threads: {threads or 'default'} ({escape(why)})")
     try:
         if args.dry_run:
             if info.world > 1:

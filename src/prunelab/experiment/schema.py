@@ -112,6 +112,7 @@ class Recipe(_Strict):
     description: str = ""
     seed: int = 0
     device: str = "cpu"
+    threads: int | None = Field(None, ge=1)  # torch threads; None: chosen for the work (experiment/threads.py)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: OptimConfig = Field(default_factory=OptimConfig)
@@ -141,7 +142,8 @@ class Recipe(_Strict):
         not move existing runs to new folders; nor is the description.
         """
         dump = self.model_dump(mode="json", exclude_defaults=True)
-        dump.pop("description", None)  # words about the recipe do not change its results
+        dump.pop("description", None)  # words about the recipe, and its thread count, do not change its results
+        dump.pop("threads", None)
         blob = json.dumps(dump, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
