@@ -159,3 +159,20 @@ def test_a_damaged_artifact_is_found_named_and_recomputed(tmp_path, capsys):
     final.write_bytes(final.read_bytes()[:-100])
     assert main(["show", str(run)]) == 2
     assert "model.safetensors has" in _err_line(capsys)
+
+
+def test_threads_are_chosen_for_the_work(tmp_path, monkeypatch):
+    from prunelab.experiment import RunContext
+    from prunelab.experiment.threads import choose_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    ctx = RunContext(load_recipe("quickstart"), tmp_path / "q")
+    n, why = choose_threads(ctx)
+    assert n == 1 and why.startswith("small work (3M multiply-accumulates per batch)")  # 64 x (64*300+300*100+100*10)
+    assert choose_threads(ctx, 3) == (3, "as asked")
+    assert choose_threads(RunContext(load_recipe("quickstart", ["threads=2"]), tmp_path / "r")) == (2, "as the recipe asks")
+    big = RunContext(load_recipe("quickstart", ["model.name=resnet56", "data.batch_size=512"]), tmp_path / "v")
+    assert choose_threads(big)[0] is None  # 8x8 digits through ResNet-56, 512 a batch: torch's default
+    assert load_recipe("quickstart", ["threads=2"]).fingerprint() == load_recipe("quickstart").fingerprint()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert choose_threads(ctx) == (None, "OMP_NUM_THREADS is set")

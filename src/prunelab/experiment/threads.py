@@ -26,8 +26,11 @@ def choose_threads(ctx, requested: int | None = None) -> tuple[int | None, str]:
         return None, "one process per rank"
     from ..analysis import count_flops
 
-    macs = count_flops(ctx.build_model(), tuple(ctx.data.input_shape), ctx.recipe.device,
-                       ctx.data.input_dtype)["dense"] * ctx.recipe.data.batch_size
+    try:
+        macs = count_flops(ctx.build_model(), tuple(ctx.data.input_shape), ctx.recipe.device,
+                           ctx.data.input_dtype)["dense"] * ctx.recipe.data.batch_size
+    except (RuntimeError, ValueError, TypeError, IndexError):  # the run will say what is wrong with the model
+        return None, "the work could not be measured: torch's default"
     if macs < SMALL_MACS:
         return 1, f"small work ({macs / 1e6:,.0f}M multiply-accumulates per batch): one thread is fastest"
     return None, f"{macs / 1e9:,.1f}G multiply-accumulates per batch: torch's default"
