@@ -12,7 +12,6 @@ tensors files byte for byte, JSON records and logs after removing the wall-clock
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -22,29 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-WALL_CLOCK = {"seconds", "wall_seconds", "run_dir"}
-
-
-def _strip(v):
-    if isinstance(v, dict):
-        return {k: _strip(x) for k, x in v.items() if k not in WALL_CLOCK}
-    return [_strip(x) for x in v] if isinstance(v, list) else v
-
-
-def artifacts(run: Path) -> dict:
-    out = {}
-    for f in sorted(run.rglob("*")):
-        if f.is_file() and f.name != ".lock":
-            rel = str(f.relative_to(run))
-            if f.suffix == ".json":
-                out[rel] = _strip(json.loads(f.read_text()))
-            elif f.suffix == ".jsonl":
-                out[rel] = [_strip(json.loads(line)) for line in f.read_text().splitlines()]
-            else:
-                out[rel] = f.read_bytes()
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=20)
@@ -52,6 +28,8 @@ def main() -> None:
     ap.add_argument("--spread", type=float, default=1.0, help="kill moments drawn over this fraction of a run")
     ap.add_argument("overrides", nargs="*", default=["prune.schedule.rounds=3", "prune.retrain.epochs=2"])
     a = ap.parse_args()
+    from prunelab.experiment.verify import comparable_contents as artifacts
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         cmd = lambda runs: [sys.executable, "-m", "prunelab", "run", "quickstart", *a.overrides,  # noqa: E731

@@ -1,7 +1,6 @@
 """Crash, interruption, concurrency and file-system failures: a run resumes to the same bytes, and every refusal
 is one sentence."""
 import errno
-import json
 import os
 import random
 import signal
@@ -14,29 +13,10 @@ import pytest
 
 from prunelab.cli import main
 from prunelab.experiment import Runner, load_recipe
+from prunelab.experiment.verify import comparable_contents
 
 TINY = ["train.epochs=2", "prune.schedule.rounds=3", "prune.retrain.epochs=1", "prune.sparsity=0.9"]
-WALL_CLOCK = {"seconds", "wall_seconds", "run_dir"}  # the only fields two runs of one recipe may differ in
-
-
-def artifacts(run: Path) -> dict[str, object]:
-    """Every file of a run folder: tensors files as bytes, JSON records without wall-clock fields."""
-    def strip(v):
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if k not in WALL_CLOCK}
-        return [strip(x) for x in v] if isinstance(v, list) else v
-    out = {}
-    for f in sorted(run.rglob("*")):
-        if not f.is_file() or f.name == ".lock":
-            continue
-        rel = str(f.relative_to(run))
-        if f.suffix == ".json":
-            out[rel] = strip(json.loads(f.read_text()))
-        elif f.suffix == ".jsonl":
-            out[rel] = [strip(json.loads(line)) for line in f.read_text().splitlines()]
-        else:
-            out[rel] = f.read_bytes()
-    return out
+artifacts = comparable_contents  # every file; records without wall-clock fields
 
 
 def _cli(runs: Path, *extra: str) -> list[str]:
@@ -64,7 +44,9 @@ def test_killed_at_random_moments_a_run_resumes_to_the_same_bytes(tmp_path):
         break
     assert kills >= 1
     run = next((tmp_path / "crash").glob("quickstart-*"))
-    assert artifacts(run) == artifacts(ref)
+    got = artifacts(run)
+    assert sum(k.endswith("masks.safetensors") for k in got) == 3 and "summary.json" in got
+    assert got == artifacts(ref)
 
 
 def test_interrupted_run_says_one_line_exits_130_and_resumes(tmp_path):

@@ -74,3 +74,31 @@ def invalidate_damaged(ctx, stages, log: Callable[[str], None]) -> None:
                     shutil.rmtree(f)
         ctx.paths.summary.unlink(missing_ok=True)
         return
+
+
+#: Fields of a run's records that differ between two runs of one recipe: wall-clock times and the folder's path.
+WALL_CLOCK = frozenset({"seconds", "wall_seconds", "run_dir"})
+
+
+def comparable_contents(run_dir: str | Path) -> dict[str, object]:
+    """Every file of a run folder keyed by its relative path, for comparing two runs of one recipe: tensors files
+    (and any other) as bytes, JSON records and logs parsed with the :data:`WALL_CLOCK` fields removed. Two
+    runs of a recipe, interrupted or not, must give equal contents."""
+    import json
+
+    def strip(v):
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k not in WALL_CLOCK}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+    root, out = Path(run_dir), {}
+    for f in sorted(root.rglob("*")):
+        if not f.is_file() or f.name == ".lock":
+            continue
+        rel = str(f.relative_to(root))
+        if f.suffix == ".json":
+            out[rel] = strip(json.loads(f.read_text(encoding="utf-8")))
+        elif f.suffix == ".jsonl":
+            out[rel] = [strip(json.loads(line)) for line in f.read_text(encoding="utf-8").splitlines()]
+        else:
+            out[rel] = f.read_bytes()
+    return out
