@@ -33,27 +33,39 @@ def _pack(bits: Tensor) -> Tensor:
 
 
 def _unpack(packed: Tensor, n: int) -> Tensor:
-    return torch.from_numpy(np.unpackbits(packed.numpy())[:n].astype(bool))
+    return torch.from_numpy(np.unpackbits(packed.numpy())[:n].view(bool))
+
+
+# Counting and reducing bool tensors goes through NumPy: on CPU its bool reductions are 10-200x faster than
+# torch's (measured: count 0.1 vs 1.1 ms, row-wise any 0.03 vs 6.5 ms on 2.4M elements), which is most of the
+# time of writing and reading a compact file.
+def _count(m: Tensor) -> int:
+    return int(np.count_nonzero(m.numpy()))
+
+
+def _any_last(m: Tensor) -> Tensor:
+    """any() over the last dimension of a contiguous CPU bool tensor."""
+    return torch.from_numpy(m.numpy().any(-1))
 
 
 def encode_tensor(weight: Tensor, mask: Tensor) -> tuple[dict[str, Tensor], dict]:
     """Encode one masked tensor; returns (tensors keyed by suffix, manifest entry)."""
     w = weight.detach().cpu()
-    m = mask.cpu().to(torch.bool)
+    m = mask.cpu().to(torch.bool).contiguous()
     meta = {"shape": list(w.shape), "dtype": str(w.dtype).replace("torch.", "")}
-    if bool(m.all()):
+    count = _count(m)
+    if count == m.numel():
         return {"values": w.contiguous()}, {**meta, "format": "dense"}
     rows = m.reshape(m.shape[0], -1)
-    kept_rows = rows.any(1)
-    if w.dim() >= 2 and torch.equal(rows, kept_rows[:, None].expand_as(rows)):
+    kept_rows = _any_last(rows)
+    if w.dim() >= 2 and _count(kept_rows) * rows.shape[1] == count:  # every kept row whole
         idx = kept_rows.nonzero().squeeze(1).to(torch.int32)
         return {"index": idx, "values": w[kept_rows].contiguous()}, {**meta, "format": "filter"}
     if w.dim() >= 3 and math.prod(w.shape[2:]) > 1:
-        kern = m.flatten(2).any(2)
-        if torch.equal(m.flatten(2), kern[..., None].expand_as(m.flatten(2))):
+        kern = _any_last(m.flatten(2))
+        if _count(kern) * math.prod(w.shape[2:]) == count:  # every kept kernel whole
             return ({"bits": _pack(kern), "values": w.flatten(2)[kern].contiguous()},
-                    {**meta, "format": "kernel", "count": int(kern.sum())})
-    count = int(m.sum())
+                    {**meta, "format": "kernel", "count": _count(kern)})
     rows, cols = m.shape[0], m[0].numel()
     idx_bytes = 2 if cols <= 32767 else 4
     if (rows + 1) * 4 + count * idx_bytes < (m.numel() + 7) // 8:
@@ -88,18 +100,16 @@ def decode_tensor(parts: dict[str, Tensor], meta: dict) -> tuple[Tensor, Tensor]
     if fmt == "kernel":
         k = math.prod(shape[2:])
         kern = _unpack(parts["bits"], shape[0] * shape[1]).reshape(shape[0], shape[1])
-        if int(kern.sum()) != meta["count"] or vals.shape != (meta["count"], k):
+        if _count(kern) != meta["count"] or vals.shape != (meta["count"], k):
             raise CheckpointError("a kernel-format tensor does not match its manifest")
         w = torch.zeros(shape[0], shape[1], k, dtype=dtype)
         w[kern] = vals
         return w.reshape(shape), kern[..., None].expand(shape[0], shape[1], k).reshape(shape).clone()
     if fmt == "bitmask":
         mask = _unpack(parts["bits"], math.prod(shape)).reshape(shape)
-        if int(mask.sum()) != meta["count"] or vals.numel() != meta["count"]:
+        if _count(mask) != meta["count"] or vals.numel() != meta["count"]:
             raise CheckpointError("a bitmask-format tensor does not match its manifest")
-        w = torch.zeros(shape, dtype=dtype)
-        w[mask] = vals
-        return w, mask
+        return torch.zeros(shape, dtype=dtype).masked_scatter_(mask, vals.to(dtype)), mask
     if fmt == "csr":
         rows = shape[0]
         cols = math.prod(shape[1:])
