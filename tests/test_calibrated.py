@@ -61,11 +61,15 @@ def test_calibrated_methods_say_what_they_miss():
     p.calibrate([torch.randn(2, 7)])  # 7 features for a layer of 4
     with pytest.raises(ConfigError, match="the model rejected the calibration inputs"):
         p.prune(0.5)
-    rnn = nn.Sequential(nn.LSTM(8, 8, num_layers=2, batch_first=True))
-    rnn_inputs = [torch.randn(2, 3, 8)]
-    with pytest.raises(ConfigError, match="cannot observe the inputs of 0.weight_ih_l0, .* and more"):
-        q = Pruner(rnn, "wanda", sparsity=0.5, schedule="manual")
-        q.calibrate(rnn_inputs)
+    grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match=r"cannot observe the inputs of 0.weight \(grouped or transposed"):
+        q = Pruner(grouped, "wanda", sparsity=0.5, schedule="manual")
+        q.calibrate([torch.randn(2, 4, 3, 3)])
+        q.prune(0.5)
+    projected = nn.Sequential(nn.LSTM(8, 8, proj_size=4, batch_first=True))
+    with pytest.raises(ConfigError, match="LSTM with proj_size is not supported"):
+        q = Pruner(projected, "wanda", sparsity=0.5, schedule="manual", targets={"exclude": ["*weight_hr*"]})
+        q.calibrate([torch.randn(2, 3, 8)])
         q.prune(0.5)
     decoder = nn.TransformerDecoderLayer(8, 2, 16, batch_first=True)
     with pytest.raises(ConfigError, match="needs one input for query, key and value"):
@@ -321,3 +325,37 @@ def test_curve_reads_a_one_shot_baseline_without_rounds(tmp_path):
     over = {p["method"]: p["overrides"] for p in points}
     assert "prune.schedule.name=oneshot" in over["sparsegpt"]
     assert not any("schedule" in o for o in over["magnitude"] + over["random"])  # iterative, as the recipe
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+def test_recurrent_weights_see_their_layer_inputs_and_previous_states(kind):
+    """Checked against the module itself: the last layer's hh rows are its own outputs shifted by one step (the
+    reverse direction backwards, starting from the given initial state), and layer 1's ih rows are the outputs
+    of a one-layer module holding layer 0's weights."""
+    torch.manual_seed(0)
+    rnn = kind(3, 4, num_layers=2, bidirectional=True, batch_first=True).double()
+    x = torch.randn(2, 5, 3, dtype=torch.double)
+    h0 = torch.randn(4, 2, 4, dtype=torch.double)
+    hx = (h0, torch.randn(4, 2, 4, dtype=torch.double)) if kind is nn.LSTM else h0
+    names = ["weight_ih_l0", "weight_ih_l1", "weight_hh_l1", "weight_hh_l1_reverse"]
+    model = _Recurrent(rnn, hx)
+    stats = input_stats(model, {n: getattr(rnn, n) for n in names}, [x], samples=2, gram=True)
+    with torch.no_grad():
+        out = rnn(x, hx)[0].transpose(0, 1)  # (T, N, 2H) of the top layer
+        low = kind(3, 4, num_layers=1, bidirectional=True, batch_first=True).double()
+        low.load_state_dict({k: v for k, v in rnn.state_dict().items() if "_l0" in k})
+        below = low(x, tuple(h[:2] for h in hx) if kind is nn.LSTM else hx[:2])[0].reshape(-1, 8)
+    fwd = torch.cat([h0[2][None], out[:-1, :, :4]]).reshape(-1, 4)
+    bwd = torch.cat([out[1:, :, 4:], h0[3][None]]).reshape(-1, 4)
+    for name, rows in (("weight_ih_l0", x.reshape(-1, 3)), ("weight_ih_l1", below), ("weight_hh_l1", fwd),
+                       ("weight_hh_l1_reverse", bwd)):
+        assert torch.allclose(stats[name].gram, rows.T @ rows, atol=1e-9), name
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, rnn, hx):
+        super().__init__()
+        self.rnn, self.hx = rnn, hx
+
+    def forward(self, x):
+        return self.rnn(x, self.hx)[0]

@@ -12,10 +12,10 @@ computes X W^T. Accumulated per target, in float64, without holding any activati
 Forward hooks observe the modules that own the targets: Linear (and subclasses), Conv1d/Conv2d with groups=1,
 Hugging Face Conv1D, and nn.MultiheadAttention, whose parent reads its weights directly: in_proj_weight sees
 the query (self-attention: query, key and value one input; q/k/v_proj_weight each their own input) and out_proj
-the heads' concatenated outputs, recomputed in the hook with an identity projection. A target whose inputs
-cannot be observed this way (recurrent weights, whose inputs include hidden states the module never returns for
-inner layers; grouped or transposed convolutions; cross-attention through a packed in_proj) is a ConfigError
-naming it, so a method never silently scores weights without their statistics.
+the heads' concatenated outputs, recomputed in the hook with an identity projection; and nn.RNN/LSTM/GRU,
+whose weights see each layer's input sequence and previous hidden states (:mod:`prunelab.recurrent`). A
+target whose inputs cannot be observed this way (grouped or transposed convolutions; cross-attention through a
+packed in_proj) is a ConfigError naming it, so a method never silently scores weights without their statistics.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .inputs import call, map_tensors
+from .recurrent import is_rnn_weight, rnn_rows
 from .targets import Layout, is_hf_conv1d
 
 
@@ -127,13 +128,15 @@ def owners(model: nn.Module, targets: Mapping[str, Tensor]) -> dict[str, tuple[n
             out[name] = module, _mha_rows(None if attr == "in_proj_weight" else "qkv".index(attr[0]))
         elif id(module) in attention and attr == "weight" and module is attention[id(module)].out_proj:
             out[name] = attention[id(module)], _mha_out_rows  # out_proj is never called: its parent reads it
+        elif is_rnn_weight(module, attr):
+            out[name] = module, rnn_rows(attr)
         elif module is None or not _observable(module, attr):
             missing.append(name)
         else:
             out[name] = module, _layer_rows
     if missing:
         raise ConfigError(f"calibration cannot observe the inputs of {', '.join(missing[:3])}"
-                          f"{' and more' if len(missing) > 3 else ''} (recurrent, grouped or transposed layers); "
+                          f"{' and more' if len(missing) > 3 else ''} (grouped or transposed convolutions); "
                           "leave them out with targets.exclude")
     return out
 
