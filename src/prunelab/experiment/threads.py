@@ -24,6 +24,10 @@ def choose_threads(ctx, requested: int | None = None) -> tuple[int | None, str]:
         return None, "OMP_NUM_THREADS is set"
     if ctx.dist.world > 1:
         return None, "one process per rank"
+    if not ctx.recipe.device.startswith("cpu"):
+        return None, f"the model runs on {ctx.recipe.device}"
+    if ctx.recipe.model.name.startswith("hf:/") or ctx.recipe.model.name.startswith("hf:."):
+        return None, "a pretrained model from a folder: torch's default"  # not loaded twice to measure it
     from ..analysis import count_flops
 
     try:
