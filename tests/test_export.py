@@ -1,6 +1,7 @@
 """Export artifacts (dense, sparse with CSR, shrunk, ONNX), sparse inference, bench."""
 import pytest
 import torch
+from torch import nn
 from safetensors.torch import load_file, save_file
 
 from prunelab import Pruner
@@ -113,10 +114,31 @@ def test_sparse_linear_equals_dense():
 def test_bench_rows_and_diagnosis(runs):
     out = bench_run(runs["channels"], repeats=3)
     names = [r["artifact"] for r in out["rows"]]
-    assert names == ["unpruned", "dense with zeros", "csr linear", "shrunk"]
+    assert names == ["unpruned", "dense with zeros", "csr linear", "chosen kernels", "shrunk"]
+    assert set(out["kernels"]) == set(out["csr_layers"]) and all(set(k) == {"b1", "b64"} for k in out["kernels"].values())
     shrunk = out["rows"][-1]
     assert shrunk["flop_reduction"] > 1.5 and shrunk["bytes"] < out["rows"][0]["bytes"]
     assert "unstructured zeros" in diagnose("dense with zeros", 1.0, 5.0, 0.8, 64)
     assert "too low" in diagnose("csr linear", 1.0, 2.0, 0.5, 64)
     assert "batch 1" in diagnose("csr linear", 0.5, 20.0, 0.95, 1)
     assert diagnose("shrunk", 1.9, 2.0, 0.5, 64) == ""
+
+
+def test_each_linear_gets_the_kernel_measured_fastest_and_the_outputs_stay():
+    from prunelab.export.sparse_linear import KERNELS, ScipyLinear, choose_linear_kernels
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    masks = Pruner(model, "magnitude", sparsity=0.9, schedule="manual").prune(0.9)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        ref = model(x)
+        fast, choices = choose_linear_kernels(model, masks, batch=3, repeats=3)
+        assert torch.allclose(fast(x), ref, atol=1e-5)
+        lin = nn.Linear(64, 128)
+        assert torch.allclose(ScipyLinear(lin)(x), lin(x), atol=1e-5)
+    assert set(choices) == {"0", "2"}
+    for layer, c in choices.items():
+        assert set(c["us"]) == set(KERNELS) and c["us"][c["kernel"]] == min(c["us"].values())
+        assert c["sparsity"] == pytest.approx(0.9, abs=0.01)
+        assert (type(fast.get_submodule(layer)).__name__ == "Linear") == (c["kernel"] == "dense")

@@ -58,6 +58,10 @@ def print_bench(out: dict, run_dir: str, repeats: int, con) -> None:
     con.print(t)
     for n in dict.fromkeys(notes):
         con.print(f"- {n}")
+    for layer, by_batch in (out.get("kernels") or {}).items():
+        said = ", ".join(f"batch {b[1:]}: {c['kernel']} ({', '.join(f'{k} {v:.0f} us' for k, v in c['us'].items())})"
+                         for b, c in by_batch.items())
+        con.print(f"- {layer} ({by_batch['b1']['sparsity']:.0%} sparse) uses the fastest kernel measured: {said}")
 
 
 def _fmt(v) -> str:

@@ -12,8 +12,10 @@
               in place), which ``AutoModelForCausalLM.from_pretrained`` loads. Structured pruning keeps the
               config's widths: transformers has no per-layer head counts or MLP widths for most architectures.
 ``bench_run(run_dir)`` measures file bytes, parameters, FLOPs and CPU latency (batch 1 and 64, median of
-repeats after warm-up) of the dense model, the pruned model with CSR linear layers and the shrunk model, with
-the speedup beside the FLOP reduction and a plain-language diagnosis where the speedup falls short.
+repeats after warm-up) of the dense model, the pruned model with CSR linear layers, with each linear layer's
+kernel chosen by measurement for that batch size (dense, torch CSR or SciPy CSR:
+:func:`~prunelab.export.sparse_linear.choose_linear_kernels`) and the shrunk model, with the speedup beside the
+FLOP reduction and a plain-language diagnosis where the speedup falls short.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from ..io import atomic_write_bytes, state_bytes
 from .compact import save_compact
 from .onnx import export_onnx
 from .shrink import load_shrunk
-from .sparse_linear import sparsify_linear
+from .sparse_linear import choose_linear_kernels, sparsify_linear
 
 FORMATS = ("dense", "sparse", "shrunk", "onnx", "hf")
 
@@ -123,8 +125,10 @@ def bench_run(run_dir: str | Path, repeats: int = 30) -> dict:
     dense_bytes = len(state_bytes(dense.state_dict()))
     sparse_bytes = save_compact(model, masks, ctx.paths.export("sparse"))
     csr, replaced = sparsify_linear(model, masks, min_sparsity=0.0)
+    # per batch size, each Linear with the kernel measured fastest here (dense, torch CSR or SciPy CSR)
+    chosen = {b: choose_linear_kernels(model, masks, b) for b in (1, 64)}
     arts = [("unpruned", dense, dense_bytes), ("dense with zeros", model, dense_bytes),
-            ("csr linear", csr, sparse_bytes)]
+            ("csr linear", csr, sparse_bytes), ("chosen kernels", {b: m for b, (m, _) in chosen.items()}, sparse_bytes)]
     src = _shrunk_file(ctx)
     if src is not None:
         arts.append(("shrunk", load_shrunk(src)[0].eval(), src.stat().st_size))
@@ -132,16 +136,19 @@ def bench_run(run_dir: str | Path, repeats: int = 30) -> dict:
     base = {b: latency_ms(dense, shape, b, repeats, vocab=vocab) for b in (1, 64)}
     rows = []
     for name, net, nbytes in arts:
-        fl = count_flops(model if name == "csr linear" else net, shape, dtype=dt)
+        counted = net if name in ("unpruned", "shrunk", "dense with zeros") else model  # same weights, zeros kept
+        fl = count_flops(counted, shape, dtype=dt)
         flops = fl["dense"] if name in ("unpruned", "shrunk") else fl["nonzero"]
-        params = sum(int((p != 0).sum()) for p in (model if name == "csr linear" else net).parameters())
+        params = sum(int((p != 0).sum()) for p in counted.parameters())
         row = {"artifact": name, "bytes": nbytes, "params_nonzero": params, "flops": flops,
                "flop_reduction": base_flops / max(flops, 1)}
         for b in (1, 64):
-            lat = base[b] if name == "unpruned" else latency_ms(net, shape, b, repeats, vocab=vocab)
+            at_b = net[b] if isinstance(net, dict) else net
+            lat = base[b] if name == "unpruned" else latency_ms(at_b, shape, b, repeats, vocab=vocab)
             row[f"latency_ms_b{b}"] = lat
             row[f"speedup_b{b}"] = base[b] / lat
-            row[f"diagnosis_b{b}"] = "" if name == "unpruned" else diagnose(
+            row[f"diagnosis_b{b}"] = "" if name in ("unpruned", "chosen kernels") else diagnose(
                 name, base[b] / lat, row["flop_reduction"], masks.sparsity(), b)
         rows.append(row)
-    return {"rows": rows, "input_shape": list(shape), "csr_layers": replaced}
+    kernels = {layer: {f"b{b}": chosen[b][1][layer] for b in (1, 64)} for layer in chosen[1][1]}
+    return {"rows": rows, "input_shape": list(shape), "csr_layers": replaced, "kernels": kernels}
