@@ -130,6 +130,8 @@ def test_large_topk_matches_sort(monkeypatch):
     counts, v = topk_counts(chunks, 40000)
     assert sum(counts) == 40000 and v == kth_largest(chunks, 40000)
     assert topk_mask(chunks[0], counts[0], hint=v).sum() == counts[0]
+    for c, k in zip(chunks, counts):  # the hint taken as it is and the search agree, ties at v or not
+        assert torch.equal(topk_mask(c, k, hint=v), topk_mask(c, k))
     assert topk_mask(chunks[0], 5, hint=v).sum() == 5  # a wrong hint is checked and ignored
     m = topk_mask(torch.tensor([1.0, 2.0, 2.0, 2.0, 0.0] * 400), 1000)  # ties at the threshold
     assert m.sum() == 1000

@@ -102,7 +102,10 @@ def topk_mask(scores: Tensor, k: int, hint: float | None = None) -> Tensor:
     mask = None
     if hint is not None:
         above = flat > hint
-        if int(torch.count_nonzero(above)) < k <= _count(flat, hint, "ge"):
+        n_above = int(torch.count_nonzero(above))
+        if n_above == k:  # the usual case for all tensors but the one holding the threshold: no tie to share
+            return above.reshape(scores.shape)
+        if n_above < k <= _count(flat, hint, "ge"):
             v, mask = hint, above
     if mask is None:
         v = kth_largest([flat], k)
