@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=128, help="calibration windows per draw")
     ap.add_argument("--recovery-steps", type=int, default=100, help="fine-tuning steps after 2:4 (0: none)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--methods", default="magnitude,wanda,sparsegpt", help="comma-separated; empty: the dense rows only")
     ap.add_argument("overrides", nargs="*", help="recipe overrides (e.g. for a quick check)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -46,7 +47,22 @@ def main() -> None:
     cal = ctx.data.calibration
     methods = {"magnitude": "magnitude", "wanda": {"name": "wanda", "samples": a.samples},
                "sparsegpt": {"name": "sparsegpt", "samples": a.samples}}
+    methods = {k: v for k, v in methods.items() if k in a.methods.split(",")}
     rows: dict = {}
+
+    def recover(model, pruner, draw):
+        """A short fine-tune of ``model`` (masks held by ``pruner`` when given); returns held-out perplexity."""
+        tr = ctx.data.train
+        n = a.recovery_steps * tr.batch_size
+        loader = TensorLoader(tr.x[:n], tr.y[:n], tr.batch_size, shuffle=True, seed=draw)
+        cfg = recipe.train.model_copy(update={"epochs": 1, "lr": recipe.train.lr / 10, "lr_schedule": "constant"})
+        torch.manual_seed(draw)
+        Trainer(model, build_optimizer(model, cfg), cfg, loader, None, pruner=pruner, progress=False,
+                task="causal_lm").fit()
+        return ctx.evaluate(model)["ppl"]
+    # the same fine-tune of the dense model: how much of a "recovery" is only more training
+    dense_rec = [recover(copy.deepcopy(dense), None, d) for d in map(int, a.draws.split(","))] \
+        if a.recovery_steps else []
     for draw in map(int, a.draws.split(",")):
         batches = TensorLoader(cal.x, cal.y, cal.batch_size, shuffle=True, seed=draw)
         for label, spec in methods.items():
@@ -65,15 +81,7 @@ def main() -> None:
                 r["ppl"].append(ev["ppl"])
                 r["s"].append(secs)
                 if pattern == "2:4" and a.recovery_steps:
-                    tr = ctx.data.train
-                    n = a.recovery_steps * tr.batch_size
-                    loader = TensorLoader(tr.x[:n], tr.y[:n], tr.batch_size, shuffle=True, seed=draw)
-                    cfg = recipe.train.model_copy(update={"epochs": 1, "lr": recipe.train.lr / 10,
-                                                          "lr_schedule": "constant"})
-                    torch.manual_seed(draw)
-                    Trainer(model, build_optimizer(model, cfg), cfg, loader, None, pruner=p, progress=False,
-                            task="causal_lm").fit()
-                    r["rec"].append(ctx.evaluate(model)["ppl"])
+                    r["rec"].append(recover(model, p, draw))
     pm = lambda v: f"{statistics.mean(v):.3f}" + (f" +- {statistics.stdev(v):.3f}" if len(v) > 1 else "")  # noqa: E731
     s = ctx.recipe.data
     print("# One-shot pruning of a small GPT-2 on Python source (perplexity, lower is better)\n")
@@ -81,7 +89,8 @@ def main() -> None:
           f"{recipe.model.name} {recipe.model.kwargs}, {sum(q.numel() for q in dense.parameters()):,} parameters; "
           f"held-out: {sum(y.numel() for _, y in ctx.data.test):,} tokens in windows of {s.seq_len} "
           f"({eval_s:.0f} s per evaluation); calibration: {a.samples} windows per draw, draws {a.draws}.\n")
-    print(f"Dense perplexity: {base['ppl']:.3f} (next-token accuracy {base['acc']:.4f}).\n")
+    print(f"Dense perplexity: {base['ppl']:.3f} (next-token accuracy {base['acc']:.4f})"
+          + (f"; after the same fine-tune as the recovery below: {pm(dense_rec)}" if dense_rec else "") + ".\n")
     print("| method | 50 % unstructured | 2:4 | 2:4 after recovery | seconds (50 % / 2:4) |")
     print("|---|---|---|---|---|")
     for label in methods:
