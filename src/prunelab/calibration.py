@@ -3,7 +3,8 @@
 For every target weight W, viewed as a matrix (out, in * kernel) in the engine's (out, in, *kernel) layout, the
 layer's inputs are rearranged into rows X of the same in * kernel columns (a linear layer: one row per token or
 sample; a convolution: one row per output position, its receptive field unfolded as im2col), so that the layer
-computes X W^T. Accumulated per target, in float64, without holding any activation:
+computes X W^T. Accumulated per target without holding any activation, each batch's products in the inputs'
+precision (float32 for a float32 model, float64 for float64 inputs) and their sum over batches in float64:
 
 - ``sq``: sum over rows of x_j^2, the squared column norms ||X_j||^2 (Wanda's activation statistic);
 - ``gram``: X^T X, when asked (SparseGPT's layer Hessian up to a factor 2);
@@ -205,16 +206,20 @@ def stat_hooks(mods: Mapping[str, tuple[nn.Module, Rows]], gram: bool
 
     def hook(name, read_rows):
         def fn(module, args, kwargs, output):
-            x = read_rows(module, args, kwargs, output).detach().double()
+            x = read_rows(module, args, kwargs, output).detach()
+            if x.dtype not in (torch.float32, torch.float64):  # half precision: products in float32
+                x = x.float()
             s = stats.get(name)
             if s is None:
                 s = stats[name] = InputStats(0, torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
                                              torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64,
                                                          device=x.device) if gram else None)
             s.rows += x.shape[0]
-            s.sq += x.square().sum(0)
+            # each batch's products in the inputs' own precision (a float64 matmul costs twice a float32 one,
+            # and the Gram matrices were most of SparseGPT's time), summed over batches in float64
+            s.sq += x.square().sum(0).double()
             if gram:
-                s.gram += x.T @ x
+                s.gram += (x.T @ x).double()
         return fn
 
     by_module: dict[nn.Module, list] = {}  # an attention module shows the inputs of several targets
