@@ -51,18 +51,22 @@ def test_killed_at_random_moments_a_run_resumes_to_the_same_bytes(tmp_path):
 
 def test_interrupted_run_says_one_line_exits_130_and_resumes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_cli(tmp_path, "train.epochs=40"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 60
-    while not list(tmp_path.glob("quickstart-*/recipe.yaml")) and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
+    argv = _cli(tmp_path, "train.epochs=150")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    # interrupt in the middle of dense training: once its first epoch is logged (not at the end, where a process
+    # already shutting down dies of the signal instead of handling it)
+    while not any(f.stat().st_size for f in tmp_path.glob("quickstart-*/stages/dense/metrics.jsonl")):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and "interrupted; rerun the same command to resume" in lines[0]
-    assert subprocess.run(_cli(tmp_path, "train.epochs=40"), capture_output=True, env=env).returncode == 0
+    assert not list(tmp_path.glob("quickstart-*/stages/dense/state.json"))  # stopped before the stage ended
+    assert subprocess.run(argv, capture_output=True, env=env).returncode == 0
 
 
 def test_one_process_per_run_folder_and_a_dead_holder_is_no_obstacle(tmp_path):
