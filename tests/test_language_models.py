@@ -120,6 +120,9 @@ def test_a_language_model_recipe_end_to_end(tmp_path):
     assert [r["artifact"] for r in bench["rows"]][:2] == ["unpruned", "dense with zeros"]
     with pytest.raises(ConfigError, match="adversarial attacks need an image classifier"):
         attack_run(tmp_path / "run", [0.1], ["fgsm"])
+    from prunelab.experiment.compare import compare_runs, heading
+
+    assert heading(compare_runs([tmp_path / "run"])).startswith("Next-token accuracy %")
 
 
 def test_without_transformers_a_clear_error(monkeypatch):

@@ -119,11 +119,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ..experiment.compare import compare_runs, table_lines, write_table
+    from ..experiment.compare import compare_runs, heading, table_lines, write_table
 
     rows = compare_runs(args.run_dirs)
     lines, _ = table_lines(rows)
-    print("Top-1 accuracy %, mean +- std over seeds.\n")
+    print(heading(rows) + "\n")
     print("\n".join(lines))
     if args.out:
         from ..experiment.mask_report import mask_report

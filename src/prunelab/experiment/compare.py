@@ -62,12 +62,21 @@ def compare_runs(run_dirs: list[str | Path]) -> list[dict]:
         s = load_summary(d)
         controls = s.get("controls") or {}
         sh = s.get("shrunk")
-        run = {"seed": s["seed"], "dense_acc": s.get("dense_acc"), "finetune": s.get("pruned_acc"),
+        run = {"seed": s["seed"], "task": s.get("task", "classification"), "dense_acc": s.get("dense_acc"),
+               "finetune": s.get("pruned_acc"),
                **{c: controls[c]["test_acc"] if c in controls else None for c, _ in COLUMNS[2:]},
                "params": sh["params"] if sh else s["params_nonzero"],
                "flops": sh["flops"] if sh else s["flops_nonzero"]}
         groups.setdefault(key, {"setting": label, "runs": []})["runs"].append(run)
     return list(groups.values())
+
+
+def heading(rows: list[dict]) -> str:
+    """What the tables' accuracies are: top-1, or next-token accuracy for language models."""
+    tasks = {r["task"] for row in rows for r in row["runs"]}
+    what = {"causal_lm": "Next-token accuracy %"}.get(tasks.pop(), "Top-1 accuracy %") if len(tasks) == 1 else \
+        "Accuracy % (top-1; next-token for language models)"
+    return f"{what}, mean +- std over seeds."
 
 
 def _col(row: dict, c: str) -> list[float]:
@@ -91,7 +100,7 @@ def write_table(rows: list[dict], out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     lines, _ = table_lines(rows)
     md = out / "rethinking.md"
-    atomic_write_text(md, "Top-1 accuracy %, mean +- std over seeds.\n\n" + "\n".join(lines) + "\n")
+    atomic_write_text(md, heading(rows) + "\n\n" + "\n".join(lines) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["setting", "seed"] + [c for c, _ in COLUMNS] + ["params", "flops"])
