@@ -47,14 +47,14 @@ class SparseLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, nnz={nnz}"
 
 
-def sparsify_linear(model: nn.Module, masks, min_sparsity: float = 0.0) -> tuple[nn.Module, list[str]]:
-    """A copy of ``model`` with every masked Linear at least ``min_sparsity`` sparse replaced by SparseLinear;
-    returns (model, names of the replaced layers)."""
+def _masked_linears(model: nn.Module, masks):
+    """(copy of ``model`` in eval mode, [(layer name, Linear, mask)]): every masked Linear of the copy, its mask
+    applied, that can be swapped for another module (attention calls F.multi_head_attention_forward with
+    out_proj.weight: a swap would not be seen, so those keep their module)."""
     out = copy.deepcopy(model).eval()
     modules = dict(out.named_modules())
-    # attention calls F.multi_head_attention_forward with out_proj.weight: a module swap would not be seen
     read_directly = {id(c) for m in out.modules() if isinstance(m, nn.MultiheadAttention) for c in m.children()}
-    replaced = []
+    found = []
     for name, m in masks.items():
         layer = name.rsplit(".", 1)[0]
         mod = modules.get(layer)
@@ -62,11 +62,25 @@ def sparsify_linear(model: nn.Module, masks, min_sparsity: float = 0.0) -> tuple
             continue
         with torch.no_grad():
             mod.weight.mul_(m.to(mod.weight.dtype))
-        if 1 - m.float().mean().item() < min_sparsity or id(mod) in read_directly:
-            continue
-        parent, _, child = layer.rpartition(".")
-        setattr(modules[parent] if parent else out, child, SparseLinear(mod))
-        replaced.append(layer)
+        if id(mod) not in read_directly:
+            found.append((layer, mod, m))
+    return out, found
+
+
+def _swap(model: nn.Module, layer: str, new: nn.Module) -> None:
+    parent, _, child = layer.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def sparsify_linear(model: nn.Module, masks, min_sparsity: float = 0.0) -> tuple[nn.Module, list[str]]:
+    """A copy of ``model`` with every masked Linear at least ``min_sparsity`` sparse replaced by SparseLinear;
+    returns (model, names of the replaced layers)."""
+    out, found = _masked_linears(model, masks)
+    replaced = []
+    for layer, mod, m in found:
+        if 1 - m.float().mean().item() >= min_sparsity:
+            _swap(out, layer, SparseLinear(mod))
+            replaced.append(layer)
     return out, replaced
 
 
@@ -119,19 +133,9 @@ def choose_linear_kernels(model: nn.Module, masks, batch: int, repeats: int = 10
     inputs (median of ``repeats`` calls); returns (model, {layer: {"kernel", "us": {kernel: microseconds},
     "sparsity"}}). Dense is kept whenever a sparse kernel is not faster, so the result is never slower than the
     dense layer by more than the timing noise. Layers whose parent reads their weight stay dense."""
-    out = copy.deepcopy(model).eval()
-    modules = dict(out.named_modules())
-    read_directly = {id(c) for m in out.modules() if isinstance(m, nn.MultiheadAttention) for c in m.children()}
+    out, found = _masked_linears(model, masks)
     choices = {}
-    for name, m in masks.items():
-        layer = name.rsplit(".", 1)[0]
-        mod = modules.get(layer)
-        if not isinstance(mod, nn.Linear) or not name.endswith("weight"):
-            continue
-        with torch.no_grad():
-            mod.weight.mul_(m.to(mod.weight.dtype))
-        if id(mod) in read_directly:
-            continue
+    for layer, mod, m in found:
         x = torch.randn(batch, mod.in_features, dtype=mod.weight.dtype)
         built = {k: make(mod) for k, make in KERNELS.items()}
         us = {k: float("inf") for k in built}
@@ -142,6 +146,5 @@ def choose_linear_kernels(model: nn.Module, masks, batch: int, repeats: int = 10
         choices[layer] = {"kernel": best, "us": {k: round(v, 1) for k, v in us.items()},
                           "sparsity": 1 - m.float().mean().item()}
         if best != "dense":
-            parent, _, child = layer.rpartition(".")
-            setattr(modules[parent] if parent else out, child, built[best])
+            _swap(out, layer, built[best])
     return out, choices
