@@ -95,3 +95,4 @@ def test_pca_end_to_end_on_digits(tmp_path):
     assert s["shrunk"]["params"] < s["params_total"] / 3
     assert s["shrunk"]["test_acc"] == pytest.approx(s["pruned_acc"])
     assert s["pruned_acc"] > 0.8 and "scratch_e" in s["controls"]
+    assert set(s["controls"]["scratch_e"]) >= {"test_acc", "epochs"} and "files" not in s["controls"]["scratch_e"]

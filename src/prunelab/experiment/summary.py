@@ -64,7 +64,7 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
         sh = extra[paths.SHRUNK]
         summary["shrunk"] = {"params": sh["params"], "flops": sh["flops"], "bytes_file": sh["bytes"],
                              "test_acc": sh["test_acc"], "changed_modules": sh["changed_modules"]}
-    summary["controls"] = {kind: {k: v for k, v in s.items() if k not in ("rng", "optimizer")}
+    summary["controls"] = {kind: {k: v for k, v in s.items() if k not in ("rng", "optimizer", "files")}
                            for n, s in extra.items() if (kind := paths.control_kind(n)) is not None}
     lines = []
     for s in stages:
