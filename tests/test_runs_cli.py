@@ -176,3 +176,21 @@ def test_threads_are_chosen_for_the_work(tmp_path, monkeypatch):
     assert load_recipe("quickstart", ["threads=2"]).fingerprint() == load_recipe("quickstart").fingerprint()
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert choose_threads(ctx) == (None, "OMP_NUM_THREADS is set")
+
+
+def test_a_closed_pipe_is_not_a_traceback(monkeypatch):
+    """`prunelab recipes | head -1`: the reader goes away; prunelab stops without a traceback."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: every write fails with EPIPE
+    out = os.fdopen(write_end, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", out)
+    try:
+        assert main(["recipes"]) == 1
+    finally:
+        monkeypatch.undo()
+        try:
+            out.close()
+        except OSError:
+            pass

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 
 from ..errors import PrunelabError
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     except PrunelabError as exc:
         sys.stderr.write(f"prunelab: error: {exc}\n")
         return exc.exit_code
+    except BrokenPipeError:  # the reader of our output went away (`prunelab recipes | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail again
+        return 1
     except OSError as exc:  # the file system refused: read-only, full, no permission
         if exc.errno not in _FS_ERRORS or not exc.filename:
             raise
