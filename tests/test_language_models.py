@@ -112,6 +112,7 @@ def test_a_language_model_recipe_end_to_end(tmp_path):
     assert s["task"] == "causal_lm" and s["sparsity_prunable"] == pytest.approx(0.5)
     assert 1 < s["dense_ppl"] < 256 and 1 < s["pruned_ppl"] < 256  # trained a little: better than uniform
     assert s["eval"]["tokens"] == (2000 - 1) // 16 * 16
+    assert s["eval"]["data"] == f"pystdlib (Python {sys.version.split()[0]} standard library)"
     assert [r["name"] for r in s["untargeted"]] == ["transformer.wte.weight", "transformer.wpe.weight"]
     out = export_run(tmp_path / "run", "hf")
     back = transformers.AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True)

@@ -126,4 +126,5 @@ def _wikitext2(tokens: dict[str, int | None], download: bool, encode=None) -> di
 
 
 def describe(name: str) -> str:
+    """The data set as a run summary names it: pystdlib with the Python version whose library it is."""
     return f"{name} (Python {sys.version.split()[0]} standard library)" if name == "pystdlib" else name

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..analysis import count_flops, count_params
 from ..export import compact_bytes
+from ..data.text import describe as describe_text
 from ..models.hf import is_local
 from ..io import atomic_write_json, atomic_write_text
 from ..channels import ChannelGraph
@@ -49,7 +50,7 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
     if ctx.data.task == "causal_lm":  # accuracy is next-token accuracy; perplexity on the held-out stream
         summary["dense_ppl"] = states[paths.DENSE].get("test_ppl") if dense_known else None
         summary["pruned_ppl"] = states[final].get("test_ppl") if r.prune else None
-        summary["eval"] = {"data": ctx.data.name, "seq_len": r.data.seq_len, "stride": r.data.seq_len,
+        summary["eval"] = {"data": describe_text(ctx.data.name), "seq_len": r.data.seq_len, "stride": r.data.seq_len,
                            "tokens": sum(y.numel() for _, y in ctx.data.test)}
     summary["bytes_dense_file"] = (ctx.paths.stage(final) / paths.MODEL).stat().st_size
     if masks is not None:
