@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from prunelab.cli import main  # noqa: E402
@@ -44,6 +44,7 @@ def _check(argv, capsys) -> None:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(overrides)
+@example(["prune.method.name={name: magnitude}"])  # found by this test: a mapping where a part's name is meant
 def test_random_overrides_give_a_run_or_one_sentence(capsys, ov):
     _check(["run", "quickstart", *ov, *FAST], capsys)
 

@@ -41,10 +41,13 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._items
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._items
 
     def get(self, name: str) -> Callable[..., T]:
+        if not isinstance(name, str):  # e.g. `prune.method.name={name: x}`: a mapping where a name is meant
+            raise ConfigError(f"a {self.kind} name must be a string; got {type(name).__name__} {name!r}; "
+                              f"valid: {', '.join(self.names())}")
         if name not in self._items:
             raise ConfigError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}")
         return self._items[name]

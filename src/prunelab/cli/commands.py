@@ -51,6 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         con.print(f"[bold]{escape(recipe.name)}[/]: {escape(recipe.description or '')}\n"
                   f"run folder: {escape(str(run_dir))}{where}\n"
                   f"torch threads: {threads or 'default'} ({escape(why)})")
+    ok = False
     try:
         if args.dry_run:
             if info.world > 1:
@@ -60,10 +61,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = runner.run()
         if summary and info.main:
             print_summary(summary, con, layers=False)
+        ok = True
     finally:
         if info.world > 1:
             import torch.distributed as dist
 
+            if ok:  # gloo aborts a rank whose peer tears the group down under it: leave together
+                dist.barrier()
             dist.destroy_process_group()
     return 0
 
