@@ -73,6 +73,16 @@ class Criterion:
     def scores(self, params: Mapping[str, Tensor], ctx: Context) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    # Criteria whose score of a weight depends on that weight's value alone set ``elementwise`` and define
+    # ``score_slice``: the engine then streams scores slice by slice instead of holding them all (global
+    # selection over 100M+ weights at the speed of one pass, with no score tensor the size of the model).
+    elementwise = False
+
+    def score_slice(self, values: Tensor, out: Tensor) -> None:
+        """Write the float32 scores of ``values`` (a flat slice of one weight) into ``out`` (same length),
+        equal to the corresponding entries of :meth:`scores` cast to float32."""
+        raise NotImplementedError
+
     def observe(self, params: Mapping[str, Tensor]) -> None:
         """Called after each backward pass; default does nothing."""
 
@@ -88,8 +98,13 @@ CRITERIA: Registry[Criterion] = Registry("criterion", Criterion)
 class Magnitude(Criterion):
     """|w| (L1 per element; group reductions sum it, i.e. the L1 norm of a group)."""
 
+    elementwise = True
+
     def scores(self, params, ctx):
         return {n: p.detach().abs() for n, p in params.items()}
+
+    def score_slice(self, values, out):
+        torch.abs(values, out=out) if values.dtype == out.dtype else out.copy_(values).abs_()
 
 
 @CRITERIA.register("l2")
@@ -97,8 +112,13 @@ class Magnitude(Criterion):
 class SquaredMagnitude(Criterion):
     """w^2: group reductions sum it, so groups rank by their L2 norm (filter pruning by L2)."""
 
+    elementwise = True
+
     def scores(self, params, ctx):
         return {n: p.detach().float().square() for n, p in params.items()}
+
+    def score_slice(self, values, out):
+        torch.square(values, out=out) if values.dtype == out.dtype else out.copy_(values).square_()
 
 
 @CRITERIA.register("bn_scale")

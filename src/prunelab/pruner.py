@@ -32,11 +32,12 @@ from .granularity import Filter
 from .criteria import Context, Needs
 from .inputs import Inputs
 from .errors import CheckpointError, ConfigError
-from .masks import Masks
+from .masks import Masks, zero_pruned
 from .methods import Method, build_method
 from .methods.base import PruneView
 from .registry import check_fraction
 from .schedules import SCHEDULES, Schedule
+from .streaming import can_stream, streamed_masks
 from .targets import Layout, Targets, accounting, build_targets
 from .topk import all_true
 
@@ -231,9 +232,13 @@ class Pruner:
     def _pipeline(self, sparsity: float, ctx: Context) -> Masks:
         """criterion -> granularity -> allocation -> selector, one pass per granularity step."""
         m = self.method
-        scores = m.criterion_.scores(self.params, ctx)
         masks, dense = self.masks, self._dense
         steps = m.granularity_.steps(sparsity, self.schedule.sparsity)
+        if can_stream(m, steps, self.params, self.layouts):  # the same masks, without a copy of the weights
+            new = streamed_masks(m.criterion_, self.params, masks, dense, steps[0][1])
+            if new is not None:
+                return Masks(new)
+        scores = m.criterion_.scores(self.params, ctx)
         for i, (gran, s, s_final) in enumerate(steps):
             last = i == len(steps) - 1
             step_scores = scores if last else {n: t.clone() for n, t in scores.items()}
@@ -310,12 +315,11 @@ class Pruner:
         pairs = [(self.params[n], m) for n, m in self.masks.items() if n not in self._dense]
         with torch.no_grad():
             for p, m in pairs + list(self._companions.values()):
-                pruned = ~m
-                p.masked_fill_(pruned, 0)
+                zero_pruned(p, m)
                 if optimizer is not None:
                     for v in optimizer.state.get(p, {}).values():
                         if isinstance(v, Tensor) and v.shape == p.shape:
-                            v.masked_fill_(pruned, 0)
+                            zero_pruned(v, m)
 
     def set_masks(self, masks: Masks, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Install masks (e.g. from a checkpoint); names and shapes must match the prunable parameters."""

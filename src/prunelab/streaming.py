@@ -1,0 +1,63 @@
+"""When a pruning pass can stream its scores, and the pass itself.
+
+The pipeline's general path holds every score tensor at once (as large as the weights) and then searches
+them. When the scores are elementwise (:attr:`Criterion.elementwise`: magnitude, l2), the granularity is
+the single weight, the allocation one global threshold over elements and the selector a plain top-k, the
+same masks come from one streamed pass over the weights (:func:`prunelab.topk.streamed_topk_masks`):
+no score tensor exists beyond a cache-sized slice. The result is bit-identical to the general path's
+(tests/test_streaming.py), so this is a speed and memory choice the engine makes, not a different method.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from .allocation import Global, round_keep
+from .granularity import Element
+from .selection import TopK
+from .targets import Layout
+from .topk import SMALL, streamed_topk_masks
+
+
+def can_stream(method, steps: list, params: Mapping[str, Tensor], layouts: Mapping[str, Layout]) -> bool:
+    """True when this pass's masks can come from :func:`streamed_masks` (see the module docstring).
+
+    Transposed layouts are left to the general path, whose ties go by canonical (out, in) position; small
+    models too, where holding the scores costs nothing.
+    """
+    if len(steps) != 1 or type(steps[0][0]) is not Element:
+        return False
+    alloc = method.allocation_
+    if not (getattr(method.criterion_, "elementwise", False) and type(alloc) is Global and alloc.unit == "elements"
+            and type(method.selector_) is TopK):
+        return False
+    if any(layouts[n].transposed for n in params):
+        return False
+    if any(p.device.type != "cpu" or not p.is_contiguous() for p in params.values()):
+        return False
+    return sum(p.numel() for p in params.values()) > SMALL
+
+
+def streamed_masks(criterion, params: Mapping[str, Tensor], masks: Mapping[str, Tensor], dense: set,
+                   sparsity: float) -> dict[str, Tensor] | None:
+    """The new masks of one global element-wise pass at ``sparsity``, or None when the streamed search
+    gives up (the caller then takes the general path). Pruned weights stay pruned (masks nest)."""
+    total = sum(p.numel() for p in params.values())
+    k = round_keep(1 - sparsity, total)
+    if k in (0, total):
+        return None
+    with torch.no_grad():
+        chunks = [p.detach().reshape(-1) for p in params.values()]
+        alive = [None if n in dense else masks[n].reshape(-1) for n in params]
+        found = streamed_topk_masks(chunks, k, criterion.score_slice, alive)
+    if found is None:
+        return None
+    new = {}
+    for (name, p), mask in zip(params.items(), found):
+        mask = mask.reshape(p.shape)
+        if name not in dense:
+            mask &= masks[name]
+        new[name] = mask
+    return new
