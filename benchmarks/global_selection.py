@@ -70,6 +70,10 @@ def worker(side: str, n: int, sparsity: float, threads: int) -> None:
     total = sum(w.numel() for w in weights)
     k = int((1 - sparsity) * total + 0.5)
     t_given = 1.6448536  # the 0.9 quantile of |N(0,1)|: the limit passes are given the threshold
+    import torch.nn.utils.prune as prune  # imports outside the timed part
+
+    import prunelab
+
     base = _rss_mb()
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -78,8 +82,6 @@ def worker(side: str, n: int, sparsity: float, threads: int) -> None:
         elif side == "abs_limit":
             masks = [w.abs() > t_given for w in weights]
         elif side == "prunelab":
-            import prunelab
-
             pruner = prunelab.Pruner(model, {"name": "magnitude", "allocation": "global"}, sparsity=sparsity)
             masks = list(pruner.masks.values())
         elif side == "cat_kthvalue":
@@ -88,8 +90,6 @@ def worker(side: str, n: int, sparsity: float, threads: int) -> None:
             for w, m in zip(weights, masks):
                 w.mul_(m)
         else:
-            import torch.nn.utils.prune as prune
-
             prune.global_unstructured([(l, "weight") for l in layers], pruning_method=prune.L1Unstructured,
                                       amount=sparsity)
             masks = [l.weight_mask for l in layers]

@@ -60,6 +60,8 @@ def test_masked_and_shrunk_models_agree(make, allocation):
     assert max_output_diff(model, small, check) <= 1e-5
     if isinstance(model, Concat):  # channels of both branches went, the concatenation stayed consistent
         assert small.bn.num_features == small.a.out_channels + small.b.out_channels < 11
+    unchecked, widths2 = shrink(model, p.masks, x, check=False)  # the same model, without the float64 check
+    assert widths2 == widths and torch.equal(unchecked(check), small(check))
 
 
 def test_coupled_residual_channels_are_chosen_as_one_group():
@@ -98,6 +100,7 @@ def test_shrink_refuses_a_model_whose_masks_leave_batchnorm_shifts():
     p = Pruner(model, method={"name": "magnitude", "granularity": "filter"}, sparsity=0.5)  # no channels option
     with pytest.raises(ShrinkError, match="bias or normalization shift"):
         shrink(model, p.masks, torch.zeros(1, 3, 16, 16))
+    shrink(model, p.masks, torch.zeros(1, 3, 16, 16), check=False)  # the caller's word: no comparison made
 
 
 def test_channel_method_needs_example_inputs():

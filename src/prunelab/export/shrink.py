@@ -48,7 +48,7 @@ def _apply(model: nn.Module, masks, graph: ChannelGraph | None = None) -> None:
 
 
 def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
-           check_inputs: Inputs | None = None) -> tuple[nn.Module, dict[str, dict]]:
+           check_inputs: Inputs | None = None, check: bool = True) -> tuple[nn.Module, dict[str, dict]]:
     """A smaller copy of ``model`` without the channels the masks remove, and its width changes.
 
     ``example_inputs`` are the model's inputs as it takes them: a tensor, a tuple of positional inputs or a
@@ -56,13 +56,16 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
     where widths maps module names to their new sizes (see the module docstring). The outputs are compared on
     ``example_inputs`` and on random inputs like them (floats N(0, 1), integers over the example's range), in
     float64; ShrinkError when they differ by more than ``atol`` (for instance when a removed channel still
-    has a BatchNorm shift that the masked model kept).
+    has a BatchNorm shift that the masked model kept). ``check=False`` skips that comparison (and the masked
+    copy it needs): for a caller that has verified the same masks on the same architecture before, since the
+    float64 forward passes are most of shrink's time on a large convolutional model.
     """
-    masked = copy.deepcopy(model).eval()
+    masked = copy.deepcopy(model).eval() if check else None
     small = copy.deepcopy(model).eval()
     graph = ChannelGraph(small, example_inputs)
     removed = graph.removed(masks)
-    _apply(masked, masks)  # the masked reference: pruned weights zero, companions untouched (the trained model)
+    if masked is not None:  # the masked reference: pruned weights zero, companions untouched (the trained model)
+        _apply(masked, masks)
     _apply(small, masks, graph)
     before = _sizes(small)
     sizes = {g.root: g.size for g in graph.groups}
@@ -82,6 +85,15 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
             attn = small.get_submodule(a.module)
             setattr(small.get_submodule(parent) if parent else small, child,
                     HeadPrunedAttention.from_attention(attn, kept.nonzero().flatten()))
+    if masked is not None:
+        _check(masked, small, example_inputs, check_inputs, atol)
+    after = _sizes(small)
+    widths = {n: s for n, s in after.items() if before.get(n) != s}
+    return small, widths
+
+
+def _check(masked: nn.Module, small: nn.Module, example_inputs, check_inputs, atol: float) -> None:
+    """ShrinkError unless the shrunk model computes what the masked one does (float64, to ``atol``)."""
     checks = [example_inputs, random_like(example_inputs, torch.Generator().manual_seed(0))]
     if check_inputs is not None:
         checks.append(check_inputs)
@@ -96,9 +108,6 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
             "(LayerNorm, GroupNorm) whose statistics change when a channel goes; prune with a channel method "
             "(l1_filter, slimming, or method option channels: true), which holds removable channels' companions "
             "at zero and leaves channels under such norms in place")
-    after = _sizes(small)
-    widths = {n: s for n, s in after.items() if before.get(n) != s}
-    return small, widths
 
 
 def _sizes(model: nn.Module) -> dict[str, dict]:
