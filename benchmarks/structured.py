@@ -2,7 +2,8 @@
 
 1. Time to prune half the channels by L1 norm and get a smaller model: prunelab (``Pruner(model, "l1_filter")``
    then ``export.shrink``, which by default also checks the shrunk model's outputs against the masked model's
-   in float64; ``check=False`` is the same work as the peer's) against Torch-Pruning's ``MagnitudePruner`` (p=1, ratio 0.5, the classifier left whole, no check), each from
+   in float64; ``check=False``, and shrinking in place with the pruner's own trace (``graph=``), is the
+   same work as the peer's) against Torch-Pruning's ``MagnitudePruner`` (p=1, ratio 0.5, the classifier left whole, no check), each from
    a fresh model, interleaved, min and median of ``--repeats``. Also the multiply-accumulates (MACs) and
    parameters each removes.
 2. Latency of the dense and the two shrunk models at 1 and 2 threads, batch 1 and 32 (models interleaved per
@@ -30,7 +31,7 @@ def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def _prunelab(x, check=True):
+def _prunelab(x, check=True, reuse=False):
     from prunelab import Pruner
     from prunelab.export import shrink
 
@@ -39,7 +40,7 @@ def _prunelab(x, check=True):
     t0 = time.perf_counter()
     p = Pruner(model, "l1_filter", sparsity=0.5, example_inputs=x)
     t1 = time.perf_counter()
-    small, _ = shrink(model, p.masks, x, check=check)
+    small, _ = shrink(model, p.masks, x, check=check, graph=p.channels if reuse else None)
     t2 = time.perf_counter()
     return small, t2 - t0, {"select": t1 - t0, "shrink": t2 - t1}
 
@@ -86,6 +87,8 @@ def main() -> None:
     print(f"torchvision resnet50 at {a.size} px; {datetime.date.today()}; torch {torch.__version__}; "
           f"{os.cpu_count()} cores; pruning at 1 thread; {a.repeats} repeats interleaved\n")
     sides = {"prunelab": _prunelab, "prunelab, check=False": lambda x: _prunelab(x, check=False),
+             "prunelab, in place (graph=pruner.channels, check=False)":
+                 lambda x: _prunelab(x, check=False, reuse=True),
              "Torch-Pruning": _torch_pruning}
     runs = {k: [] for k in sides}
     for _ in range(a.repeats):
@@ -100,7 +103,7 @@ def main() -> None:
     print(f"| dense | - | - | {macs['dense'] / 1e9:.2f} G | 1.00x | {_params(dense) / 1e6:.2f} M | |")
     for side, rs in runs.items():
         model = rs[0][0]
-        if side != "prunelab, check=False":  # the same model as prunelab's
+        if not side.startswith("prunelab,"):  # the same model as prunelab's
             models[side] = model
         macs[side] = count_flops(model, shape)["dense"]
         ts = [r[1] for r in rs]

@@ -62,6 +62,10 @@ def test_masked_and_shrunk_models_agree(make, allocation):
         assert small.bn.num_features == small.a.out_channels + small.b.out_channels < 11
     unchecked, widths2 = shrink(model, p.masks, x, check=False)  # the same model, without the float64 check
     assert widths2 == widths and torch.equal(unchecked(check), small(check))
+    with pytest.raises(ShrinkError, match="another model"):
+        shrink(small, p.masks, x, graph=p.channels)
+    in_place, widths3 = shrink(model, p.masks, x, graph=p.channels)  # the pruner's own trace, no copy
+    assert in_place is model and widths3 == widths and torch.equal(in_place(check), small(check))
 
 
 def test_coupled_residual_channels_are_chosen_as_one_group():

@@ -48,7 +48,8 @@ def _apply(model: nn.Module, masks, graph: ChannelGraph | None = None) -> None:
 
 
 def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
-           check_inputs: Inputs | None = None, check: bool = True) -> tuple[nn.Module, dict[str, dict]]:
+           check_inputs: Inputs | None = None, check: bool = True,
+           graph: ChannelGraph | None = None) -> tuple[nn.Module, dict[str, dict]]:
     """A smaller copy of ``model`` without the channels the masks remove, and its width changes.
 
     ``example_inputs`` are the model's inputs as it takes them: a tensor, a tuple of positional inputs or a
@@ -59,10 +60,20 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
     has a BatchNorm shift that the masked model kept). ``check=False`` skips that comparison (and the masked
     copy it needs): for a caller that has verified the same masks on the same architecture before, since the
     float64 forward passes are most of shrink's time on a large convolutional model.
+
+    ``graph``: the channel graph already traced on ``model`` (a channel method's ``pruner.channels``). Then
+    ``model`` itself is shrunk in place and returned, with no copy and no second trace, as Torch-Pruning
+    prunes; the pruner and its masks no longer fit the model afterwards.
     """
+    if graph is not None and graph.model is not model:
+        raise ShrinkError("the channel graph given to shrink was traced on another model (pass pruner.channels "
+                          "of the pruner that pruned this model)")
     masked = copy.deepcopy(model).eval() if check else None
-    small = copy.deepcopy(model).eval()
-    graph = ChannelGraph(small, example_inputs)
+    if graph is None:
+        small = copy.deepcopy(model).eval()
+        graph = ChannelGraph(small, example_inputs)
+    else:
+        small = model.eval()
     removed = graph.removed(masks)
     if masked is not None:  # the masked reference: pruned weights zero, companions untouched (the trained model)
         _apply(masked, masks)
