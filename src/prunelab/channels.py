@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .errors import ConfigError
 from .inputs import Inputs, call, tensors
 from .targets import is_hf_conv1d
+from .topk import any_rows
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
@@ -144,7 +145,7 @@ class ChannelGraph:
 
     @staticmethod
     def _row_alive(mask: Tensor) -> Tensor:
-        return mask.reshape(mask.shape[0], -1).any(dim=1)
+        return any_rows(mask)
 
     def removed(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``{root: sorted root channel indices}`` of channels every producer of the group has pruned.

@@ -25,6 +25,7 @@ from .channels import ChannelGraph
 from .criteria import Context
 from .selection import Selector
 from .targets import Layout
+from .topk import any_rows
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor],
         alive = torch.zeros(g.size, dtype=torch.bool, device=score.device)
         for n, idx in g.rows.items():
             canon = layouts[n].canonical(masks[n])
-            alive |= canon.reshape(canon.shape[0], -1).any(1)[idx.to(canon.device)]
+            alive |= any_rows(canon)[idx.to(canon.device)]
         score = score.float().masked_fill(~alive, float("-inf"))
         per_channel = sum(layouts[n].canonical(params[n])[0].numel() for n in g.rows)
         shape = layouts[g.name].canonical_shape(tuple(params[g.name].shape))

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .errors import ConfigError
 from .registry import Registry
+from .topk import any_rows
 
 
 class Granularity:
@@ -58,7 +59,7 @@ class Granularity:
 
     def alive(self, mask: Tensor) -> Tensor:
         v = self._view(mask)
-        return v[..., 0] if v.shape[2] == 1 else v.any(dim=2)
+        return v[..., 0] if v.shape[2] == 1 else any_rows(v.reshape(-1, v.shape[2])).reshape(v.shape[:2])
 
     def expand(self, groups: Tensor, shape: tuple[int, ...]) -> Tensor:
         b, g = groups.shape

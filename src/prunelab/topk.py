@@ -26,6 +26,15 @@ def all_true(mask: Tensor) -> bool:
     return int(torch.count_nonzero(mask)) == mask.numel()
 
 
+def any_rows(mask: Tensor) -> Tensor:
+    """``mask.reshape(len(mask), -1).any(1)``: which rows hold a True. On CPU through NumPy, whose bool
+    reductions are 10-50x faster than torch's (0.11 s of a ResNet-50's 0.8 s channel pruning went here)."""
+    rows = mask.reshape(mask.shape[0], -1)
+    if rows.device.type == "cpu" and rows.dtype == torch.bool:
+        return torch.from_numpy(rows.numpy().any(1))
+    return rows.any(1)
+
+
 def kth_largest(chunks: Sequence[Tensor], k: int) -> float:
     """The value v with count(x > v) < k <= count(x >= v) over all chunks (1-D float tensors); 1 <= k <= n."""
     n = sum(c.numel() for c in chunks)
