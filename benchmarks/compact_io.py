@@ -1,9 +1,11 @@
 """Compact files against dense safetensors: size, save time and load time, with the raw file I/O as the limit.
 
-For each model and masks: ``dense`` writes the state_dict with ``safetensors.torch.save_file`` and loads it
-with ``load_file`` + ``load_state_dict`` into a fresh model (so every byte is really read); ``compact`` does
-``export.save_compact`` and ``load_compact`` + ``load_state_dict`` (the digest of every stored tensor is
-checked on load). ``raw`` writes and reads the compact file's bytes with plain file calls: no format can be
+For each model and masks: ``dense`` writes the state_dict with ``safetensors.torch.save_file`` (no fsync) and
+loads it with ``load_file`` + ``load_state_dict`` into a model (so every byte is really read); ``compact``
+does ``export.save_compact`` (atomic: a temporary file, fsync, rename) and ``load_compact(path, into=model)``
+(the digest of every stored tensor and the manifest are checked before the model's tensors are filled).
+``dense, atomic`` is the dense file written the way prunelab writes its checkpoints (deterministic header, a
+temporary file, fsync, rename), so the cost of durability is seen apart from the format's. ``raw`` writes and reads the compact file's bytes with plain file calls: no format can be
 faster. Interleaved (raw, dense, compact, raw, ...), min and median of ``--repeats``, in a temporary folder.
 
     python benchmarks/compact_io.py [--repeats 5] [--models lenet5,vgg16,resnet50]
@@ -11,6 +13,7 @@ faster. Interleaved (raw, dense, compact, raw, ...), min and median of ``--repea
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import statistics
@@ -24,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from prunelab import Pruner
 from prunelab.export.compact import load_compact, save_compact
+from prunelab.io import atomic_write_bytes, read_state, state_bytes
 from prunelab.models import build_model
 
 
@@ -66,20 +70,24 @@ def main() -> None:
         for name, what, model, masks in _cases(a.models.split(",")):
             dense_p, comp_p, raw_p = Path(tmp, "d.safetensors"), Path(tmp, "c.safetensors"), Path(tmp, "raw.bin")
             state = {k: v.contiguous() for k, v in model.state_dict().items()}
-            fresh = type(model)() if name != "lenet5" else build_model("lenet5", (1, 28, 28), 10)
+            fresh = copy.deepcopy(model)  # a model of the same shapes to load into
             save_compact(model, masks, comp_p)
             blob = comp_p.read_bytes()
-            t = {k: {"save": [], "load": []} for k in ("raw", "dense", "compact")}
+            t = {k: {"save": [], "load": []} for k in ("raw", "dense", "dense, atomic", "compact")}
+            atomic_p = Path(tmp, "a.safetensors")
             for _ in range(a.repeats):
                 t["raw"]["save"].append(_time(lambda: raw_p.write_bytes(blob)))
                 t["raw"]["load"].append(_time(lambda: raw_p.read_bytes()))
                 t["dense"]["save"].append(_time(lambda: save_file(state, str(dense_p))))
                 t["dense"]["load"].append(_time(lambda: fresh.load_state_dict(load_file(str(dense_p)))))
+                t["dense, atomic"]["save"].append(_time(lambda: atomic_write_bytes(atomic_p, state_bytes(state))))
+                t["dense, atomic"]["load"].append(_time(lambda: fresh.load_state_dict(read_state(atomic_p)[0])))
                 t["compact"]["save"].append(_time(lambda: save_compact(model, masks, comp_p)))
-                t["compact"]["load"].append(_time(lambda: fresh.load_state_dict(load_compact(comp_p)[0])))
-            sizes = {"raw": raw_p.stat().st_size, "dense": dense_p.stat().st_size, "compact": comp_p.stat().st_size}
+                t["compact"]["load"].append(_time(lambda: load_compact(comp_p, into=fresh)))
+            sizes = {"raw": raw_p.stat().st_size, "dense": dense_p.stat().st_size,
+                     "dense, atomic": atomic_p.stat().st_size, "compact": comp_p.stat().st_size}
             med = {k: {op: statistics.median(v[op]) for op in v} for k, v in t.items()}
-            for k in ("raw", "dense", "compact"):
+            for k in t:
                 s, l_ = t[k]["save"], t[k]["load"]
                 print(f"| {name} | {what} | {k} | {sizes[k] / 2**20:.2f} | {min(s):.4f} / {med[k]['save']:.4f} | "
                       f"{min(l_):.4f} / {med[k]['load']:.4f} | {med[k]['save'] / med['dense']['save']:.2f} | "

@@ -100,6 +100,45 @@ def test_refusals(runs, tmp_path, capsys):
         load_compact(tmp_path / "cut.safetensors")
 
 
+def test_compact_file_loads_into_a_model_in_place_or_not_at_all(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from prunelab.export import save_compact
+
+    torch.manual_seed(0)
+    model = build_model("lenet5", (1, 28, 28), 10)
+    p = Pruner(model, {"name": "magnitude", "allocation": "global"}, sparsity=0.9)
+    save_compact(model, p.masks, tmp_path / "m.sparse")
+    torch.manual_seed(1)
+    fresh = build_model("lenet5", (1, 28, 28), 10)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    own = dict(fresh.named_parameters())
+    state, masks = load_compact(tmp_path / "m.sparse", into=fresh)
+    assert masks.equal(p.masks)
+    for k, v in model.state_dict().items():  # the values are the saved ones, in the model's own tensors
+        assert torch.equal(fresh.state_dict()[k], v), k
+        if k in own:
+            assert state[k].data_ptr() == own[k].data_ptr()
+    # a manifest that does not fit its tensors: refused before anything is written into the model
+    tensors = load_file(str(tmp_path / "m.sparse"))
+    with safe_open(str(tmp_path / "m.sparse"), "pt") as f:
+        meta = f.metadata()
+    manifest = json.loads(meta["manifest"])
+    last = [k for k, e in manifest.items() if e.get("format") not in ("dense", "alias")][-1]
+    manifest[last]["count"] += 1
+    save_file(tensors, str(tmp_path / "bad.sparse"), metadata={**meta, "manifest": json.dumps(manifest)})
+    torch.manual_seed(1)
+    other = build_model("lenet5", (1, 28, 28), 10)
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_compact(tmp_path / "bad.sparse", into=other)
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in before.items())
+    wide = build_model("lenet5", (1, 32, 32), 10)  # another fc1 shape
+    with pytest.raises(CheckpointError, match="another shape"):
+        load_compact(tmp_path / "m.sparse", into=wide)
+
+
 def test_sparse_linear_equals_dense():
     torch.manual_seed(0)
     model = build_model("lenet300_100", (1, 28, 28), 10).eval()

@@ -78,8 +78,15 @@ def encode_tensor(weight: Tensor, mask: Tensor) -> tuple[dict[str, Tensor], dict
     return {"bits": _pack(m), "values": w[m].contiguous()}, {**meta, "format": "bitmask", "count": count}
 
 
-def decode_tensor(parts: dict[str, Tensor], meta: dict) -> tuple[Tensor, Tensor]:
-    """Inverse of :func:`encode_tensor`: (weight with zeros, bool mask)."""
+def decode_tensor(parts: dict[str, Tensor], meta: dict, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`encode_tensor`: (weight with zeros, bool mask). ``out``: a tensor of the manifest's
+    shape and dtype to write the weight into (a model's own parameter), instead of a new one."""
+    return _fill(_prepare(parts, meta), out)
+
+
+def _prepare(parts: dict[str, Tensor], meta: dict) -> tuple:
+    """Check one tensor's parts against its manifest entry and build its mask; writes nothing, so a file is
+    checked whole before any tensor is filled in (CheckpointError, KeyError ... on a mismatch)."""
     shape = tuple(meta["shape"])
     dtype = getattr(torch, meta["dtype"])
     vals = parts["values"]
@@ -87,32 +94,27 @@ def decode_tensor(parts: dict[str, Tensor], meta: dict) -> tuple[Tensor, Tensor]
     if fmt == "dense":
         if tuple(vals.shape) != shape:
             raise CheckpointError("a dense-format tensor does not match its manifest")
-        return vals.to(dtype), torch.ones(shape, dtype=torch.bool)
+        return fmt, shape, dtype, vals, None, torch.ones(shape, dtype=torch.bool)
     if fmt == "filter":
         idx = parts["index"].long()
         if vals.shape != (len(idx), *shape[1:]) or (len(idx) and int(idx.max()) >= shape[0]):
             raise CheckpointError("a filter-format tensor does not match its manifest")
-        w = torch.zeros(shape, dtype=dtype)
-        w[idx] = vals
         mask = torch.zeros(shape, dtype=torch.bool)
         mask[idx] = True
-        return w, mask
+        return fmt, shape, dtype, vals, idx, mask
     if fmt == "kernel":
         k = math.prod(shape[2:])
         kern = _unpack(parts["bits"], shape[0] * shape[1]).reshape(shape[0], shape[1])
         if _count(kern) != meta["count"] or vals.shape != (meta["count"], k):
             raise CheckpointError("a kernel-format tensor does not match its manifest")
-        w = torch.zeros(shape[0], shape[1], k, dtype=dtype)
-        w[kern] = vals
-        return w.reshape(shape), kern[..., None].expand(shape[0], shape[1], k).reshape(shape).clone()
+        return fmt, shape, dtype, vals, kern, kern[..., None].expand(shape[0], shape[1], k).reshape(shape).clone()
     if fmt == "bitmask":
         mask = _unpack(parts["bits"], math.prod(shape)).reshape(shape)
         if _count(mask) != meta["count"] or vals.numel() != meta["count"]:
             raise CheckpointError("a bitmask-format tensor does not match its manifest")
-        return torch.zeros(shape, dtype=dtype).masked_scatter_(mask, vals.to(dtype)), mask
+        return fmt, shape, dtype, vals, None, mask
     if fmt == "csr":
-        rows = shape[0]
-        cols = math.prod(shape[1:])
+        rows, cols = shape[0], math.prod(shape[1:])
         crow, col = parts["crow"].long(), parts["col"].long()
         if (len(crow) != rows + 1 or int(crow[-1]) != meta["count"] or len(col) != meta["count"]
                 or vals.numel() != meta["count"] or (len(col) and int(col.max()) >= cols)):
@@ -120,10 +122,27 @@ def decode_tensor(parts: dict[str, Tensor], meta: dict) -> tuple[Tensor, Tensor]
         row = torch.repeat_interleave(torch.arange(rows), crow.diff())
         mask = torch.zeros(rows, cols, dtype=torch.bool)
         mask[row, col] = True
-        w = torch.zeros(rows, cols, dtype=dtype)
-        w[row, col] = vals.to(dtype)
-        return w.reshape(shape), mask.reshape(shape)
+        return fmt, shape, dtype, vals, (row, col), mask.reshape(shape)
     raise CheckpointError(f"unknown compact format {fmt!r}")
+
+
+def _fill(prepared: tuple, out: Tensor | None) -> tuple[Tensor, Tensor]:
+    fmt, shape, dtype, vals, where, mask = prepared
+    if out is None or tuple(out.shape) != shape or out.dtype != dtype or not out.is_contiguous():
+        out = torch.empty(shape, dtype=dtype)
+    with torch.no_grad():
+        if fmt == "dense":
+            return out.copy_(vals), mask
+        out.zero_()
+        if fmt == "filter":
+            out[where] = vals.to(dtype)
+        elif fmt == "kernel":
+            out.view(shape[0], shape[1], -1)[where] = vals.to(dtype)
+        elif fmt == "bitmask":
+            out.masked_scatter_(mask, vals.to(dtype))
+        else:
+            out.view(shape[0], -1)[where] = vals.to(dtype)
+    return out, mask
 
 
 def _encode_model(model: nn.Module, masks: Masks) -> tuple[dict[str, Tensor], dict]:
@@ -171,24 +190,40 @@ def save_compact(model: nn.Module, masks: Masks, path: str | Path) -> int:
     return len(data)
 
 
-def load_compact(path: str | Path) -> tuple[dict[str, Tensor], Masks]:
-    """Read a compact file: (state_dict with zeros restored, masks). Corrupt files raise CheckpointError."""
+def load_compact(path: str | Path, into: nn.Module | None = None) -> tuple[dict[str, Tensor], Masks]:
+    """Read a compact file: (state_dict with zeros restored, masks). Corrupt files raise CheckpointError.
+
+    ``into``: a model of the same architecture whose state is filled in place (as ``load_state_dict`` would,
+    without a second copy of every tensor); the file is checked whole before anything is written to it.
+    """
     tensors, manifest = read_tagged_safetensors(path, "prunelab.compact/1", "compact", "manifest")
-    state, masks = {}, {}
-    for key in tensors:
-        if "::" not in key:
-            state[key] = tensors[key]
+    own = into.state_dict() if into is not None else {}
+    plain = {k: v for k, v in tensors.items() if "::" not in k}
+    prepared = {}
     for name, entry in manifest.items():
         if entry.get("format") == "alias":
+            if entry.get("of") not in plain and manifest.get(entry.get("of"), {}).get("format", "alias") == "alias":
+                raise CheckpointError(f"{path}: {name} is an alias of a tensor the file does not hold")
             continue
         parts = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{name}::")}
         try:
-            state[name], masks[name] = decode_tensor(parts, entry)
-        except (KeyError, RuntimeError, ValueError, IndexError):
+            prepared[name] = _prepare(parts, entry)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: tensor {name} is damaged ({exc})") from None
+        except (KeyError, RuntimeError, ValueError, IndexError, TypeError):
             raise CheckpointError(f"{path}: tensor {name} is damaged") from None
+    if into is not None:
+        mismatch = [k for k, v in plain.items() if k in own and own[k].shape != v.shape]
+        mismatch += [k for k, p in prepared.items() if k in own and tuple(own[k].shape) != p[1]]
+        if mismatch:
+            raise CheckpointError(f"{path}: {mismatch[0]} has another shape than in the model it is loaded into")
+    state, masks = {}, {}
+    with torch.no_grad():
+        for key, v in plain.items():
+            state[key] = own[key].copy_(v) if key in own and own[key].dtype == v.dtype else v
+        for name, prep in prepared.items():
+            state[name], masks[name] = _fill(prep, own.get(name))
     for name, entry in manifest.items():  # tied weights: the same tensor under each of its names
         if entry.get("format") == "alias":
-            if entry.get("of") not in state:
-                raise CheckpointError(f"{path}: {name} is an alias of a tensor the file does not hold")
             state[name] = state[entry["of"]]
     return state, Masks(masks)
