@@ -30,6 +30,8 @@ BENCHMARKS = {
     "structured": (["--repeats", "3"], "structured.md", "perf", "8 min"),
     "sparse_inference": (["--threads", "1"], "sparse_inference.md", "perf", "4 min"),
     "compact_io": (["--repeats", "5"], "compact_io.md", "perf", "3 min"),
+    "quickstart_load": (["--repeats", "3"], "quickstart_load.md", "perf", "8 min"),
+    "overhead": ([], "overhead.md", "perf", "3 min"),
     "foreign_models": (["--threads", "1", "--repeats", "3"], "foreign_models.md", "perf", "3 min"),
     "calibration": (["--threads", "1", "--repeats", "1"], "calibration.md", "perf", "15 min"),
     "crash_resume": (["--kills", "20"], "crash_resume.md", "perf", "10 min"),
