@@ -127,3 +127,27 @@ def test_two_runs_sharing_a_dense_training_take_turns(tmp_path):
     assert sum("reused the identical dense training" in log for log in logs) == 1
     dense = [f.read_bytes() for f in sorted(tmp_path.glob("quickstart-*/stages/dense/model.safetensors"))]
     assert len(dense) == 2 and dense[0] == dense[1]
+
+
+def test_streamed_safetensors_writes_the_deterministic_bytes_and_keeps_the_old_file_on_failure(tmp_path,
+                                                                                               monkeypatch):
+    import torch
+
+    from prunelab import io
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"b": torch.randn(5, generator=g), "a": torch.randn(3, generator=g), "c": torch.arange(4),
+               "mask": torch.ones(3, dtype=torch.bool), "empty": torch.zeros(0), "h": torch.randn(7).half(),
+               "bf": torch.randn(2).bfloat16(), "idx": torch.arange(3, dtype=torch.int16)}
+    for meta in ({"y": "1", "x": "2", "sha256": "0" * 64, "é": "ü"}, None):
+        io.atomic_write_safetensors(tmp_path / "f", tensors, meta)
+        assert (tmp_path / "f").read_bytes() == io.safetensors_bytes(tensors, meta)
+    before = (tmp_path / "f").read_bytes()
+
+    def broken(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", broken)
+    with pytest.raises(OSError):
+        io.atomic_write_safetensors(tmp_path / "f", {"x": torch.ones(2)})
+    assert (tmp_path / "f").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["f"]

@@ -20,14 +20,21 @@ from .errors import CheckpointError
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
+    _atomic(path, lambda f, tmp: f.write(data))
+
+
+def _atomic(path: str | Path, fill) -> None:
+    """Run ``fill(file, its_path)`` on a temporary file next to ``path`` (opened "w+b"), fsync it and rename it
+    over ``path``; on any failure the temporary file goes and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "w+b") as f:
+            fill(f, tmp)
+            if not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         try:
@@ -37,6 +44,32 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:  # say which file
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
+
+
+def atomic_write_safetensors(path: str | Path, tensors: dict[str, Tensor],
+                             metadata: dict[str, str] | None = None) -> None:
+    """Write the same bytes as :func:`safetensors_bytes`, atomically, without holding the file in memory:
+    safetensors' own writer streams the tensors to the temporary file, then its header (the same length
+    once put in one order) is rewritten in place."""
+    from safetensors.torch import save_file
+
+    def fill(f, tmp: str) -> None:
+        f.close()  # safetensors writes the file by name
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "r+b") as g:
+            n = int.from_bytes(g.read(8), "little")
+            header = _ordered_header(g.read(n))
+            if len(header) != n:  # not expected: the same JSON in another order; then write it whole
+                g.seek(0)
+                g.truncate()
+                g.write(safetensors_bytes(tensors, metadata))
+            else:
+                g.seek(8)
+                g.write(header)
+            g.flush()
+            os.fsync(g.fileno())
+
+    _atomic(path, fill)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -118,6 +151,17 @@ def read_tagged_safetensors(path: str | Path, fmt: str, what: str, key: str) -> 
         raise CheckpointError(f"{path} has no readable {key}") from None
 
 
+def _ordered_header(raw_header: bytes) -> bytes:
+    """A safetensors header with its metadata keys sorted (safetensors writes them in a random order) and the
+    tensor entries in safetensors' own deterministic order, padded with spaces to a multiple of 8 bytes."""
+    header = json.loads(raw_header)
+    meta = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
+    ordered.update(header)
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    return text + b" " * (-len(text) % 8)  # the data section stays 8-byte aligned, as safetensors writes it
+
+
 def safetensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
     """``safetensors.torch.save``, with the header written in one order: safetensors writes its metadata map in
     a random order, so equal content would give different bytes (and different digests) from run to run. The
@@ -127,20 +171,12 @@ def safetensors_bytes(tensors: dict[str, Tensor], metadata: dict[str, str] | Non
 
     raw = st_save(tensors, metadata=metadata)
     n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
-    meta = header.pop("__metadata__", None)
-    ordered = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
-    ordered.update(header)
-    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)  # the data section stays 8-byte aligned, as safetensors writes it
+    text = _ordered_header(raw[8:8 + n])
     return b"".join((len(text).to_bytes(8, "little"), text, memoryview(raw)[8 + n:]))  # one copy of the data
 
 
-def state_bytes(state: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """safetensors bytes of a state_dict with tied tensors stored once: a key whose tensor is a view of the
-    same memory as an earlier key's (a language model's output layer tied to its embedding) is left out and
-    named in the metadata entry ``aliases`` (JSON {alias: stored key}), as safetensors' own ``save_model`` does.
-    :func:`read_state` puts the aliases back."""
+def _state_tensors(state: dict[str, Tensor], metadata: dict[str, str] | None) -> tuple[dict, dict]:
+    """A state_dict's tensors with tied ones once, and the metadata naming the aliases (see state_bytes)."""
     seen: dict[tuple, str] = {}
     tensors, aliases = {}, {}
     for k, v in state.items():
@@ -153,7 +189,20 @@ def state_bytes(state: dict[str, Tensor], metadata: dict[str, str] | None = None
     meta = dict(metadata or {})
     if aliases:
         meta["aliases"] = json.dumps(aliases, sort_keys=True)
-    return safetensors_bytes(tensors, meta)
+    return tensors, meta
+
+
+def state_bytes(state: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors bytes of a state_dict with tied tensors stored once: a key whose tensor is a view of the
+    same memory as an earlier key's (a language model's output layer tied to its embedding) is left out and
+    named in the metadata entry ``aliases`` (JSON {alias: stored key}), as safetensors' own ``save_model`` does.
+    :func:`read_state` puts the aliases back."""
+    return safetensors_bytes(*_state_tensors(state, metadata))
+
+
+def write_state(path: str | Path, state: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """:func:`state_bytes` written atomically, streamed to the file (no copy of the model in memory)."""
+    atomic_write_safetensors(path, *_state_tensors(state, metadata))
 
 
 def read_state(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:

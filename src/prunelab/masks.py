@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError
-from .io import atomic_write_bytes
+from .io import atomic_write_safetensors
 
 
 def zero_pruned(t: Tensor, mask: Tensor, slice_len: int = 1 << 18) -> None:
@@ -150,11 +150,9 @@ class Masks(Mapping[str, Tensor]):
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write the masks to a safetensors file atomically (uint8 tensors; order kept in metadata)."""
-        from .io import safetensors_bytes
-
         tensors = {n: m.to(torch.uint8).contiguous().cpu() for n, m in self._m.items()}
         meta = {"format": "prunelab.masks/1", "order": json.dumps(list(self._m))}
-        atomic_write_bytes(path, safetensors_bytes(tensors, meta))
+        atomic_write_safetensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> "Masks":

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..io import (atomic_write_bytes, atomic_write_json, file_sha256, read_json, read_safetensors, read_state,
-                  safetensors_bytes, state_bytes)
+from ..io import (atomic_write_bytes, atomic_write_json, atomic_write_safetensors, file_sha256, read_json,
+                  read_safetensors, read_state, safetensors_bytes, write_state)
 from ..masks import Masks
 from .paths import MASKS, METHOD_STATE, METRICS, MODEL, OPTIMIZER, RNG, STATE
 from .records import StateRecord, read_record
@@ -48,7 +48,7 @@ def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = 
     """Write a checkpoint; ``extra`` (JSON-serialisable) lands in the state file, ``method_state`` (the pruning
     method's :meth:`~prunelab.methods.Method.state_tensors`) in its own file."""
     folder = Path(folder)
-    atomic_write_bytes(folder / MODEL, state_bytes(model.state_dict(), {"format": "prunelab.model/1"}))
+    write_state(folder / MODEL, model.state_dict(), {"format": "prunelab.model/1"})  # streamed, no copy
     if masks is not None:
         masks.save(folder / MASKS)
     if method_state:
@@ -65,7 +65,7 @@ def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = 
                     tensors[f"{idx}/{k}"] = v.detach().contiguous().cpu()
                 else:
                     scalars.setdefault(str(idx), {})[k] = v
-        atomic_write_bytes(folder / OPTIMIZER, safetensors_bytes(tensors))
+        atomic_write_safetensors(folder / OPTIMIZER, tensors)
         opt_meta = {"param_groups": osd["param_groups"], "scalars": scalars}
     rng_t, rng_meta = rng_state()
     atomic_write_bytes(folder / RNG, safetensors_bytes(rng_t))

@@ -27,7 +27,7 @@ import torch
 
 from ..analysis import count_flops
 from ..errors import ConfigError
-from ..io import atomic_write_bytes, state_bytes
+from ..io import atomic_write_bytes, state_bytes, write_state
 from .compact import save_compact
 from .onnx import export_onnx
 from .shrink import load_shrunk
@@ -59,7 +59,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     ctx, model, masks = _open_run(run_dir)
     path = Path(out) if out else ctx.paths.export(fmt)
     if fmt == "dense":
-        atomic_write_bytes(path, state_bytes(model.state_dict(), {"format": "pt"}))
+        write_state(path, model.state_dict(), {"format": "pt"})
     elif fmt == "sparse":
         save_compact(model, masks, path)
     elif fmt == "hf":

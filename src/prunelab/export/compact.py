@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..io import atomic_write_bytes, digest, read_tagged_safetensors, safetensors_bytes
+from ..io import atomic_write_safetensors, digest, read_tagged_safetensors, safetensors_bytes
 from ..masks import Masks
 
 
@@ -171,23 +171,25 @@ def _encode_model(model: nn.Module, masks: Masks) -> tuple[dict[str, Tensor], di
     return tensors, manifest
 
 
-def _serialize(model: nn.Module, masks: Masks) -> tuple[bytes, dict]:
+def _encoded(model: nn.Module, masks: Masks) -> tuple[dict[str, Tensor], dict, dict]:
+    """(tensors, file metadata with the digest, manifest) of the compact file."""
     tensors, manifest = _encode_model(model, masks)
     meta = {"format": "prunelab.compact/1", "manifest": json.dumps(manifest), "sha256": digest(tensors)}
-    return safetensors_bytes(tensors, meta), manifest
+    return tensors, meta, manifest
 
 
 def compact_bytes(model: nn.Module, masks: Masks) -> tuple[int, dict[str, str]]:
     """Bytes of the compact file for this model and masks, and the format chosen per masked tensor."""
-    data, manifest = _serialize(model, masks)
-    return len(data), {n: m["format"] for n, m in manifest.items() if m["format"] != "alias"}
+    tensors, meta, manifest = _encoded(model, masks)
+    return len(safetensors_bytes(tensors, meta)), {n: m["format"] for n, m in manifest.items()
+                                                  if m["format"] != "alias"}
 
 
 def save_compact(model: nn.Module, masks: Masks, path: str | Path) -> int:
-    """Write the compact file atomically; returns its size in bytes."""
-    data, _ = _serialize(model, masks)
-    atomic_write_bytes(path, data)
-    return len(data)
+    """Write the compact file atomically, streamed (no copy of it in memory); returns its size in bytes."""
+    tensors, meta, _ = _encoded(model, masks)
+    atomic_write_safetensors(path, tensors, meta)
+    return Path(path).stat().st_size
 
 
 def load_compact(path: str | Path, into: nn.Module | None = None) -> tuple[dict[str, Tensor], Masks]:

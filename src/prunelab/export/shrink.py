@@ -26,7 +26,7 @@ from ..attention import HeadPrunedAttention, attention_heads
 from ..channels import ChannelGraph
 from ..errors import CheckpointError, PrunelabError
 from ..inputs import Inputs, max_output_diff, random_like, to_double
-from ..io import atomic_write_bytes, read_tagged_safetensors, safetensors_bytes
+from ..io import atomic_write_safetensors, read_tagged_safetensors
 from ..targets import is_hf_conv1d
 
 FORMAT = "prunelab-shrunk/1"
@@ -177,9 +177,8 @@ def save_shrunk(path: str | Path, model: nn.Module, widths: dict, model_spec: di
     """
     manifest = {"model": model_spec, "widths": widths}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = safetensors_bytes(state, {"format": FORMAT, "manifest": json.dumps(manifest)})
-    atomic_write_bytes(path, data)
-    return len(data)
+    atomic_write_safetensors(path, state, {"format": FORMAT, "manifest": json.dumps(manifest)})
+    return Path(path).stat().st_size
 
 
 def load_shrunk(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]:
