@@ -4,8 +4,8 @@ For each model and masks: ``dense`` writes the state_dict with ``safetensors.tor
 loads it with ``load_file`` + ``load_state_dict`` into a model (so every byte is really read); ``compact``
 does ``export.save_compact`` (atomic: a temporary file, fsync, rename) and ``load_compact(path, into=model)``
 (the digest of every stored tensor and the manifest are checked before the model's tensors are filled).
-``dense, atomic`` is the dense file written the way prunelab writes its checkpoints (deterministic header, a
-temporary file, fsync, rename), so the cost of durability is seen apart from the format's. ``raw`` writes and reads the compact file's bytes with plain file calls: no format can be
+``dense, atomic`` is the dense file written the way prunelab writes its checkpoints (``io.write_state``:
+deterministic header, a temporary file, fsync, rename), so the cost of durability is seen apart from the format's. ``raw`` writes and reads the compact file's bytes with plain file calls: no format can be
 faster. Interleaved (raw, dense, compact, raw, ...), min and median of ``--repeats``, in a temporary folder.
 
     python benchmarks/compact_io.py [--repeats 5] [--models lenet5,vgg16,resnet50]
@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from prunelab import Pruner
 from prunelab.export.compact import load_compact, save_compact
-from prunelab.io import atomic_write_bytes, read_state, state_bytes
+from prunelab.io import read_state, write_state
 from prunelab.models import build_model
 
 
@@ -80,7 +80,7 @@ def main() -> None:
                 t["raw"]["load"].append(_time(lambda: raw_p.read_bytes()))
                 t["dense"]["save"].append(_time(lambda: save_file(state, str(dense_p))))
                 t["dense"]["load"].append(_time(lambda: fresh.load_state_dict(load_file(str(dense_p)))))
-                t["dense, atomic"]["save"].append(_time(lambda: atomic_write_bytes(atomic_p, state_bytes(state))))
+                t["dense, atomic"]["save"].append(_time(lambda: write_state(atomic_p, state)))
                 t["dense, atomic"]["load"].append(_time(lambda: fresh.load_state_dict(read_state(atomic_p)[0])))
                 t["compact"]["save"].append(_time(lambda: save_compact(model, masks, comp_p)))
                 t["compact"]["load"].append(_time(lambda: load_compact(comp_p, into=fresh)))
