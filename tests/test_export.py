@@ -137,6 +137,8 @@ def test_compact_file_loads_into_a_model_in_place_or_not_at_all(tmp_path):
     wide = build_model("lenet5", (1, 32, 32), 10)  # another fc1 shape
     with pytest.raises(CheckpointError, match="another shape"):
         load_compact(tmp_path / "m.sparse", into=wide)
+    with pytest.raises(CheckpointError, match="does not fit"):  # other names altogether
+        load_compact(tmp_path / "m.sparse", into=build_model("lenet300_100", (1, 28, 28), 10))
 
 
 def test_sparse_linear_equals_dense():

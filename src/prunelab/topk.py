@@ -1,5 +1,8 @@
 """Exact top-k over one or many large score tensors without concatenating or sorting them.
 
+:func:`streamed_topk_masks` does it without the score tensors at all, scoring slices of the weights as it
+goes (see :mod:`prunelab.streaming`); the other functions work on scores already computed.
+
 ``torch.topk`` and ``torch.kthvalue`` on a 100M-element tensor cost seconds and extra copies, and a global
 threshold over a whole model would need one concatenated copy of every score. Here the k-th largest value
 is found by bracketing it with quantiles of a small random sample, counting above the bracket, and solving
@@ -141,9 +144,10 @@ def streamed_topk_masks(chunks: Sequence[Tensor], k: int, score: Callable[[Tenso
     caller then scores in full.
 
     One pass: every slice is scored into a cache-sized buffer, ``score > hi`` is written straight into the
-    output mask (and counted), and the few scores in [lo, hi] (a bracket of the answer: four standard errors
-    either side of a random sample's quantile, about 1 % of the entries at 90 % sparsity) are kept with their positions; the exact k-th largest is then solved among them
-    and their mask bits set. Extra memory: the masks (the output) plus the bracket's candidates.
+    output mask (and counted), and the few scores in [lo, hi] are kept with their positions ([lo, hi] brackets
+    the answer: four standard errors either side of a random sample's quantile, about 1 % of the entries at
+    90 % sparsity); the exact k-th largest is then solved among them and their mask bits set. Extra memory:
+    the masks (the output) plus the bracket's candidates.
     """
     n = sum(c.numel() for c in chunks)
     if not 0 < k < n:

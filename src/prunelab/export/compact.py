@@ -214,17 +214,24 @@ def load_compact(path: str | Path, into: nn.Module | None = None) -> tuple[dict[
             raise CheckpointError(f"{path}: tensor {name} is damaged ({exc})") from None
         except (KeyError, RuntimeError, ValueError, IndexError, TypeError):
             raise CheckpointError(f"{path}: tensor {name} is damaged") from None
-    if into is not None:
-        mismatch = [k for k, v in plain.items() if k in own and own[k].shape != v.shape]
-        mismatch += [k for k, p in prepared.items() if k in own and tuple(own[k].shape) != p[1]]
+    if into is not None:  # as strict as load_state_dict: the same names and shapes
+        held = set(plain) | set(manifest)
+        missing, extra = sorted(set(own) - held), sorted(held - set(own))
+        if missing or extra:
+            raise CheckpointError(f"{path} does not fit the model it is loaded into: "
+                                  + (f"no {missing[0]} in the file" if missing else f"{extra[0]} not in the model"))
+        mismatch = [k for k, v in plain.items() if own[k].shape != v.shape]
+        mismatch += [k for k, p in prepared.items() if tuple(own[k].shape) != p[1]]
         if mismatch:
             raise CheckpointError(f"{path}: {mismatch[0]} has another shape than in the model it is loaded into")
     state, masks = {}, {}
     with torch.no_grad():
         for key, v in plain.items():
-            state[key] = own[key].copy_(v) if key in own and own[key].dtype == v.dtype else v
+            state[key] = own[key].copy_(v) if key in own else v
         for name, prep in prepared.items():
-            state[name], masks[name] = _fill(prep, own.get(name))
+            target = own.get(name)
+            w, masks[name] = _fill(prep, target)
+            state[name] = target.copy_(w) if target is not None and w is not target else w  # another dtype
     for name, entry in manifest.items():  # tied weights: the same tensor under each of its names
         if entry.get("format") == "alias":
             state[name] = state[entry["of"]]
