@@ -360,3 +360,21 @@ class _Recurrent(nn.Module):
 
     def forward(self, x):
         return self.rnn(x, self.hx)[0]
+
+
+def test_scratch_commit_keeps_what_was_written_and_restores_on_an_error():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    view = Pruner(model, "magnitude", schedule="manual", sparsity=0.5)._view()
+    before = model.weight.detach().clone()
+    with view.scratch() as write:  # the default: measured, then restored
+        write("weight", torch.zeros(2, 3))
+    assert torch.equal(model.weight, before)
+    with pytest.raises(RuntimeError):
+        with view.scratch(commit=True) as write:
+            write("weight", torch.ones(2, 3))
+            raise RuntimeError("a failure mid-way")
+    assert torch.equal(model.weight, before)
+    with view.scratch(commit=True) as write:
+        write("weight", torch.zeros(2, 3))
+    assert torch.equal(model.weight, torch.zeros(2, 3))

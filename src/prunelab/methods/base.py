@@ -40,10 +40,12 @@ class PruneView:
     channels: "ChannelGraph | None" = None
     layouts: Mapping[str, "Layout"] = field(default_factory=dict)
 
-    def scratch(self):
+    def scratch(self, commit: bool = False):
         """A context manager yielding ``write(name, value)``: within the block a target reads ``value``; every
-        written target is restored on exit (a method measures a decision layer by layer, the Pruner installs it)."""
-        return _scratch(self.params)
+        written target is restored on exit (a method measures a decision layer by layer, the Pruner installs it).
+        ``commit=True``: what was written stays when the block ends normally (restored only on an exception),
+        so a method whose written values are its decision need not hold a second copy of them."""
+        return _scratch(self.params, commit)
 
     def canonical(self, name: str, t: Tensor) -> Tensor:
         """``t`` (the weight ``name``, its scores or its mask) viewed as (out, in, *kernel)."""
@@ -67,8 +69,9 @@ class PruneView:
 
 
 @contextmanager
-def _scratch(params: Mapping[str, nn.Parameter]) -> Iterator:
-    """Yields ``write(name, value)``; every parameter written within the block gets its value back on exit."""
+def _scratch(params: Mapping[str, nn.Parameter], commit: bool = False) -> Iterator:
+    """Yields ``write(name, value)``; every parameter written within the block gets its value back on exit
+    (with ``commit``, only when the block raises)."""
     saved: dict[str, Tensor] = {}
 
     def write(name: str, value: Tensor) -> None:
@@ -77,12 +80,15 @@ def _scratch(params: Mapping[str, nn.Parameter]) -> Iterator:
             if name not in saved:
                 saved[name] = p.detach().clone()
             p.copy_(value.to(device=p.device, dtype=p.dtype))
+    ok = False
     try:
         yield write
+        ok = True
     finally:
-        with torch.no_grad():
-            for name, value in saved.items():
-                params[name].copy_(value)
+        if not (commit and ok):
+            with torch.no_grad():
+                for name, value in saved.items():
+                    params[name].copy_(value)
 
 
 @dataclass

@@ -90,7 +90,9 @@ class SparseGPTMethod(Method):
         self._sparsities = self.layer_sparsities(view, ctx)
         groups = [ctx.input_stats] if ctx.input_stats is not None else sequential_stats(
             view.model, view.params, ctx.calibration, ctx.calibration_samples or self.samples, gram=True)
-        with view.scratch() as write:
+        # sequential: the next layers calibrate on each layer's result, written into the model; those writes are
+        # the decision, so they stay (commit) instead of being restored and held a second time for the Pruner
+        with view.scratch(commit=self.sequential) as write:
             for stats in groups:  # sequential: each group is measured after the ones before it were written
                 for name, st in stats.items():
                     p, layout = view.params[name], view.layouts[name]
@@ -98,9 +100,11 @@ class SparseGPTMethod(Method):
                                         blocksize=self.blocksize, percdamp=self.percdamp, per_row=self.per_row)
                     shape = layout.canonical(p).shape
                     masks[name] = layout.stored(keep.reshape(shape)).contiguous()
-                    self._values[name] = layout.stored(w.reshape(shape)).contiguous()
-                    if self.sequential:  # the next layers calibrate on this one's result
-                        write(name, self._values[name] * masks[name])
+                    w = layout.stored(w.reshape(shape))
+                    if self.sequential:
+                        write(name, w * masks[name])
+                    else:
+                        self._values[name] = w.contiguous()
         return {name: masks[name] for name in view.params}
 
     def layer_sparsities(self, view, ctx) -> dict[str, float]:
@@ -118,8 +122,8 @@ class SparseGPTMethod(Method):
         return {n: 1 - keep[n] / view.params[n].numel() for n in view.params}
 
     def after_prune(self, view, old, new, ctx) -> Outcome:
-        values, self._values = self._values, {}
-        record = {"reconstructed": len(values)}
+        values, self._values = self._values, {}  # empty when sequential: the weights were written in decide
+        record = {"reconstructed": len(new)}
         if not isinstance(self.allocation_, Uniform):
             record["layer_sparsity"] = {n: round(s, 6) for n, s in self._sparsities.items()}
         return Outcome(record=record, values={n: (new[n], v) for n, v in values.items()})
