@@ -35,7 +35,7 @@ BENCHMARKS = {
     "foreign_models": (["--threads", "1", "--repeats", "3"], "foreign_models.md", "perf", "3 min"),
     "calibration": (["--threads", "1", "--repeats", "1"], "calibration.md", "perf", "15 min"),
     "crash_resume": (["--kills", "20"], "crash_resume.md", "perf", "10 min"),
-    "deploy": ([], None, "perf", "3 min"),
+    "deploy": ([], None, "perf", "3 min"),  # random init here; the README's row passes trained dense weights
     "one_shot": (["--model", "lenet5", "--dataset", "mnist", "--seeds", "0,1,2", "--threads", "1", "--recipes"],
                  "one_shot_lenet5_mnist.md", "accuracy", "2 h"),
     "lm_one_shot": (["--draws", "0,1,2", "--threads", "1"], "lm_one_shot.md", "accuracy", "1 h"),
