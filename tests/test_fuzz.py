@@ -45,6 +45,7 @@ def _check(argv, capsys) -> None:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(overrides)
 @example(["prune.method.name={name: magnitude}"])  # found by this test: a mapping where a part's name is meant
+@example(["model.name=hf:gpt2"])  # found by this test: a language model on image data
 def test_random_overrides_give_a_run_or_one_sentence(capsys, ov):
     _check(["run", "quickstart", *ov, *FAST], capsys)
 

@@ -45,9 +45,7 @@ def streamed_masks(criterion, params: Mapping[str, Tensor], masks: Mapping[str, 
     """The new masks of one global element-wise pass at ``sparsity``, or None when the streamed search
     gives up (the caller then takes the general path). Pruned weights stay pruned (masks nest)."""
     total = sum(p.numel() for p in params.values())
-    k = round_keep(1 - sparsity, total)
-    if k in (0, total):
-        return None
+    k = round_keep(1 - sparsity, total)  # nothing or everything kept: streamed_topk_masks leaves it to the caller
     with torch.no_grad():
         chunks = [p.detach().reshape(-1) for p in params.values()]
         alive = [None if n in dense else masks[n].reshape(-1) for n in params]

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..io import (atomic_write_bytes, atomic_write_json, atomic_write_safetensors, file_sha256, read_json,
-                  read_safetensors, read_state, safetensors_bytes, write_state)
+from ..io import (atomic_write_json, atomic_write_safetensors, file_sha256, read_json, read_safetensors, read_state,
+                  write_state)
 from ..masks import Masks
 from .paths import MASKS, METHOD_STATE, METRICS, MODEL, OPTIMIZER, RNG, STATE
 from .records import StateRecord, read_record
@@ -52,9 +52,9 @@ def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = 
     if masks is not None:
         masks.save(folder / MASKS)
     if method_state:
-        atomic_write_bytes(folder / METHOD_STATE,
-                           safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in method_state.items()},
-                                   {"format": "prunelab.method_state/1"}))
+        atomic_write_safetensors(folder / METHOD_STATE,
+                                 {k: v.detach().contiguous().cpu() for k, v in method_state.items()},
+                                 {"format": "prunelab.method_state/1"})
     opt_meta = None
     if optimizer is not None:
         osd = optimizer.state_dict()
@@ -68,7 +68,7 @@ def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = 
         atomic_write_safetensors(folder / OPTIMIZER, tensors)
         opt_meta = {"param_groups": osd["param_groups"], "scalars": scalars}
     rng_t, rng_meta = rng_state()
-    atomic_write_bytes(folder / RNG, safetensors_bytes(rng_t))
+    atomic_write_safetensors(folder / RNG, rng_t)
     atomic_write_json(folder / STATE, {"optimizer": opt_meta, "rng": rng_meta, **(extra or {}),
                                        "files": file_digests(folder)})
 

@@ -133,6 +133,13 @@ class RunContext:
         r = self.recipe
         model = build_model(r.model.name, self.data.input_shape, self.data.num_classes,
                             seed=r.seed if seed is None else seed, **r.model.kwargs).to(r.device)
+        # after building, so a bad model spec is named first
+        language_model = r.model.name.startswith("hf:")  # the Hugging Face models built here are causal LMs
+        if language_model != (self.data.task == "causal_lm"):
+            raise ConfigError(f"model {r.model.name} is {'a language model' if language_model else 'an image model'} "
+                              f"but data {r.data.name} is {'image classification' if language_model else 'text'}: "
+                              "pair hf: models with text data (pystdlib, wikitext2) and the others with "
+                              "image data")
         if checkpoint is not None:
             load_checkpoint(checkpoint, model, restore_rng=False)
         return model
