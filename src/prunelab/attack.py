@@ -9,7 +9,8 @@ from .io import atomic_write_json
 
 
 def attack_run(run_dir: str | Path, eps: list[float], attacks: list[str], samples: int | None = 1000,
-               steps: int = 10, step_size: float | None = None, dense_run: str | Path | None = None) -> dict:
+               steps: int = 10, step_size: float | None = None, dense_run: str | Path | None = None,
+               data_root: str | None = None) -> dict:
     """Evaluate the run's final (sparse) model and its dense model under each attack and epsilon.
 
     The dense model is the run's own dense stage when it was trained, else the final model of
@@ -19,9 +20,9 @@ def attack_run(run_dir: str | Path, eps: list[float], attacks: list[str], sample
     from .experiment import RunContext, load_final
     from .experiment.paths import DENSE
 
-    ctx = RunContext.open_finished(run_dir)
-    if ctx.data.task != "classification":
-        raise ConfigError(f"{run_dir} is a {ctx.data.task} run: adversarial attacks need an image classifier")
+    ctx = RunContext.open_finished(run_dir, data_root)
+    if ctx.spec.task != "classification":
+        raise ConfigError(f"{run_dir} is a {ctx.spec.task} run: adversarial attacks need an image classifier")
     bad = [a for a in attacks if a not in ("fgsm", "pgd")]
     if bad:
         raise ConfigError(f"unknown attack(s) {', '.join(bad)}; valid: fgsm, pgd")
@@ -32,7 +33,7 @@ def attack_run(run_dir: str | Path, eps: list[float], attacks: list[str], sample
     if recipe.train.epochs > 0:
         models["dense"] = ctx.build_model(checkpoint=ctx.paths.stage(DENSE))
     elif dense_run is not None:
-        models["dense"] = load_final(RunContext.open_finished(dense_run))[0]
+        models["dense"] = load_final(RunContext.open_finished(dense_run, data_root))[0]
     results = []
     for label, model in models.items():
         row = {"model": label, "clean": accuracy_under_attack(model, data.test, "none", 0.0, data.mean, data.std,

@@ -1,7 +1,9 @@
 """Atomic file writes and safe reads.
 
 Everything prunelab writes goes to a temporary file in the same folder and is renamed over the target,
-so a crash never leaves a half-written artifact. Reads use safetensors and JSON only: nothing is unpickled.
+so a crash never leaves a half-written artifact; what a write may replace is decided by
+:mod:`prunelab.outputs` (regular files only, never a folder, link or device). Reads use safetensors and JSON
+only: nothing is unpickled, and a read is bounded in size and nesting.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .errors import CheckpointError
+from .outputs import check_replaceable, error_from_safetensors, user_mode
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -27,14 +30,20 @@ def _atomic(path: str | Path, fill) -> None:
     """Run ``fill(file, its_path)`` on a temporary file next to ``path`` (opened "w+b"), fsync it and rename it
     over ``path``; on any failure the temporary file goes and ``path`` is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_replaceable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder is meant, or no permission: say which folder
+        raise OSError(exc.errno, exc.strerror, str(exc.filename or path.parent)) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        user_mode(fd)
         with os.fdopen(fd, "w+b") as f:
             fill(f, tmp)
             if not f.closed:
                 f.flush()
                 os.fsync(f.fileno())
+        check_replaceable(path)  # again: something may have been put there meanwhile
         os.replace(tmp, path)
     except BaseException as exc:
         try:
@@ -55,7 +64,15 @@ def atomic_write_safetensors(path: str | Path, tensors: dict[str, Tensor],
 
     def fill(f, tmp: str) -> None:
         f.close()  # safetensors writes the file by name
-        save_file(tensors, tmp, metadata=metadata)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors reports a full disk or a file-size limit as its own error type
+            os_error = error_from_safetensors(exc, path)
+            if os_error is None:
+                raise
+            raise os_error from None
         with open(tmp, "r+b") as g:
             n = int.from_bytes(g.read(8), "little")
             header = _ordered_header(g.read(n))
@@ -88,14 +105,26 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+#: The largest JSON record prunelab reads (a summary of a model with thousands of layers is a few MB).
+MAX_JSON_BYTES = 64 << 20
+
+
 def read_json(path: str | Path) -> Any:
+    """A JSON record prunelab wrote; missing, oversized, non-UTF-8, invalid or absurdly nested files (which
+    would exhaust the parser's stack) raise CheckpointError naming the file."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path} is larger than any record prunelab writes ({MAX_JSON_BYTES >> 20} MiB)")
+        return json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist") from None
     except (ValueError, UnicodeDecodeError):
         raise CheckpointError(f"{path} is not valid JSON (truncated or corrupt)") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested deeper than any record prunelab writes (damaged)") from None
+    except OSError as exc:  # a folder, a link loop, no permission
+        raise CheckpointError(f"{path} cannot be read: {exc.strerror}") from None
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:

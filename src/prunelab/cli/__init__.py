@@ -6,7 +6,6 @@ the handlers are in :mod:`prunelab.cli.commands` and the tables they print in :m
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 
@@ -15,6 +14,28 @@ from . import commands
 
 
 RUN_DIR_HELP = "a run folder (RUNS/NAME-HASH, printed by `prunelab run`)"
+FORCE_HELP = "replace an existing output (a file, or a folder prunelab wrote; never a user's folder or a link)"
+DATA_HELP = "data root, if the run's data is not where it was found ($PRUNELAB_DATA, else the run's own)"
+
+
+def _int_in(lo: int, hi: int | None = None, what: str = "a number"):
+    """An argparse type: an integer in [lo, hi], else one sentence saying the range."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if v < lo or (hi is not None and v > hi):
+            rng = f"from {lo} to {hi}" if hi is not None else f"at least {lo}"
+            raise argparse.ArgumentTypeError(f"{v} is out of range: {what} is {rng}")
+        return v
+    return parse
+
+
+def _threads_type():
+    from ..experiment.threads import MAX_THREADS
+
+    return _int_in(1, MAX_THREADS, f"the thread count (1 to 4x the {os.cpu_count() or 1} cores)")
 RECIPE_HELP = "a built-in recipe name (`prunelab recipes`) or a YAML file"
 
 
@@ -38,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true",
                    help="train (or reuse) the dense model, print the per-layer pruning decision, retrain nothing")
     r.add_argument("--stop-after", metavar="STAGE", help="stop after this stage (resume later by rerunning)")
-    r.add_argument("--threads", type=int, help="torch threads (default: one for small work, else torch's default; "
+    r.add_argument("--threads", type=_threads_type(), help="torch threads (default: one for small work, else torch's default; "
                                                "see prunelab/experiment/threads.py)")
     r.set_defaults(fn=commands.cmd_run)
     sub.add_parser("recipes", help="list the built-in recipes").set_defaults(fn=commands.cmd_recipes)
@@ -53,9 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("run_dir", help=RUN_DIR_HELP)
     a.add_argument("--eps", default="0.05,0.1,0.2,0.3", help="L-inf radii in pixel space [0, 1]")
     a.add_argument("--attacks", default="fgsm,pgd", help="comma-separated: fgsm, pgd")
-    a.add_argument("--steps", type=int, default=10, help="PGD steps")
+    a.add_argument("--steps", type=_int_in(1, 10_000, "--steps"), default=10, help="PGD steps")
     a.add_argument("--step-size", type=float, default=None, help="PGD step (default eps/4)")
-    a.add_argument("--samples", type=int, default=1000, help="test samples to attack (0 = all)")
+    a.add_argument("--samples", type=_int_in(0, None, "--samples"), default=1000,
+                   help="test samples to attack (0 = all)")
+    a.add_argument("--data-root", help=DATA_HELP)
     a.add_argument("--dense-run", help="a run whose final model is the dense reference (for sparse-from-scratch runs)")
     a.set_defaults(fn=commands.cmd_attack)
     c = sub.add_parser("compare", help="table of finished runs (unpruned, fine-tuned, controls, over seeds) and "
@@ -63,16 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     c.add_argument("--out", help="also write the tables (markdown, CSV) and, for runs with masks, the mask report "
                                  "(Jaccard heatmap, accuracy, structure, stability figures) into this folder")
+    c.add_argument("--force", action="store_true", help=FORCE_HELP)
     c.set_defaults(fn=commands.cmd_compare)
     e = sub.add_parser("export", help="write a run's pruned model as dense, sparse, shrunk, ONNX or a Hugging Face folder")
     e.add_argument("run_dir", help=RUN_DIR_HELP)
     e.add_argument("--format", default="sparse", choices=["dense", "sparse", "shrunk", "onnx", "hf"],
                    help="hf: a folder AutoModelForCausalLM.from_pretrained loads (Hugging Face models only)")
     e.add_argument("--out", help="output file, or folder for hf (default RUN_DIR/export/model.FORMAT)")
+    e.add_argument("--force", action="store_true", help=FORCE_HELP)
+    e.add_argument("--data-root", help=DATA_HELP)
     e.set_defaults(fn=commands.cmd_export)
     b = sub.add_parser("bench", help="bytes, FLOPs and CPU latency of a run's artifacts, with a diagnosis")
     b.add_argument("run_dir", help=RUN_DIR_HELP)
-    b.add_argument("--repeats", type=int, default=30, help="timed runs per artifact and batch size (median)")
+    b.add_argument("--repeats", type=_int_in(1, 100_000, "--repeats"), default=30,
+                   help="timed runs per artifact and batch size (median)")
+    b.add_argument("--data-root", help=DATA_HELP)
     b.set_defaults(fn=commands.cmd_bench)
     w = sub.add_parser("sweep", help="run a grid of overrides x seeds as parallel runs; skips finished runs")
     w.add_argument("recipe", help=RECIPE_HELP)
@@ -89,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a baseline method (repeatable; default magnitude='{name: magnitude, allocation: global}')")
     _many_runs_options(v, seeds=3)
     v.add_argument("--out", help="output prefix for .md/.csv/.png (default RUNS_DIR/curve_RECIPE)")
+    v.add_argument("--force", action="store_true", help=FORCE_HELP)
     v.set_defaults(fn=commands.cmd_curve)
     return p
 
@@ -97,9 +126,10 @@ def _many_runs_options(parser: argparse.ArgumentParser, seeds: int) -> None:
     """The options shared by the commands that run many recipes (sweep, curve)."""
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="a fixed override for every run (repeatable)")
-    parser.add_argument("--seeds", type=int, default=seeds, help="seeds 0..N-1 for every point")
-    parser.add_argument("--jobs", type=int, default=1, help="parallel processes")
-    parser.add_argument("--threads", type=int, help="torch threads per process (default: cores / jobs)")
+    parser.add_argument("--seeds", type=_int_in(1, 1000, "--seeds"), default=seeds,
+                        help="seeds 0..N-1 for every point")
+    parser.add_argument("--jobs", type=_int_in(1, 256, "--jobs"), default=1, help="parallel processes")
+    parser.add_argument("--threads", type=_threads_type(), help="torch threads per process (default: cores / jobs)")
     _run_folder_options(parser)
 
 
@@ -109,9 +139,6 @@ def _run_folder_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", help="where run folders go (default $PRUNELAB_RUNS or ./runs); runs that "
                                            "differ only in pruning share their dense training in RUNS/_dense")
     parser.add_argument("--data-root", help="data root (default $PRUNELAB_DATA or ./data)")
-
-
-_FS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,11 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of our output went away (`prunelab recipes | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail again
         return 1
-    except OSError as exc:  # the file system refused: read-only, full, no permission
-        if exc.errno not in _FS_ERRORS or not exc.filename:
-            raise
-        sys.stderr.write(f"prunelab: error: cannot write {exc.filename}: {exc.strerror}; free space or choose "
-                         "a writable --runs-dir (what was written before is intact)\n")
+    except OSError as exc:  # the file system refused: full, too large, read-only, no permission, a name too long
+        from ..outputs import describe_os_error
+
+        sys.stderr.write(f"prunelab: error: {describe_os_error(exc)}\n")
+        return 2
+    except RecursionError:  # a structure nested beyond any recipe or record prunelab writes
+        sys.stderr.write("prunelab: error: an input is nested too deeply to be a recipe or a run record\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("prunelab: interrupted; rerun the same command to resume from the last finished stage\n")

@@ -116,8 +116,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
         eps = [float(e) for e in args.eps.split(",")]
     except ValueError:
         raise ConfigError(f"--eps must be comma-separated numbers, got {args.eps!r}") from None
+    if not all(0 <= e <= 1 for e in eps):  # pixel space [0, 1]: nan, inf and negatives are no radius
+        raise ConfigError(f"--eps must be radii between 0 and 1 (pixel space), got {args.eps!r}")
     out = attack_run(args.run_dir, eps, args.attacks.split(","), args.samples or None, args.steps, args.step_size,
-                     args.dense_run)
+                     args.dense_run, args.data_root)
     print_attack(out, console())
     return 0
 
@@ -125,6 +127,10 @@ def cmd_attack(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..experiment.compare import compare_runs, heading, table_lines, write_table
 
+    if args.out:  # refused before any work: a file, a link, a user's folder, or an earlier output without --force
+        from ..outputs import prepare_folder
+
+        prepare_folder(args.out, args.force)
     rows = compare_runs(args.run_dirs)
     lines, _ = table_lines(rows)
     print(heading(rows) + "\n")
@@ -132,9 +138,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.out:
         from ..experiment.mask_report import mask_report
 
+        from ..outputs import mark
+
         for path in write_table(rows, args.out):
             print(f"wrote {path}")
         sim = mask_report(args.run_dirs, args.out)
+        mark(args.out, "the tables and figures of prunelab compare")
         if sim:
             print("\nJaccard similarity of final masks (mean over pairs of runs), against random masks:\n")
             print("\n".join(sim))
@@ -162,7 +171,12 @@ def cmd_curve(args: argparse.Namespace) -> int:
     points = curve_points(args.recipe, parse_compressions(args.compressions), parse_baselines(args.baseline),
                           args.seeds, root, fixed)
     rows = run_curve(args.recipe, points, root, args.jobs, threads=args.threads)
-    out = args.out or str(Path(root) / f"curve_{args.recipe}")
+    out = args.out or str(Path(root) / f"curve_{Path(args.recipe).stem}")
+    if args.out:  # refused before any run: files in the way, or earlier outputs without --force
+        from ..outputs import check_output_file
+
+        for ext in ("md", "csv", "png"):
+            check_output_file(f"{out}.{ext}", args.force)
     command = "prunelab " + " ".join(shlex.quote(a) for a in args.argv)
     print("\n".join(write_curve(rows, out, f"{args.recipe}: accuracy against compression", command)))
     print(f"\nwrote {out}.md, {out}.csv and {out}.png")
@@ -172,13 +186,14 @@ def cmd_curve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..export.artifacts import export_run
 
-    path = export_run(args.run_dir, args.format, args.out)
-    print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    path = export_run(args.run_dir, args.format, args.out, force=args.force, data_root=args.data_root)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    print(f"wrote {path} ({size:,} bytes)")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..export.artifacts import bench_run
 
-    print_bench(bench_run(args.run_dir, args.repeats), args.run_dir, args.repeats, console())
+    print_bench(bench_run(args.run_dir, args.repeats, args.data_root), args.run_dir, args.repeats, console())
     return 0

@@ -6,6 +6,6 @@ A missing data set raises DataMissingError with one sentence saying how to get i
 """
 from __future__ import annotations
 
-from .datasets import DATASETS, DataBundle, load_data, resolve_root
+from .datasets import DATASETS, DataBundle, DataSpec, data_spec, load_data, resolve_root
 
-__all__ = ["DATASETS", "DataBundle", "load_data", "resolve_root"]
+__all__ = ["DATASETS", "DataBundle", "DataSpec", "data_spec", "load_data", "resolve_root"]

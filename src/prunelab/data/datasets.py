@@ -153,6 +153,32 @@ DATASETS: dict[str, Callable] = {
 
 TEXT = ("pystdlib", "wikitext2")
 
+#: (input shape, classes) of each image data set, known without reading it (export and bench need no more).
+SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10),
+          "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "imagenet": ((3, 224, 224), 1000)}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know of its inputs: shape of one sample, classes (vocabulary), dtype and task."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    input_dtype: torch.dtype = torch.float32
+    task: str = "classification"
+
+
+def data_spec(name: str, seq_len: int = 128, tokenizer: str | None = None) -> DataSpec | None:
+    """The :class:`DataSpec` of a data set without loading it, or None when only loading tells (a text data set
+    through a tokenizer, whose vocabulary is the tokenizer's)."""
+    if name in TEXT:
+        from .text import VOCAB
+
+        return None if tokenizer else DataSpec((seq_len,), VOCAB, torch.int64, "causal_lm")
+    if name in SHAPES:
+        return DataSpec(*SHAPES[name])
+    return None
+
 
 def load_data(name: str, root: str | None = None, batch_size: int = 128, test_batch_size: int = 1000,
               seed: int = 0, download: bool = False, augment: bool | None = None, workers: int = 4,

@@ -67,7 +67,14 @@ def compare_runs(run_dirs: list[str | Path]) -> list[dict]:
                **{c: controls[c]["test_acc"] if c in controls else None for c, _ in COLUMNS[2:]},
                "params": sh["params"] if sh else s["params_nonzero"],
                "flops": sh["flops"] if sh else s["flops_nonzero"]}
-        groups.setdefault(key, {"setting": label, "runs": []})["runs"].append(run)
+        group = groups.setdefault(key, {"setting": label, "runs": [], "dirs": {}})
+        if run["seed"] in group["dirs"]:  # the same folder twice, or a copy of it: one seed, not two
+            raise ConfigError(f"{d} and {group['dirs'][run['seed']]} are the same run ({label}, seed {run['seed']}); "
+                              "give each run once")
+        group["dirs"][run["seed"]] = d
+        group["runs"].append(run)
+    for g in groups.values():
+        del g["dirs"]
     return list(groups.values())
 
 

@@ -5,6 +5,7 @@ through a :class:`RunContext`; none reaches into another's internals.
 """
 from __future__ import annotations
 
+import os
 import time
 from functools import cached_property
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..data import load_data
+from ..data import DataSpec, data_spec, load_data, resolve_root
 from ..errors import CheckpointError, ConfigError
 from ..masks import Masks
 from ..methods import Method, build_method
@@ -51,25 +52,36 @@ class RunContext:
         self.share_dense = share_dense
 
     @classmethod
-    def from_folder(cls, run_dir: str | Path) -> "RunContext":
-        """The context of a run folder, from its own recipe.yaml."""
+    def from_folder(cls, run_dir: str | Path, data_root: str | None = None) -> "RunContext":
+        """The context of a run folder, from its own recipe.yaml. Its data is looked for under ``data_root``, else
+        ``$PRUNELAB_DATA``, else where the run found it (the data root is not part of a run's identity)."""
         paths = RunPaths(Path(run_dir))
-        if not paths.recipe.is_file():
-            raise CheckpointError(f"{paths.root} is not a run folder (no {paths.recipe.name})")
-        return cls(load_recipe(str(paths.recipe)), paths.root, log=lambda m: None, progress=False)
+        paths.require_run_folder()
+        recipe = load_recipe(str(paths.recipe))
+        root = data_root or os.environ.get("PRUNELAB_DATA")
+        if root:
+            recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"root": root})})
+        return cls(recipe, paths.root, log=lambda m: None, progress=False)
 
     @classmethod
-    def open_finished(cls, run_dir: str | Path) -> "RunContext":
+    def open_finished(cls, run_dir: str | Path, data_root: str | None = None) -> "RunContext":
         """The context of a finished run folder whose artifacts are intact: CheckpointError, saying what to run,
-        if it is unfinished or any checkpoint's files differ from what was written (see :mod:`.verify`)."""
+        if it is unfinished or any checkpoint's files (or its summary and recipe) differ from what was written
+        (see :mod:`.verify`)."""
         from .runner import plan
         from .verify import require_intact
 
         paths = RunPaths(Path(run_dir))
         paths.require_finished()
-        ctx = cls.from_folder(paths.root)
+        ctx = cls.from_folder(paths.root, data_root)
         require_intact(ctx, plan(ctx))
         return ctx
+
+    def resolved_recipe(self) -> Recipe:
+        """The recipe as a run folder records it: the data root made absolute, so the commands that read the run
+        later find its data from any working folder (the root is not part of the run's identity)."""
+        d = self.recipe.data
+        return self.recipe.model_copy(update={"data": d.model_copy(update={"root": str(resolve_root(d.root).resolve())})})
 
     # -- resources --------------------------------------------------------------------------------------
     @cached_property
@@ -82,6 +94,16 @@ class RunContext:
                          d.augment, train_subset=d.train_subset, shard=(self.dist.rank, world), seq_len=d.seq_len,
                          tokens={"train": d.train_tokens, "calibration": d.calibration_tokens,
                                  "heldout": d.eval_tokens}, tokenizer=d.tokenizer)
+
+    @cached_property
+    def spec(self) -> DataSpec:
+        """Input shape, classes, dtype and task of the recipe's data, without loading it where the name tells
+        (every image data set; text as bytes): building a model for export or bench reads no data."""
+        d = self.recipe.data
+        known = data_spec(d.name, d.seq_len, d.tokenizer)
+        if known is not None:
+            return known
+        return DataSpec(tuple(self.data.input_shape), self.data.num_classes, self.data.input_dtype, self.data.task)
 
     @cached_property
     def method(self) -> Method | None:
@@ -123,7 +145,7 @@ class RunContext:
 
     def example_inputs(self) -> torch.Tensor:
         """One all-zero input batch (token ids for a language model), for tracing the model's channel coupling."""
-        return torch.zeros((1,) + tuple(self.data.input_shape), dtype=self.data.input_dtype,
+        return torch.zeros((1,) + tuple(self.spec.input_shape), dtype=self.spec.input_dtype,
                            device=self.recipe.device)
 
     # -- builders ---------------------------------------------------------------------------------------
@@ -131,11 +153,11 @@ class RunContext:
         """The recipe's model, initialised from ``seed`` (default: the recipe's seed) without touching the global
         RNG; with ``checkpoint``, its weights are then loaded from that checkpoint folder."""
         r = self.recipe
-        model = build_model(r.model.name, self.data.input_shape, self.data.num_classes,
+        model = build_model(r.model.name, self.spec.input_shape, self.spec.num_classes,
                             seed=r.seed if seed is None else seed, **r.model.kwargs).to(r.device)
         # after building, so a bad model spec is named first
         language_model = r.model.name.startswith("hf:")  # the Hugging Face models built here are causal LMs
-        if language_model != (self.data.task == "causal_lm"):
+        if language_model != (self.spec.task == "causal_lm"):
             raise ConfigError(f"model {r.model.name} is {'a language model' if language_model else 'an image model'} "
                               f"but data {r.data.name} is {'image classification' if language_model else 'text'}: "
                               "pair hf: models with text data (pystdlib, wikitext2) and the others with "

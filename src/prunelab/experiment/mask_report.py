@@ -18,7 +18,7 @@ from itertools import combinations
 from pathlib import Path
 
 from ..analysis.masks import overlap, similarity, structure, weight_distance
-from ..io import atomic_write_text, read_safetensors
+from ..io import atomic_write_bytes, atomic_write_text, read_safetensors
 from ..masks import Masks
 from .compare import _setting
 from .records import load_summary
@@ -63,9 +63,14 @@ def _plt():
 
 
 def _finish(plt, fig, path: Path) -> None:
+    """Save a figure atomically: rendered in memory first, so a full disk never leaves an empty PNG behind."""
+    import io as _io
+
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130)
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def mask_report(run_dirs: list[str | Path], out: str | Path) -> list[str]:

@@ -48,6 +48,29 @@ EXPORT_EXTENSIONS = {"dense": "safetensors", "sparse": "sparse.safetensors", "sh
                      "onnx": "onnx", "hf": "hf"}  # hf: a folder
 
 
+#: The longest name part of a run folder: with "-HASH" it stays far below every file system's 255 bytes.
+MAX_NAME = 80
+
+
+def slug(text: str, default: str = "run") -> str:
+    """A folder-name-safe form of ``text``: runs of anything but letters, digits, ``_ . + -`` become ``_``,
+    leading and trailing dots and underscores go (so ``../../x`` is ``x`` and never leaves its folder), at most
+    :data:`MAX_NAME` characters; ``default`` if nothing is left."""
+    safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("._")[:MAX_NAME].strip("._")
+    return safe or default
+
+
+def run_folder(runs_root: str | Path, name: str, fingerprint: str) -> Path:
+    """``RUNS_ROOT/NAME-HASH``, the name slugged: a run folder is always a direct child of the runs folder."""
+    return Path(runs_root) / f"{slug(name)}-{fingerprint}"
+
+
+def folder_fingerprint(folder: str | Path) -> str | None:
+    """The recipe hash a run folder is named by (``NAME-HASH``), or None when the name has none."""
+    _, sep, tail = Path(folder).name.rpartition("-")
+    return tail if sep and re.fullmatch(r"[0-9a-f]{10}", tail) else None
+
+
 def round_stage(index: int) -> str:
     """The name of pruning round ``index`` (1-based): ``round_01``."""
     return f"{_ROUND}{index:02d}"
@@ -115,13 +138,19 @@ class RunPaths(_WithDenseCheckpoints):
 
     def dense_cache(self, model_name: str, dense_fingerprint: str) -> "DenseCache":
         """The shared dense training of runs in the same runs folder that differ only in pruning."""
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_name).strip("._") or "model"  # hf:/a/folder is a name
-        return DenseCache(self.root.parent / "_dense" / f"{safe}-{dense_fingerprint}")
+        # hf:/a/folder is a model name
+        return DenseCache(self.root.parent / "_dense" / f"{slug(model_name, 'model')}-{dense_fingerprint}")
+
+    def require_run_folder(self) -> None:
+        """CheckpointError unless this is a run folder (a folder holding its recipe.yaml)."""
+        if self.root.is_file():
+            raise CheckpointError(f"{self.root} is a file, not a run folder (RUNS/NAME-HASH, printed by prunelab run)")
+        if not self.recipe.is_file():
+            raise CheckpointError(f"{self.root} is not a run folder (no {self.recipe.name})")
 
     def require_finished(self) -> None:
         """CheckpointError unless this is a run folder whose run has finished."""
-        if not self.recipe.is_file():
-            raise CheckpointError(f"{self.root} is not a run folder (no {self.recipe.name})")
+        self.require_run_folder()
         if not self.summary.is_file():
             raise CheckpointError(f"{self.root} has not finished (no {self.summary.name}); rerun it first")
 

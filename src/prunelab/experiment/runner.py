@@ -30,8 +30,9 @@ from .summary import summarize
 
 
 def run_dir_for(recipe: Recipe, runs_root: str | Path) -> Path:
-    """``RUNS_ROOT/NAME-HASH``: the same resolved recipe always maps to the same folder."""
-    return Path(runs_root) / f"{recipe.name}-{recipe.fingerprint()}"
+    """``RUNS_ROOT/NAME-HASH``: the same resolved recipe always maps to the same folder, inside ``runs_root``
+    whatever the name (see :func:`~prunelab.experiment.paths.run_folder`)."""
+    return paths.run_folder(runs_root, recipe.name, recipe.fingerprint())
 
 
 def plan(ctx: RunContext) -> list[Stage]:
@@ -102,7 +103,8 @@ class Runner:
             for tmp in ctx.paths.root.rglob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
         if ctx.main and not ctx.paths.recipe.exists():
-            atomic_write_text(ctx.paths.recipe, yaml.safe_dump(ctx.recipe.model_dump(mode="json"), sort_keys=False))
+            atomic_write_text(ctx.paths.recipe, yaml.safe_dump(ctx.resolved_recipe().model_dump(mode="json"),
+                                                               sort_keys=False))
         if ctx.main:
             invalidate_damaged(ctx, stages, ctx.log)
         barrier()

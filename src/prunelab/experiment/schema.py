@@ -11,12 +11,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError
+from .threads import MAX_THREADS
 from ..schedules import Cubic, Iterative, OneShot, Schedule
 from ..training.optim import OptimConfig
+from .yaml_input import parse_yaml, read_yaml_file
+
+#: Seeds are 64-bit (torch.manual_seed's range); more rounds than this is a typo, each one a checkpointed stage.
+MAX_SEED = 2 ** 63 - 1
+MAX_ROUNDS = 1000
 
 
 class _Strict(BaseModel):
@@ -53,10 +58,10 @@ class ScheduleConfig(_Strict):
     """
 
     name: Literal["oneshot", "iterative", "cubic"] = "iterative"
-    rounds: int = Field(5, ge=1)
+    rounds: int = Field(5, ge=1, le=MAX_ROUNDS)
     start_epoch: float = Field(0.0, ge=0)
     end_epoch: float = Field(1.0, gt=0)
-    frequency_steps: int = Field(100, ge=1)
+    frequency_steps: int = Field(100, ge=1, le=10 ** 9)
     initial_sparsity: float = Field(0.0, ge=0, lt=1)
 
 
@@ -64,7 +69,7 @@ class CalibrationConfig(_Strict):
     """Calibration data of calibrated methods (pca, wanda, sparsegpt): the first ``samples`` training inputs (in
     the training order at that point), in batches of ``batch_size`` (default: the training batch size)."""
 
-    samples: int = Field(128, ge=1)
+    samples: int = Field(128, ge=1, le=10 ** 9)
     batch_size: int | None = Field(None, ge=1)
 
 
@@ -108,11 +113,11 @@ class PruneConfig(_Strict):
 
 
 class Recipe(_Strict):
-    name: str = "run"
-    description: str = ""
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = Field(None, ge=1)  # torch threads; None: chosen for the work (experiment/threads.py)
+    name: str = Field("run", max_length=1000)  # the folder name is slugged to 80 characters (paths.slug)
+    description: str = Field("", max_length=10_000)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    device: str = Field("cpu", max_length=100)
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS)  # torch threads; None: chosen for the work (experiment/threads.py)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: OptimConfig = Field(default_factory=OptimConfig)
@@ -128,10 +133,20 @@ class Recipe(_Strict):
             base["epochs"] = self.prune.final_epochs
         return _validate(OptimConfig, base, "prune.retrain")
 
+    def _identity(self) -> dict:
+        """What names a run: the recipe without its defaults and without where its data was found (the same
+        data under another path, or a relative root seen from another folder, is the same run)."""
+        dump = self.model_dump(mode="json", exclude_defaults=True)
+        if "data" in dump:
+            dump["data"].pop("root", None)
+            if not dump["data"]:
+                del dump["data"]
+        return dump
+
     def dense_fingerprint(self) -> str:
         """A hash of what the dense stage depends on (seed, device, data, model, train), not of pruning."""
         keys = ("seed", "device", "data", "model", "train")
-        dump = self.model_dump(mode="json", exclude_defaults=True)
+        dump = self._identity()
         blob = json.dumps({k: v for k, v in dump.items() if k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -141,7 +156,7 @@ class Recipe(_Strict):
         Values left at their defaults are not hashed, so adding an option with a default to the schema does
         not move existing runs to new folders; nor is the description.
         """
-        dump = self.model_dump(mode="json", exclude_defaults=True)
+        dump = self._identity()
         dump.pop("description", None)  # words about the recipe, and its thread count, do not change its results
         dump.pop("threads", None)
         blob = json.dumps(dump, sort_keys=True)
@@ -174,10 +189,7 @@ def apply_override(raw: dict, item: str) -> None:
     parts = key.strip().split(".")
     if not all(parts):
         raise ConfigError(f"override {item!r} has an empty key")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError(f"override {item!r}: value is not valid YAML") from None
+    value = parse_yaml(text, f"override {item[:60]!r}")
     node = raw
     for i, p in enumerate(parts[:-1]):
         nxt = node.get(p)
@@ -201,14 +213,9 @@ def load_recipe(source: str | None, overrides: list[str] = ()) -> Recipe:
         if source not in table:
             raise ConfigError(f"no recipe {source!r}: give a YAML file or one of {', '.join(sorted(table))}")
         path = table[source]
-    if not path.is_file():
-        raise ConfigError(f"recipe file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = exc.problem_mark if isinstance(exc, yaml.MarkedYAMLError) else None
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"recipe {path} is not valid YAML{where}") from None
+    raw = read_yaml_file(path)
+    if raw is None or raw == {}:  # an empty file would silently train the defaults
+        raise ConfigError(f"recipe {path} is empty; give at least its data, model and train sections")
     if not isinstance(raw, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections")
     raw.setdefault("name", path.stem)

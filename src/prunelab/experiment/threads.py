@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 
 SMALL_MACS = 1e9
+#: More threads than this is a typo (torch segfaults at 100,000): four per core.
+MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 
 def choose_threads(ctx, requested: int | None = None) -> tuple[int | None, str]:
@@ -31,8 +33,8 @@ def choose_threads(ctx, requested: int | None = None) -> tuple[int | None, str]:
     from ..analysis import count_flops
 
     try:
-        macs = count_flops(ctx.build_model(), tuple(ctx.data.input_shape), ctx.recipe.device,
-                           ctx.data.input_dtype)["dense"] * ctx.recipe.data.batch_size
+        macs = count_flops(ctx.build_model(), tuple(ctx.spec.input_shape), ctx.recipe.device,
+                           ctx.spec.input_dtype)["dense"] * ctx.recipe.data.batch_size
     except (RuntimeError, ValueError, TypeError, IndexError):  # the run will say what is wrong with the model
         return None, "the work could not be measured: torch's default"
     if macs < SMALL_MACS:

@@ -36,11 +36,11 @@ from .sparse_linear import choose_linear_kernels, sparsify_linear
 FORMATS = ("dense", "sparse", "shrunk", "onnx", "hf")
 
 
-def _open_run(run_dir: str | Path):
+def _open_run(run_dir: str | Path, data_root: str | None = None):
     """(context, final pruned model, masks) of a finished run with masks."""
     from ..experiment import RunContext, load_final
 
-    ctx = RunContext.open_finished(run_dir)
+    ctx = RunContext.open_finished(run_dir, data_root)
     model, masks = load_final(ctx)
     if masks is None:
         raise ConfigError(f"{run_dir} has no masks (a dense run): there is nothing pruned to export")
@@ -52,12 +52,20 @@ def _shrunk_file(ctx) -> Path | None:
     return f if f.is_file() else None
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
-    """Write the artifact ``fmt`` of the run (default path: RUN_DIR/export/model.FMT...); returns its path."""
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, force: bool = False,
+               data_root: str | None = None) -> Path:
+    """Write the artifact ``fmt`` of the run (default path: RUN_DIR/export/model.FMT..., which a new export
+    replaces); returns its path. An ``out`` that exists is replaced only with ``force``, and only if it is a
+    regular file (a folder for ``hf``: one prunelab wrote); see :mod:`prunelab.outputs`."""
+    from ..outputs import check_output_file, prepare_folder
+
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
-    ctx, model, masks = _open_run(run_dir)
+    if out is not None:  # refused before any work
+        (prepare_folder if fmt == "hf" else check_output_file)(out, force)
+    ctx, model, masks = _open_run(run_dir, data_root)
     path = Path(out) if out else ctx.paths.export(fmt)
+    force = force or out is None  # the run's own export folder is prunelab's: a new export replaces it
     if fmt == "dense":
         write_state(path, model.state_dict(), {"format": "pt"})
     elif fmt == "sparse":
@@ -65,7 +73,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     elif fmt == "hf":
         from ..models.hf import save_pretrained
 
-        save_pretrained(model, path)
+        save_pretrained(model, path, force=force)
     elif fmt == "shrunk":
         src = _shrunk_file(ctx)
         if src is None:
@@ -74,7 +82,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     else:
         src = _shrunk_file(ctx)
         net = load_shrunk(src)[0].eval() if src else model
-        export_onnx(net, ctx.example_inputs().expand(4, *ctx.data.input_shape).clone(), path)
+        export_onnx(net, ctx.example_inputs().expand(4, *ctx.spec.input_shape).clone(), path)
     return path
 
 
@@ -112,12 +120,12 @@ def diagnose(name: str, speedup: float, flop_reduction: float, sparsity: float, 
     return "small shapes: per-layer call overhead, not arithmetic, dominates at this size"
 
 
-def bench_run(run_dir: str | Path, repeats: int = 30) -> dict:
+def bench_run(run_dir: str | Path, repeats: int = 30, data_root: str | None = None) -> dict:
     """Measure the run's artifacts (see the module docstring); returns {rows, input_shape}."""
-    ctx, model, masks = _open_run(run_dir)
-    shape = tuple(ctx.data.input_shape)
-    dt = ctx.data.input_dtype
-    vocab = ctx.data.num_classes if not dt.is_floating_point else None  # token ids
+    ctx, model, masks = _open_run(run_dir, data_root)
+    shape = tuple(ctx.spec.input_shape)
+    dt = ctx.spec.input_dtype
+    vocab = ctx.spec.num_classes if not dt.is_floating_point else None  # token ids
     torch.set_num_threads(1)
     from ..experiment.paths import DENSE
 

@@ -51,28 +51,21 @@ def build_hf(spec: str, vocab_size: int, **kwargs: Any) -> nn.Module:
     return model
 
 
-def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
-    """``model.save_pretrained(folder)`` (safetensors), written next to ``folder`` and moved into place, so an
-    interrupted export never leaves a half-written model folder."""
-    import os
-    import shutil
-    import tempfile
+def save_pretrained(model: nn.Module, folder: str | Path, force: bool = False) -> Path:
+    """``model.save_pretrained(folder)`` (safetensors), written into a new folder beside ``folder`` and moved
+    into place, so an interrupted export never leaves a half-written model folder. An existing ``folder`` is
+    replaced only if prunelab wrote it and ``force`` (see :mod:`prunelab.outputs`); a user's folder never is."""
+    from ..outputs import install_folder, prepare_folder, temp_folder_beside
 
     if not hasattr(model, "save_pretrained"):
         raise ConfigError("this run's model is not a Hugging Face model: export it as dense, sparse or onnx")
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    prepare_folder(folder, force)  # before the work: refuse early
+    tmp = temp_folder_beside(folder)
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    finally:
+    except BaseException:
+        import shutil
+
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+        raise
+    return install_folder(tmp, folder, "a Hugging Face model folder (prunelab export --format hf)", force)

@@ -18,18 +18,19 @@ class OptimConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    epochs: int = Field(10, ge=0)
+    # bounds a typo cannot pass without it being one (1e308 would overflow the update into a raw optimizer error)
+    epochs: int = Field(10, ge=0, le=100_000)
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
+    lr: float = Field(0.1, gt=0, le=1000)
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
     lr_schedule: Literal["constant", "step", "multistep", "cosine"] = "cosine"
-    step_size: int = Field(30, ge=1)          # epochs between decays for "step"
+    step_size: int = Field(30, ge=1, le=100_000)          # epochs between decays for "step"
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])  # for "multistep": epochs, or fractions if < 1
     gamma: float = Field(0.1, gt=0)
-    warmup_epochs: int = Field(0, ge=0)
-    hold_epochs: int = Field(0, ge=0)  # constant lr for these epochs (after warmup), then the schedule over the rest
+    warmup_epochs: int = Field(0, ge=0, le=100_000)
+    hold_epochs: int = Field(0, ge=0, le=100_000)  # constant lr for these epochs (after warmup), then the schedule over the rest
     bn_l1: float = Field(0.0, ge=0)  # Network Slimming's sparsity training: s * sign(gamma) added to BatchNorm scale grads
 
     @field_validator("milestones")
