@@ -196,7 +196,9 @@ def test_curve_runs_method_and_baseline_at_equal_budget(tmp_path, capsys):
     assert md.count("| 2x |") == 2 and md.count("| 5x |") == 2 and "Command: `prunelab curve quickstart" in md
     assert (out.parent / "c.png").stat().st_size > 1000
     capsys.readouterr()
-    assert main(args) == 0  # finished runs are read back, not rerun
+    assert main(args) == 2  # the outputs exist: replaced only when asked
+    assert "c.md already exists; add --force" in capsys.readouterr().err
+    assert main(args + ["--force"]) == 0  # finished runs are read back, not rerun
     assert "0 to run" in capsys.readouterr().out
     assert md == open(f"{out}.md").read()
 

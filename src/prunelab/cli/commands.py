@@ -177,7 +177,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
 
         for ext in ("md", "csv", "png"):
             check_output_file(f"{out}.{ext}", args.force)
-    command = "prunelab " + " ".join(shlex.quote(a) for a in args.argv)
+    command = "prunelab " + " ".join(shlex.quote(a) for a in args.argv if a != "--force")  # what made the numbers
     print("\n".join(write_curve(rows, out, f"{args.recipe}: accuracy against compression", command)))
     print(f"\nwrote {out}.md, {out}.csv and {out}.png")
     return 0 if len(rows) == len(points) else 1

@@ -76,14 +76,20 @@ def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = 
 def file_digests(folder: str | Path) -> dict[str, dict]:
     """SHA-256 and size of every file of a checkpoint folder (what the stage wrote there, a shrunk model
     included), read back from disk; the state file and the training log are not listed."""
-    return {f.name: {"sha256": file_sha256(f), "bytes": f.stat().st_size} for f in sorted(Path(folder).iterdir())
-            if f.is_file() and f.name not in (STATE, METRICS) and not f.name.startswith(".")}
+    return {name: {"sha256": file_sha256(Path(folder) / name), "bytes": (Path(folder) / name).stat().st_size}
+            for name in file_names(folder)}
+
+
+def file_names(folder: str | Path) -> list[str]:
+    """The files of a checkpoint folder its state file lists: all but the state file, the log and hidden ones."""
+    return [f.name for f in sorted(Path(folder).iterdir())
+            if f.is_file() and f.name not in (STATE, METRICS) and not f.name.startswith(".")]
 
 
 def verify_checkpoint(folder: str | Path) -> list[str]:
     """What is wrong with a checkpoint folder, one phrase per problem ([] when intact): a state file that is
-    missing or malformed, a listed file missing, of another size or with another SHA-256. Checkpoints written
-    before state files listed their files are taken as they are."""
+    missing or malformed, without its list of files, a listed file missing, of another size or with another
+    SHA-256, or a checkpoint file present but not listed."""
     folder = Path(folder)
     if not (folder / STATE).is_file():
         return [f"{STATE} is missing (the stage did not finish)"]
@@ -91,8 +97,13 @@ def verify_checkpoint(folder: str | Path) -> list[str]:
         files = read_record(StateRecord, folder / STATE).get("files")
     except CheckpointError as exc:
         return [str(exc)]
-    problems = []
-    for name, d in (files or {}).items():
+    if files is None:  # every checkpoint lists its files: a state file without the list is damage, not a pass
+        return [f"{STATE} lists no files, so nothing it describes can be checked (edited or damaged)"]
+    problems = [f"{name} is not covered by {STATE} (its list of files was edited)"
+                for name in (MODEL, RNG) if name not in files]
+    problems += [f"{name} is in the folder but not in {STATE}'s list of files"
+                 for name in file_names(folder) if name not in files]
+    for name, d in files.items():
         f = folder / name
         if not f.is_file():
             problems.append(f"{name} is missing")

@@ -24,7 +24,7 @@ from ..schedules import Schedule
 from ..training import Trainer, evaluate
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import check_same, current
-from .paths import RunPaths
+from .paths import RunPaths, folder_fingerprint
 from .schema import Recipe, load_recipe
 
 SCRATCH_SEED = 10_007  # added to the run's seed: a fresh init, different from the one the large model had
@@ -58,6 +58,11 @@ class RunContext:
         paths = RunPaths(Path(run_dir))
         paths.require_run_folder()
         recipe = load_recipe(str(paths.recipe))
+        named = folder_fingerprint(paths.root)
+        if named is not None and named not in recipe.fingerprints():  # the folder's name is the recipe's hash
+            raise CheckpointError(f"{paths.recipe} is not the recipe this run was made from (its hash is "
+                                  f"{recipe.fingerprint()}, the folder's {named}): restore it, or run the edited "
+                                  f"recipe as a new run (prunelab run {paths.recipe} --runs-dir ...)")
         root = data_root or os.environ.get("PRUNELAB_DATA")
         if root:
             recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"root": root})})

@@ -8,7 +8,9 @@ A run folder (``RUNS/NAME-HASH``)::
     stages/STAGE/          one checkpoint per stage (see CHECKPOINT_FILES), plus metrics.jsonl
     stages/shrunk/shrunk.safetensors   the physically smaller model of a channel method
     metrics.jsonl          every stage's metrics, concatenated when the run finishes
-    summary.json           written last: a run without it has not finished
+    summary.json           the run's results
+    seal.json              written last: SHA-256 and size of summary.json and metrics.jsonl; a run without it
+                           has not finished, and a summary that does not match it is refused
     attack.json            ``prunelab attack``'s results
     export/                ``prunelab export`` / ``bench`` artifacts
 
@@ -120,6 +122,10 @@ class RunPaths(_WithDenseCheckpoints):
         return self.root / "metrics.jsonl"
 
     @property
+    def seal(self) -> Path:
+        return self.root / "seal.json"
+
+    @property
     def attack(self) -> Path:
         return self.root / "attack.json"
 
@@ -143,6 +149,8 @@ class RunPaths(_WithDenseCheckpoints):
 
     def require_run_folder(self) -> None:
         """CheckpointError unless this is a run folder (a folder holding its recipe.yaml)."""
+        if not self.root.exists():
+            raise CheckpointError(f"{self.root} does not exist")
         if self.root.is_file():
             raise CheckpointError(f"{self.root} is a file, not a run folder (RUNS/NAME-HASH, printed by prunelab run)")
         if not self.recipe.is_file():
@@ -151,7 +159,7 @@ class RunPaths(_WithDenseCheckpoints):
     def require_finished(self) -> None:
         """CheckpointError unless this is a run folder whose run has finished."""
         self.require_run_folder()
-        if not self.summary.is_file():
+        if not self.summary.is_file() or not self.seal.is_file():
             raise CheckpointError(f"{self.root} has not finished (no {self.summary.name}); rerun it first")
 
 

@@ -81,8 +81,56 @@ def read_record(model: type[_Record], path: str | Path) -> dict:
     return validated(model, read_json(path), path)
 
 
+def _sealed(paths) -> list:
+    return [paths.summary, paths.metrics]
+
+
+def seal(paths) -> None:
+    """Write the run's seal (``seal.json``, last): SHA-256 and size of its summary and concatenated metrics, so
+    that an edited result is refused rather than shown (see :func:`load_summary`)."""
+    from ..io import atomic_write_json, file_sha256
+
+    atomic_write_json(paths.seal, {f.name: {"sha256": file_sha256(f), "bytes": f.stat().st_size}
+                                   for f in _sealed(paths) if f.is_file()})
+
+
+def seal_problems(paths) -> list[str]:
+    """What differs between a finished run's summary and metrics and its seal ([] when they match)."""
+    from ..io import file_sha256
+
+    if not paths.seal.is_file():
+        return [f"{paths.seal.name} is missing (the run did not finish, or was written before runs were sealed)"]
+    try:
+        record = read_record(SealRecord, paths.seal)
+    except CheckpointError as exc:
+        return [str(exc)]
+    out = []
+    for f in _sealed(paths):
+        d = record.get(f.name)
+        if d is None and not f.is_file():
+            continue
+        if d is None or not f.is_file():
+            out.append(f"{f.name} is {'missing' if d is not None else 'not covered by the seal'}")
+        elif f.stat().st_size != d["bytes"] or file_sha256(f) != d["sha256"]:
+            out.append(f"{f.name} was changed after the run wrote it (its SHA-256 differs from {paths.seal.name})")
+    return out
+
+
+class SealRecord(_Record):
+    """seal.json: {file name: digest} of the run's summary and metrics."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 def load_summary(run_dir: str | Path) -> dict:
-    """summary.json of a finished run (CheckpointError when missing, corrupt or malformed)."""
+    """summary.json of a finished run: CheckpointError when missing, corrupt, malformed or not the one the run
+    wrote (its seal differs), saying to rerun, which rewrites it from the checkpoints."""
     from .paths import RunPaths
 
-    return read_record(SummaryRecord, RunPaths(Path(run_dir)).summary)
+    paths = RunPaths(Path(run_dir))
+    paths.require_finished()
+    problems = seal_problems(paths)
+    if problems:
+        raise CheckpointError(f"{paths.root}: {problems[0]}; rerun the run to rewrite its summary from its "
+                              "checkpoints")
+    return read_record(SummaryRecord, paths.summary)

@@ -133,11 +133,11 @@ class Recipe(_Strict):
             base["epochs"] = self.prune.final_epochs
         return _validate(OptimConfig, base, "prune.retrain")
 
-    def _identity(self) -> dict:
+    def _identity(self, with_root: bool = False) -> dict:
         """What names a run: the recipe without its defaults and without where its data was found (the same
         data under another path, or a relative root seen from another folder, is the same run)."""
         dump = self.model_dump(mode="json", exclude_defaults=True)
-        if "data" in dump:
+        if "data" in dump and not with_root:
             dump["data"].pop("root", None)
             if not dump["data"]:
                 del dump["data"]
@@ -150,13 +150,17 @@ class Recipe(_Strict):
         blob = json.dumps({k: v for k, v in dump.items() if k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
-    def fingerprint(self) -> str:
+    def fingerprints(self) -> tuple[str, str]:
+        """(the fingerprint, the one runs written before the data root left the identity were named by)."""
+        return self.fingerprint(), self.fingerprint(with_root=True)
+
+    def fingerprint(self, with_root: bool = False) -> str:
         """A short hash of everything that affects results (so a changed recipe starts a new run).
 
         Values left at their defaults are not hashed, so adding an option with a default to the schema does
         not move existing runs to new folders; nor is the description.
         """
-        dump = self._identity()
+        dump = self._identity(with_root)
         dump.pop("description", None)  # words about the recipe, and its thread count, do not change its results
         dump.pop("threads", None)
         blob = json.dumps(dump, sort_keys=True)

@@ -47,7 +47,8 @@ class Stage:
         return []
 
     def done(self, ctx: RunContext) -> bool:
-        return paths.is_complete(ctx.paths.stage(self.name))
+        """Every checkpoint folder of the stage is complete (the dense stage's ``init/`` too)."""
+        return all(paths.is_complete(f) for f in self.folders(ctx))
 
     def folders(self, ctx: RunContext) -> list[Path]:
         """The checkpoint folders this stage writes (checked by :mod:`prunelab.experiment.verify`)."""

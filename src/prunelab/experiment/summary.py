@@ -6,6 +6,7 @@ from ..export import compact_bytes
 from ..data.text import describe as describe_text
 from ..models.hf import is_local
 from ..io import atomic_write_json, atomic_write_text
+from .records import seal
 from ..channels import ChannelGraph
 from ..coupling import channel_report
 from ..targets import accounting
@@ -74,5 +75,6 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
             lines += p.read_text(encoding="utf-8").splitlines()
     atomic_write_text(ctx.paths.metrics, "".join(line + "\n" for line in lines))
     atomic_write_json(ctx.paths.summary, validated(SummaryRecord, summary, ctx.paths.summary))
+    seal(ctx.paths)
     return summary
 

@@ -78,7 +78,7 @@ def plan(recipe_name: str, grid: list[str], seeds: int, runs_dir: str | Path, fi
     for point in expand_grid(grid, seeds):
         over = list(fixed) + point
         d = run_dir_for(load_recipe(recipe_name, over), runs_dir)
-        points.append({"overrides": over, "point": point[:-1], "run_dir": d, "done": RunPaths(d).summary.is_file()})
+        points.append({"overrides": over, "point": point[:-1], "run_dir": d, "done": RunPaths(d).seal.is_file()})
     return points
 
 
@@ -91,7 +91,7 @@ def run_sweep(recipe_name: str, points: list[dict], runs_dir: str | Path, jobs: 
               threads: int | None = None) -> list[dict]:
     """Run the unfinished points in ``jobs`` processes of ``threads`` torch threads each (default: cores / jobs,
     so the processes do not oversubscribe the machine); returns one row per point (finished ones read back)."""
-    from ..io import read_json
+    from .records import load_summary
 
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
@@ -110,7 +110,7 @@ def run_sweep(recipe_name: str, points: list[dict], runs_dir: str | Path, jobs: 
     for p in points:
         res = results.get(tuple(p["overrides"]))
         if res is None:
-            res = {"status": "skipped (finished before)", "summary": read_json(RunPaths(p["run_dir"]).summary)}
+            res = {"status": "skipped (finished before)", "summary": load_summary(p["run_dir"])}
         rows.append({"overrides": p["overrides"], "point": p["point"], "run_dir": str(p["run_dir"]), **res})
     return rows
 

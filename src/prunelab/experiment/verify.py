@@ -16,18 +16,27 @@ from typing import Callable
 from ..errors import CheckpointError
 from . import paths
 from .checkpoint import verify_checkpoint
-from .records import load_summary
+from .records import SummaryRecord, read_record, seal_problems
 
 
 def check_stages(ctx, stages) -> list[tuple[str, Path, list[str]]]:
-    """(stage, folder, problems) of every checkpoint folder of ``stages`` with a problem, in plan order."""
+    """(stage, folder, problems) of every checkpoint folder of ``stages`` with a problem, in plan order. A stage
+    folder replaced by a file, a link or a link loop is a problem of its own (nothing prunelab wrote)."""
     out = []
     for stage in stages:
         for folder in stage.folders(ctx):
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                out.append((stage.name, folder, ["is not the folder the run wrote (a file or a link is in its place)"]))
+                continue
             problems = verify_checkpoint(folder)
             if problems:
                 out.append((stage.name, folder, problems))
     return out
+
+
+def _started(ctx, stage) -> bool:
+    """A stage with at least one of its checkpoints complete (so a missing or damaged other one is damage)."""
+    return any(paths.is_complete(f) and f.is_dir() and not f.is_symlink() for f in stage.folders(ctx))
 
 
 def check_run(run_dir: str | Path) -> list[tuple[str, list[str]]]:
@@ -40,10 +49,16 @@ def check_run(run_dir: str | Path) -> list[tuple[str, list[str]]]:
         raise CheckpointError(f"{run.root} is not a run folder (no {run.recipe.name})")
     ctx = RunContext.from_folder(run.root)  # its own recipe.yaml; unfinished runs are checked as far as they got
     out = [(str(folder.relative_to(run.root)), problems) for _, folder, problems in check_stages(ctx, plan(ctx))]
-    try:
-        load_summary(run.root)
-    except CheckpointError as exc:
-        out.append((run.summary.name, [str(exc)]))
+    problems = seal_problems(run) if run.summary.is_file() else []
+    if run.summary.is_file() and not problems:
+        try:
+            read_record(SummaryRecord, run.summary)
+        except CheckpointError as exc:
+            problems = [str(exc)]
+    if not run.summary.is_file():
+        problems = [f"{run.summary.name} is missing (the run did not finish)"]
+    if problems:
+        out.append((run.summary.name, problems))
     return out
 
 
@@ -65,13 +80,21 @@ def invalidate_damaged(ctx, stages, log: Callable[[str], None]) -> None:
     summary (see the module docstring)."""
     names = [s.name for s in stages]
     for name, folder, problems in check_stages(ctx, stages):
-        if not (folder / paths.STATE).is_file():
+        stage = stages[names.index(name)]
+        if not _started(ctx, stage):
             continue  # an unfinished stage is simply run again
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise CheckpointError(f"{folder} {problems[0]}; move it away and rerun (prunelab removes only "
+                                  "folders it wrote)")
         log(f"stage {name}: {problems[0]} in {folder}; recomputing it and the stages after it")
         for later in stages[names.index(name):]:
             for f in later.folders(ctx):
+                if f.is_symlink() or (f.exists() and not f.is_dir()):
+                    raise CheckpointError(f"{f} is not the folder the run wrote (a file or a link); move it away "
+                                          "and rerun")
                 if f.exists():
                     shutil.rmtree(f)
+        ctx.paths.seal.unlink(missing_ok=True)
         ctx.paths.summary.unlink(missing_ok=True)
         return
 
@@ -95,7 +118,9 @@ def comparable_contents(run_dir: str | Path) -> dict[str, object]:
         if not f.is_file() or f.name == ".lock":
             continue
         rel = str(f.relative_to(root))
-        if f.suffix == ".json":
+        if f.name == "seal.json" and f.parent == root:  # digests of records with wall-clock times: which files
+            out[rel] = sorted(json.loads(f.read_text(encoding="utf-8")))
+        elif f.suffix == ".json":
             out[rel] = strip(json.loads(f.read_text(encoding="utf-8")))
         elif f.suffix == ".jsonl":
             out[rel] = [strip(json.loads(line)) for line in f.read_text(encoding="utf-8").splitlines()]

@@ -91,8 +91,9 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 def parse_yaml(text: str, where: str) -> Any:
     """The value of a YAML document under the rules above; ``where`` names it in errors (``recipe x.yaml``)."""
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # reads ahead: an unacceptable character is found here
         node = loader.get_single_node()
         if node is None:
             return None
@@ -107,7 +108,8 @@ def parse_yaml(text: str, where: str) -> Any:
     except RecursionError:  # the composer recurses once per level of nesting
         raise ConfigError(f"{where}: the YAML is nested more than {MAX_DEPTH} levels deep") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml_file(path: str | Path, what: str = "recipe") -> Any:
