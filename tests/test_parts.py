@@ -169,7 +169,7 @@ def test_diverged_training_stops_with_one_sentence():
 
     torch.manual_seed(0)
     m = torch.nn.Linear(4, 2)
-    cfg = OptimConfig(epochs=1, lr=1e6, momentum=0.0)
-    x, y = torch.randn(8, 4) * 100, torch.randint(0, 2, (8,))
+    cfg = OptimConfig(epochs=1, lr=1e3, momentum=0.0)  # the largest learning rate a recipe accepts
+    x, y = torch.randn(8, 4) * 1e35, torch.randint(0, 2, (8,))
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
         Trainer(m, build_optimizer(m, cfg), cfg, [(x, y)] * 20, progress=False).fit()

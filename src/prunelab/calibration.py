@@ -239,9 +239,16 @@ def input_stats(model: nn.Module, targets: Mapping[str, Tensor], batches: Iterab
 
 
 def check_reached(names: Iterable[str], stats: Mapping[str, Any]) -> None:
+    """ConfigError when a target's inputs were never seen, or held NaN or infinite values (masks chosen from
+    them would be arbitrary: a NaN sorts anywhere)."""
     unseen = [n for n in names if n not in stats]
     if unseen:
         raise ConfigError(f"calibration never reached {', '.join(unseen[:3])}: the model did not call them")
+    for n in names:
+        s = stats[n]
+        if isinstance(s, InputStats) and not bool(torch.isfinite(s.sq).all()):
+            raise ConfigError(f"the calibration inputs reaching {n} contain NaN or infinite values (in the data, "
+                              "or made by an earlier layer): clean the calibration data, or exclude the layer")
 
 
 def _each(fns: list) -> Callable:

@@ -11,6 +11,7 @@ and shift; then the channel outputs zero everywhere and removing it changes noth
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -80,7 +81,7 @@ class ChannelGraph:
             # the inputs as the user has them (a tensor, a tuple, a dict of token ids ...) and every output tensor
             self.dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_inputs, forward_fn=call, output_transform=tensors, verbose=False,
-                customized_pruners={cls: _HFConv1DPruner() for cls in hf})
+                customized_pruners={cls: _hf_conv1d_pruner()() for cls in hf})
         except Exception as exc:  # tracing failures come from user models; name the cause in one line
             raise ConfigError(f"could not trace the model's channel dependencies: {exc}") from None
         finally:
@@ -185,35 +186,35 @@ class ChannelGraph:
         return out
 
 
-def _hf_conv1d_pruner_base():
+@functools.cache
+def _hf_conv1d_pruner() -> type:
+    """Torch-Pruning has no pruner for Hugging Face's Conv1D (y = x @ W + b, W stored (in, out)): this one removes
+    output channels as columns of W (and entries of b) and input channels as rows of W. Made on first use, so
+    importing prunelab does not import Torch-Pruning (and whatever it imports)."""
     from torch_pruning.pruner.function import BasePruningFunc
 
-    return BasePruningFunc
+    class HFConv1DPruner(BasePruningFunc):
+        TARGET_MODULES = None
 
+        def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
+            keep = sorted(set(range(layer.weight.shape[1])) - {int(i) for i in idxs})
+            layer.weight = nn.Parameter(layer.weight.detach()[:, keep].clone())
+            layer.bias = nn.Parameter(layer.bias.detach()[keep].clone())
+            layer.nf = len(keep)
+            return layer
 
-class _HFConv1DPruner(_hf_conv1d_pruner_base()):
-    """Torch-Pruning has no pruner for Hugging Face's Conv1D (y = x @ W + b, W stored (in, out)): this one
-    removes output channels as columns of W (and entries of b) and input channels as rows of W."""
+        def prune_in_channels(self, layer: nn.Module, idxs) -> nn.Module:
+            keep = sorted(set(range(layer.weight.shape[0])) - {int(i) for i in idxs})
+            layer.weight = nn.Parameter(layer.weight.detach()[keep].clone())
+            return layer
 
-    TARGET_MODULES = None
+        def get_out_channels(self, layer: nn.Module) -> int:
+            return layer.weight.shape[1]
 
-    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
-        keep = sorted(set(range(layer.weight.shape[1])) - {int(i) for i in idxs})
-        layer.weight = nn.Parameter(layer.weight.detach()[:, keep].clone())
-        layer.bias = nn.Parameter(layer.bias.detach()[keep].clone())
-        layer.nf = len(keep)
-        return layer
+        def get_in_channels(self, layer: nn.Module) -> int:
+            return layer.weight.shape[0]
 
-    def prune_in_channels(self, layer: nn.Module, idxs) -> nn.Module:
-        keep = sorted(set(range(layer.weight.shape[0])) - {int(i) for i in idxs})
-        layer.weight = nn.Parameter(layer.weight.detach()[keep].clone())
-        return layer
-
-    def get_out_channels(self, layer: nn.Module) -> int:
-        return layer.weight.shape[1]
-
-    def get_in_channels(self, layer: nn.Module) -> int:
-        return layer.weight.shape[0]
+    return HFConv1DPruner
 
 
 def _exact_through(module) -> bool:

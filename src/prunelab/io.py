@@ -37,12 +37,12 @@ def _atomic(path: str | Path, fill) -> None:
         raise OSError(exc.errno, exc.strerror, str(exc.filename or path.parent)) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        user_mode(fd)
         with os.fdopen(fd, "w+b") as f:
             fill(f, tmp)
             if not f.closed:
                 f.flush()
                 os.fsync(f.fileno())
+        user_mode(tmp)  # by name, after the fill: safetensors' writer makes the file anew (0600 from mkstemp)
         check_replaceable(path)  # again: something may have been put there meanwhile
         os.replace(tmp, path)
     except BaseException as exc:

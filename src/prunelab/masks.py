@@ -133,18 +133,26 @@ class Masks(Mapping[str, Tensor]):
         return Masks({n: m.clone() for n, m in self._m.items()})
 
     # -- application ----------------------------------------------------------------------------
-    def apply(self, model: nn.Module) -> None:
-        """Zero the pruned entries of the model's parameters in place; a mask may name any alias of a tied
-        weight."""
+    def check_fits(self, model: nn.Module) -> dict[str, Tensor]:
+        """The model's parameters by every name (tied aliases too); CheckpointError when a mask names a
+        parameter the model lacks or has another shape (masks of another model)."""
         params = dict(model.named_parameters(remove_duplicate=False))
         missing = [n for n in self if n not in params]
         if missing:
-            raise CheckpointError(f"the model has no parameter(s) {', '.join(missing)} named by the masks")
+            raise CheckpointError(f"the model has no parameter(s) {', '.join(missing[:3])} named by the masks "
+                                  "(masks of another model?)")
+        for n, m in self._m.items():
+            if params[n].shape != m.shape:
+                raise CheckpointError(f"mask {n!r} has shape {tuple(m.shape)} but the parameter has "
+                                      f"{tuple(params[n].shape)} (masks of another model?)")
+        return params
+
+    def apply(self, model: nn.Module) -> None:
+        """Zero the pruned entries of the model's parameters in place; a mask may name any alias of a tied
+        weight."""
+        params = self.check_fits(model)
         with torch.no_grad():
             for n, m in self._m.items():
-                if params[n].shape != m.shape:
-                    raise CheckpointError(f"mask {n!r} has shape {tuple(m.shape)} but the parameter has "
-                                          f"{tuple(params[n].shape)}")
                 params[n].masked_fill_(~m.to(params[n].device), 0)
 
     # -- persistence ----------------------------------------------------------------------------

@@ -42,10 +42,10 @@ def _umask() -> int:
     return mask
 
 
-def user_mode(fd: int, folder: bool = False) -> None:
+def user_mode(path: str | Path, folder: bool = False) -> None:
     """Give a file (or folder) made by ``mkstemp`` (``mkdtemp``), which are private (0600 / 0700), the mode a
     plain ``open`` (``mkdir``) would give under the user's umask, so a shared runs folder stays readable."""
-    os.fchmod(fd, (0o777 if folder else 0o666) & ~_umask())
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
 def _kind(st: os.stat_result) -> str:
@@ -121,11 +121,7 @@ def temp_folder_beside(path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        user_mode(fd, folder=True)
-    finally:
-        os.close(fd)
+    user_mode(tmp, folder=True)
     return tmp
 
 
@@ -175,11 +171,11 @@ _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EAC
 
 
 def error_from_safetensors(exc: Exception, path: str | Path) -> OSError | None:
-    """The OSError inside a safetensors write error (it reports I/O failures as ``IoError(Os { code: 28 ... })``
-    text, not as an OSError), or None when it is not an I/O failure."""
+    """The OSError inside a safetensors write error (it reports I/O failures as text, ``I/O error: File too large
+    (os error 27)`` or ``IoError(Os { code: 28 ... })``, not as an OSError), or None when it is not one."""
     import re
 
-    m = re.search(r"code:\s*(\d+)", str(exc))
+    m = re.search(r"(?:os error |code:\s*)(\d+)", str(exc))
     if m is None:
         return None
     code = int(m.group(1))

@@ -31,6 +31,7 @@ from .coupling import channel_report, coupled_groups, select_channels
 from .granularity import Filter
 from .criteria import Context, Needs
 from .inputs import Inputs
+from .limits import MAX_SEED
 from .errors import CheckpointError, ConfigError
 from .masks import Masks, zero_pruned
 from .methods import Method, build_method
@@ -67,6 +68,12 @@ class Pruner:
                  example_inputs: Inputs | None = None, auto_prune: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Pruner needs an nn.Module, got {type(model).__name__}")
+        meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
+        if meta is not None:
+            raise ConfigError(f"parameter {meta} is on the meta device (it has a shape but no values): load the "
+                              "weights first (model.to_empty(device=...) and load_state_dict)")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
         self.model = model
         self.method: Method = build_method(method)
         gran = self.method.granularity_
@@ -90,6 +97,9 @@ class Pruner:
         spec = build_targets(targets if targets is not None else self.method.default_targets)
         found = spec.find(model)
         for t in found:
+            if t.param.numel() == 0:  # nothing to prune (nn.Linear(0, 5)); no granularity can say anything of it
+                self.skipped[t.name] = f"{t.name} has no elements (shape {tuple(t.param.shape)})"
+                continue
             try:
                 gran.check(t.name, t.layout.canonical_shape(tuple(t.param.shape)))
             except ConfigError as exc:
@@ -99,6 +109,9 @@ class Pruner:
                 continue
             self.params[t.name], self.layouts[t.name] = t.param, t.layout
         if not self.params:
+            if not found:
+                raise ConfigError("the model has no weights to prune (no Conv, Linear, attention or recurrent "
+                                  "weight matched the targets)")
             raise ConfigError(f"the granularity fits none of the {len(found)} target weights; for example: "
                               f"{next(iter(self.skipped.values()))}")
         self.masks = Masks.dense(self.params)
@@ -150,7 +163,7 @@ class Pruner:
             self.enforce()
         for p, keep in self._mul:
             if p.grad is not None:
-                p.grad.mul_(keep)
+                _keep_only(p.grad, keep)
         crit = self.method.criterion_
         if crit.needs_gradients and not (self.auto_prune and self.schedule.frozen(self.step_count)):
             crit.observe(self.params)
@@ -160,6 +173,9 @@ class Pruner:
 
         Returns True when this call pruned.
         """
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise ConfigError(f"pruner.step takes the optimizer (or nothing), got {type(optimizer).__name__}; "
+                              "the pruner counts steps itself")
         self.enforce(optimizer)
         self.step_count += 1
         return self._maybe_prune(optimizer)
@@ -184,6 +200,7 @@ class Pruner:
         return self._prune(events[index][1], optimizer, index == len(events) - 1)
 
     def _prune(self, sparsity: float, optimizer: torch.optim.Optimizer | None, final: bool) -> Masks:
+        self._check_targets()
         m = self.method
         ctx = Context(seed=self.seed, event=self.events, sparsity=sparsity, final_sparsity=self.schedule.sparsity,
                       final=final, total_events=self.planned_events, calibration=self._calibration,
@@ -207,6 +224,21 @@ class Pruner:
         record.update(outcome.record)
         self.history.append(record)
         return self.masks
+
+    def _check_targets(self) -> None:
+        """ConfigError when a target is no longer the model's (its layer was replaced after the Pruner was built),
+        or holds NaN or infinite values (a NaN has no rank: global allocation would prune every layer whole)."""
+        for n, p in self.params.items():
+            try:
+                current = self.model.get_parameter(n)
+            except AttributeError:
+                current = None
+            if current is not p:
+                raise ConfigError(f"{n} is not the parameter this Pruner was built on (the layer was replaced or "
+                                  "removed after): build the Pruner again on the model as it is now")
+            if not bool(torch.isfinite(p).all()):
+                raise ConfigError(f"weight {n} holds NaN or infinite values: training diverged or the weights are "
+                                  "damaged; prune finite weights")
 
     def _input_stats(self) -> dict | None:
         """The targets' streamed input statistics, when the method needs them (see :mod:`prunelab.calibration`)."""
@@ -295,20 +327,25 @@ class Pruner:
     def enforce(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Set pruned weights, and their optimizer state, to exactly zero (the per-step hot path).
 
-        Multiplying by a mask in the parameter's dtype is about 3x faster on CPU than ``masked_fill_`` with a
-        boolean mask, so these multipliers are built once per mask change, on the first step that needs them.
+        On the CPU, in float32 and float64, multiplying by a mask in the parameter's dtype is 5-13x faster than
+        ``torch.where`` or ``masked_fill_`` with a boolean mask (measured here on 512x512 and 4096x4096, one
+        thread), so these multipliers are built once per mask change, on the first step that needs them. A
+        product cannot zero a NaN, and in float16 / bfloat16 Adam makes one at every pruned weight (its eps
+        underflows: 0 / 0), so there, and on accelerators, where both are bound by memory alike, pruned values
+        are *set* to zero (``torch.where``). In float32 a NaN reaches a pruned weight only from a NaN gradient,
+        which the trainer reports as divergence.
         """
         if self._mul is None:
-            self._mul = [(self.params[n], self.masks[n].to(self.params[n].dtype))
+            self._mul = [(self.params[n], _multiplier(self.params[n], self.masks[n]))
                          for n in self.masks if n not in self._dense]
-            self._mul += [(p, keep.to(p.dtype)) for p, keep in self._companions.values()]
+            self._mul += [(p, _multiplier(p, keep)) for p, keep in self._companions.values()]
         with torch.no_grad():
             for p, keep in self._mul:
-                p.mul_(keep)
+                _keep_only(p, keep)
                 if optimizer is not None:
                     for v in optimizer.state.get(p, {}).values():
                         if isinstance(v, Tensor) and v.shape == p.shape:
-                            v.mul_(keep)
+                            _keep_only(v, keep)
 
     def _zero_pruned(self, optimizer: torch.optim.Optimizer | None) -> None:
         """One-off zeroing after a mask change, with boolean masks (no multiplier memory needed)."""
@@ -384,3 +421,19 @@ class Pruner:
             return False
         self.prune(target, optimizer)
         return True
+
+
+def _multiplier(p: Tensor, mask: Tensor) -> Tensor:
+    """What :meth:`Pruner.enforce` keeps per target: the mask in the parameter's dtype where a product is
+    exact and fastest (float32/64 on the CPU), else the boolean mask itself (see :func:`_keep_only`)."""
+    if p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64):
+        return mask.to(p.dtype)
+    return mask.to(torch.bool)
+
+
+def _keep_only(t: Tensor, keep: Tensor) -> None:
+    """Zero ``t`` where ``keep`` is 0: a product for a float multiplier, an assignment (NaN-proof) for a bool."""
+    if keep.dtype == torch.bool:
+        torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device), out=t)
+    else:
+        t.mul_(keep)

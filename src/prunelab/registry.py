@@ -116,7 +116,10 @@ def accepted_params(ctor: Callable[..., Any]) -> set[str]:
 
 
 def check_fraction(name: str, value: float, *, allow_one: bool = False) -> float:
-    """Validate a sparsity/density-like number: in [0, 1) (or [0, 1] with ``allow_one``)."""
+    """Validate a sparsity/density-like number: in [0, 1) (or [0, 1] with ``allow_one``). A string or a bool
+    is refused even when it would convert (``"0.5"`` is a typo in Python code, not a number)."""
+    if isinstance(value, (str, bytes, bool)):
+        raise ConfigError(f"{name} must be a number in [0, 1{']' if allow_one else ')'}, got {value!r}")
     try:
         value = float(value)
     except (TypeError, ValueError):

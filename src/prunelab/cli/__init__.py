@@ -33,7 +33,7 @@ def _int_in(lo: int, hi: int | None = None, what: str = "a number"):
 
 
 def _threads_type():
-    from ..experiment.threads import MAX_THREADS
+    from ..limits import MAX_THREADS
 
     return _int_in(1, MAX_THREADS, f"the thread count (1 to 4x the {os.cpu_count() or 1} cores)")
 RECIPE_HELP = "a built-in recipe name (`prunelab recipes`) or a YAML file"

@@ -33,10 +33,15 @@ def parse_compressions(text: str) -> list[float]:
         comps = [float(c) for c in text.split(",")]
     except ValueError:
         raise ConfigError(f"--compressions must be comma-separated numbers, got {text!r}") from None
-    bad = [c for c in comps if not c > 1]
+    bad = [c for c in comps if not 1 < c <= MAX_COMPRESSION]
     if bad:
-        raise ConfigError(f"compressions must be above 1 (1 / density), got {bad[0]:g}")
+        raise ConfigError(f"compressions must be above 1 (1 / density) and at most {MAX_COMPRESSION:,.0f} (beyond, "
+                          f"no model keeps a weight), got {bad[0]:g}")
     return comps
+
+
+#: 1 / density: a millionth of the weights is already fewer than one per layer for every model here.
+MAX_COMPRESSION = 1e6
 
 
 def parse_baselines(items: list[str] | None) -> dict[str, str]:

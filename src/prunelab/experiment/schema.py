@@ -14,14 +14,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError
-from .threads import MAX_THREADS
+from ..limits import MAX_ROUNDS, MAX_SEED, MAX_THREADS
 from ..schedules import Cubic, Iterative, OneShot, Schedule
 from ..training.optim import OptimConfig
 from .yaml_input import parse_yaml, read_yaml_file
-
-#: Seeds are 64-bit (torch.manual_seed's range); more rounds than this is a typo, each one a checkpointed stage.
-MAX_SEED = 2 ** 63 - 1
-MAX_ROUNDS = 1000
 
 
 class _Strict(BaseModel):

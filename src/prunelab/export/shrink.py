@@ -24,6 +24,7 @@ from torch import nn
 
 from ..attention import HeadPrunedAttention, attention_heads
 from ..channels import ChannelGraph
+from ..masks import Masks
 from ..errors import CheckpointError, PrunelabError
 from ..inputs import Inputs, max_output_diff, random_like, to_double
 from ..io import atomic_write_safetensors, read_tagged_safetensors
@@ -65,6 +66,7 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
     ``model`` itself is shrunk in place and returned, with no copy and no second trace, as Torch-Pruning
     prunes; the pruner and its masks no longer fit the model afterwards.
     """
+    (masks if isinstance(masks, Masks) else Masks(masks)).check_fits(model)  # another model's masks: one sentence
     if graph is not None and graph.model is not model:
         raise ShrinkError("the channel graph given to shrink was traced on another model (pass pruner.channels "
                           "of the pruner that pruned this model)")
