@@ -109,9 +109,6 @@ class Pruner:
                 continue
             self.params[t.name], self.layouts[t.name] = t.param, t.layout
         if not self.params:
-            if not found:
-                raise ConfigError("the model has no weights to prune (no Conv, Linear, attention or recurrent "
-                                  "weight matched the targets)")
             raise ConfigError(f"the granularity fits none of the {len(found)} target weights; for example: "
                               f"{next(iter(self.skipped.values()))}")
         self.masks = Masks.dense(self.params)
