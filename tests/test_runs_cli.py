@@ -76,6 +76,13 @@ def test_recipes_lists_builtins(capsys):
     (["run", "train.lr=.inf"], "train.lr: Input should be a finite number"),
     (["run", "prune.retrain.lr=.nan"], "prune.retrain.lr: Input should be a finite number"),
     (["run", "prune.method={name: sparsegpt, percdamp: .inf}"], "percdamp must be a finite number"),
+    (["run", "model.name=lenet5", "data.name=pystdlib"], "lenet5 is an image model but data pystdlib is text"),
+    (["run", "gpt2_pystdlib_dense", "model.kwargs.n_positions=16", "data.seq_len=32"],
+     "data.seq_len 32 is longer than the 16 positions"),
+    (["run", "gpt2_pystdlib_dense", "model.kwargs.n_embd_typo=8"], "hf:gpt2 has no config option n_embd_typo"),
+    (["run", "gpt2_pystdlib_dense", "model.name=hf:mistral", "data.seq_len=16", "model.kwargs={hidden_size: 16, "
+      "num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 4, intermediate_size: 32}"],
+     "model hf:mistral cannot run on one input of pystdlib"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, needle, capsys, tmp_path):
     assert main(argv + (["--runs-dir", str(tmp_path)] if argv[0] == "run" else [])) == 2

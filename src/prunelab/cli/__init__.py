@@ -39,9 +39,16 @@ def _threads_type():
 RECIPE_HELP = "a built-in recipe name (`prunelab recipes`) or a YAML file"
 
 
+def _error(message: str) -> None:
+    """One line on stderr: characters that are not printable (a newline or a control character in a path the
+    user gave) are written as their escapes, so the sentence stays one line whatever it quotes."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    sys.stderr.write(f"prunelab: error: {text}\n")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like every other user error
-        sys.stderr.write(f"prunelab: error: {message}\n")
+        _error(message)
         sys.exit(2)
 
 
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except PrunelabError as exc:
-        sys.stderr.write(f"prunelab: error: {exc}\n")
+        _error(str(exc))
         return exc.exit_code
     except BrokenPipeError:  # the reader of our output went away (`prunelab recipes | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail again
@@ -164,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the file system refused: full, too large, read-only, no permission, a name too long
         from ..outputs import describe_os_error
 
-        sys.stderr.write(f"prunelab: error: {describe_os_error(exc)}\n")
+        _error(describe_os_error(exc))
         return 2
     except RecursionError:  # a structure nested beyond any recipe or record prunelab writes
-        sys.stderr.write("prunelab: error: an input is nested too deeply to be a recipe or a run record\n")
+        _error("an input is nested too deeply to be a recipe or a run record")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("prunelab: interrupted; rerun the same command to resume from the last finished stage\n")

@@ -73,12 +73,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    import yaml
-
     from ..experiment import builtin_recipes
+    from ..experiment.yaml_input import read_yaml_file
 
     for name, path in sorted(builtin_recipes().items()):
-        desc = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description", "")
+        desc = (read_yaml_file(path) or {}).get("description", "")
         print(f"{name:34s} {desc}")
     return 0
 

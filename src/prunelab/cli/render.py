@@ -6,9 +6,13 @@ from __future__ import annotations
 
 
 def console():
+    """The console every command prints through. Off a terminal (a pipe, a file, CI) rich would assume 80
+    columns and cut the numbers of wide tables with an ellipsis; there it gets 200."""
+    import sys
+
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def print_plan(plan: dict, con) -> None:
@@ -46,7 +50,7 @@ def print_bench(out: dict, run_dir: str, repeats: int, con) -> None:
     t = Table(title=f"artifacts of {run_dir}: CPU, 1 thread, median of {repeats} runs after warm-up")
     for col in ("artifact", "bytes", "nonzero params", "FLOPs", "FLOP reduction", "b=1 ms", "speedup b=1",
                 "b=64 ms", "speedup b=64"):
-        t.add_column(col, justify="left" if col == "artifact" else "right")
+        t.add_column(col, justify="left" if col == "artifact" else "right", overflow="fold")  # never cut a number
     notes = []
     for r in out["rows"]:
         t.add_row(r["artifact"], f"{r['bytes']:,}", f"{r['params_nonzero']:,}", f"{r['flops']:,}",
@@ -83,10 +87,13 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
         ev = s.get("eval") or {}
         where = f" ({ev.get('data')}, held-out, {ev.get('tokens', 0):,} tokens, windows of {ev.get('seq_len')})"
         rows += [("dense perplexity" + where, _fmt(s.get("dense_ppl"))), ("pruned perplexity", _fmt(s.get("pruned_ppl")))]
+    sh = s.get("shrunk")
     if "sparsity_prunable" in s:
+        masks_only = " in the masks; the shrunk model also drops what removed channels fed (below)" if sh else ""
         rows += [("sparsity over prunable weights", f"{s['sparsity_prunable']:.4f}"),
                  ("compression over prunable weights",
-                  f"{s['compression_prunable']:.2f}x ({s['prunable_params']:,} -> {s['nonzero_prunable']:,})")]
+                  f"{s['compression_prunable']:.2f}x ({s['prunable_params']:,} -> {s['nonzero_prunable']:,})"
+                  + masks_only)]
     if "all_weights" in s:
         a, left = s["all_weights"], s.get("untargeted") or []
         rows.append(("sparsity over all weight matrices", f"{a['sparsity']:.4f} ({a['params']:,} -> {a['nonzero']:,})"))
@@ -111,11 +118,11 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
                      f"{s['bytes_dense_file']:,} -> {s['bytes_compact_file']:,} "
                      f"({s['bytes_dense_file'] / s['bytes_compact_file']:.2f}x smaller; "
                      f"formats: {', '.join(sorted(set(s['compact_formats'].values())))})"))
-    sh = s.get("shrunk")
     if sh:
         rows.append(("shrunk model (channels removed)",
-                     f"{sh['params']:,} parameters, {sh['flops']:,} FLOPs, {sh['bytes_file']:,} bytes, "
-                     f"accuracy {sh['test_acc']:.4f}"))
+                     f"{sh['params']:,} parameters ({s['params_total'] / max(sh['params'], 1):.2f}x fewer than "
+                     f"unpruned), {sh['flops']:,} FLOPs ({s['flops_dense'] / max(sh['flops'], 1):.2f}x fewer), "
+                     f"{sh['bytes_file']:,} bytes, accuracy {sh['test_acc']:.4f}"))
     for name, c in (s.get("controls") or {}).items():
         rows.append((f"control {name}", f"accuracy {c['test_acc']:.4f} after {c['epochs']} epochs"))
     for k, v in rows:

@@ -93,7 +93,8 @@ def _mnist_like(name: str, tv_class: str, debian: Path | None):
             for train in (True, False):
                 ds = getattr(torchvision.datasets, tv_class)(str(root), train=train, download=download)
                 splits.append((ds.data, ds.targets))
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, AttributeError,
+                AssertionError, IndexError) as exc:  # AssertionError: raw files of the right size, all zeros
             # torchvision found files it cannot read: a legacy processed/*.pt (loaded weights-only, so a pickle of
             # anything else is refused, safely) or a damaged raw file
             raise DataMissingError(
@@ -107,6 +108,9 @@ def _mnist_like(name: str, tv_class: str, debian: Path | None):
                     xi = torch.from_numpy(_read_idx(debian / f"{prefix}-images-idx3-ubyte.gz").copy())
                     yi = torch.from_numpy(_read_idx(debian / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
                     splits.append((xi, yi))
+            elif download:
+                raise DataMissingError(f"{name} is not under {root}/{tv_class}/raw and could not be downloaded "
+                                       "(no network here?): copy its files there, or pass --data-root DIR") from None
             else:
                 hint = " or `apt-get install dataset-fashion-mnist`" if debian is not None else ""
                 raise DataMissingError(

@@ -13,11 +13,11 @@ import json
 import statistics
 from pathlib import Path
 
-import yaml
 
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from .records import load_summary
+from .yaml_input import read_yaml_file
 from .paths import RunPaths
 
 COLUMNS = [("dense_acc", "Unpruned"), ("finetune", "Fine-tuned"), ("scratch_e", "Scratch-E"),
@@ -29,8 +29,12 @@ def _setting(run_dir: Path) -> tuple[str, str]:
     path = RunPaths(run_dir).recipe
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a prunelab run folder (no {path.name})")
-    recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    recipe = read_yaml_file(path) or {}
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{path} is not a recipe (a mapping of sections)")
     recipe.pop("seed", None)
+    if isinstance(recipe.get("data"), dict):
+        recipe["data"].pop("root", None)  # where the data was found is not part of a setting
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:10]
     p = recipe.get("prune") or {}
     method = p.get("method")

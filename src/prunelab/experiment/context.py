@@ -158,18 +158,30 @@ class RunContext:
         """The recipe's model, initialised from ``seed`` (default: the recipe's seed) without touching the global
         RNG; with ``checkpoint``, its weights are then loaded from that checkpoint folder."""
         r = self.recipe
+        language_model = r.model.name.startswith("hf:")  # the Hugging Face models built here are causal LMs
+        mismatch = language_model != (self.spec.task == "causal_lm")
+        if mismatch and not language_model:  # before building: an image model cannot even be built for text
+            raise self._pairing_error()
         model = build_model(r.model.name, self.spec.input_shape, self.spec.num_classes,
                             seed=r.seed if seed is None else seed, **r.model.kwargs).to(r.device)
-        # after building, so a bad model spec is named first
-        language_model = r.model.name.startswith("hf:")  # the Hugging Face models built here are causal LMs
-        if language_model != (self.spec.task == "causal_lm"):
-            raise ConfigError(f"model {r.model.name} is {'a language model' if language_model else 'an image model'} "
-                              f"but data {r.data.name} is {'image classification' if language_model else 'text'}: "
-                              "pair hf: models with text data (pystdlib, wikitext2) and the others with "
-                              "image data")
+        if mismatch:  # after building, so a bad Hugging Face model spec is named first
+            raise self._pairing_error()
+        if language_model:
+            from ..models.hf import max_positions
+
+            limit = max_positions(model)
+            if limit is not None and r.data.seq_len > limit:
+                raise ConfigError(f"data.seq_len {r.data.seq_len} is longer than the {limit} positions {r.model.name} "
+                                  "embeds: shorten data.seq_len or give the model more positions")
         if checkpoint is not None:
             load_checkpoint(checkpoint, model, restore_rng=False)
         return model
+
+    def _pairing_error(self) -> ConfigError:
+        r, language_model = self.recipe, self.recipe.model.name.startswith("hf:")
+        return ConfigError(f"model {r.model.name} is {'a language model' if language_model else 'an image model'} "
+                           f"but data {r.data.name} is {'image classification' if language_model else 'text'}: "
+                           "pair hf: models with text data (pystdlib, wikitext2) and the others with image data")
 
     def build_pruner(self, model: nn.Module, schedule: Schedule | str = "manual", auto_prune: bool = True) -> Pruner:
         """A Pruner of the recipe's method and targets on ``model``: ``"manual"`` (masks installed or pruned by

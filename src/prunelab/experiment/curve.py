@@ -69,6 +69,11 @@ def curve_points(recipe_name: str, compressions: list[float], baselines: dict[st
         raise ConfigError(f"recipe {recipe_name!r} has no prune section, so there is no curve to draw")
     own = recipe.prune.method.get("name", "recipe") if isinstance(recipe.prune.method, dict) else \
         str(recipe.prune.method)
+    if own in baselines and baselines == DEFAULT_BASELINES:  # the default collides with the recipe's own name
+        spec = recipe.prune.method if isinstance(recipe.prune.method, dict) else {"name": recipe.prune.method}
+        # the same method as the recipe's: nothing to compare it with (the curve has the recipe's points);
+        # another magnitude method: the baseline keeps its meaning under a label of its own
+        baselines = {} if _parse(baselines[own]) == spec else {f"{own}_global": baselines[own]}
     if own in baselines:
         raise ConfigError(f"baseline label {own!r} is the recipe's own method; pick another label")
     methods = {own: None, **baselines}
@@ -86,17 +91,19 @@ def curve_points(recipe_name: str, compressions: list[float], baselines: dict[st
     return points
 
 
+def _parse(method: str):
+    """A --baseline METHOD (a name or a YAML flow mapping) as the method spec it names."""
+    from .yaml_input import parse_yaml
+
+    spec = parse_yaml(method, f"baseline method {method[:60]!r}")
+    return {"name": spec} if isinstance(spec, str) else spec
+
+
 def _one_shot(method: str) -> bool:
     """Whether the method (a name or a YAML flow mapping, as given to --baseline) decides in one shot."""
-    import yaml
-
     from ..methods import build_method
 
-    try:
-        spec = yaml.safe_load(method)
-    except yaml.YAMLError:
-        raise ConfigError(f"baseline method {method!r} is not valid YAML") from None
-    return build_method(spec).one_shot
+    return build_method(_parse(method)).one_shot
 
 
 def run_curve(recipe_name: str, points: list[dict], runs_dir: str | Path, jobs: int, threads: int | None = None,

@@ -57,6 +57,20 @@ def plan(ctx: RunContext) -> list[Stage]:
     return stages + [STAGES.build({"name": c, "final": final}) for c in controls]
 
 
+def check_runs(model: nn.Module, ctx: RunContext) -> None:
+    """ConfigError, with the first line of what failed, when the model cannot run one example input of the
+    recipe's data (a config whose parts disagree, such as more key/value heads than heads)."""
+    try:
+        with torch.no_grad():
+            model.eval()(ctx.example_inputs())
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, AttributeError) as exc:
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise ConfigError(f"model {ctx.recipe.model.name} cannot run on one input of {ctx.recipe.data.name} "
+                          f"(shape {tuple(ctx.spec.input_shape)}): {type(exc).__name__}: {first}") from None
+    finally:
+        model.train()
+
+
 def final_stage(stages: list[Stage]) -> str:
     """The name of the last stage of the dense -> pruned progression (the run's pruned model)."""
     return [s.name for s in stages if s.pruning][-1]
@@ -91,8 +105,10 @@ class Runner:
         if self.stop_after is not None and self.stop_after not in [s.name for s in stages]:
             raise ConfigError(f"--stop-after {self.stop_after!r} is not a stage of this run; its stages: "
                               f"{', '.join(s.name for s in stages)}")
+        model = ctx.build_model()
+        check_runs(model, ctx)  # an inconsistent model (or one for other inputs) fails here, in one sentence
         if ctx.recipe.prune is not None:  # fail on a bad method or target before any training
-            ctx.build_pruner(ctx.build_model())
+            ctx.build_pruner(model)
         ctx.paths.root.mkdir(parents=True, exist_ok=True)
         with RunLock(ctx.paths.root) if ctx.main else nullcontext():  # one process writes a run folder
             return self._run_stages(stages)

@@ -102,8 +102,10 @@ def latency_ms(model: torch.nn.Module, input_shape, batch: int, repeats: int = 3
     return statistics.median(times) * 1e3
 
 
-def diagnose(name: str, speedup: float, flop_reduction: float, sparsity: float, batch: int) -> str:
-    """One sentence on why a speedup falls short of the FLOP reduction (empty when it does not)."""
+def diagnose(name: str, speedup: float, flop_reduction: float, sparsity: float, batch: int,
+             convs: bool = True) -> str:
+    """One sentence on why a speedup falls short of the FLOP reduction (empty when it does not); ``convs``:
+    whether the model has convolutions (which no CPU sparse kernel serves)."""
     if flop_reduction <= 1.05:
         return "no FLOPs removed: nothing to gain"
     if speedup >= 0.8 * flop_reduction:
@@ -116,7 +118,10 @@ def diagnose(name: str, speedup: float, flop_reduction: float, sparsity: float, 
             return f"sparsity {sparsity:.0%} is too low for sparse kernels to beat dense BLAS (needs about 90%+)"
         if batch == 1:
             return "batch 1: per-call overhead of the sparse kernel outweighs the few multiplies it saves"
-        return "conv layers stay dense (no CPU sparse convolution in torch); only linear layers use CSR"
+        if convs:
+            return "conv layers stay dense (no CPU sparse convolution in torch); only linear layers use CSR"
+        return ("CSR reads an index per nonzero and scatters its products: at these sizes memory traffic, not "
+                "the multiplies, bounds it")
     return "small shapes: per-layer call overhead, not arithmetic, dominates at this size"
 
 
@@ -141,6 +146,7 @@ def bench_run(run_dir: str | Path, repeats: int = 30, data_root: str | None = No
     if src is not None:
         arts.append(("shrunk", load_shrunk(src)[0].eval(), src.stat().st_size))
     base_flops = count_flops(dense, shape, dtype=dt)["dense"]
+    convs = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
     base = {b: latency_ms(dense, shape, b, repeats, vocab=vocab) for b in (1, 64)}
     rows = []
     for name, net, nbytes in arts:
@@ -156,7 +162,7 @@ def bench_run(run_dir: str | Path, repeats: int = 30, data_root: str | None = No
             row[f"latency_ms_b{b}"] = lat
             row[f"speedup_b{b}"] = base[b] / lat
             row[f"diagnosis_b{b}"] = "" if name in ("unpruned", "chosen kernels") else diagnose(
-                name, base[b] / lat, row["flop_reduction"], masks.sparsity(), b)
+                name, base[b] / lat, row["flop_reduction"], masks.sparsity(), b, convs)
         rows.append(row)
     kernels = {layer: {f"b{b}": chosen[b][1][layer] for b in (1, 64)} for layer in chosen[1][1]}
     return {"rows": rows, "input_shape": list(shape), "csr_layers": replaced, "kernels": kernels}

@@ -66,10 +66,10 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
     ``model`` itself is shrunk in place and returned, with no copy and no second trace, as Torch-Pruning
     prunes; the pruner and its masks no longer fit the model afterwards.
     """
-    (masks if isinstance(masks, Masks) else Masks(masks)).check_fits(model)  # another model's masks: one sentence
     if graph is not None and graph.model is not model:
         raise ShrinkError("the channel graph given to shrink was traced on another model (pass pruner.channels "
                           "of the pruner that pruned this model)")
+    (masks if isinstance(masks, Masks) else Masks(masks)).check_fits(model)  # another model's masks: one sentence
     masked = copy.deepcopy(model).eval() if check else None
     if graph is None:
         small = copy.deepcopy(model).eval()

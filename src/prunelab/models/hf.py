@@ -26,6 +26,24 @@ def _transformers():
     return transformers
 
 
+def _config_keys(tf, spec: str) -> set[str]:
+    """The options a model type's config knows: its attributes and their aliases (``hidden_size`` for GPT-2's
+    ``n_embd``) and the options every config has."""
+    config = tf.AutoConfig.for_model(spec)
+    return (set(config.to_dict()) | set(getattr(config, "attribute_map", {})) |
+            set(tf.PretrainedConfig().to_dict()) | set(vars(config)))
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest input a Hugging Face model's position embedding covers (None when it does not say)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_target_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
 def is_local(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or Path(spec).expanduser().is_dir()
 
@@ -43,9 +61,17 @@ def build_hf(spec: str, vocab_size: int, **kwargs: Any) -> nn.Module:
             raise ConfigError(f"transformers could not load {folder}: {str(exc).splitlines()[0][:200]}") from None
     else:
         try:
+            unknown = sorted(set(kwargs) - _config_keys(tf, spec))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"bad Hugging Face model hf:{spec}: {str(exc).splitlines()[0][:200]}") from None
+        if unknown:  # transformers keeps any keyword as an attribute: a typo would silently change nothing
+            raise ConfigError(f"hf:{spec} has no config option {', '.join(unknown)} (model.kwargs); see "
+                              f"transformers' {type(tf.AutoConfig.for_model(spec)).__name__}")
+        try:
             config = tf.AutoConfig.for_model(spec, **{"vocab_size": vocab_size, **kwargs})
             model = tf.AutoModelForCausalLM.from_config(config)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AssertionError, RuntimeError, IndexError) as exc:
+            # AssertionError: a padding index beyond the vocabulary, and other inconsistent configs
             raise ConfigError(f"bad Hugging Face model hf:{spec}: {str(exc).splitlines()[0][:200]}") from None
     model.config.use_cache = False  # training and evaluation never reuse a key/value cache
     return model
