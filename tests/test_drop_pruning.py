@@ -206,10 +206,21 @@ def test_curve_runs_method_and_baseline_at_equal_budget(tmp_path, capsys):
 @pytest.mark.parametrize("extra, needle", [(["--compressions", "1,10"], "above 1"),
                                            (["--compressions", "ten"], "comma-separated numbers"),
                                            (["--baseline", "magnitude"], "LABEL=METHOD"),
-                                           ([], "is the recipe's own method")])
+                                           (["--baseline", "magnitude={name: random}"], "is the recipe's own method")])
 def test_curve_bad_input_is_one_sentence(tmp_path, capsys, extra, needle):
     from prunelab.cli import main
 
     assert main(["curve", "quickstart", "--runs-dir", str(tmp_path), *extra]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_curve_default_baseline_beside_a_recipe_of_the_same_name(tmp_path):
+    """The default baseline (global magnitude) is the quickstart's own method: the curve is the recipe's points
+    alone; beside a per-layer magnitude recipe it keeps its meaning under a label of its own."""
+    from prunelab.experiment.curve import curve_points, parse_baselines
+
+    same = curve_points("quickstart", [2.0], parse_baselines(None), 1, tmp_path)
+    assert [p["method"] for p in same] == ["magnitude"]
+    other = curve_points("quickstart", [2.0], parse_baselines(None), 1, tmp_path, ["prune.method=magnitude"])
+    assert [p["method"] for p in other] == ["magnitude", "magnitude_global"]

@@ -104,6 +104,18 @@ def test_a_run_folder_moved_elsewhere_is_still_that_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", *FAST, "--runs-dir", str(tmp_path / "b"), "--no-progress"]) == 0
     assert capsys.readouterr().out.count("done, skipped") == 3  # dense and two rounds
+    reference = comparable_contents(moved)
+    stage = moved / "stages" / "round_01"
+    shutil.rmtree(stage)
+    stage.write_text("a user's file")  # in the way of a stage: never removed, named with what to do
+    args = ["run", *FAST, "--runs-dir", str(tmp_path / "b"), "--no-progress"]
+    for argv in (args, ["show", str(moved)]):
+        assert main(argv) == 2 and "is a file or a link where the run's folder belongs" in _line(capsys)
+    assert stage.read_text() == "a user's file"
+    stage.unlink()  # gone: it and the stage computed from it are recomputed, to the same bytes
+    assert main(args) == 0
+    assert "recomputing it and the stages after it" in capsys.readouterr().out
+    assert comparable_contents(moved) == reference
 
 
 def test_fp16_adam_keeps_pruned_weights_and_their_state_at_exactly_zero():

@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = run_dir_for(recipe, runs_root(args))
     con = console()
     runner = Runner(recipe, run_dir, progress=not args.no_progress and sys.stderr.isatty(),
-                    log=lambda s: con.print(s, markup=False), stop_after=args.stop_after)
+                    log=lambda s: con.print(s, markup=False, soft_wrap=True), stop_after=args.stop_after)
     threads, why = choose_threads(runner.ctx, args.threads)
     if threads is not None:
         import torch

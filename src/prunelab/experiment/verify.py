@@ -25,13 +25,20 @@ def check_stages(ctx, stages) -> list[tuple[str, Path, list[str]]]:
     out = []
     for stage in stages:
         for folder in stage.folders(ctx):
-            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-                out.append((stage.name, folder, ["is not the folder the run wrote (a file or a link is in its place)"]))
+            if _in_the_way(folder):
+                out.append((stage.name, folder, [IN_THE_WAY]))
                 continue
             problems = verify_checkpoint(folder)
             if problems:
                 out.append((stage.name, folder, problems))
     return out
+
+
+IN_THE_WAY = "is a file or a link where the run's folder belongs (prunelab removes only folders it wrote): move it away"
+
+
+def _in_the_way(folder: Path) -> bool:
+    return folder.is_symlink() or (folder.exists() and not folder.is_dir())
 
 
 def _started(ctx, stage) -> bool:
@@ -71,27 +78,27 @@ def require_intact(ctx, stages) -> None:
     bad = check_stages(ctx, stages)
     if bad:
         name, folder, problems = bad[0]
+        if problems[0] == IN_THE_WAY:
+            raise CheckpointError(f"{folder} {IN_THE_WAY}, then run {rerun_hint(ctx.paths.root)}")
         raise CheckpointError(f"{folder}: {problems[0]}; run {rerun_hint(ctx.paths.root)} to recompute stage "
                               f"{name} and the stages after it")
 
 
 def invalidate_damaged(ctx, stages, log: Callable[[str], None]) -> None:
-    """Remove the first finished stage whose files do not match their record, every later stage, and the
-    summary (see the module docstring)."""
+    """Remove the first finished stage whose files do not match their record (or the first missing one that later
+    stages were computed from), every later stage, and the summary (see the module docstring)."""
     names = [s.name for s in stages]
-    for name, folder, problems in check_stages(ctx, stages):
-        stage = stages[names.index(name)]
-        if not _started(ctx, stage):
-            continue  # an unfinished stage is simply run again
-        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-            raise CheckpointError(f"{folder} {problems[0]}; move it away and rerun (prunelab removes only "
-                                  "folders it wrote)")
+    problems_found = check_stages(ctx, stages)
+    for name, folder, problems in problems_found:  # nothing is removed while anything is in the way
+        if problems[0] == IN_THE_WAY:
+            raise CheckpointError(f"{folder} {IN_THE_WAY}, then rerun")
+    for name, folder, problems in problems_found:
+        i = names.index(name)
+        if not any(_started(ctx, st) for st in stages[i:]):
+            continue  # an unfinished stage with nothing after it is simply run again
         log(f"stage {name}: {problems[0]} in {folder}; recomputing it and the stages after it")
         for later in stages[names.index(name):]:
             for f in later.folders(ctx):
-                if f.is_symlink() or (f.exists() and not f.is_dir()):
-                    raise CheckpointError(f"{f} is not the folder the run wrote (a file or a link); move it away "
-                                          "and rerun")
                 if f.exists():
                     shutil.rmtree(f)
         ctx.paths.seal.unlink(missing_ok=True)
