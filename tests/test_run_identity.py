@@ -209,3 +209,36 @@ def test_a_state_file_without_its_file_list_is_damage(tmp_path):
                                            "(edited or damaged)"]
     (tmp_path / "state.json").write_text("[" * 100_000 + "]" * 100_000)
     assert "nested deeper" in verify_checkpoint(tmp_path)[0]
+
+
+def _tiny_mnist(root, n_train=64, n_test=32):
+    """MNIST's own file format (IDX), a few random images: what torchvision reads under ROOT/MNIST/raw."""
+    import numpy as np
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in (n, 28, 28))
+            + rng.integers(0, 256, n * 784, dtype=np.uint8).tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            (2049).to_bytes(4, "big") + n.to_bytes(4, "big") + rng.integers(0, 10, n, dtype=np.uint8).tobytes())
+    return raw
+
+
+def test_a_run_continues_only_on_the_data_it_was_trained_on(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _tiny_mnist(a)
+    args = ["run", "lenet300_100_mnist_magnitude", "train.epochs=1", "prune.schedule.rounds=1",
+            "prune.retrain.epochs=1", "--runs-dir", str(tmp_path / "runs"), "--no-progress"]
+    assert main(args + ["--data-root", str(a), "--stop-after", "dense"]) == 0
+    shutil.copytree(a, b)  # the same files elsewhere: the same run, its dense training kept
+    capsys.readouterr()
+    assert main(args + ["--data-root", str(b)]) == 0
+    assert "stage dense: done, skipped" in capsys.readouterr().out
+    labels = b / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-4] + b"\x00" * 8)  # other data under the same name
+    assert main(args + ["--data-root", str(b)]) == 2
+    assert "is not the data this run was trained on (files t10k-labels-idx1-ubyte: 44 bytes, 40 bytes" in \
+        _line(capsys)

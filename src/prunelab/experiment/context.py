@@ -153,6 +153,29 @@ class RunContext:
         return torch.zeros((1,) + tuple(self.spec.input_shape), dtype=self.spec.input_dtype,
                            device=self.recipe.device)
 
+    def data_identity(self) -> dict:
+        """The recipe's data set as it is now, wherever it was found (:mod:`prunelab.data.identity`)."""
+        from ..data.identity import identity
+
+        d = self.recipe.data
+        return identity(d.name, d.root, d.tokenizer)
+
+    def check_same_data(self, dense_folder: Path) -> None:
+        """ConfigError when the data found now is not the data the dense model in ``dense_folder`` was trained on
+        (its state records the identity); checkpoints from before identities were recorded are taken as they are."""
+        from ..data.identity import difference
+        from ..io import read_json
+        from .paths import STATE
+
+        recorded = read_json(Path(dense_folder) / STATE).get("data")
+        if not isinstance(recorded, dict):
+            return
+        diff = difference(recorded, self.data_identity())
+        if diff is not None:
+            raise ConfigError(f"the {self.recipe.data.name} data found under {resolve_root(self.recipe.data.root)} is "
+                              f"not the data this run was trained on ({diff}): point --data-root at that data, or "
+                              "start a new run (another --runs-dir or name)")
+
     # -- builders ---------------------------------------------------------------------------------------
     def build_model(self, checkpoint: str | Path | None = None, seed: int | None = None) -> nn.Module:
         """The recipe's model, initialised from ``seed`` (default: the recipe's seed) without touching the global

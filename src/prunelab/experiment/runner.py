@@ -123,6 +123,8 @@ class Runner:
                                                                sort_keys=False))
         if ctx.main:
             invalidate_damaged(ctx, stages, ctx.log)
+            if paths.is_complete(ctx.paths.stage(paths.DENSE)):  # resuming: the same data as the dense training's
+                ctx.check_same_data(ctx.paths.stage(paths.DENSE))
         barrier()
         for stage in stages:
             if stage.done(ctx):

@@ -86,6 +86,7 @@ class Dense(Stage):
         with RunLock(cache.root, wait=True, log=ctx.log) if shared else nullcontext():
             kept = [cache.dense] + self._kept(cache) if cache is not None else []
             if cache is not None and all(paths.is_complete(f) and not verify_checkpoint(f) for f in kept):
+                ctx.check_same_data(cache.dense)
                 if ctx.main:
                     for src, dst in zip(self._kept(cache) + [cache.dense], self._kept(ctx.paths) + [folder]):
                         copy_checkpoint(src, dst)
@@ -113,7 +114,7 @@ class Dense(Stage):
         if hooks and not paths.is_complete(ctx.paths.rewind(self.rewind_step)):
             raise ConfigError(f"rewind_step {self.rewind_step} is beyond the dense training's "
                               f"{r.train.epochs * len(ctx.data.train)} steps")
-        ctx.save(folder, model, None, opt, extra=ctx.stage_record(model, None, t0))
+        ctx.save(folder, model, None, opt, extra=ctx.stage_record(model, None, t0, data=ctx.data_identity()))
         if cache is not None and ctx.main:
             for src, dst in zip(self._kept(ctx.paths) + [folder], self._kept(cache) + [cache.dense]):
                 copy_checkpoint(src, dst)
