@@ -33,6 +33,22 @@ def zero_pruned(t: Tensor, mask: Tensor, slice_len: int = 1 << 18) -> None:
         torch.where(flat_m[start:start + slice_len], part, zero, out=part)
 
 
+def keep_multiplier(p: Tensor, mask: Tensor) -> Tensor:
+    """What :meth:`Pruner.enforce` keeps per target: the mask in the parameter's dtype where a product is
+    exact and fastest (float32/64 on the CPU), else the boolean mask itself (see :func:`keep_only`)."""
+    if p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64):
+        return mask.to(p.dtype)
+    return mask.to(torch.bool)
+
+
+def keep_only(t: Tensor, keep: Tensor) -> None:
+    """Zero ``t`` where ``keep`` is 0: a product for a float multiplier, an assignment (NaN-proof) for a bool."""
+    if keep.dtype == torch.bool:
+        torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device), out=t)
+    else:
+        t.mul_(keep)
+
+
 class Masks(Mapping[str, Tensor]):
     """An ordered mapping of parameter names to boolean masks; treat it as immutable (build a new one)."""
 

@@ -33,13 +33,13 @@ from .criteria import Context, Needs
 from .inputs import Inputs
 from .limits import MAX_SEED
 from .errors import CheckpointError, ConfigError
-from .masks import Masks, zero_pruned
+from .masks import Masks, keep_multiplier, keep_only, zero_pruned
 from .methods import Method, build_method
 from .methods.base import PruneView
 from .registry import check_fraction
 from .schedules import SCHEDULES, Schedule
 from .streaming import can_stream, streamed_masks
-from .targets import Layout, Targets, accounting, build_targets
+from .targets import Layout, Targets, accounting, build_targets, check_current
 from .topk import all_true
 
 
@@ -160,7 +160,7 @@ class Pruner:
             self.enforce()
         for p, keep in self._mul:
             if p.grad is not None:
-                _keep_only(p.grad, keep)
+                keep_only(p.grad, keep)
         crit = self.method.criterion_
         if crit.needs_gradients and not (self.auto_prune and self.schedule.frozen(self.step_count)):
             crit.observe(self.params)
@@ -197,7 +197,7 @@ class Pruner:
         return self._prune(events[index][1], optimizer, index == len(events) - 1)
 
     def _prune(self, sparsity: float, optimizer: torch.optim.Optimizer | None, final: bool) -> Masks:
-        self._check_targets()
+        check_current(self.model, self.params)
         m = self.method
         ctx = Context(seed=self.seed, event=self.events, sparsity=sparsity, final_sparsity=self.schedule.sparsity,
                       final=final, total_events=self.planned_events, calibration=self._calibration,
@@ -221,21 +221,6 @@ class Pruner:
         record.update(outcome.record)
         self.history.append(record)
         return self.masks
-
-    def _check_targets(self) -> None:
-        """ConfigError when a target is no longer the model's (its layer was replaced after the Pruner was built),
-        or holds NaN or infinite values (a NaN has no rank: global allocation would prune every layer whole)."""
-        for n, p in self.params.items():
-            try:
-                current = self.model.get_parameter(n)
-            except AttributeError:
-                current = None
-            if current is not p:
-                raise ConfigError(f"{n} is not the parameter this Pruner was built on (the layer was replaced or "
-                                  "removed after): build the Pruner again on the model as it is now")
-            if not bool(torch.isfinite(p).all()):
-                raise ConfigError(f"weight {n} holds NaN or infinite values: training diverged or the weights are "
-                                  "damaged; prune finite weights")
 
     def _input_stats(self) -> dict | None:
         """The targets' streamed input statistics, when the method needs them (see :mod:`prunelab.calibration`)."""
@@ -324,25 +309,24 @@ class Pruner:
     def enforce(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Set pruned weights, and their optimizer state, to exactly zero (the per-step hot path).
 
-        On the CPU, in float32 and float64, multiplying by a mask in the parameter's dtype is 5-13x faster than
-        ``torch.where`` or ``masked_fill_`` with a boolean mask (measured here on 512x512 and 4096x4096, one
-        thread), so these multipliers are built once per mask change, on the first step that needs them. A
-        product cannot zero a NaN, and in float16 / bfloat16 Adam makes one at every pruned weight (its eps
-        underflows: 0 / 0), so there, and on accelerators, where both are bound by memory alike, pruned values
-        are *set* to zero (``torch.where``). In float32 a NaN reaches a pruned weight only from a NaN gradient,
-        which the trainer reports as divergence.
+        On the CPU in float32/64 a product with a mask in the parameter's dtype is 5-13x faster than
+        ``torch.where`` (512x512 and 4096x4096, one thread), so these multipliers are built once per mask change.
+        A product cannot zero a NaN, and in float16 / bfloat16 Adam makes one at every pruned weight (its eps
+        underflows: 0 / 0), so there, and on accelerators (memory-bound either way), pruned values are *set* to
+        zero. In float32 a NaN reaches a pruned weight only from a NaN gradient: divergence, which the trainer
+        reports.
         """
         if self._mul is None:
-            self._mul = [(self.params[n], _multiplier(self.params[n], self.masks[n]))
+            self._mul = [(self.params[n], keep_multiplier(self.params[n], self.masks[n]))
                          for n in self.masks if n not in self._dense]
-            self._mul += [(p, _multiplier(p, keep)) for p, keep in self._companions.values()]
+            self._mul += [(p, keep_multiplier(p, keep)) for p, keep in self._companions.values()]
         with torch.no_grad():
             for p, keep in self._mul:
-                _keep_only(p, keep)
+                keep_only(p, keep)
                 if optimizer is not None:
                     for v in optimizer.state.get(p, {}).values():
                         if isinstance(v, Tensor) and v.shape == p.shape:
-                            _keep_only(v, keep)
+                            keep_only(v, keep)
 
     def _zero_pruned(self, optimizer: torch.optim.Optimizer | None) -> None:
         """One-off zeroing after a mask change, with boolean masks (no multiplier memory needed)."""
@@ -419,18 +403,3 @@ class Pruner:
         self.prune(target, optimizer)
         return True
 
-
-def _multiplier(p: Tensor, mask: Tensor) -> Tensor:
-    """What :meth:`Pruner.enforce` keeps per target: the mask in the parameter's dtype where a product is
-    exact and fastest (float32/64 on the CPU), else the boolean mask itself (see :func:`_keep_only`)."""
-    if p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64):
-        return mask.to(p.dtype)
-    return mask.to(torch.bool)
-
-
-def _keep_only(t: Tensor, keep: Tensor) -> None:
-    """Zero ``t`` where ``keep`` is 0: a product for a float multiplier, an assignment (NaN-proof) for a bool."""
-    if keep.dtype == torch.bool:
-        torch.where(keep, t, torch.zeros((), dtype=t.dtype, device=t.device), out=t)
-    else:
-        t.mul_(keep)

@@ -24,6 +24,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
@@ -195,3 +196,19 @@ def build_targets(spec: "Targets | dict | None") -> Targets:
     spec = {k: ([v] if k in ("include", "exclude", "module_types") and isinstance(v, str) else v)
             for k, v in spec.items()}
     return Targets(**spec)
+
+
+def check_current(model: nn.Module, params: dict[str, nn.Parameter]) -> None:
+    """ConfigError when a target is no longer the model's (its layer was replaced after the Pruner was built),
+    or holds NaN or infinite values (a NaN has no rank: global allocation would prune every layer whole)."""
+    for n, p in params.items():
+        try:
+            current = model.get_parameter(n)
+        except AttributeError:
+            current = None
+        if current is not p:
+            raise ConfigError(f"{n} is not the parameter this Pruner was built on (the layer was replaced or "
+                              "removed after): build the Pruner again on the model as it is now")
+        if not bool(torch.isfinite(p).all()):
+            raise ConfigError(f"weight {n} holds NaN or infinite values: training diverged or the weights are "
+                              "damaged; prune finite weights")
