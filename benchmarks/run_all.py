@@ -31,6 +31,7 @@ BENCHMARKS = {
     "sparse_inference": (["--threads", "1"], "sparse_inference.md", "perf", "4 min"),
     "compact_io": (["--repeats", "5"], "compact_io.md", "perf", "3 min"),
     "quickstart_load": (["--repeats", "3"], "quickstart_load.md", "perf", "8 min"),
+    "import_time": (["--repeats", "5"], "import_time.md", "perf", "1 min"),
     "overhead": ([], "overhead.md", "perf", "3 min"),
     "foreign_models": (["--threads", "1", "--repeats", "3"], "foreign_models.md", "perf", "3 min"),
     "calibration": (["--threads", "1", "--repeats", "1"], "calibration.md", "perf", "15 min"),
