@@ -197,6 +197,10 @@ def test_a_bad_recipe_file_is_one_sentence(tmp_path, capsys, content, needle):
       "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b], d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c], "
       "e: [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d, *d]}"], "expands to more than"),
     (["prune.method={name: magnitude, name: random}"], "given twice"),
+    (["prune.targets={include: 5}"], "targets include must be a name pattern"),
+    (["model.name=torchvision:resnet18", "model.kwargs={num_classes: -1}"], "comes from the data set"),
+    (["device=mps"], "device 'mps' cannot be used here"),
+    (["prune.final_epochs=1000000000000"], "recipe key prune.final_epochs"),
     (["--threads", "0"], "out of range"),
     (["--threads", "100000"], "out of range"),
     (["--threads", "two"], "is not a whole number"),

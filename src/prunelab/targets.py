@@ -195,6 +195,10 @@ def build_targets(spec: "Targets | dict | None") -> Targets:
         raise ConfigError(f"unknown targets option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
     spec = {k: ([v] if k in ("include", "exclude", "module_types") and isinstance(v, str) else v)
             for k, v in spec.items()}
+    for k in ("include", "exclude", "module_types"):
+        v = spec.get(k)
+        if v is not None and not (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)):
+            raise ConfigError(f"targets {k} must be a name pattern or a list of them, got {v!r}")
     return Targets(**spec)
 
 

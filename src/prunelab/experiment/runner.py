@@ -101,6 +101,11 @@ class Runner:
         dev = ctx.recipe.device
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {dev!r} was asked for but CUDA is not available here; add device=cpu")
+        try:  # any other device this torch build or machine lacks (mps, xpu, a typo) is one sentence too
+            torch.empty(0, device=dev)
+        except (RuntimeError, ValueError, AssertionError) as exc:
+            raise ConfigError(f"device {dev!r} cannot be used here ({(str(exc).splitlines() or [''])[0][:120]}); "
+                              "add device=cpu") from None
         stages = self.stages
         if self.stop_after is not None and self.stop_after not in [s.name for s in stages]:
             raise ConfigError(f"--stop-after {self.stop_after!r} is not a stage of this run; its stages: "

@@ -44,6 +44,14 @@ class ModelConfig(_Strict):
     name: str = "lenet300_100"
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("kwargs")
+    @classmethod
+    def _not_derived(cls, v: dict[str, Any]) -> dict[str, Any]:
+        derived = sorted({"num_classes", "input_shape", "vocab_size"} & set(v))
+        if derived:
+            raise ValueError(f"{', '.join(derived)} comes from the data set; remove it from model.kwargs")
+        return v
+
 
 class ScheduleConfig(_Strict):
     """How the runner drives pruning.
@@ -75,7 +83,7 @@ class PruneConfig(_Strict):
     targets: dict[str, Any] | None = None
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     retrain: dict[str, Any] = Field(default_factory=dict)  # OptimConfig fields overriding ``train``
-    final_epochs: int | None = Field(None, ge=0)  # retraining epochs of the last round (default retrain.epochs)
+    final_epochs: int | None = Field(None, ge=0, le=100_000)  # retraining epochs of the last round (default retrain.epochs)
     # Rethinking the Value of Network Pruning's protocols, run after pruning on the final masks: finetune is the
     # pruning stages themselves; scratch_e / scratch_b train the pruned architecture from a fresh random init for
     # train.epochs / train.epochs x FLOPs(full)/FLOPs(pruned) (capped at scratch_b_cap x train.epochs);

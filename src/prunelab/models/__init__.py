@@ -49,6 +49,10 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
 
 
 def _build(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
+    derived = sorted({"num_classes", "input_shape", "vocab_size"} & set(kwargs))
+    if derived:  # these come from the data set: a second value would be a TypeError or a silent mismatch
+        raise ConfigError(f"model.kwargs {', '.join(derived)}: this comes from the data set ({num_classes} classes "
+                          f"or tokens, inputs {tuple(input_shape)}); remove it from model.kwargs")
     if name.startswith("hf:"):
         from .hf import build_hf
 
@@ -60,7 +64,10 @@ def _build(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: 
         if tv_name not in torchvision.models.list_models():
             raise ConfigError(f"torchvision has no model {tv_name!r}")
         # weights=None: pretrained weights would need a download; load your own with the checkpoint tools
-        return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+        try:
+            return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad parameters for model {name!r}: {str(exc).splitlines()[0][:200]}") from None
     if name not in _BUILDERS:
         raise ConfigError(f"unknown model {name!r}; valid: {', '.join(model_names())}")
     try:
