@@ -34,6 +34,11 @@ def test_edited_results_and_recipes_are_refused_and_a_deleted_init_is_rebuilt(tm
     assert main(["show", str(run)]) == 2 and "summary.json was changed" in _line(capsys)
     summary.write_text(good)
     assert main(["verify", str(run)]) == 0
+    seal = run / "seal.json"
+    sealed = seal.read_text()
+    seal.write_text('{"summary.json": 5}')
+    assert main(["show", str(run)]) == 2 and "seal.json is malformed at summary.json" in _line(capsys)
+    seal.write_text(sealed)
     capsys.readouterr()
 
     recipe = run / "recipe.yaml"
@@ -200,6 +205,10 @@ def test_a_state_file_without_its_file_list_is_damage(tmp_path):
     save_checkpoint(tmp_path, nn.Linear(2, 2))
     assert verify_checkpoint(tmp_path) == []
     state = json.loads((tmp_path / "state.json").read_text())
+    state["files"]["../../x"] = {"sha256": "0" * 64, "bytes": 1}  # nothing outside the folder is ever read
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    assert "lists a file outside its folder ('../../x')" in verify_checkpoint(tmp_path)[0]
+    del state["files"]["../../x"]
     del state["files"]["model.safetensors"]
     (tmp_path / "state.json").write_text(json.dumps(state))
     assert any("model.safetensors is not covered" in p for p in verify_checkpoint(tmp_path))

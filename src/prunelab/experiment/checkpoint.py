@@ -99,6 +99,9 @@ def verify_checkpoint(folder: str | Path) -> list[str]:
         return [str(exc)]
     if files is None:  # every checkpoint lists its files: a state file without the list is damage, not a pass
         return [f"{STATE} lists no files, so nothing it describes can be checked (edited or damaged)"]
+    outside = [name for name in files if Path(name).name != name or name in (".", "..")]
+    if outside:  # a list edited to point elsewhere: nothing outside the folder is ever read
+        return [f"{STATE} lists a file outside its folder ({outside[0]!r}): edited or damaged"]
     problems = [f"{name} is not covered by {STATE} (its list of files was edited)"
                 for name in (MODEL, RNG) if name not in files]
     problems += [f"{name} is in the folder but not in {STATE}'s list of files"
@@ -155,5 +158,9 @@ def load_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim
             raise CheckpointError(f"{folder}: optimizer state does not fit ({exc})") from None
     if restore_rng:
         rng_t, _ = read_safetensors(folder / RNG)
-        set_rng_state(rng_t, state["rng"])
+        try:
+            set_rng_state(rng_t, state["rng"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError):  # the record was edited or damaged
+            raise CheckpointError(f"{folder / STATE} has a damaged random-number state; delete {folder} and rerun "
+                                  "to recompute it") from None
     return masks, state

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, RootModel, ValidationError
 
 from ..errors import CheckpointError
 from ..io import read_json
@@ -65,7 +65,7 @@ class SummaryRecord(_Record):
     bytes_dense_file: int
 
 
-def validated(model: type[_Record], data: Any, path: str | Path) -> dict:
+def validated(model: type[BaseModel], data: Any, path: str | Path) -> dict:
     """``data`` checked against ``model``; CheckpointError naming the file and the first bad key."""
     try:
         model.model_validate(data)
@@ -76,7 +76,7 @@ def validated(model: type[_Record], data: Any, path: str | Path) -> dict:
     return data
 
 
-def read_record(model: type[_Record], path: str | Path) -> dict:
+def read_record(model: type[BaseModel], path: str | Path) -> dict:
     """Read a JSON record and check it against ``model`` (see :func:`validated`)."""
     return validated(model, read_json(path), path)
 
@@ -116,10 +116,8 @@ def seal_problems(paths) -> list[str]:
     return out
 
 
-class SealRecord(_Record):
+class SealRecord(RootModel[dict[str, FileDigest]]):
     """seal.json: {file name: digest} of the run's summary and metrics."""
-
-    model_config = ConfigDict(extra="allow")
 
 
 def load_summary(run_dir: str | Path) -> dict:
