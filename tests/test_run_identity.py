@@ -171,6 +171,12 @@ def test_api_arguments_are_one_sentence(tmp_path):
         (lambda: prunelab.Pruner(nn.ReLU(), sparsity=0.5), "no prunable weights matched"),
         (lambda: prunelab.Pruner(model, sparsity=0.5).masks.save(tmp_path), "is a folder, not a file"),
         (lambda: prunelab.set_threads(threads=0), "threads must be an integer"),
+        (lambda: prunelab.Pruner(model, sparsity=0.5, schedule={"name": "iterative", "rounds": 10 ** 9}),
+         "rounds must be an integer from 1 to 100,000"),  # was a list of a billion events, memory gone
+        (lambda: prunelab.Pruner(model, sparsity=0.5, schedule={"name": "cubic", "end": 10 ** 12, "frequency": 1}),
+         "more than 100,000"),
+        (lambda: prunelab.Pruner(model, sparsity=0.5).prune_event("a"), "there is no event a"),
+        (lambda: prunelab.Masks({"w": 1}), "must be a tensor of booleans"),
     ]
     with torch.device("meta"):
         meta = nn.Linear(3, 3)

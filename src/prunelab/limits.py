@@ -12,3 +12,6 @@ MAX_SEED = 2 ** 63 - 1
 MAX_THREADS = 4 * (os.cpu_count() or 1)
 #: Rounds of an iterative schedule: each is a stage with its own checkpoint (a billion filled 20 GB of memory).
 MAX_ROUNDS = 1000
+#: Pruning events one schedule may plan (its events are a list): 100,000 is an event every 10 steps of a
+#: million-step training; a billion rounds filled memory before anything ran.
+MAX_EVENTS = 100_000

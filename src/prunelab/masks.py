@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .io import atomic_write_safetensors
 
 
@@ -57,7 +57,7 @@ class Masks(Mapping[str, Tensor]):
         self._nonzero: int | None = None
         for name, m in masks.items():
             if not isinstance(m, Tensor):
-                raise TypeError(f"mask {name!r} must be a tensor")
+                raise ConfigError(f"mask {name!r} must be a tensor of booleans, got {type(m).__name__}")
             self._m[name] = m.detach().to(torch.bool)
 
     # -- construction ---------------------------------------------------------------------------

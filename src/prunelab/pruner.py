@@ -192,7 +192,7 @@ class Pruner:
     def prune_event(self, index: int, optimizer: torch.optim.Optimizer | None = None) -> Masks:
         """Prune now to the target of the schedule's event ``index`` (0-based); the last event is final."""
         events = self.schedule.events()
-        if not 0 <= index < len(events):
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(events):
             raise ConfigError(f"the schedule plans {len(events)} pruning events; there is no event {index}")
         return self._prune(events[index][1], optimizer, index == len(events) - 1)
 

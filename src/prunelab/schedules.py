@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from .errors import ConfigError
+from .limits import MAX_EVENTS
 from .registry import Registry, check_fraction
 
 
@@ -37,8 +38,8 @@ SCHEDULES: Registry[Schedule] = Registry("schedule", Schedule)
 
 
 def _check_step(name: str, v: int) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2 ** 63:
+        raise ConfigError(f"{name} must be a non-negative integer (below 2**63), got {v!r}")
     return v
 
 
@@ -74,8 +75,8 @@ class Iterative(Schedule):
 
     def __post_init__(self):
         check_fraction("sparsity", self.sparsity)
-        if not isinstance(self.rounds, int) or self.rounds < 1:
-            raise ConfigError(f"rounds must be a positive integer, got {self.rounds!r}")
+        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or not 1 <= self.rounds <= MAX_EVENTS:
+            raise ConfigError(f"rounds must be an integer from 1 to {MAX_EVENTS:,}, got {self.rounds!r}")
         _check_step("start", self.start)
         if _check_step("interval", self.interval) == 0 and self.rounds > 1:
             raise ConfigError("interval must be positive when there is more than one round")
@@ -110,8 +111,11 @@ class Cubic(Schedule):
         _check_step("end", self.end)
         if self.end <= self.start:
             raise ConfigError(f"cubic schedule needs end > start, got start={self.start}, end={self.end}")
-        if not isinstance(self.frequency, int) or self.frequency < 1:
+        if not isinstance(self.frequency, int) or isinstance(self.frequency, bool) or self.frequency < 1:
             raise ConfigError(f"frequency must be a positive integer, got {self.frequency!r}")
+        if (self.end - self.start) // self.frequency > MAX_EVENTS:
+            raise ConfigError(f"this cubic schedule plans {(self.end - self.start) // self.frequency + 1:,} pruning "
+                              f"events, more than {MAX_EVENTS:,}: prune less often (a larger frequency)")
 
     def sparsity_at(self, step: int) -> float:
         if step <= self.start:
