@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from prunelab import Pruner
-from prunelab.analysis.activations import Moments, collect, pca_width, unit_contributions
+from prunelab.analysis.activations import Moments, pca_width, unit_contributions
 from prunelab.errors import ConfigError
 from prunelab.experiment import Runner, load_recipe
 from prunelab.methods.pca import cumulative_keep, relative_importance
@@ -66,17 +66,6 @@ def test_relative_importance_sums_to_one_per_unit_and_cumulative_keep():
     assert keep.tolist() == [[True, False, True, False], [True, True, True, True], [False] * 4]
     dead_input = relative_importance(torch.ones(2, 3), torch.tensor([1.0, 0.0, 1.0]))
     assert (dead_input[:, 1] == 0).all()
-
-
-def test_collect_streams_and_stops_at_the_sample_budget():
-    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-    batches = [(torch.randn(10, 4), None) for _ in range(5)]
-    st = collect(model, ["0", "2"], batches, samples=25)
-    assert st.samples == 25 and st.outputs["0"].n == 25 and st.inputs["2"].mean_abs().shape == (3,)
-    bare = collect(model, ["0", "2"], [x for x, _ in batches], samples=25)  # model inputs without labels
-    assert torch.equal(bare.outputs["0"].covariance(), st.outputs["0"].covariance())
-    with pytest.raises(ConfigError, match="calibration data is empty"):
-        collect(model, ["0"], [], samples=5)
 
 
 def test_bad_parameters_are_rejected():

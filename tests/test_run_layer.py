@@ -220,29 +220,30 @@ def test_drop_pruning_returns_the_values_of_revived_weights_instead_of_writing_t
     assert torch.equal(net[0].weight, w)  # the hook wrote nothing
 
 
-def test_pca_decides_from_the_context_calibration_and_leaves_the_weights_unchanged():
+def test_pca_decides_from_statistics_in_two_passes_and_sees_its_units_removed():
+    """Pass 0 (output moments) decides the units; the Pruner writes them, biases and BatchNorm entries included;
+    pass 1 (input moments) then sees the removed channels as zeros, and step A's masks come back on the Context."""
+    from prunelab.methods.pca import PCAPruning
+
+    seen = []
+
+    class Spy(PCAPruning):
+        def decide(self, view, ctx):
+            seen.append((ctx.calibration_pass, ctx.group, dict(ctx.decided), dict(ctx.input_stats)))
+            return super().decide(view, ctx)
+
     net = _bn_net()
-    method = build_method({"name": "pca", "samples": 16})
-    view = _view(net, ["0.weight", "4.weight"], channels=True)
-    before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    with pytest.raises(ConfigError, match="pruner.calibrate"):
-        method.decide(view, Context())
     batches = [torch.randn(8, 2, 6, 6, generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    masks = method.decide(view, Context(calibration=batches))
-    assert set(masks) == {"0.weight", "4.weight"} and all(m.dtype == torch.bool for m in masks.values())
-    assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())
-
-
-def test_silenced_zeroes_pruned_channels_inside_and_restores_them():
-    net = _bn_net()
-    view = _view(net, ["0.weight"], channels=True)
-    keep = torch.ones(4, 2, 3, 3, dtype=torch.bool)
-    keep[1] = False
-    before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    with view.silenced({"0.weight": keep}):
-        assert (net[0].weight[1] == 0).all() and net[0].bias[1] == 0 and net[1].bias[1] == 0
-        assert (net[0].weight[0] == before["0.weight"][0]).all()
-    assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())
+    p = Pruner(net, Spy(samples=16, tau=0.8), schedule="manual", sparsity=0.5, example_inputs=batches[0])
+    p.calibrate(batches)
+    p.prune(0.5)
+    assert [(i, g) for i, g, _, _ in seen] == [(0, ("0.weight", "4.weight")), (1, ("0.weight", "4.weight"))]
+    units = seen[1][2]["0.weight"].reshape(4, -1).any(1)  # step A's channels of layer 0
+    assert not units.all() and set(seen[1][2]) == {"0.weight", "4.weight"}
+    mean_abs = seen[1][3]["4.weight"].inputs.mean_abs().reshape(4, 16)
+    assert (mean_abs[~units] == 0).all() and (mean_abs[units] > 0).all()
+    assert (net[0].bias[~units] == 0).all() and (net[1].bias[~units] == 0).all()
+    assert torch.equal(p.masks["0.weight"].reshape(4, -1).any(1), units)
 
 
 def test_pruner_sets_the_values_a_method_returns(tmp_path):

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import Tensor
 
-from .calibration import column_view
+from .calibration.observers import column_view
 from .errors import ConfigError
 from .registry import Registry
 from .targets import Layout
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
 
 
 @dataclass(frozen=True)
@@ -28,18 +31,24 @@ class Needs:
     """
 
     gradient_batches: int = 0  # batches of loss gradients observed through after_backward() (taylor)
-    calibration_samples: int = 0  # model inputs seen through calibrate() (pca, wanda, sparsegpt)
-    input_stats: str | None = None  # per-target input statistics the Pruner streams: "norms" or "gram" (X^T X too)
+    calibration: "Calibration | None" = None  # what calibration the method asks of the Pruner (pca, wanda, sparsegpt)
+
+    @property
+    def calibration_samples(self) -> int:
+        """The method's own calibration sample count (0: it does not calibrate)."""
+        return self.calibration.samples if self.calibration is not None else 0
 
 
 @dataclass(frozen=True)
 class Context:
     """What a pruning decision may depend on besides the weights: a seed, the event, and per-event data.
 
-    The per-event data (``calibration``, ``input_stats``, ``bn_scales``, ``candidate_threshold``) is filled by
-    the Pruner from
-    :meth:`Pruner.calibrate` and from what the method's ``before_prune`` hook returns, so parts receive it as
-    data instead of having fields set on them.
+    The per-event data (``input_stats``, ``bn_scales``, ``candidate_threshold``, ``layer_sparsity``) is filled
+    by the Pruner from its calibration pipeline (:mod:`prunelab.calibration`) and from what the method's
+    ``before_prune`` hook returns, so parts receive it as data instead of having fields set on them. A
+    calibrated event is decided group by group: ``group`` names the targets to decide now, ``calibration_pass``
+    which pass of the method's request measured ``input_stats``, and ``decided`` the masks earlier groups and
+    passes of this event decided (already written into the model).
     """
 
     seed: int = 0
@@ -48,12 +57,15 @@ class Context:
     final_sparsity: float = 0.0  # the schedule's final sparsity
     final: bool = False  # this event reaches the final target (stochastic selectors clean up exactly)
     total_events: int | None = None  # planned number of events, when known
-    calibration: Iterable[Any] | None = None  # batches of model inputs for calibrated methods (pca)
-    calibration_samples: int | None = None  # how many of those inputs to use (pruner.calibrate's samples)
+    calibration_samples: int | None = None  # how many calibration inputs the statistics are over
     bn_scales: Mapping[str, Tensor] | None = None  # {weight name: scale of the norm after it} (bn_scale)
     candidate_threshold: float | None = None  # one score threshold for drop candidates over all tensors
     input_stats: Mapping[str, Any] | None = None  # {target: calibration.InputStats}, when the method needs them
     layouts: Mapping[str, Any] | None = None  # {target: targets.Layout}: each weight's (out, in, *kernel) view
+    group: tuple[str, ...] | None = None  # the targets this decision covers (None: all of them)
+    calibration_pass: int = 0  # which pass of the method's calibration request measured input_stats
+    decided: Mapping[str, Tensor] | None = None  # masks decided earlier in this event (groups, passes)
+    layer_sparsity: Mapping[str, float] | None = None  # per-target sparsity a method fixed for the event
 
     def generator(self, *salt: str | int) -> torch.Generator:
         """A CPU generator determined by (seed, event, salt): stateless, so a resumed run draws the same."""
@@ -214,7 +226,9 @@ class Wanda(Criterion):
             raise ConfigError(f"wanda samples must be a positive integer, got {self.samples!r}")
 
     def needs(self) -> Needs:
-        return Needs(calibration_samples=self.samples, input_stats="norms")
+        from .calibration.request import Calibration
+
+        return Needs(calibration=Calibration(self.samples, ("norms",)))
 
     def scores(self, params, ctx):
         if ctx.input_stats is None:

@@ -23,9 +23,10 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from .allocation import LayerGroups
+from .allocation import LayerGroups, Uniform
 from .attention import attention_heads
-from .calibration import input_stats
+from . import calibration
+from .decisions import as_decision, merge, versions, write
 from .channels import ChannelGraph
 from .coupling import channel_report, coupled_groups, select_channels
 from .granularity import Filter
@@ -39,7 +40,7 @@ from .methods.base import PruneView
 from .registry import check_fraction
 from .schedules import SCHEDULES, Schedule
 from .streaming import can_stream, streamed_masks
-from .targets import Layout, Targets, accounting, build_targets, check_current
+from .targets import Layout, Targets, accounting, build_targets, check_current, output_weight
 from .topk import all_true
 
 
@@ -95,7 +96,13 @@ class Pruner:
         self.layouts: dict[str, Layout] = {}  # how each target maps to (out, in, *kernel)
         self.skipped: dict[str, str] = {}  # targets the granularity cannot apply to, with the reason
         spec = build_targets(targets if targets is not None else self.method.default_targets)
-        found = spec.find(model)
+        found = spec.find(model, output_layer=self.method.output_layer)
+        out = output_weight(model)
+        tied = out is not None and any(m.weight is out for m in model.modules() if isinstance(m, nn.Embedding))
+        if out is not None and not tied and spec.output_layer is None and not self.method.output_layer:
+            name = next(n for n, p in model.named_parameters() if p is out)
+            self.skipped[name] = (f"{name} is the output layer of a language model, left dense by "
+                                  f"{self.method.name} as its authors do (targets.output_layer: true prunes it)")
         for t in found:
             if t.param.numel() == 0:  # nothing to prune (nn.Linear(0, 5)); no granularity can say anything of it
                 self.skipped[t.name] = f"{t.name} has no elements (shape {tuple(t.param.shape)})"
@@ -126,9 +133,15 @@ class Pruner:
         self._mul: list[tuple[nn.Parameter, Tensor]] | None = []
         self._dense: set[str] = set(self.params)  # names whose masks are all alive
         self.auto_prune = bool(auto_prune)
-        self._calibration: Iterable | None = None
-        self._calibration_samples: int | None = None
-        if self.needs.calibration_samples and self.auto_prune and self.schedule.target(0) is not None:
+        self._chunks: list | None = None  # the calibration inputs, read once by calibrate()
+        self._options = calibration.Options()
+        request = self.needs.calibration
+        if request is not None and request.sequential and type(self.method).decide is Method.decide \
+                and not isinstance(self.method.allocation_, Uniform):
+            raise ConfigError(f"sequential calibration decides each block on its own, but allocation "
+                              f"{self.method.allocation_.registered_name} shares one budget across layers: use "
+                              "allocation uniform, or sequential: false")
+        if request is not None and self.auto_prune and self.schedule.target(0) is not None:
             raise ConfigError(f"method {self.method.name} needs calibration data before its first pruning event, "
                               "which this schedule puts at construction (step 0): in a recipe use schedule oneshot "
                               "or iterative (or a later start_epoch); in your own loop build the Pruner with "
@@ -145,13 +158,25 @@ class Pruner:
         """What the method needs handed over before each event: gradient batches, calibration samples."""
         return self.method.needs()
 
-    def calibrate(self, batches: Iterable, samples: int | None = None) -> None:
-        """Hand over calibration data for the following pruning events: an iterable of model inputs (or of
-        ``(inputs, targets)`` batches, whose first item is used), read by methods that need it (``pca``,
-        ``wanda``, ``sparsegpt``). ``samples``: how many inputs to use (default: what the method asks for)."""
-        if samples is not None and (not isinstance(samples, int) or isinstance(samples, bool) or samples < 1):
-            raise ConfigError(f"calibration samples must be a positive integer, got {samples!r}")
-        self._calibration, self._calibration_samples = batches, samples
+    def calibrate(self, batches: Iterable, samples: int | None = None, *, device: Any = None,
+                  cache_dtype: Any = None, precision: str = "float32", sequential_targets: Any = None,
+                  distributed: bool | None = None) -> None:
+        """Hand over calibration data for the following pruning events of a method that needs it (``pca``,
+        ``wanda``, ``sparsegpt``; others ignore it): an iterable of model inputs (or of ``(inputs, targets)``
+        batches, whose first item is used), read here once, so a generator works.
+
+        ``samples``: how many inputs (default: the method's own count). ``device``: where blocks compute, the
+        model staying where it is (e.g. on the CPU) and each block moved there while it runs.
+        ``cache_dtype``: cached block inputs on the host in float16 / bfloat16. ``precision``: norms, Gram
+        matrices and SparseGPT's solve in float32 (default, as the authors' code) or float64.
+        ``sequential_targets``: globs naming the blocks (default: ``_no_split_modules``, else found).
+        ``distributed``: under torchrun each rank takes its share of the samples and the statistics are summed
+        across ranks (default whenever torch.distributed is initialised; False: every rank all samples).
+        """
+        opts = calibration.options(samples, device, cache_dtype, precision, sequential_targets, distributed)
+        request = self.needs.calibration
+        self._chunks = calibration.materialise(batches, opts.resolve_samples(request)) if request else None
+        self._options = opts
 
     # -- the training-loop API ------------------------------------------------------------------
     def after_backward(self) -> None:
@@ -199,39 +224,63 @@ class Pruner:
     def _prune(self, sparsity: float, optimizer: torch.optim.Optimizer | None, final: bool) -> Masks:
         check_current(self.model, self.params)
         m = self.method
+        request = self.needs.calibration
         ctx = Context(seed=self.seed, event=self.events, sparsity=sparsity, final_sparsity=self.schedule.sparsity,
-                      final=final, total_events=self.planned_events, calibration=self._calibration,
-                      calibration_samples=self._calibration_samples or self.needs.calibration_samples or None,
-                      input_stats=self._input_stats(), layouts=self.layouts)
+                      final=final, total_events=self.planned_events, layouts=self.layouts,
+                      calibration_samples=self._options.resolve_samples(request) if request else None)
         ctx = replace(ctx, **m.before_prune(self._view(), ctx))
-        custom = m.decide(self._view(), ctx)
-        if custom is not None:
-            masks = Masks({n: custom[n].to(device=p.device, dtype=torch.bool) for n, p in self.params.items()})
-        else:
-            masks = self._pipeline(sparsity, ctx)
-        old, self.masks = self.masks, masks
+        masks, decided_record, custom = self._decide_event(ctx, request)
+        old, self.masks = self.masks, Masks({n: masks[n].to(p.device) for n, p in self.params.items()})
         self._refresh()
         self._zero_pruned(optimizer)
         m.criterion_.reset()
         self.events += 1
-        record = {"step": self.step_count, "target_sparsity": sparsity if custom is None else None,
-                  "sparsity": self.masks.sparsity()}
+        record = {"step": self.step_count, "target_sparsity": None if custom else sparsity,
+                  "sparsity": self.masks.sparsity(), **decided_record}
         outcome = m.after_prune(self._view(), old, self.masks, ctx)
         self._set_values(outcome.values)
         record.update(outcome.record)
         self.history.append(record)
         return self.masks
 
-    def _input_stats(self) -> dict | None:
-        """The targets' streamed input statistics, when the method needs them (see :mod:`prunelab.calibration`)."""
-        needs = self.needs
-        if not needs.input_stats:
-            return None
-        if self._calibration is None:
+    def _decide_event(self, ctx: Context, request) -> tuple[dict[str, Tensor], dict, bool]:
+        """(masks, record, whether the method decided itself) of one event; a calibrated one group by group of
+        the calibration pipeline, each group's decision written before the next group is measured."""
+        if request is None:
+            d, custom = self._decide(ctx, tuple(self.params))
+            if d.values:
+                write(self.params, d)
+            return d.masks, d.record, custom
+        if self._chunks is None:
             raise ConfigError(f"method {self.method.name} needs calibration data: call pruner.calibrate(batches) "
                               "with a few batches of model inputs before pruning")
-        return input_stats(self.model, self.params, self._calibration,
-                           self._calibration_samples or needs.calibration_samples, gram=needs.input_stats == "gram")
+        decided: dict[str, Tensor] = {}
+        record: dict = {}
+        custom = False
+        companions = None
+        if self.channels is not None:
+            named = dict(self.model.named_parameters())
+            companions = lambda new: self.channels.companion_masks({**self.masks, **decided, **new})  # noqa: E731
+        for group in calibration.groups(self.model, self.params, request, self._chunks, self._options):
+            gctx = replace(ctx, input_stats=group.stats, group=group.names, calibration_pass=group.index,
+                           decided=dict(decided))
+            d, custom = self._decide(gctx, group.names)
+            write(self.params, d, companions, named if companions else None)
+            decided.update(d.masks)
+            merge(record, d.record)
+        record["calibration_samples"] = sum(n for _, n in self._chunks)
+        return decided, record, custom
+
+    def _decide(self, ctx: Context, names: tuple[str, ...]):
+        """(the checked Decision for ``names``, whether the method's own decide made it)."""
+        before = versions(self.params)
+        out = self.method.decide(self._view(), ctx)
+        if versions(self.params) != before:
+            raise ConfigError(f"method {self.method.name} wrote the model's weights while deciding: a method "
+                              "returns new weights in its Decision and the Pruner writes them")
+        if out is None:
+            return as_decision(self.method.name, self._pipeline(ctx.sparsity, ctx, names), names, self.params), False
+        return as_decision(self.method.name, out, names, self.params), True
 
     def _view(self) -> PruneView:
         return PruneView(self.model, self.params, self.masks, self.channels, self.layouts)
@@ -243,25 +292,30 @@ class Pruner:
                 p = self.params[name]
                 p[where] = value.to(device=p.device, dtype=p.dtype)[where]
 
-    def _pipeline(self, sparsity: float, ctx: Context) -> Masks:
-        """criterion -> granularity -> allocation -> selector, one pass per granularity step."""
+    def _pipeline(self, sparsity: float, ctx: Context, names: tuple[str, ...]) -> Masks:
+        """criterion -> granularity -> allocation -> selector over the targets ``names`` (a calibrated group, or
+        all of them), one pass per granularity step."""
         m = self.method
-        masks, dense = self.masks, self._dense
+        params = self.params if len(names) == len(self.params) else {n: self.params[n] for n in names}
+        if params is not self.params and self.channels is not None:
+            raise ConfigError(f"method {m.name} couples channels across layers: it cannot be decided block by "
+                              "block (sequential: false)")
+        masks, dense = Masks({n: self.masks[n] for n in params}), self._dense & set(params)
         steps = m.granularity_.steps(sparsity, self.schedule.sparsity)
-        if can_stream(m, steps, self.params, self.layouts):  # the same masks, without a copy of the weights
-            new = streamed_masks(m.criterion_, self.params, masks, dense, steps[0][1])
+        if can_stream(m, steps, params, self.layouts):  # the same masks, without a copy of the weights
+            new = streamed_masks(m.criterion_, params, masks, dense, steps[0][1])
             if new is not None:
                 return Masks(new)
-        scores = m.criterion_.scores(self.params, ctx)
+        scores = m.criterion_.scores(params, ctx)
         for i, (gran, s, s_final) in enumerate(steps):
             last = i == len(steps) - 1
             step_scores = scores if last else {n: t.clone() for n, t in scores.items()}
-            masks = Masks(self._select(gran, s, s_final, step_scores, masks, dense, ctx))
+            masks = Masks(self._select(gran, s, s_final, step_scores, masks, dense, ctx, params))
             dense = {n for n, t in masks.items() if all_true(t)} if not last else dense
         return masks
 
     def _select(self, gran, sparsity: float, final_sparsity: float, scores: dict, masks: Masks, dense: set,
-                ctx: Context) -> dict[str, Tensor]:
+                ctx: Context, params: dict[str, nn.Parameter]) -> dict[str, Tensor]:
         """One pass of granularity -> allocation -> selector over every tensor; returns the new masks.
 
         Output channels of a channel method are chosen per group of coupled channels (:mod:`prunelab.coupling`).
@@ -282,7 +336,7 @@ class Pruner:
                                   sparsity, final_sparsity, ctx, heads, head_scores)
             return {n: new.get(n, masks[n]) for n in self.params}
         layers, views = [], {}
-        for name, p in self.params.items():
+        for name, p in params.items():
             layout = self.layouts[name]  # granularities see every weight as (out, in, *kernel)
             shape = layout.canonical_shape(tuple(p.shape))
             with torch.no_grad():

@@ -9,7 +9,9 @@ prune are those with the smallest w^2 / [H^-1]_jj^2 (unstructured: a fraction ``
 chosen over all rows, or with ``per_row`` the same count in every row; N:M: n of every m consecutive columns
 of each row), and each pruned or kept column's
 error is spread over the columns to its right through the upper Cholesky factor of H^-1, lazily per block.
-With ``keep`` given, the mask is fixed and only the update runs.
+With ``keep`` given, the mask is fixed and only the update runs. The solve runs in the Gram matrix's precision
+(float32 unless the caller accumulated it in float64; float64 weights always in float64), as the authors' code
+runs in float32.
 """
 from __future__ import annotations
 
@@ -23,29 +25,35 @@ from .errors import ConfigError
 
 def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m: int = 0,
               keep: Tensor | None = None, blocksize: int = 128, percdamp: float = 0.01,
-              per_row: bool = False) -> tuple[Tensor, Tensor]:
-    """(updated weight, keep mask) of one layer, both (rows, columns); float64 internally, the weight's dtype
-    out. Columns no calibration input ever reached (zero diagonal of H) are pruned and their weights dropped,
-    as the paper's implementation does."""
+              per_row: bool = False) -> tuple[Tensor, Tensor, bool]:
+    """(updated weight, keep mask, whether H was invertible) of one layer, weight and mask (rows, columns), the
+    weight's dtype out. Columns no calibration input ever reached (zero diagonal of H) have their weights
+    dropped, as the paper's implementation does, and are marked pruned in the mask, so a kept weight is never a
+    dropped one. When H is not positive definite even after dampening, H^-1 is taken as the identity (as
+    llm-compressor falls back): the weights are pruned by magnitude with no update, and the flag says so."""
     if weight.dim() != 2 or gram.shape != (weight.shape[1], weight.shape[1]):
         raise ConfigError(f"sparsegpt needs a (rows, columns) weight and a (columns, columns) Gram matrix, got "
                           f"{tuple(weight.shape)} and {tuple(gram.shape)}")
-    w = weight.detach().double().clone()
-    h = gram.detach().double().clone().to(w.device)
+    dtype = torch.float64 if torch.float64 in (gram.dtype, weight.dtype) else torch.float32
+    w = weight.detach().to(dtype).clone()
+    h = gram.detach().to(device=w.device, dtype=dtype).clone()
     rows, cols = w.shape
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
     w[:, dead] = 0
+    if keep is not None:
+        keep = keep.to(w.device) & ~dead[None]
     h.diagonal().add_(percdamp * torch.mean(torch.diag(h)))
+    ok = True
     try:  # one (columns, columns) matrix alive at a time besides the caller's Gram: each step replaces h
         h = torch.linalg.cholesky(h)
         h = torch.cholesky_inverse(h)
         hinv = torch.linalg.cholesky(h, upper=True)
         del h
-    except RuntimeError:
-        raise ConfigError("sparsegpt: the calibration Gram matrix is not positive definite even after dampening; "
-                          "give more calibration samples or raise percdamp") from None
-    pruned = torch.zeros_like(w, dtype=torch.bool) if keep is None else ~keep.to(w.device)
+    except RuntimeError:  # torch.linalg.LinAlgError, and NaN inputs
+        ok = False
+        hinv = torch.eye(cols, dtype=dtype, device=w.device)
+    pruned = torch.zeros_like(w, dtype=torch.bool) if keep is None else ~keep
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         w1, h1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
@@ -63,8 +71,7 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
                 k = _share(sparsity, rows * cols, rows * i1, rows * i2)
                 if k:
                     thresh = score.flatten().kthvalue(k).values
-                    pruned[:, i1:i2] = score <= thresh
-                    _trim(pruned[:, i1:i2], score, k)
+                    pruned[:, i1:i2] = _trim(score <= thresh, score, k)
         for i in range(i2 - i1):
             col = w1[:, i]
             d = h1[i, i]
@@ -80,7 +87,8 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
             err1[:, i] = e
         w[:, i1:i2] = q1
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return w.to(weight.dtype), ~pruned
+    pruned[:, dead] = True
+    return w.to(weight.dtype), ~pruned, ok
 
 
 def _share(sparsity: float, total: int, start: int, stop: int) -> int:
@@ -91,9 +99,11 @@ def _share(sparsity: float, total: int, start: int, stop: int) -> int:
     return cum(stop) - cum(start)
 
 
-def _trim(pruned: Tensor, score: Tensor, k: int) -> None:
-    """Ties at the threshold can prune more than ``k``: keep the surplus with the highest positions (in place)."""
+def _trim(pruned: Tensor, score: Tensor, k: int) -> Tensor:
+    """Ties at the threshold can prune more than ``k``: keep the surplus with the highest positions. ``pruned``
+    is a fresh (contiguous) tensor, returned changed."""
     extra = int(pruned.sum()) - k
     if extra > 0:
         tied = (pruned & (score == score[pruned].max())).flatten().nonzero().flatten()
         pruned.view(-1)[tied[-extra:]] = False
+    return pruned

@@ -106,7 +106,9 @@ class Targets:
     these names) whose weights may be pruned. embeddings: also prune ``Embedding`` tables and weights tied to
     them. keep_first_dense / keep_last_dense: drop the first / last of the matched weights (registration
     order). incompatible: what to do with a weight the granularity cannot apply to (N:M on 3 input channels):
-    ``"skip"`` it, named in the summary, or ``"error"``.
+    ``"skip"`` it, named in the summary, or ``"error"``. output_layer: whether a language model's output layer
+    (``model.get_output_embeddings()``, an untied ``lm_head``) is a target; None: the method's default (the
+    calibrated methods leave it dense, as Wanda and SparseGPT do; the others prune it).
     """
 
     include: list[str] = field(default_factory=lambda: ["*"])
@@ -116,14 +118,19 @@ class Targets:
     keep_first_dense: bool = False
     keep_last_dense: bool = False
     incompatible: str = "skip"
+    output_layer: bool | None = None
 
     def __post_init__(self) -> None:
         if self.incompatible not in ("skip", "error"):
             raise ConfigError(f"targets incompatible must be 'skip' or 'error', got {self.incompatible!r}")
+        if self.output_layer is not None and not isinstance(self.output_layer, bool):
+            raise ConfigError(f"targets output_layer must be true, false or null, got {self.output_layer!r}")
 
-    def find(self, model: nn.Module) -> list[Target]:
+    def find(self, model: nn.Module, output_layer: bool = True) -> list[Target]:
         """The prunable weights in registration order; ConfigError when nothing matches, so a typo in a pattern
-        cannot silently prune nothing."""
+        cannot silently prune nothing. ``output_layer``: the default of :attr:`output_layer` when it is None."""
+        keep_out = self.output_layer if self.output_layer is not None else output_layer
+        out_layer = None if keep_out else output_weight(model)
         aliases: dict[int, list[str]] = {}
         for name, p in model.named_parameters(remove_duplicate=False):
             aliases.setdefault(id(p), []).append(name)
@@ -139,6 +146,8 @@ class Targets:
                     continue
                 if id(w) in embedded and not self.embeddings:
                     continue  # a weight tied to an embedding table is one (e.g. GPT-2's lm_head)
+                if w is out_layer:
+                    continue
                 names = aliases[id(w)]
                 if not any(fnmatch.fnmatchcase(n, p) for n in names for p in self.include):
                     continue
@@ -159,6 +168,17 @@ class Targets:
     def resolve(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """``{name: parameter}`` of :meth:`find`."""
         return {t.name: t.param for t in self.find(model)}
+
+
+def output_weight(model: nn.Module) -> nn.Parameter | None:
+    """A language model's output-layer weight (``get_output_embeddings()``, as Hugging Face models have it)."""
+    get = getattr(model, "get_output_embeddings", None)
+    try:
+        layer = get() if callable(get) else None
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    w = getattr(layer, "weight", None)
+    return w if isinstance(w, nn.Parameter) else None
 
 
 def weight_matrices(model: nn.Module) -> dict[str, nn.Parameter]:

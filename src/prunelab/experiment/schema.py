@@ -71,10 +71,15 @@ class ScheduleConfig(_Strict):
 
 class CalibrationConfig(_Strict):
     """Calibration data of calibrated methods (pca, wanda, sparsegpt): the first ``samples`` training inputs (in
-    the training order at that point), in batches of ``batch_size`` (default: the training batch size)."""
+    the training order at that point; default: the method's own count), in batches of ``batch_size`` (default:
+    the training batch size); ``precision`` of norms, Gram matrices and SparseGPT's solve; ``cache_dtype`` of the
+    cached block inputs; ``sequential_targets`` globs naming the blocks (default: found)."""
 
-    samples: int = Field(128, ge=1, le=10 ** 9)
+    samples: int | None = Field(None, ge=1, le=10 ** 9)
     batch_size: int | None = Field(None, ge=1)
+    precision: Literal["float32", "float64"] = "float32"
+    cache_dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    sequential_targets: list[str] | None = Field(None, min_length=1)
 
 
 class PruneConfig(_Strict):

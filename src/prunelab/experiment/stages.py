@@ -197,9 +197,11 @@ def prepare_event(ctx: RunContext, model, pruner: Pruner) -> None:
     """Hand the method what it declared it needs before an event: calibration batches (training inputs) and
     the loss gradients of ``gradient_batches`` training batches."""
     needs = pruner.needs
-    if needs.calibration_samples:
+    if needs.calibration is not None:
         cal = ctx.recipe.prune.calibration
-        pruner.calibrate(ctx.calibration_batches(), samples=cal.samples if cal is not None else None)
+        opts = {} if cal is None else {"samples": cal.samples, "precision": cal.precision,
+                                       "cache_dtype": cal.cache_dtype, "sequential_targets": cal.sequential_targets}
+        pruner.calibrate(ctx.calibration_batches(), **opts)
     if not needs.gradient_batches:
         return
     model.train()

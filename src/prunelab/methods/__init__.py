@@ -5,7 +5,7 @@ Each method is a dataclass whose fields are part specs, so any part can be overr
 """
 from __future__ import annotations
 
-from .base import METHODS, Method, Outcome, PruneView, Rewind, build_method
+from .base import METHODS, Decision, Method, Outcome, PruneView, Rewind, build_method
 from . import basic, calibrated, campfire, drop_pruning, imp, pca, structured  # noqa: F401  (registers the built-ins)
 
-__all__ = ["METHODS", "Method", "Outcome", "PruneView", "Rewind", "build_method"]
+__all__ = ["METHODS", "Decision", "Method", "Outcome", "PruneView", "Rewind", "build_method"]

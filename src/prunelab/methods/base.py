@@ -7,11 +7,9 @@ set. The Pruner is the only one that installs masks and writes weights.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
 
-import torch
 from torch import Tensor, nn
 
 from ..allocation import ALLOCATIONS, Allocation
@@ -40,55 +38,22 @@ class PruneView:
     channels: "ChannelGraph | None" = None
     layouts: Mapping[str, "Layout"] = field(default_factory=dict)
 
-    def scratch(self, commit: bool = False):
-        """A context manager yielding ``write(name, value)``: within the block a target reads ``value``; every
-        written target is restored on exit (a method measures a decision layer by layer, the Pruner installs it).
-        ``commit=True``: what was written stays when the block ends normally (restored only on an exception),
-        so a method whose written values are its decision need not hold a second copy of them."""
-        return _scratch(self.params, commit)
-
     def canonical(self, name: str, t: Tensor) -> Tensor:
         """``t`` (the weight ``name``, its scores or its mask) viewed as (out, in, *kernel)."""
         layout = self.layouts.get(name)
         return layout.canonical(t) if layout is not None else t
 
-    @contextmanager
-    def silenced(self, masks: Mapping[str, Tensor]) -> Iterator[None]:
-        """Within the block, the weights ``masks`` prune (and their channels' biases and norm entries) read as
-        zero; every value is restored on exit, so a method can measure a candidate decision without writing
-        the model."""
-        named = {**dict(self.model.named_parameters()), **self.params}
-        keeps = dict(masks)
-        if self.channels is not None:
-            keeps.update(self.channels.companion_masks(masks))
-        with _scratch(named) as write:
-            for name, keep in keeps.items():
-                p = named[name]
-                write(name, p.detach() * keep.to(device=p.device, dtype=p.dtype))
-            yield
 
+@dataclass
+class Decision:
+    """What a method's :meth:`Method.decide` returns for the targets it was asked about (``ctx.group``):
+    ``masks`` {name: bool tensor}; ``values`` {name: new full-shape weight} for methods that also update the
+    survivors (SparseGPT), written by the Pruner with the pruned entries zeroed; ``record`` joins the event's
+    entry in ``pruner.history`` (dicts merged, numbers summed over the groups of an event)."""
 
-@contextmanager
-def _scratch(params: Mapping[str, nn.Parameter], commit: bool = False) -> Iterator:
-    """Yields ``write(name, value)``; every parameter written within the block gets its value back on exit
-    (with ``commit``, only when the block raises)."""
-    saved: dict[str, Tensor] = {}
-
-    def write(name: str, value: Tensor) -> None:
-        p = params[name]
-        with torch.no_grad():
-            if name not in saved:
-                saved[name] = p.detach().clone()
-            p.copy_(value.to(device=p.device, dtype=p.dtype))
-    ok = False
-    try:
-        yield write
-        ok = True
-    finally:
-        if not (commit and ok):
-            with torch.no_grad():
-                for name, value in saved.items():
-                    params[name].copy_(value)
+    masks: dict[str, Tensor]
+    values: dict[str, Tensor] = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -132,6 +97,8 @@ class Method:
     channels: bool = False  # also hold removed channels' biases and BatchNorm scale/shift at zero (shrinkable)
     # a one-shot method decides from calibration data in one event; `prunelab curve` runs it without rounds
     one_shot: ClassVar[bool] = False
+    # whether a language model's output layer is a target by default (targets.output_layer overrides it)
+    output_layer: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         self.criterion_: Criterion = CRITERIA.build(self.criterion)
@@ -161,17 +128,21 @@ class Method:
         """Per-event data for the parts, returned as Context fields (e.g. ``{"bn_scales": ...}``)."""
         return {}
 
-    def decide(self, view: PruneView, ctx: "Context") -> dict[str, Tensor] | None:
-        """Masks decided by the method itself ({name: bool tensor}), or None to run the pipeline.
+    def decide(self, view: PruneView, ctx: "Context") -> "Decision | dict[str, Tensor] | None":
+        """The masks (and new weights) of the targets ``ctx.group`` decided by the method itself, or None to run
+        the pipeline.
 
         The one escape hatch from criterion -> granularity -> allocation -> selector, for decisions that are
-        not a ranking under a count (PCA's spectrum cut per layer and cumulative sum per unit); such a
-        method's event sparsity is an outcome, and the requested one is ignored.
+        not a ranking under a count (PCA's spectrum cut per layer, SparseGPT's masks and weights decided
+        together). A calibrated method is asked once per group and pass of its request, with the group's
+        statistics on ``ctx.input_stats``; it returns data and keeps none (the Pruner checks that it wrote no
+        weight). Such a method's event sparsity is an outcome when it says so.
         """
         return None
 
     def after_prune(self, view: PruneView, old: "Masks", new: "Masks", ctx: "Context") -> Outcome:
-        """Called once the new masks are installed and pruned weights zeroed; ``view.masks`` is ``new``."""
+        """Called once the new masks are installed and pruned weights zeroed; ``view.masks`` is ``new``
+        (``ctx`` is the event's, without any group's statistics)."""
         return Outcome()
 
     # -- state carried between events -------------------------------------------------------------------

@@ -11,50 +11,69 @@ matrix X^T X (:func:`prunelab.reconstruction.sparsegpt`: blocks of ``blocksize``
 ``per_row: true``, in every row). ``allocation`` splits the budget over layers: ``uniform`` (the paper: the
 event's sparsity in every layer), or any other allocation ranked by the method's ``criterion`` on the weights
 before reconstruction (``global`` magnitude leaves small, sensitive layers denser, as iterative magnitude
-pruning does); each layer is then reconstructed at its own sparsity. ``sequential``
-(default): the layers are calibrated and pruned in order, each seeing the inputs produced by the layers already
-pruned and updated before it, as the paper does (a chain of transformer blocks runs block by block on cached
-inputs: :mod:`prunelab.sequential`); otherwise all from the dense model in one pass. The mask and
-the new weights are decided together, so it uses :meth:`Method.decide` (with PCA, the two methods whose
-decision is not a ranking under a count) and hands the weights back in its event outcome; the model is
-written only by the Pruner. While it calibrates layer by layer, the layers already done hold their new weights
-(a copy of the original targets is kept until the Pruner installs the result).
+pruning does); each layer is then reconstructed at its own sparsity, fixed once per event in
+``before_prune``. The mask and the new weights are decided together, so it uses :meth:`Method.decide`, once per
+group of the calibration pipeline, and returns both in a :class:`~prunelab.methods.base.Decision`; the Pruner
+writes them before the next group is measured and holds no copy of the original weights. Statistics and the
+solve are in float32 unless calibration asks for float64 (the authors' precision; see the README's figures).
+A layer whose Gram matrix stays singular after dampening is pruned by magnitude without an update (as
+llm-compressor falls back), warned about and named in the event's record (``unreconstructed``): one
+ill-conditioned layer should not discard an event that took hours, and the record keeps it visible.
+
+``sequential`` (both methods; default true, as the papers' released code): the layers are calibrated and pruned
+in order, each seeing the inputs the layers already pruned (and updated) produce; a chain of transformer
+blocks runs block by block on cached inputs (:mod:`prunelab.calibration.pipeline`). ``sequential: false``:
+every layer from the dense model in one pass. Both leave a language model's output layer dense by default.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..calibration import column_view
-from ..sequential import sequential_stats
+from ..allocation import LayerGroups, Uniform
+from ..calibration.observers import column_view
+from ..calibration.request import Calibration
 from ..criteria import Needs
 from ..errors import ConfigError
-from ..allocation import LayerGroups, Uniform
 from ..granularity import NM, Element
 from ..reconstruction import sparsegpt
-from .base import METHODS, Method, Outcome
+from .base import METHODS, Decision, Method
 
 
 @METHODS.register("wanda")
 @dataclass
 class WandaMethod(Method):
     one_shot: ClassVar[bool] = True
+    output_layer: ClassVar[bool] = False
     criterion: Any = None  # {"name": "wanda", "samples": samples}
     granularity: Any = "row"
     allocation: Any = "uniform"
     selector: Any = "topk"
     samples: int = 128
+    sequential: bool = True
 
     def __post_init__(self) -> None:
         if self.criterion is None:
             self.criterion = {"name": "wanda", "samples": self.samples}
+        if not isinstance(self.sequential, bool):
+            raise ConfigError(f"wanda sequential must be true or false, got {self.sequential!r}")
         super().__post_init__()
+        if self.sequential and not isinstance(self.allocation_, Uniform):
+            raise ConfigError("sequential wanda decides block by block: use allocation uniform, or sequential: false")
+
+    def needs(self) -> Needs:
+        request = self.criterion_.needs().calibration
+        if request is None:
+            return self.criterion_.needs()
+        return Needs(calibration=Calibration(request.samples, request.passes, sequential=self.sequential))
 
 
 @METHODS.register("sparsegpt")
 @dataclass
 class SparseGPTMethod(Method):
     one_shot: ClassVar[bool] = True
+    output_layer: ClassVar[bool] = False
     criterion: Any = "magnitude"  # not used for the decision (see the module docstring); kept for reports
     granularity: Any = "element"
     samples: int = 128
@@ -69,49 +88,50 @@ class SparseGPTMethod(Method):
                 raise ConfigError(f"sparsegpt {label} must be a positive integer, got {v!r}")
         if not (isinstance(self.percdamp, (int, float)) and self.percdamp >= 0):
             raise ConfigError(f"sparsegpt percdamp must be a non-negative number, got {self.percdamp!r}")
+        if not isinstance(self.sequential, bool):
+            raise ConfigError(f"sparsegpt sequential must be true or false, got {self.sequential!r}")
         super().__post_init__()
         if not isinstance(self.granularity_, (NM, Element)):
             raise ConfigError("sparsegpt chooses single weights (granularity element) or N:M patterns (nm)")
         if isinstance(self.granularity_, NM) and not isinstance(self.allocation_, Uniform):
             raise ConfigError("sparsegpt with N:M patterns fixes the sparsity of every layer: use allocation uniform")
-        self._values: dict = {}
 
     def needs(self) -> Needs:
-        # the one-pass mode takes every Gram matrix from the Pruner; the sequential one streams its own
-        return Needs(calibration_samples=self.samples, input_stats=None if self.sequential else "gram")
+        return Needs(calibration=Calibration(self.samples, ("gram",), sequential=self.sequential))
 
-    def decide(self, view, ctx):
-        if ctx.calibration is None:
-            raise ConfigError("sparsegpt needs calibration data: call pruner.calibrate(batches) with a few batches "
-                              "of model inputs before pruning")
+    def before_prune(self, view, ctx) -> dict:
+        """Each layer's sparsity, fixed once for the event from the weights before any reconstruction."""
+        return {} if isinstance(self.allocation_, Uniform) else {"layer_sparsity": self.layer_sparsities(view, ctx)}
+
+    def decide(self, view, ctx) -> Decision:
+        """Masks and reconstructed weights of the group ``ctx.group`` from its Gram matrices; the Pruner writes
+        them before the next group is measured."""
         gran = self.granularity_
         nm = (gran.n, gran.m) if isinstance(gran, NM) else (0, 0)
-        masks, self._values = {}, {}
-        self._sparsities = self.layer_sparsities(view, ctx)
-        groups = [ctx.input_stats] if ctx.input_stats is not None else sequential_stats(
-            view.model, view.params, ctx.calibration, ctx.calibration_samples or self.samples, gram=True)
-        # sequential: the next layers calibrate on each layer's result, written into the model; those writes are
-        # the decision, so they stay (commit) instead of being restored and held a second time for the Pruner
-        with view.scratch(commit=self.sequential) as write:
-            for stats in groups:  # sequential: each group is measured after the ones before it were written
-                for name, st in stats.items():
-                    p, layout = view.params[name], view.layouts[name]
-                    w, keep = sparsegpt(column_view(layout, p.detach()), st.gram, self._sparsities[name], *nm,
-                                        blocksize=self.blocksize, percdamp=self.percdamp, per_row=self.per_row)
-                    shape = layout.canonical(p).shape
-                    masks[name] = layout.stored(keep.reshape(shape)).contiguous()
-                    w = layout.stored(w.reshape(shape))
-                    if self.sequential:
-                        write(name, w * masks[name])
-                    else:
-                        self._values[name] = w.contiguous()
-        return {name: masks[name] for name in view.params}
+        masks, values, singular = {}, {}, []
+        for name in ctx.group:
+            p, layout, st = view.params[name], view.layouts[name], ctx.input_stats[name]
+            sparsity = ctx.sparsity if ctx.layer_sparsity is None else ctx.layer_sparsity[name]
+            w, keep, ok = sparsegpt(column_view(layout, p.detach()), st.gram, sparsity, *nm,
+                                    blocksize=self.blocksize, percdamp=self.percdamp, per_row=self.per_row)
+            if not ok:
+                singular.append(name)
+            shape = layout.canonical(p).shape
+            masks[name] = layout.stored(keep.reshape(shape)).contiguous()
+            values[name] = layout.stored(w.reshape(shape)).contiguous()
+        record: dict = {"reconstructed": len(masks)}
+        if singular:
+            warnings.warn(f"sparsegpt: the Gram matrix of {', '.join(singular[:3])} is not positive definite even "
+                          "after dampening; those layers were pruned by magnitude without reconstruction (more "
+                          "calibration samples or a larger percdamp avoid it)", stacklevel=2)
+            record["unreconstructed"] = {n: "Gram matrix not positive definite" for n in singular}
+        if ctx.layer_sparsity is not None:
+            record["layer_sparsity"] = {n: round(ctx.layer_sparsity[n], 6) for n in ctx.group}
+        return Decision(masks, values, record)
 
     def layer_sparsities(self, view, ctx) -> dict[str, float]:
-        """Each target's sparsity for this event: the event's own under ``uniform`` allocation, otherwise the
-        allocation's keep counts over single weights scored by the criterion (the weights as they are now)."""
-        if isinstance(self.allocation_, Uniform):
-            return {n: ctx.sparsity for n in view.params}
+        """Each target's sparsity for this event: the allocation's keep counts over single weights scored by
+        the criterion (the weights as they are now)."""
         scores = self.criterion_.scores(view.params, ctx)
         layers = []
         for name, p in view.params.items():
@@ -120,10 +140,3 @@ class SparseGPTMethod(Method):
                                       s if self.allocation_.needs_scores else None))
         keep = self.allocation_.keep_counts(layers, ctx.sparsity, ctx.final_sparsity)
         return {n: 1 - keep[n] / view.params[n].numel() for n in view.params}
-
-    def after_prune(self, view, old, new, ctx) -> Outcome:
-        values, self._values = self._values, {}  # empty when sequential: the weights were written in decide
-        record = {"reconstructed": len(new)}
-        if not isinstance(self.allocation_, Uniform):
-            record["layer_sparsity"] = {n: round(s, 6) for n, s in self._sparsities.items()}
-        return Outcome(record=record, values={n: (new[n], v) for n, v in values.items()})

@@ -10,9 +10,11 @@ B. Connections. With the removed units already silenced, a second calibration pa
    layer's inputs. For unit j, c_ij = |w_ij| * E|a_i| (conv: every weight of input channel i), RI_ij =
    c_ij / sum_k c_kj, and j keeps the smallest set of its connections whose RI sums to ``tau_c`` (default
    ``tau``); connections from silenced inputs have RI 0 and go first.
-Then the run retrains once. Calibration arrives through the engine's seam: the method declares
-``needs().calibration_samples`` and reads the batches given to ``pruner.calibrate(batches)`` from the event's
-Context; the removed units are silenced for step B through ``PruneView.silenced`` (weights restored after).
+Then the run retrains once. Calibration is one request of two passes (:mod:`prunelab.calibration`): the output
+moments for step A, then, once the Pruner has written step A's decision (the removed units and their bias and
+BatchNorm entries at zero), the input moments for step B; the method sees statistics, never batches, and keeps
+nothing between the passes (step A's masks come back on ``ctx.decided``). ``sequential: true`` measures each
+layer on the outputs of the layers already pruned (the paper measures all from the dense model: default false).
 The masks are decided in :meth:`PCAPruning.decide`, not by the criterion -> allocation -> selector pipeline,
 because the decisions are a spectrum cut per layer and a cumulative sum per unit, not a ranking under a
 count: this is the one built-in method that uses that escape hatch. The run's ``sparsity`` is therefore an
@@ -26,11 +28,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..analysis.activations import collect, pca_width, unit_contributions
+from ..analysis.activations import pca_width, unit_contributions
+from ..calibration.request import Calibration
+from ..criteria import Needs
 from ..errors import ConfigError
 from ..registry import check_fraction
-from ..criteria import Needs
-from .base import METHODS, Method, Outcome
+from .base import METHODS, Decision, Method
 
 
 def cumulative_keep(ri: Tensor, tau: float) -> Tensor:
@@ -67,14 +70,18 @@ class PCAPruning(Method):
     samples: int = 2048
     units: bool = True
     connections: bool = True
+    sequential: bool = False  # true: each layer measured on the outputs of the layers already pruned
 
     def __post_init__(self) -> None:
         for label, v in (("tau", self.tau), ("tau_c", self.tau_c)):
             if v is not None and check_fraction(f"pca {label}", v, allow_one=True) == 0:
                 raise ConfigError(f"pca {label} must be in (0, 1], got 0")
-        if not isinstance(self.samples, int) or self.samples < 2:
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 2:
             raise ConfigError(f"pca needs at least 2 calibration samples, got {self.samples!r}")
-        self.plan: dict = {}  # per-layer widths and densities of the last decision
+        if not isinstance(self.sequential, bool):
+            raise ConfigError(f"pca sequential must be true or false, got {self.sequential!r}")
+        if not (self.units or self.connections):
+            raise ConfigError("pca with neither units nor connections prunes nothing: enable one")
         super().__post_init__()
 
     def describe(self) -> str:
@@ -82,45 +89,39 @@ class PCAPruning(Method):
                f"{self.samples} calibration samples)"
 
     def needs(self) -> Needs:
-        return Needs(calibration_samples=self.samples)
+        passes = ((("outputs",),) if self.units else ()) + ((("mean_abs",),) if self.connections else ())
+        return Needs(calibration=Calibration(self.samples, passes, sequential=self.sequential))
 
-    def after_prune(self, view, old, new, ctx) -> Outcome:
-        return Outcome(record={"plan": self.plan})
-
-    def decide(self, view, ctx) -> dict[str, Tensor]:
-        if ctx.calibration is None:
-            raise ConfigError("pca needs calibration data: call pruner.calibrate(batches) with a few batches of "
-                              "model inputs before pruning")
-        model, params = view.model, view.params
-        layers = [n.rsplit(".", 1)[0] for n in params]
+    def decide(self, view, ctx) -> Decision:
+        """Step A (the units) on the pass of output moments, step B (the connections) on the pass of input
+        moments measured after step A's units were removed (the Pruner wrote them), for the group ``ctx.group``."""
         classifier = view.channels.ignored if view.channels is not None else []
-        samples = ctx.calibration_samples or self.samples
-        stats = collect(model, layers, ctx.calibration, samples, outputs=self.units)
-        masks, self.plan = {}, {}
-        for name, layer in zip(params, layers):
-            w = params[name]
-            rows = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
-            k = w.shape[0]
-            if self.units and layer not in classifier:
-                k, vals, vecs = pca_width(stats.outputs[layer].covariance(), self.tau)
-                keep = unit_contributions(vals, vecs, k).topk(k).indices
-                rows = torch.zeros_like(rows)
-                rows[keep.to(w.device)] = True
-            masks[name] = rows.reshape(-1, *([1] * (w.dim() - 1))).expand_as(w).clone()
-            self.plan[layer] = {"units": w.shape[0], "kept_units": k}
-        if self.connections:
+        units_pass = self.units and ctx.calibration_pass == 0
+        masks, plan = {}, {}
+        for name in ctx.group:  # every weight as (out, in, *kernel); masks back in its own layout
+            w, layer, st = view.canonical(name, view.params[name]), name.rsplit(".", 1)[0], ctx.input_stats[name]
+            if units_pass:
+                rows = torch.ones(w.shape[0], dtype=torch.bool, device=w.device)
+                k = w.shape[0]
+                if layer not in classifier:
+                    k, vals, vecs = pca_width(st.outputs.covariance(), self.tau)
+                    rows = torch.zeros_like(rows)
+                    rows[unit_contributions(vals, vecs, k).topk(k).indices.to(w.device)] = True
+                masks[name] = view.canonical(name, rows.reshape(-1, *([1] * (w.dim() - 1))).expand_as(w)).clone()
+                plan[layer] = {"units": w.shape[0], "kept_units": k}
+                if not self.connections:
+                    plan[layer]["density"] = masks[name].float().mean().item()
+                continue
+            before = (ctx.decided or {}).get(name)
+            if before is None:  # connections only: every unit kept
+                before = torch.ones_like(view.params[name], dtype=torch.bool)
+                plan[layer] = {"units": w.shape[0], "kept_units": w.shape[0]}
+            mean_abs = st.inputs.mean_abs()
+            if mean_abs.numel() != w.shape[1]:
+                raise ConfigError(f"pca: the inputs of {layer} have {mean_abs.numel()} features, its weight "
+                                  f"{w.shape[1]}; grouped convolutions are not supported")
             tau_c = self.tau if self.tau_c is None else self.tau_c
-            # the removed units (weights and channel companions) are silenced while the inputs are measured
-            with view.silenced(masks):
-                inputs = collect(model, layers, ctx.calibration, samples, outputs=False)
-                for name, layer in zip(params, layers):
-                    w = params[name]
-                    mean_abs = inputs.inputs[layer].mean_abs()
-                    if mean_abs.numel() != w.shape[1]:
-                        raise ConfigError(f"pca: the inputs of {layer} have {mean_abs.numel()} features, its "
-                                          f"weight {w.shape[1]}; grouped convolutions are not supported")
-                    keep = cumulative_keep(relative_importance(w, mean_abs), tau_c).reshape(w.shape)
-                    masks[name] = masks[name] & keep.to(w.device)
-        for name, layer in zip(params, layers):
-            self.plan[layer]["density"] = masks[name].float().mean().item()
-        return masks
+            keep = cumulative_keep(relative_importance(w, mean_abs), tau_c).reshape(w.shape)
+            masks[name] = before & view.canonical(name, keep.to(w.device))
+            plan.setdefault(layer, {})["density"] = masks[name].float().mean().item()
+        return Decision(masks, record={"plan": plan})

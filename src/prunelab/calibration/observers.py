@@ -1,14 +1,17 @@
-"""Calibration: what each target layer sees, streamed over a few batches of model inputs.
+"""Observers: what each target layer sees, accumulated by forward hooks without holding any activation.
 
 For every target weight W, viewed as a matrix (out, in * kernel) in the engine's (out, in, *kernel) layout, the
 layer's inputs are rearranged into rows X of the same in * kernel columns (a linear layer: one row per token or
 sample; a convolution: one row per output position, its receptive field unfolded as im2col), so that the layer
-computes X W^T. Accumulated per target without holding any activation, each batch's products in the inputs'
-precision (float32 for a float32 model, float64 for float64 inputs) and their sum over batches in float64:
+computes X W^T. One observer, four kinds of statistic (:class:`InputStats`):
 
-- ``sq``: sum over rows of x_j^2, the squared column norms ||X_j||^2 (Wanda's activation statistic);
-- ``gram``: X^T X, when asked (SparseGPT's layer Hessian up to a factor 2);
-- ``rows``: how many rows were seen.
+- ``norms``: ``sq``, the sum over rows of x_j^2, the squared column norms ||X_j||^2 (Wanda's statistic);
+- ``gram``: X^T X as well (SparseGPT's layer Hessian up to a factor 2);
+- ``outputs``: moments of the owner module's output features, with their covariance (PCA's widths);
+- ``mean_abs``: first moments of its input features, E|a| per input channel (PCA's connections).
+
+Norms and Gram matrices are summed in float32 by default, as the authors' Wanda and SparseGPT accumulate them
+(float64 on request or for float64 inputs); moments always in float64 (see :class:`Moments`).
 
 Forward hooks observe the modules that own the targets: Linear (and subclasses), Conv1d/Conv2d with groups=1,
 Hugging Face Conv1D, and nn.MultiheadAttention, whose parent reads its weights directly: in_proj_weight sees
@@ -28,23 +31,79 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .inputs import call, map_tensors
-from .recurrent import is_rnn_weight, rnn_rows
-from .targets import Layout, is_hf_conv1d
+from ..errors import ConfigError
+from ..inputs import call
+from ..recurrent import is_rnn_weight, rnn_rows
+from ..targets import Layout, is_hf_conv1d
+
+
+@dataclass
+class Moments:
+    """Streamed first and second moments of a layer's features (conv activations: channels are the features,
+    every position of every sample one observation), always summed in float64: the covariance is taken as the
+    difference ss - n mu mu^T, which cancels too much in float32."""
+
+    n: int = 0
+    s: Tensor | None = None     # sum x (d,)
+    ss: Tensor | None = None    # sum x x^T (d, d), only when the covariance is asked for
+    sabs: Tensor | None = None  # sum |x| (d,)
+
+    def add(self, x: Tensor, second: bool, channels_first: bool = True) -> None:
+        x = features(x.detach(), channels_first).double()
+        if self.s is None:
+            d = x.shape[1]
+            self.s = torch.zeros(d, dtype=torch.float64, device=x.device)
+            self.sabs = torch.zeros_like(self.s)
+            if second:
+                self.ss = torch.zeros(d, d, dtype=torch.float64, device=x.device)
+        self.n += x.shape[0]
+        self.s += x.sum(0)
+        self.sabs += x.abs().sum(0)
+        if second:
+            self.ss += x.T @ x
+
+    def mean(self) -> Tensor:
+        return self.s / max(self.n, 1)
+
+    def mean_abs(self) -> Tensor:
+        return self.sabs / max(self.n, 1)
+
+    def covariance(self) -> Tensor:
+        """Unbiased covariance of the centered features."""
+        mu = self.mean()
+        return (self.ss - self.n * torch.outer(mu, mu)) / max(self.n - 1, 1)
+
+
+def features(t: Tensor, channels_first: bool = True) -> Tensor:
+    """(observations, features): a conv activation (N, C, *spatial) with its channels moved last
+    (``channels_first``), a linear layer's (..., features) with every leading position an observation."""
+    if t.dim() > 2 and channels_first:
+        return t.transpose(1, -1).reshape(-1, t.shape[1])
+    return t.reshape(-1, t.shape[-1]) if t.dim() >= 2 else t.reshape(1, -1)
 
 
 @dataclass
 class InputStats:
-    """Streamed statistics of one target layer's inputs, as rows of its (in * kernel) columns."""
+    """Streamed statistics of one target, by kind: of its inputs as rows of its (in * kernel) columns (``rows``,
+    ``sq``, ``gram``), and of its module's output and input features (``outputs``, ``inputs``)."""
 
-    rows: int
-    sq: Tensor                 # (columns,) float64: sum of x^2 per column
-    gram: Tensor | None = None  # (columns, columns) float64: X^T X
+    rows: int = 0
+    sq: Tensor | None = None    # (columns,): sum of x^2 per column ("norms", and with "gram")
+    gram: Tensor | None = None  # (columns, columns): X^T X ("gram")
+    outputs: Moments | None = None  # the owner module's output features, with covariance ("outputs")
+    inputs: Moments | None = None   # its input features, first moments ("mean_abs")
 
     def norms(self) -> Tensor:
         """||X_j||_2 per column."""
         return self.sq.sqrt()
+
+    def tensors(self) -> list[Tensor]:
+        """Every accumulated sum, in a fixed order (summed across ranks by :mod:`.distributed`)."""
+        out = [t for t in (self.sq, self.gram) if t is not None]
+        for m in (self.outputs, self.inputs):
+            if m is not None:
+                out += [t for t in (m.s, m.ss, m.sabs) if t is not None]
+        return out
 
 
 def _rows(module: nn.Module, x: Tensor) -> Tensor:
@@ -142,25 +201,6 @@ def owners(model: nn.Module, targets: Mapping[str, Tensor]) -> dict[str, tuple[n
     return out
 
 
-def model_inputs(model: nn.Module, batches: Iterable, samples: int) -> Iterator[tuple[Any, int]]:
-    """(inputs on the model's device, how many) of the first ``samples`` inputs of ``batches``: a batch is any
-    model input (tensor, tuple, dict: see :mod:`prunelab.inputs`) or an ``(inputs, targets)`` pair, whose first
-    item is used; the last batch is cut to reach ``samples`` exactly. ConfigError when there is none."""
-    seen = 0
-    device = next(model.parameters()).device
-    for batch in batches:
-        x = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 and not isinstance(batch[1], dict) \
-            else batch
-        n = _batch_size(x)
-        x = map_tensors(x, lambda t: t[: samples - seen] if t.dim() > 0 and t.shape[0] == n else t)
-        yield map_tensors(x, lambda t: t.to(device)), min(n, samples - seen)
-        seen += min(n, samples - seen)
-        if seen >= samples:
-            break
-    if seen == 0:
-        raise ConfigError("the calibration data is empty: give at least one batch of model inputs")
-
-
 def run_model(model: nn.Module, x: Any) -> Any:
     """``model`` called on calibration inputs; what it raises on them is the user's inputs' fault: ConfigError."""
     try:
@@ -187,55 +227,50 @@ def hooked(model: nn.Module, hooks: Mapping[nn.Module, Callable]) -> Iterator[No
         model.train(was)
 
 
-def stream(model: nn.Module, hooks: Mapping[nn.Module, Callable], batches: Iterable, samples: int) -> int:
-    """Run ``model`` over the first ``samples`` inputs of ``batches`` (:func:`model_inputs`) with ``hooks``
-    (:func:`hooked`); returns the number of inputs seen. The one loop every calibrated statistic is gathered by
-    (input statistics here, PCA's activation moments)."""
-    seen = 0
-    with hooked(model, hooks):
-        for x, n in model_inputs(model, batches, samples):
-            run_model(model, x)
-            seen += n
-    return seen
+ROW_KINDS = frozenset({"norms", "gram"})
+KINDS = ROW_KINDS | {"outputs", "mean_abs"}
 
 
-def stat_hooks(mods: Mapping[str, tuple[nn.Module, Rows]], gram: bool
+def stat_hooks(mods: Mapping[str, tuple[nn.Module, Rows]], kinds: frozenset[str], precision: str = "float32"
                ) -> tuple[dict[nn.Module, Callable], dict[str, InputStats]]:
-    """Forward hooks accumulating each target's :class:`InputStats` (from :func:`owners`), and the dict they fill."""
+    """Forward hooks accumulating each target's :class:`InputStats` of ``kinds`` (from :func:`owners`), and the
+    dict they fill. ``precision`` "float32": products and sums in float32 (float64 for float64 inputs), as the
+    authors' Wanda and SparseGPT accumulate; "float64": both in float64."""
     stats: dict[str, InputStats] = {}
+    rows_wanted, gram = bool(kinds & ROW_KINDS), "gram" in kinds
 
     def hook(name, read_rows):
         def fn(module, args, kwargs, output):
-            x = read_rows(module, args, kwargs, output).detach()
-            if x.dtype not in (torch.float32, torch.float64):  # half precision: products in float32
-                x = x.float()
             s = stats.get(name)
             if s is None:
-                s = stats[name] = InputStats(0, torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
-                                             torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64,
-                                                         device=x.device) if gram else None)
+                s = stats[name] = InputStats(outputs=Moments() if "outputs" in kinds else None,
+                                             inputs=Moments() if "mean_abs" in kinds else None)
+            conv = isinstance(module, nn.modules.conv._ConvNd)  # channels first; linear layers: features last
+            if s.outputs is not None:
+                if not isinstance(output, Tensor):
+                    raise ConfigError(f"the output of {name}'s layer is not one tensor: its output moments "
+                                      "cannot be measured")
+                s.outputs.add(output, second=True, channels_first=conv)
+            if s.inputs is not None:
+                s.inputs.add(args[0], second=False, channels_first=conv)
+            if not rows_wanted:
+                return
+            x = read_rows(module, args, kwargs, output).detach()
+            x = x.double() if precision == "float64" or x.dtype == torch.float64 else x.float()
+            if s.sq is None:
+                s.sq = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+                if gram:
+                    s.gram = torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype, device=x.device)
             s.rows += x.shape[0]
-            # each batch's products in the inputs' own precision (a float64 matmul costs twice a float32 one,
-            # and the Gram matrices were most of SparseGPT's time), summed over batches in float64
-            s.sq += x.square().sum(0).double()
+            s.sq += x.square().sum(0)
             if gram:
-                s.gram += (x.T @ x).double()
+                s.gram.addmm_(x.T, x)
         return fn
 
     by_module: dict[nn.Module, list] = {}  # an attention module shows the inputs of several targets
     for name, (module, read_rows) in mods.items():
         by_module.setdefault(module, []).append(hook(name, read_rows))
     return {m: _each(fns) for m, fns in by_module.items()}, stats
-
-
-def input_stats(model: nn.Module, targets: Mapping[str, Tensor], batches: Iterable, samples: int,
-                gram: bool = False) -> dict[str, InputStats]:
-    """Every target's :class:`InputStats` over the first ``samples`` inputs of ``batches`` (see :func:`stream`)."""
-    mods = owners(model, targets)
-    hooks, stats = stat_hooks(mods, gram)
-    stream(model, hooks, batches, samples)
-    check_reached(mods, stats)
-    return stats
 
 
 def check_reached(names: Iterable[str], stats: Mapping[str, Any]) -> None:
@@ -246,7 +281,7 @@ def check_reached(names: Iterable[str], stats: Mapping[str, Any]) -> None:
         raise ConfigError(f"calibration never reached {', '.join(unseen[:3])}: the model did not call them")
     for n in names:
         s = stats[n]
-        if isinstance(s, InputStats) and not bool(torch.isfinite(s.sq).all()):
+        if isinstance(s, InputStats) and not all(bool(torch.isfinite(t).all()) for t in s.tensors()):
             raise ConfigError(f"the calibration inputs reaching {n} contain NaN or infinite values (in the data, "
                               "or made by an earlier layer): clean the calibration data, or exclude the layer")
 
@@ -256,13 +291,6 @@ def _each(fns: list) -> Callable:
         for f in fns:
             f(*hook_args)
     return fn
-
-
-def _batch_size(x) -> int:
-    if isinstance(x, Tensor):
-        return x.shape[0]
-    leaves = [t for t in (x.values() if isinstance(x, Mapping) else x) if isinstance(t, Tensor) and t.dim() > 0]
-    return leaves[0].shape[0] if leaves else 1
 
 
 def column_view(layout: Layout, t: Tensor) -> Tensor:

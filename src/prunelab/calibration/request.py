@@ -1,0 +1,97 @@
+"""What a method asks of calibration, and what the caller sets: one request, resolved once by the Pruner."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from .observers import KINDS
+
+PRECISIONS = ("float32", "float64")
+CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A method's calibration request, declared on its :class:`~prunelab.criteria.Needs`.
+
+    ``samples``: the method's own number of calibration inputs (a count the caller gives overrides it).
+    ``passes``: the statistics measured over each group of targets, one kind set per pass, in order (kinds:
+    ``norms``, ``gram``, ``outputs``, ``mean_abs``); after each pass the method decides and the Pruner writes the
+    decision before the next pass (PCA: output moments, its units removed, then the inputs' mean |a|).
+    ``sequential``: groups are measured in the model's order, each on the inputs the groups already pruned
+    produce (block by block for a chain of blocks); otherwise every group from the dense model.
+    """
+
+    samples: int
+    passes: tuple[frozenset[str], ...] = (frozenset({"norms"}),)
+    sequential: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ConfigError(f"a calibration request needs a positive sample count, got {self.samples!r}")
+        passes = tuple(frozenset([p] if isinstance(p, str) else p) for p in self.passes)
+        bad = sorted(k for p in passes for k in p if k not in KINDS)
+        if bad or not passes or not all(passes):
+            raise ConfigError(f"calibration statistics are {', '.join(sorted(KINDS))}; got {bad or list(passes)}")
+        object.__setattr__(self, "passes", passes)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the caller of :meth:`Pruner.calibrate` chooses: ``samples`` (None: the method's own count),
+    ``device`` (where blocks compute; None: where the model is), ``cache_dtype`` (the host copy of cached block
+    inputs; None: as computed), ``precision`` of norms, Gram matrices and reconstruction, ``sequential_targets``
+    (globs naming the blocks; None: the model's ``_no_split_modules`` or the heuristic), ``distributed``
+    (None: share the samples across ranks whenever torch.distributed is initialised)."""
+
+    samples: int | None = None
+    device: torch.device | None = None
+    cache_dtype: torch.dtype | None = None
+    precision: str = "float32"
+    sequential_targets: tuple[str, ...] | None = None
+    distributed: bool | None = None
+
+    def resolve_samples(self, request: Calibration) -> int:
+        """The caller's sample count, else the method's: the one place this is decided."""
+        return self.samples if self.samples is not None else request.samples
+
+
+def options(samples: Any = None, device: Any = None, cache_dtype: Any = None, precision: Any = "float32",
+            sequential_targets: Any = None, distributed: Any = None) -> Options:
+    """:class:`Options` from a caller's arguments, each checked: ConfigError in one sentence on a bad one."""
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise ConfigError(f"calibration samples must be a positive integer, got {samples!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"calibration precision is float32 or float64, got {precision!r}")
+    if isinstance(cache_dtype, str):
+        if cache_dtype not in CACHE_DTYPES:
+            raise ConfigError(f"cache_dtype is one of {', '.join(CACHE_DTYPES)}, got {cache_dtype!r}")
+        cache_dtype = CACHE_DTYPES[cache_dtype]
+    elif cache_dtype is not None and cache_dtype not in CACHE_DTYPES.values():
+        raise ConfigError(f"cache_dtype is one of {', '.join(CACHE_DTYPES)}, got {cache_dtype!r}")
+    if device is not None:
+        device = check_device(device)
+    if sequential_targets is not None:
+        if isinstance(sequential_targets, str):
+            sequential_targets = [sequential_targets]
+        if not isinstance(sequential_targets, Sequence) or not sequential_targets or not all(
+                isinstance(g, str) and g for g in sequential_targets):
+            raise ConfigError(f"sequential_targets is a list of module-name globs, got {sequential_targets!r}")
+        sequential_targets = tuple(sequential_targets)
+    if distributed is not None and not isinstance(distributed, bool):
+        raise ConfigError(f"distributed is true, false or null, got {distributed!r}")
+    return Options(samples, device, cache_dtype, precision, sequential_targets, distributed)
+
+
+def check_device(device: Any) -> torch.device:
+    """``device`` as a torch.device this machine has; ConfigError naming it otherwise."""
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ConfigError(f"calibration device {device!r} is not available here ({reason})") from None
+    return dev

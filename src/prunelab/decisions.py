@@ -1,0 +1,77 @@
+"""What the Pruner does with a method's :class:`~prunelab.methods.base.Decision`: check it, write it, record it.
+
+The Pruner is the only writer of the model. A calibrated event is decided group by group
+(:mod:`prunelab.calibration`): each group's decision is checked here before anything of it is written (every
+asked target has a boolean mask of its shape, new values are finite and of the weight's shape), then written
+(new values, pruned weights and the biases / norm entries of removed channels set to zero), so the next group
+is measured on the model as the decisions so far leave it.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .masks import zero_pruned
+from .methods.base import Decision
+
+
+def as_decision(method: str, out: Any, names: tuple[str, ...], params: Mapping[str, nn.Parameter]) -> Decision:
+    """``out`` (a Decision, or a mapping of masks as older methods return) cut to ``names`` and checked:
+    ConfigError naming the method and the target when a mask is missing, of another shape or not boolean-like,
+    or a new value is of another shape or not finite."""
+    if isinstance(out, Mapping):
+        out = Decision(dict(out))
+    if not isinstance(out, Decision):
+        raise ConfigError(f"method {method}'s decide returned {type(out).__name__}, not a Decision or masks")
+    masks, values = {}, {}
+    for n in names:
+        p = params[n]
+        m = out.masks.get(n)
+        if not isinstance(m, Tensor) or tuple(m.shape) != tuple(p.shape):
+            raise ConfigError(f"method {method} decided no mask of shape {tuple(p.shape)} for {n}")
+        masks[n] = m.to(device=p.device, dtype=torch.bool)
+        v = out.values.get(n)
+        if v is not None:
+            if not isinstance(v, Tensor) or tuple(v.shape) != tuple(p.shape):
+                raise ConfigError(f"method {method} returned a new value for {n} that is not of its shape")
+            if not bool(torch.isfinite(v).all()):
+                raise ConfigError(f"method {method} computed NaN or infinite weights for {n}: nothing of them "
+                                  "was written (more calibration samples or stronger dampening may help)")
+            values[n] = v
+    return Decision(masks, values, dict(out.record))
+
+
+def write(params: Mapping[str, nn.Parameter], d: Decision, companions: Callable[[dict], dict] | None = None,
+          named: Mapping[str, nn.Parameter] | None = None) -> None:
+    """Write a checked decision: new values, then every pruned weight set to exactly zero; ``companions`` maps
+    weight masks to the keep-masks of channel biases and norm entries (``named`` the model's parameters)."""
+    with torch.no_grad():
+        for n, keep in d.masks.items():
+            p = params[n]
+            if n in d.values:
+                p.copy_(d.values[n].to(device=p.device, dtype=p.dtype))
+            zero_pruned(p, keep)
+        if companions is not None:
+            for n, keep in companions(d.masks).items():
+                zero_pruned(named[n], keep.to(named[n].device))
+
+
+def merge(into: dict, record: Mapping) -> dict:
+    """``record`` merged into ``into`` (in place): dicts merged recursively, numbers summed, the rest replaced."""
+    for k, v in record.items():
+        old = into.get(k)
+        if isinstance(old, dict) and isinstance(v, Mapping):
+            merge(old, v)
+        elif isinstance(old, (int, float)) and isinstance(v, (int, float)) and not isinstance(v, bool):
+            into[k] = old + v
+        else:
+            into[k] = merge({}, v) if isinstance(v, Mapping) else v
+    return into
+
+
+def versions(params: Mapping[str, nn.Parameter]) -> list[int]:
+    """The in-place write counters of the targets: a method that writes a weight changes one."""
+    return [p._version for p in params.values()]

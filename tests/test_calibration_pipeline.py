@@ -1,0 +1,307 @@
+"""The calibration pipeline: one owner of the statistics of every calibrated method (prunelab.calibration)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from prunelab import ConfigError, Pruner
+from prunelab.calibration import Calibration, Options, groups, materialise
+
+transformers = pytest.importorskip("transformers")
+
+
+def _stats(model, targets, kinds, batches, samples):
+    run = groups(model, targets, Calibration(samples, (kinds,)), materialise(batches, samples), Options())
+    try:
+        return next(run).stats
+    finally:
+        run.close()
+
+
+def _conv_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(48, 5)).double()
+
+
+@pytest.mark.parametrize("kind", ["norms", "gram", "outputs", "mean_abs"])
+def test_every_kind_of_statistic_equals_its_closed_form(kind):
+    """Over 7 samples of batches of 3 (the third batch cut to one), each kind against a hand computation from
+    the whole input at once."""
+    model = _conv_net()
+    batches = [torch.randn(3, 2, 4, 4, dtype=torch.double) for _ in range(3)]
+    stats = _stats(model, {"0.weight": model[0].weight, "3.weight": model[3].weight}, {kind}, batches, 7)
+    xs = torch.cat(batches)[:7]
+    cols = nn.functional.unfold(xs, 3, padding=1).transpose(1, 2).reshape(-1, 18)  # conv rows (im2col)
+    with torch.no_grad():
+        conv_out = model[0](xs)
+        hidden = model[:3](xs)
+    if kind == "norms":
+        assert stats["0.weight"].rows == 7 * 16 and stats["0.weight"].gram is None
+        assert torch.allclose(stats["0.weight"].sq, cols.square().sum(0))
+        assert torch.allclose(stats["3.weight"].norms(), hidden.norm(dim=0))
+    elif kind == "gram":
+        assert torch.allclose(stats["0.weight"].gram, cols.T @ cols)
+        assert torch.allclose(stats["3.weight"].gram, hidden.T @ hidden)
+    elif kind == "outputs":  # conv: channels are features, every position of every sample an observation
+        feats = conv_out.transpose(1, -1).reshape(-1, 3)
+        assert stats["0.weight"].outputs.n == 7 * 16 and stats["0.weight"].sq is None
+        assert torch.allclose(stats["0.weight"].outputs.covariance(), torch.cov(feats.T))
+    else:
+        assert torch.allclose(stats["0.weight"].inputs.mean_abs(), xs.abs().mean((0, 2, 3)))
+        assert torch.allclose(stats["3.weight"].inputs.mean_abs(), hidden.abs().mean(0))
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+
+
+@pytest.mark.parametrize("method", [{"name": "wanda", "samples": 12}, {"name": "sparsegpt", "samples": 12},
+                                    {"name": "pca", "samples": 12, "tau": 0.9}])
+def test_a_one_shot_iterator_gives_the_masks_of_a_list(method):
+    batches = [torch.randn(4, 6, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    masks = []
+    for feed in (list(batches), iter(batches), (b for b in batches[:1])):
+        p = Pruner(_mlp(), method, schedule="manual", sparsity=0.5, example_inputs=batches[0])
+        p.calibrate(feed, samples=12 if feed is not None else None)
+        masks.append(p.prune(0.5))
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
+    assert masks[2] is not None  # a one-batch generator is data, not "empty"
+
+
+@pytest.mark.parametrize("method,given,used", [
+    ({"name": "wanda", "samples": 5}, None, 5),       # the method's own
+    ({"name": "wanda", "samples": 5}, 3, 3),          # the caller's count overrides it
+    ("wanda", None, 128),                              # the method's default
+    ({"name": "pca", "samples": 20}, None, 20),
+    ({"name": "sparsegpt", "samples": 9}, 4, 4),
+])
+def test_the_sample_count_is_the_callers_else_the_methods(method, given, used):
+    p = Pruner(_mlp(), method, schedule="manual", sparsity=0.5, example_inputs=torch.randn(2, 6))
+    p.calibrate([torch.randn(200, 6)], samples=given)
+    p.prune(0.5)
+    assert p.history[-1]["calibration_samples"] == used
+
+
+def test_a_recipe_that_sets_only_the_batch_size_keeps_the_methods_sample_count():
+    from prunelab.experiment.schema import CalibrationConfig
+
+    assert CalibrationConfig(batch_size=4).samples is None  # "the method's own", not a number of its own
+
+
+def _llama(tie=False, cache=True):
+    cfg = transformers.LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                   tie_word_embeddings=tie, use_cache=cache)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _gpt2():
+    cfg = transformers.GPT2Config(n_layer=3, n_embd=16, n_head=2, vocab_size=40, n_positions=32, resid_pdrop=0.0,
+                                  embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def _tokens(n=3):
+    return [torch.randint(0, 40, (4, 12), generator=torch.Generator().manual_seed(i)) for i in range(n)]
+
+
+def _prune(model, method, **calibrate):
+    p = Pruner(model, method, schedule="manual", sparsity=0.5)
+    p.calibrate(_tokens(), **calibrate)
+    p.prune(0.5)
+    return p
+
+
+@pytest.mark.parametrize("build", [_gpt2, _llama], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "{name: pca, sequential: true, units: false, channels: false}"])
+def test_block_by_block_onloading_equals_the_in_memory_path_bit_for_bit(build, method):
+    import yaml
+
+    spec = yaml.safe_load(method)
+    ref_model, model = build(), build()
+    ref = _prune(ref_model, spec)
+    got = _prune(model, spec, device="cpu")  # blocks moved, cached inputs on the host, full passes hooked
+    assert list(got.masks) == list(ref.masks)
+    for n in ref.masks:
+        assert torch.equal(got.masks[n], ref.masks[n]), n
+    for (n, a), b in zip(ref_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), n
+
+
+def test_calibration_never_builds_a_key_value_cache_and_restores_the_config():
+    cached, plain = _llama(cache=True), _llama(cache=False)
+    seen = []
+    for layer in cached.model.layers:
+        layer.register_forward_pre_hook(lambda m, a, k: seen.append(k.get("past_key_values")), with_kwargs=True)
+    a, b = _prune(cached, "sparsegpt"), _prune(plain, "sparsegpt")
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+    assert seen and all(c is None for c in seen) and cached.config.use_cache is True
+
+
+def test_the_output_layer_of_a_language_model_stays_dense_for_calibrated_methods():
+    p = _prune(_llama(), "wanda")
+    assert "lm_head.weight" not in p.masks and "output layer" in p.summary()["skipped"]["lm_head.weight"]
+    assert "lm_head.weight" in [u["name"] for u in p.summary()["untargeted"]]  # counted as a dense weight
+    q = Pruner(_llama(), "wanda", schedule="manual", sparsity=0.5, targets={"output_layer": True})
+    assert "lm_head.weight" in q.masks
+    assert "lm_head.weight" in Pruner(_llama(), "magnitude", sparsity=0.5).masks  # other methods: a target
+
+
+def test_hugging_face_blocks_come_from_no_split_modules_and_can_be_named():
+    from prunelab.calibration.blocks import find_blocks
+
+    model = _llama()
+    targets = dict(model.named_parameters())
+    blocks, named = find_blocks(model, targets)
+    assert blocks == list(model.model.layers) and not named
+    blocks, named = find_blocks(model, targets, ["model.layers.*.mlp"])
+    assert blocks == [layer.mlp for layer in model.model.layers] and named
+    with pytest.raises(ConfigError, match=r"sequential_targets \['nope\.\*'\] match no module"):
+        find_blocks(model, targets, ["nope.*"])
+    with pytest.raises(ConfigError, match="not a chain"):  # an MLP's output is not the next MLP's input
+        _prune(_llama(), "sparsegpt", sequential_targets=["model.layers.*.mlp"])
+
+
+def test_sequential_wanda_scores_each_layer_on_the_outputs_of_the_pruned_layers_before_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 8))
+    x = torch.randn(16, 12)
+    w1, w2 = model[0].weight.detach().clone(), model[2].weight.detach().clone()
+
+    def keep(w, norms):  # Wanda's rule by hand: half of every row, by |w| * ||x||
+        s = w.abs() * norms
+        return torch.zeros_like(w, dtype=torch.bool).scatter_(1, s.topk(w.shape[1] // 2, dim=1).indices, True)
+    k1 = keep(w1, x.norm(dim=0))
+    h = torch.relu(x @ (w1 * k1).T + model[0].bias.detach())
+    k2 = keep(w2, h.norm(dim=0))
+    p = Pruner(model, "wanda", schedule="manual", sparsity=0.5)
+    p.calibrate([x])
+    p.prune(0.5)
+    assert torch.equal(p.masks["0.weight"], k1) and torch.equal(p.masks["2.weight"], k2)
+    dense_h = torch.relu(x @ w1.T + model[0].bias.detach())
+    assert not torch.equal(keep(w2, dense_h.norm(dim=0)), k2)  # the dense model's inputs decide otherwise
+    one_pass = Pruner(copy.deepcopy(model),
+                      {"name": "wanda", "sequential": False}, schedule="manual", sparsity=0.5)
+    assert one_pass.needs.calibration.sequential is False
+
+
+def test_dead_input_columns_are_pruned_in_the_mask_too():
+    """Under 2:4, a column no input ever reached has its weights dropped; the mask says so."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4))
+    x = torch.randn(32, 8)
+    x[:, 1:4] = 0  # three dead columns in the first group of four
+    p = Pruner(model, {"name": "sparsegpt", "granularity": "nm", "samples": 32}, schedule="manual")
+    p.calibrate([x])
+    p.prune(0.5)
+    w, m = model[0].weight, p.masks["0.weight"]
+    assert torch.equal(m, w != 0) and not m[:, 1:4].any()
+
+
+def test_a_singular_gram_matrix_falls_back_to_magnitude_and_says_so():
+    from prunelab.reconstruction import sparsegpt
+
+    w = torch.tensor([[4.0, -1.0, 3.0, 0.5], [1.0, 2.0, -0.2, 3.0]])
+    x = torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0]])  # rank one: singular without dampening
+    new, keep, ok = sparsegpt(w, x.T @ x, 0.5, percdamp=0.0)
+    assert not ok and torch.equal(new, w * keep) and keep.tolist() == [[True, False, True, False], [False, True, False, True]]
+    model = nn.Sequential(nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(w)
+    p = Pruner(model, {"name": "sparsegpt", "percdamp": 0.0, "samples": 2}, schedule="manual", sparsity=0.5)
+    p.calibrate([x])
+    with pytest.warns(UserWarning, match="not positive definite"):
+        p.prune(0.5)
+    assert "0.weight" in p.history[-1]["unreconstructed"]
+
+
+@pytest.mark.parametrize("batches,needle", [
+    (torch.randn(4, 6), r"got one tensor of shape \(4, 6\): pass \[tensor\]"),
+    ({"input_ids": torch.zeros(2, 3)}, "iterable of batches"),
+    ("abc", "iterable of batches"),
+    (["abc"], "calibration batch 0 is a str"),
+    ([[1, 2, 3]], "calibration batch 0 is a list"),
+])
+def test_calibration_batches_of_the_wrong_kind_are_one_sentence(batches, needle):
+    p = Pruner(_mlp(), "wanda", schedule="manual", sparsity=0.5)
+    with pytest.raises(ConfigError, match=needle):
+        p.calibrate(batches)
+
+
+@pytest.mark.parametrize("kw,needle", [({"device": "cuda:7"}, "calibration device 'cuda:7' is not available"),
+                                       ({"device": "nonsense"}, "not available"),
+                                       ({"precision": "float16"}, "float32 or float64"),
+                                       ({"cache_dtype": "int8"}, "cache_dtype is one of"),
+                                       ({"sequential_targets": [3]}, "list of module-name globs")])
+def test_calibration_options_are_checked(kw, needle):
+    p = Pruner(_mlp(), "wanda", schedule="manual", sparsity=0.5)
+    with pytest.raises(ConfigError, match=needle):
+        p.calibrate([torch.randn(2, 6)], **kw)
+
+
+def test_cached_inputs_in_bfloat16_still_prune_to_the_budget():
+    p = _prune(_llama(), "sparsegpt", device="cpu", cache_dtype="bfloat16")
+    assert p.masks.sparsity() == pytest.approx(0.5, abs=1e-3)
+
+
+_RANKS = '''
+import sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from prunelab import Pruner
+
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+
+
+def prune(method):
+    p = Pruner(build(), method, schedule="manual", sparsity=0.5)
+    p.calibrate([torch.randn(4, 6, generator=torch.Generator().manual_seed(i)) for i in range(4)])
+    p.prune(0.5)
+    return p
+
+
+def worker(rank, store, out):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="file://" + store, rank=rank, world_size=2)
+    res = {}
+    for m in ("wanda", "sparsegpt", "pca"):
+        p = prune({"name": m, "samples": 16, "channels": False} if m == "pca" else {"name": m, "samples": 16})
+        res[m] = {**p.masks, "samples": torch.tensor(p.history[-1]["calibration_samples"])}
+    torch.save(res, out + "/rank%d.pt" % rank)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+'''
+
+
+def test_two_gloo_ranks_with_half_the_samples_each_decide_the_masks_of_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "ranks.py"
+    script.write_text(_RANKS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "store"), str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    namespace: dict = {}
+    exec(compile(_RANKS.split("def worker")[0], "ranks", "exec"), namespace)  # the same model and batches, one process
+    for m in ("wanda", "sparsegpt", "pca"):
+        spec = {"name": m, "samples": 16, "channels": False} if m == "pca" else {"name": m, "samples": 16}
+        one = namespace["prune"](spec).masks
+        for r in ranks:
+            assert int(r[m].pop("samples")) == 16  # each rank measured 8; the record counts them all
+            assert list(r[m]) == list(one) and all(torch.equal(r[m][n], one[n]) for n in one), m
