@@ -1,6 +1,8 @@
 """The contracts every registered part keeps: it builds from its name, rejects unknown parameters with the valid
 ones listed, and (criteria, granularities, allocations, selectors, schedules, methods) produces masks that
 meet its budget on a tiny model. A new registered part is tested here without a line added."""
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -174,3 +176,43 @@ def test_every_method_meets_its_budget_on_a_tiny_model(name):
         assert "9.weight" not in masks and all(r["filter_sparsity"] == 0.5 for r in masks.layer_stats())
     if name == "campfire":  # first and last layers dense by default
         assert list(masks) == ["3.weight", "7.weight"]
+
+
+def _fields(method) -> dict:
+    """A method's attributes, by identity: a value replaced or grown between hooks shows as a difference."""
+    return {k: (id(v), len(v) if isinstance(v, (dict, list, set)) else None) for k, v in vars(method).items()
+            if not k.endswith("_")}  # the built parts (criterion_ ...) hold their own observed data (gradients)
+
+
+def _tensors(v, path="") -> dict:
+    """Every tensor inside ``v`` (nested dicts and lists), by path: what an attribute holds, empty ones ignored."""
+    if isinstance(v, torch.Tensor):
+        return {path: v}
+    items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, (list, tuple)) else ()
+    return {p: t for k, x in items for p, t in _tensors(x, f"{path}/{k}").items()}
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_keeps_no_state_between_its_hooks_but_what_it_declares(name):
+    """Decisions are returned, not stored: after a pruning event, whatever of the method changed is exactly
+    the state it declares it carries to the next event (``state_tensors``, saved with checkpoints): a fresh
+    method given that state holds the same tensors."""
+    model = _net()
+    pruner = Pruner(model, method=name, schedule="manual", sparsity=0.5, seed=3, example_inputs=_x(1))
+    method = pruner.method
+    if pruner.needs.calibration is not None:
+        pruner.calibrate([_x(8, s) for s in range(4)])
+    for i in range(pruner.needs.gradient_batches):
+        model.zero_grad()
+        model(_x(4, i)).square().mean().backward()
+        pruner.after_backward()
+    before = _fields(method)
+    pruner.prune(0.5, final=True)
+    after = _fields(method)
+    fresh = type(method)(**{f.name: getattr(method, f.name) for f in dataclasses.fields(method) if f.init})
+    fresh.load_state_tensors(method.state_tensors())
+    for k in before.keys() | after.keys():
+        if before.get(k) != after.get(k):
+            mine, declared = _tensors(getattr(method, k)), _tensors(getattr(fresh, k))
+            assert mine.keys() == declared.keys() and all(torch.equal(mine[p], declared[p]) for p in mine), \
+                f"{name} keeps {k} between hooks"

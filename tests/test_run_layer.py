@@ -210,11 +210,11 @@ def test_drop_pruning_returns_the_values_of_revived_weights_instead_of_writing_t
     w = net[0].weight.detach().clone()
     old = Masks({"0.weight": torch.ones(3, 4, dtype=torch.bool)})
     gone = Masks({"0.weight": torch.tensor([[0, 1, 1, 1]] * 3, dtype=torch.bool)})
-    method.before_prune(view, Context())
-    first = method.after_prune(view, old, gone, Context())
+    ctx = Context(**method.before_prune(view, Context()))  # the weights before the event: data, not state
+    first = method.after_prune(view, old, gone, ctx)
     assert first.record["dropped"] == 3 and first.values == {}
-    method.before_prune(view, Context(event=1))
-    back = method.after_prune(view, gone, old, Context(event=1))  # the pruned column comes back
+    ctx = Context(event=1, **method.before_prune(view, Context(event=1)))
+    back = method.after_prune(view, gone, old, ctx)  # the pruned column comes back
     where, value = back.values["0.weight"]
     assert where[:, 0].all() and not where[:, 1:].any() and torch.equal(value[:, 0], w[:, 0])
     assert torch.equal(net[0].weight, w)  # the hook wrote nothing

@@ -66,6 +66,7 @@ class Context:
     calibration_pass: int = 0  # which pass of the method's calibration request measured input_stats
     decided: Mapping[str, Tensor] | None = None  # masks decided earlier in this event (groups, passes)
     layer_sparsity: Mapping[str, float] | None = None  # per-target sparsity a method fixed for the event
+    weights_before: Mapping[str, Tensor] | None = None  # the targets before the event, when a method asks
 
     def generator(self, *salt: str | int) -> torch.Generator:
         """A CPU generator determined by (seed, event, salt): stateless, so a resumed run draws the same."""

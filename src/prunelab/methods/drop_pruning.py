@@ -64,7 +64,7 @@ class DropPruning(Method):
         if isinstance(sel, Drop) and self.scope == "global" and sel.candidates == "lowest" and not ctx.final:
             out["candidate_threshold"] = self._global_candidate_threshold(view, ctx, sel.q_at(ctx))
         if self.revive_value == "pruned":
-            self._state["before"] = {n: p.detach().clone() for n, p in view.params.items()}
+            out["weights_before"] = {n: p.detach().clone() for n, p in view.params.items()}
         return out
 
     def _global_candidate_threshold(self, view, ctx, q: float) -> float | None:
@@ -96,7 +96,7 @@ class DropPruning(Method):
         """Counts for the event's record; with ``revive_value: pruned``, the revived weights' stored values."""
         ever = self._state.setdefault("ever_revived", {})
         stored = self._state.setdefault("pruned_values", {})
-        before = self._state.pop("before", None)
+        before = ctx.weights_before
         dropped = revived = revived_alive = 0
         values = {}
         with torch.no_grad():
