@@ -305,3 +305,19 @@ def test_two_gloo_ranks_with_half_the_samples_each_decide_the_masks_of_one_proce
         for r in ranks:
             assert int(r[m].pop("samples")) == 16  # each rank measured 8; the record counts them all
             assert list(r[m]) == list(one) and all(torch.equal(r[m][n], one[n]) for n in one), m
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("prune.calibration={sequential_targets: ['nope.*']}", r"sequential_targets \['nope\.\*'\] match no module"),
+    ("prune.calibration={precision: float16}", "prune.calibration.precision"),
+    ("prune.calibration={cache_dtype: int8}", "prune.calibration.cache_dtype"),
+])
+def test_bad_calibration_settings_exit_2_from_the_cli_and_write_nothing(tmp_path, capsys, override, needle):
+    from prunelab.cli import main
+
+    code = main(["run", "quickstart", "prune.method=wanda", "prune.schedule.name=oneshot", override,
+                 "--runs-dir", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert __import__("re").search(needle, err), err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, nn
 
-from .allocation import LayerGroups, Uniform
+from .allocation import Uniform
 from .attention import attention_heads
 from . import calibration
 from .decisions import as_decision, merge, versions, write
@@ -40,8 +40,9 @@ from .methods.base import PruneView
 from .registry import check_fraction
 from .schedules import SCHEDULES, Schedule
 from .streaming import can_stream, streamed_masks
-from .targets import Layout, Targets, accounting, build_targets, check_current, output_weight
+from .targets import Targets, accounting, build_targets, check_current
 from .topk import all_true
+from .ranking import select_tensors
 
 
 class Pruner:
@@ -92,32 +93,10 @@ class Pruner:
             raise ConfigError(f"this N:M pattern fixes sparsity at {1 - gran.fixed_density:g}; "
                               f"got sparsity={self.schedule.sparsity:g}")
         self.seed = int(seed)
-        self.params: dict[str, nn.Parameter] = {}
-        self.layouts: dict[str, Layout] = {}  # how each target maps to (out, in, *kernel)
-        self.skipped: dict[str, str] = {}  # targets the granularity cannot apply to, with the reason
         spec = build_targets(targets if targets is not None else self.method.default_targets)
-        found = spec.find(model, output_layer=self.method.output_layer)
-        out = output_weight(model)
-        tied = out is not None and any(m.weight is out for m in model.modules() if isinstance(m, nn.Embedding))
-        if out is not None and not tied and spec.output_layer is None and not self.method.output_layer:
-            name = next(n for n, p in model.named_parameters() if p is out)
-            self.skipped[name] = (f"{name} is the output layer of a language model, left dense by "
-                                  f"{self.method.name} as its authors do (targets.output_layer: true prunes it)")
-        for t in found:
-            if t.param.numel() == 0:  # nothing to prune (nn.Linear(0, 5)); no granularity can say anything of it
-                self.skipped[t.name] = f"{t.name} has no elements (shape {tuple(t.param.shape)})"
-                continue
-            try:
-                gran.check(t.name, t.layout.canonical_shape(tuple(t.param.shape)))
-            except ConfigError as exc:
-                if spec.incompatible == "error":
-                    raise
-                self.skipped[t.name] = str(exc)
-                continue
-            self.params[t.name], self.layouts[t.name] = t.param, t.layout
-        if not self.params:
-            raise ConfigError(f"the granularity fits none of the {len(found)} target weights; for example: "
-                              f"{next(iter(self.skipped.values()))}")
+        # {name: parameter}, how each maps to (out, in, *kernel), and the weights left out with the reason
+        self.params, self.layouts, self.skipped = spec.for_method(model, gran, self.method.name,
+                                                                  self.method.output_layer)
         self.masks = Masks.dense(self.params)
         self.channels: ChannelGraph | None = None
         if self.method.channels:
@@ -335,30 +314,7 @@ class Pruner:
             new = select_channels(groups, self.params, self.layouts, rows, masks, alloc, m.selector_,
                                   sparsity, final_sparsity, ctx, heads, head_scores)
             return {n: new.get(n, masks[n]) for n in self.params}
-        layers, views = [], {}
-        for name, p in params.items():
-            layout = self.layouts[name]  # granularities see every weight as (out, in, *kernel)
-            shape = layout.canonical_shape(tuple(p.shape))
-            with torch.no_grad():
-                gs = gran.group_scores(layout.canonical(scores.pop(name)).float())
-                alive = gran.alive(layout.canonical(masks[name]))
-                if name not in dense:
-                    gs.masked_fill_(~alive, float("-inf"))  # scores are ours: fill in place, no copy
-            views[name] = (gs, alive)
-            b, g = gs.shape
-            layers.append(LayerGroups(name, shape, b, g, gran.group_size(shape),
-                                      gran.per_block, gs if alloc.needs_scores else None))
-        keep = alloc.keep_counts(layers, sparsity, final_sparsity)
-        new = {}
-        for layer in layers:
-            gs, alive = views.pop(layer.name)
-            layer.scores = None  # free each tensor's scores as soon as it is selected
-            sel = m.selector_.select(gs, alive, keep[layer.name], gran.per_block, ctx, layer.name, layer.threshold)
-            mask = self.layouts[layer.name].stored(gran.expand(sel, layer.shape))
-            if not m.selector_.revives and layer.name not in dense:
-                mask = mask & masks[layer.name]
-            new[layer.name] = mask.contiguous()
-        return new
+        return select_tensors(m, gran, params, self.layouts, scores, masks, dense, sparsity, final_sparsity, ctx)
 
     def enforce(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Set pruned weights, and their optimizer state, to exactly zero (the per-step hot path).

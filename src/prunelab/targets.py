@@ -165,6 +165,37 @@ class Targets:
                 f"module_types={self.module_types}, embeddings={self.embeddings})")
         return targets
 
+    def for_method(self, model: nn.Module, gran, method: str, output_layer: bool
+                   ) -> tuple[dict[str, nn.Parameter], dict[str, Layout], dict[str, str]]:
+        """({name: parameter}, {name: layout}, {name: why it is left out}) of the targets a method prunes with
+        granularity ``gran``: weights without elements and (``incompatible: skip``) those the granularity cannot
+        apply to are left out with the reason, as is an LM's output layer the method leaves dense by default
+        (``output_layer``). ConfigError when nothing is left."""
+        params, layouts, skipped = {}, {}, {}
+        found = self.find(model, output_layer=output_layer)
+        out = output_weight(model)
+        tied = out is not None and any(m.weight is out for m in model.modules() if isinstance(m, nn.Embedding))
+        if out is not None and not tied and self.output_layer is None and not output_layer:
+            name = next(n for n, p in model.named_parameters() if p is out)
+            skipped[name] = (f"{name} is the output layer of a language model, left dense by {method} as its "
+                             "authors do (targets.output_layer: true prunes it)")
+        for t in found:
+            if t.param.numel() == 0:  # nothing to prune (nn.Linear(0, 5)); no granularity can say anything of it
+                skipped[t.name] = f"{t.name} has no elements (shape {tuple(t.param.shape)})"
+                continue
+            try:
+                gran.check(t.name, t.layout.canonical_shape(tuple(t.param.shape)))
+            except ConfigError as exc:
+                if self.incompatible == "error":
+                    raise
+                skipped[t.name] = str(exc)
+                continue
+            params[t.name], layouts[t.name] = t.param, t.layout
+        if not params:
+            raise ConfigError(f"the granularity fits none of the {len(found)} target weights; for example: "
+                              f"{next(iter(skipped.values()))}")
+        return params, layouts, skipped
+
     def resolve(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """``{name: parameter}`` of :meth:`find`."""
         return {t.name: t.param for t in self.find(model)}

@@ -117,6 +117,16 @@ def groups(model: nn.Module, targets: Mapping[str, nn.Parameter], request: Calib
                 yield from ctx.each(model, after, chunks, device)
 
 
+def check_named_blocks(model: nn.Module, targets: Mapping[str, Tensor], globs, x) -> None:
+    """ConfigError, before anything runs for long or is written, when the ``sequential_targets`` globs match no
+    module or the blocks they name are not a chain on the example inputs ``x``."""
+    blocks, _ = find_blocks(model, targets, tuple(globs))
+    with calibrating(model):
+        if not _chained_onloaded(model, blocks, x, None):
+            raise ConfigError("the blocks sequential_targets names are not a chain: a block's output is not the "
+                              "next block's input")
+
+
 def _chained_onloaded(model: nn.Module, blocks: list[nn.Module], x, device: torch.device | None) -> bool:
     """:func:`chained` on one batch, with the model onloaded to ``device`` as the pipeline will run it."""
     with onloaded(model, blocks, device) as where, passing(blocks, device or home(model), where):

@@ -13,6 +13,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..calibration.pipeline import check_named_blocks
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_text
 from ..masks import Masks
@@ -113,7 +114,10 @@ class Runner:
         model = ctx.build_model()
         check_runs(model, ctx)  # an inconsistent model (or one for other inputs) fails here, in one sentence
         if ctx.recipe.prune is not None:  # fail on a bad method or target before any training
-            ctx.build_pruner(model)
+            pruner = ctx.build_pruner(model)
+            cal = ctx.recipe.prune.calibration
+            if cal is not None and cal.sequential_targets and pruner.needs.calibration is not None:
+                check_named_blocks(model, pruner.params, cal.sequential_targets, ctx.example_inputs())
         ctx.paths.root.mkdir(parents=True, exist_ok=True)
         with RunLock(ctx.paths.root) if ctx.main else nullcontext():  # one process writes a run folder
             return self._run_stages(stages)
