@@ -8,10 +8,11 @@ cost does not depend on their values); calibration is ``--sequences`` random tok
 Each measurement runs in a fresh process (so its peak resident memory is its own), the three kinds interleaved
 (forward, wanda, sparsegpt, forward, ...), ``--repeats`` times; the table gives min and median. "forward" is
 the plain forward passes over the calibration batches (eval, no gradients): the floor every calibrated method
-pays once. SparseGPT runs sequentially, block by block on cached inputs (:mod:`prunelab.sequential`), so it pays
-two block passes (statistics, then the pruned block's outputs) plus the Gram matrices and the reconstruction.
-Memory: peak RSS minus the RSS with the model built, against one block's Gram matrices (float64) plus the cached
-block inputs and outputs (float32) as the expected bound.
+pays once. Wanda and SparseGPT run sequentially, block by block on cached inputs
+(:mod:`prunelab.calibration.pipeline`), so they pay two block passes (statistics, then the pruned block's
+outputs) plus, for SparseGPT, the Gram matrices and the reconstruction (``--precision``, float32 by default).
+Memory: peak RSS minus the RSS with the model built, against one block's Gram matrices plus the cached block
+inputs (float32, replaced in place by the outputs) as the expected bound.
 """
 from __future__ import annotations
 
@@ -29,9 +30,6 @@ def one(kind: str, a) -> dict:
 
     torch.set_num_threads(a.threads)
     from prunelab import Pruner
-    from prunelab import pruner as pruner_mod
-    from prunelab import reconstruction
-    from prunelab.methods import calibrated
     from prunelab.models import build_model
 
     model = build_model("hf:gpt2", (a.tokens,), 50257, seed=0, n_layer=a.layers, n_positions=max(a.tokens, 1024))
@@ -55,15 +53,14 @@ def one(kind: str, a) -> dict:
             for x in batches:
                 model(x)
     else:
-        if kind == "sparsegpt":  # the time inside the reconstruction is pruning; the rest is calibration
-            calibrated.sparsegpt = timed(reconstruction.sparsegpt)
-        else:  # wanda: the streamed statistics are calibration; the rest is scoring and selection
-            pruner_mod.input_stats = timed(pruner_mod.input_stats)
+        # the time inside the method's decisions (SparseGPT's reconstruction, Wanda's scoring and selection) is
+        # pruning; the rest (the calibration pipeline's passes) is calibration
+        Pruner._decide = timed(Pruner._decide)
         p = Pruner(model, {"name": kind, "samples": a.sequences}, sparsity=0.5, schedule="manual")
-        p.calibrate(batches)
+        p.calibrate(batches, precision=a.precision)
         p.prune(0.5)
     total = time.perf_counter() - t0
-    calib = total if kind == "forward" else total - inner["s"] if kind == "sparsegpt" else inner["s"]
+    calib = total - inner["s"]
     return {"kind": kind, "total": total, "calibration": calib, "pruning": total - calib if kind != "forward" else 0.0,
             "peak_extra_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024,
             "model_mb": sum(q.numel() * q.element_size() for q in model.parameters()) / 2**20}
@@ -77,13 +74,14 @@ def main() -> None:
     ap.add_argument("--sequences", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--precision", default="float32", choices=["float32", "float64"])
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
         print(json.dumps(one(a.one, a)))
         return
     args = [f"--threads={a.threads}", f"--layers={a.layers}", f"--sequences={a.sequences}", f"--tokens={a.tokens}",
-            f"--batch={a.batch}"]
+            f"--batch={a.batch}", f"--precision={a.precision}"]
     runs: dict = {}
     for _ in range(a.repeats):
         for kind in ("forward", "wanda", "sparsegpt"):
@@ -91,9 +89,10 @@ def main() -> None:
                                  check=True)
             runs.setdefault(kind, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
     e, w = 768, 3072
-    block_mb = (3 * e * e + w * w) * 8 / 2**20  # Gram matrices of one block's four targets (c_attn and attn.c_proj
-    # see 768 columns, mlp.c_fc 768, mlp.c_proj 3072), float64
-    act_mb = 2 * a.sequences * a.tokens * e * 4 / 2**20  # the cached block inputs and outputs, float32
+    size = 8 if a.precision == "float64" else 4
+    block_mb = (3 * e * e + w * w) * size / 2**20  # Gram matrices of one block's four targets (c_attn and
+    # attn.c_proj see 768 columns, mlp.c_fc 768, mlp.c_proj 3072)
+    act_mb = a.sequences * a.tokens * e * 4 / 2**20  # the cached block inputs, float32
     fwd = statistics.median(r["total"] for r in runs["forward"])
     print("# Calibrated one-shot pruning of a GPT-2-small-sized model on this CPU\n")
     print(f"{time.strftime('%Y-%m-%d')}; {a.threads} thread(s); {a.layers} layers x 768, "

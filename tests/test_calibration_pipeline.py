@@ -321,3 +321,9 @@ def test_bad_calibration_settings_exit_2_from_the_cli_and_write_nothing(tmp_path
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert __import__("re").search(needle, err), err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_long_calibration_says_where_it_is():
+    lines = []
+    _prune(_llama(), "wanda", progress=lines.append)
+    assert len(lines) == 3 and lines[0].startswith("calibrated and pruned model.layers.0 (1/3, ")

@@ -18,7 +18,8 @@ weights zeroed -> the method's ``after_prune`` (a record, and weight values the 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -114,6 +115,7 @@ class Pruner:
         self.auto_prune = bool(auto_prune)
         self._chunks: list | None = None  # the calibration inputs, read once by calibrate()
         self._options = calibration.Options()
+        self._progress: Callable[[str], None] | None = None
         request = self.needs.calibration
         if request is not None and request.sequential and type(self.method).decide is Method.decide \
                 and not isinstance(self.method.allocation_, Uniform):
@@ -139,7 +141,7 @@ class Pruner:
 
     def calibrate(self, batches: Iterable, samples: int | None = None, *, device: Any = None,
                   cache_dtype: Any = None, precision: str = "float32", sequential_targets: Any = None,
-                  distributed: bool | None = None) -> None:
+                  distributed: bool | None = None, progress: Callable[[str], None] | None = None) -> None:
         """Hand over calibration data for the following pruning events of a method that needs it (``pca``,
         ``wanda``, ``sparsegpt``; others ignore it): an iterable of model inputs (or of ``(inputs, targets)``
         batches, whose first item is used), read here once, so a generator works.
@@ -151,11 +153,12 @@ class Pruner:
         ``sequential_targets``: globs naming the blocks (default: ``_no_split_modules``, else found).
         ``distributed``: under torchrun each rank takes its share of the samples and the statistics are summed
         across ranks (default whenever torch.distributed is initialised; False: every rank all samples).
+        ``progress``: called with one line per block decided (a long calibration says where it is).
         """
         opts = calibration.options(samples, device, cache_dtype, precision, sequential_targets, distributed)
         request = self.needs.calibration
         self._chunks = calibration.materialise(batches, opts.resolve_samples(request)) if request else None
-        self._options = opts
+        self._options, self._progress = opts, progress
 
     # -- the training-loop API ------------------------------------------------------------------
     def after_backward(self) -> None:
@@ -240,6 +243,7 @@ class Pruner:
         if self.channels is not None:
             named = dict(self.model.named_parameters())
             companions = lambda new: self.channels.companion_masks({**self.masks, **decided, **new})  # noqa: E731
+        t0 = time.perf_counter()
         for group in calibration.groups(self.model, self.params, request, self._chunks, self._options):
             gctx = replace(ctx, input_stats=group.stats, group=group.names, calibration_pass=group.index,
                            decided=dict(decided))
@@ -247,6 +251,9 @@ class Pruner:
             write(self.params, d, companions, named if companions else None)
             decided.update(d.masks)
             merge(record, d.record)
+            if self._progress is not None and group.of and group.index == len(request.passes) - 1:
+                self._progress(f"calibrated and pruned {group.block} ({group.of[0]}/{group.of[1]}, "
+                               f"{time.perf_counter() - t0:.0f} s)")
         record["calibration_samples"] = sum(n for _, n in self._chunks)
         return decided, record, custom
 

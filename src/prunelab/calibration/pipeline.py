@@ -41,6 +41,7 @@ class Group:
     stats: dict[str, InputStats]
     index: int
     block: str | None = None
+    of: tuple[int, int] | None = None  # (this block's position from 1, how many blocks), for progress lines
 
 
 @contextmanager
@@ -101,11 +102,12 @@ def groups(model: nn.Module, targets: Mapping[str, nn.Parameter], request: Calib
             with passing(blocks, device, where):
                 yield from ctx.each(model, before, chunks, device)
                 cached = catch(model, blocks[0], chunks, device, where, opts.cache_dtype)
-            for block in blocks:
+            for b, block in enumerate(blocks):
                 with on_device(block, device, where):
                     mine = {n: p for n, p in targets.items() if any(p is q for q in block.parameters())}
                     for i in range(len(request.passes) if mine else 0):
-                        yield Group(tuple(mine), ctx.block(block, mine, i, cached, device), i, names.get(id(block)))
+                        yield Group(tuple(mine), ctx.block(block, mine, i, cached, device), i, names.get(id(block)),
+                                    (b + 1, len(blocks)))
                     with hooked(block, {}):  # the next block's inputs, from this block as the Pruner left it
                         for j, (args, kwargs) in enumerate(cached):
                             a, k = load((args, kwargs), device)
