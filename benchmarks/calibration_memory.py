@@ -145,6 +145,8 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
     ap.add_argument("--baseline-src", help="an older prunelab's src folder, measured the same way")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--kinds", default="wanda,sparsegpt,wanda_onload,sparsegpt_onload")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
@@ -155,11 +157,11 @@ def main() -> None:
     print("# Calibration memory and SparseGPT's speed\n")
     print(f"{time.strftime('%Y-%m-%d')}; {a.threads} thread(s); this 2-core shared CPU machine.\n")
     if not a.skip_memory:
-        kinds = ["wanda", "sparsegpt", "wanda_onload", "sparsegpt_onload"]
+        kinds = a.kinds.split(",")
         envs = [("today", None)] + ([("baseline", a.baseline_src)] if a.baseline_src else [])
         rows = []
         for label, src in envs:
-            for kind in kinds if label == "today" else ["wanda", "sparsegpt"]:
+            for kind in kinds if label == "today" else [k for k in kinds if "_" not in k]:
                 env = {**os.environ, **({"PYTHONPATH": src} if src else {})}
                 res = subprocess.run([sys.executable, __file__, "--one", kind, *args], capture_output=True,
                                      text=True, env=env)
@@ -177,7 +179,8 @@ def main() -> None:
               f"tokens in batches of {a.batch}; the output layer left dense in every row.\n")
         masks_mb = rows[0]["targets_mb"] / 4 if rows else 0  # one bool per float32 weight: the result itself
         solve_mb = (2 * MLP ** 2 + HIDDEN * MLP) * 4 / 2**20  # SparseGPT's largest solve: H's copy, its factor, W
-        score_mb = HIDDEN * MLP * (8 + 4) / 2**20  # Wanda's largest target scored in float64, then float32
+        block_mb = (2 * HIDDEN * HIDDEN + 2 * HIDDEN * HIDDEN // (HEADS // KV) + 3 * HIDDEN * MLP) * 4 / 2**20
+        score_mb = block_mb + HIDDEN * MLP * 8 / 2**20  # a block's scores (float32), its largest also in float64
         print("| version | run | seconds | peak above the weights, MiB | bound, MiB | x targets' bytes | masks |")
         print("|---|---|---|---|---|---|---|")
         for r in rows:
@@ -187,9 +190,11 @@ def main() -> None:
         print(f"\nBound = the masks ({masks_mb:.0f} MiB: one bool per target weight, the result) + the cached block "
               f"inputs ({tokens} x {HIDDEN} float32 = {cache_mb:.0f} MiB) + for SparseGPT one block's Gram matrices "
               f"(6 x {HIDDEN}^2 + {MLP}^2 float32 = {gram_mb:.0f} MiB) and its largest solve ({solve_mb:.0f} MiB: "
-              f"the dampened copy of H, its inverse factor, the weight), for Wanda its largest target's scores "
-              f"({score_mb:.0f} MiB). A block's forward temporaries on one batch and the allocator's own slack come "
+              f"the dampened copy of H, its inverse factor, the weight), for Wanda a block's scores in float32 and its "
+              f"largest target's in float64 ({score_mb:.0f} MiB). A block's forward temporaries on one batch and the allocator's own slack come "
               "on top; nothing in the bound grows with the number of layers.\n")
+    if a.skip_speed:
+        return
     sp = speed(a)
     print("| width d | prunelab s (min / median) | paper fp32 s (min / median) | ratio (median) | "
           "one d x d GEMM s (floor) | prunelab / floor |")

@@ -69,7 +69,9 @@ def first(out: Any) -> Tensor:
 
 
 def chained(model: nn.Module, blocks: list[nn.Module], x: Any) -> bool:
-    """True when, on inputs ``x``, each block's first output is exactly the next block's first input."""
+    """True when, on inputs ``x``, each block's first output is exactly the next block's first input. The pass
+    stops after the last block (a language model's head on one batch is the largest temporary of a calibration:
+    262 MiB of logits for 4 x 512 tokens of a 32,000-token vocabulary)."""
     seen_in: dict[int, Any] = {}
     seen_out: dict[int, Any] = {}
 
@@ -77,9 +79,14 @@ def chained(model: nn.Module, blocks: list[nn.Module], x: Any) -> bool:
         def fn(module, args, kwargs, output):
             seen_in.setdefault(i, args[0] if args else next(iter(kwargs.values()), None))
             seen_out.setdefault(i, first(output))
+            if len(seen_out) == len(blocks):
+                raise _Caught
         return fn
     with hooked(model, {b: hook(i) for i, b in enumerate(blocks)}):
-        run_model(model, x)
+        try:
+            run_model(model, x)
+        except _Caught:
+            pass
     return len(seen_in) == len(blocks) and all(
         isinstance(seen_in[i + 1], Tensor) and isinstance(seen_out[i], Tensor)
         and seen_in[i + 1].shape == seen_out[i].shape and torch.equal(seen_in[i + 1], seen_out[i])
