@@ -106,8 +106,8 @@ def main() -> None:
         med = lambda k: statistics.median(r[k] for r in rs)  # noqa: E731
         print(f"| {kind} | {min(tot):.1f} / {statistics.median(tot):.1f} | {med('calibration'):.1f} | "
               f"{med('pruning'):.1f} | {statistics.median(tot) / fwd:.2f} | {med('peak_extra_mb'):.0f} |")
-    print(f"\nExpected memory bound: one block's Gram matrices {block_mb:.0f} MiB + cached block inputs (replaced in place by the outputs) "
-          f"{act_mb:.0f} MiB = {block_mb + act_mb:.0f} MiB (plus the forward pass's own activations, which the "
+    print(f"\nExpected memory bound: one block's Gram matrices {block_mb:.0f} MiB + cached block inputs "
+          f"(replaced in place by the outputs) {act_mb:.0f} MiB = {block_mb + act_mb:.0f} MiB (plus the forward pass's own activations, which the "
           "forward row shows).")
 
 

@@ -254,6 +254,7 @@ class Pruner:
             if self._progress is not None and group.of and group.index == len(request.passes) - 1:
                 self._progress(f"calibrated and pruned {group.block} ({group.of[0]}/{group.of[1]}, "
                                f"{time.perf_counter() - t0:.0f} s)")
+            del group, gctx, d  # a block's statistics and new weights go before the next block's are made
         record["calibration_samples"] = sum(n for _, n in self._chunks)
         return decided, record, custom
 
