@@ -119,10 +119,13 @@ def groups(model: nn.Module, targets: Mapping[str, nn.Parameter], request: Calib
                 yield from ctx.each(model, after, chunks, device)
 
 
-def check_named_blocks(model: nn.Module, targets: Mapping[str, Tensor], globs, x) -> None:
+def check_named_blocks(model: nn.Module, targets: Mapping[str, Tensor], globs, x, sequential: bool = True) -> None:
     """ConfigError, before anything runs for long or is written, when the ``sequential_targets`` globs match no
-    module or the blocks they name are not a chain on the example inputs ``x``."""
+    module or (for a ``sequential`` request, which runs them one after the other) the blocks they name are not a
+    chain on the example inputs ``x``."""
     blocks, _ = find_blocks(model, targets, tuple(globs))
+    if not sequential:
+        return
     with calibrating(model):
         if not _chained_onloaded(model, blocks, x, None):
             raise ConfigError("the blocks sequential_targets names are not a chain: a block's output is not the "

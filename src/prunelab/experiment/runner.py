@@ -117,7 +117,8 @@ class Runner:
             pruner = ctx.build_pruner(model)
             cal = ctx.recipe.prune.calibration
             if cal is not None and cal.sequential_targets and pruner.needs.calibration is not None:
-                check_named_blocks(model, pruner.params, cal.sequential_targets, ctx.example_inputs())
+                check_named_blocks(model, pruner.params, cal.sequential_targets, ctx.example_inputs(),
+                                   pruner.needs.calibration.sequential)
         ctx.paths.root.mkdir(parents=True, exist_ok=True)
         with RunLock(ctx.paths.root) if ctx.main else nullcontext():  # one process writes a run folder
             return self._run_stages(stages)
