@@ -327,3 +327,12 @@ def test_a_long_calibration_says_where_it_is():
     lines = []
     _prune(_llama(), "wanda", progress=lines.append)
     assert len(lines) == 3 and lines[0].startswith("calibrated and pruned model.layers.0 (1/3, ")
+
+
+def test_calibration_keys_that_choose_no_batches_leave_the_batches_alone(tmp_path):
+    from prunelab.experiment import RunContext, load_recipe
+
+    plain = RunContext(load_recipe("quickstart", ["prune.method=wanda"]), tmp_path / "a", log=lambda m: None)
+    keyed = RunContext(load_recipe("quickstart", ["prune.method=wanda", "prune.calibration={precision: float64}"]),
+                       tmp_path / "b", log=lambda m: None)
+    assert plain.calibration_batches() is plain.data.train and keyed.calibration_batches() is keyed.data.train

@@ -128,7 +128,7 @@ class RunContext:
     def calibration_batches(self):
         """Batches for calibration, the same on every rank: the data set's own calibration split when it has one
         (text: its windows in an order drawn from the recipe's seed); else the training loader itself in one process;
-        under torchrun, or with ``prune.calibration``'s batch size, an unsharded loader over the same split,
+        under torchrun, or with ``prune.calibration.batch_size``, an unsharded loader over the same split,
         order and augmentation (each rank's own loader holds only its shard, and calibrated methods would decide
         different masks on different ranks)."""
         from ..data.loader import TensorLoader
@@ -138,7 +138,7 @@ class RunContext:
             train = self.data.calibration
             if cal is None or not cal.batch_size:
                 return train
-        if self.dist.world == 1 and cal is None:
+        if self.dist.world == 1 and (cal is None or not cal.batch_size):  # the other keys choose no batches
             return train
         if not isinstance(train, TensorLoader):  # a folder-backed set (ImageNet) has no unsharded view here
             raise ConfigError("prune.calibration and calibrated methods under torchrun need an in-memory data set")
