@@ -336,3 +336,34 @@ def test_calibration_keys_that_choose_no_batches_leave_the_batches_alone(tmp_pat
     keyed = RunContext(load_recipe("quickstart", ["prune.method=wanda", "prune.calibration={precision: float64}"]),
                        tmp_path / "b", log=lambda m: None)
     assert plain.calibration_batches() is plain.data.train and keyed.calibration_batches() is keyed.data.train
+
+
+class _Stateful(nn.Module):
+    """A chain whose blocks work only inside the model's own call (they check a flag it holds meanwhile)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+        self.active = False
+        for b in self.blocks:
+            b.register_forward_pre_hook(self._check)
+
+    def _check(self, module, args):
+        if not self.active:
+            raise RuntimeError("called outside the model")
+
+    def forward(self, x):
+        self.active = True
+        try:
+            for b in self.blocks:
+                x = b(x)
+            return x
+        finally:
+            self.active = False
+
+
+def test_a_block_that_cannot_run_alone_is_one_sentence():
+    p = Pruner(_Stateful(), "wanda", schedule="manual", sparsity=0.5)
+    p.calibrate([torch.randn(3, 4)])
+    with pytest.raises(ConfigError, match=r"cannot run alone on the inputs the model gave it \(called outside"):
+        p.prune(0.5)

@@ -111,7 +111,7 @@ def groups(model: nn.Module, targets: Mapping[str, nn.Parameter], request: Calib
                     with hooked(block, {}):  # the next block's inputs, from this block as the Pruner left it
                         for j, (args, kwargs) in enumerate(cached):
                             a, k = load((args, kwargs), device)
-                            out = first(block(*a, **k))
+                            out = first(_replay(block, a, k, names.get(id(block))))
                             cached[j] = store(((out,) + tuple(args[1:]), kwargs), where,
                                               opts.cache_dtype)
             del cached
@@ -173,5 +173,15 @@ class _Run:
         with hooked(block, hooks):
             for call in cached:
                 a, k = load(call, device)
-                block(*a, **k)
+                _replay(block, a, k, "a block")
         return self._finish(mods, stats)
+
+
+def _replay(block: nn.Module, args: tuple, kwargs: dict, name: str | None):
+    """``block`` called alone on a cached call; what it raises is one sentence saying how to avoid the replay."""
+    try:
+        return block(*args, **kwargs)
+    except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        first_line = (str(exc).splitlines() or [""])[0][:160]
+        raise ConfigError(f"{name or 'a block'} cannot run alone on the inputs the model gave it ({first_line}): name "
+                          "other blocks with sequential_targets, or calibrate with sequential: false") from None
