@@ -376,3 +376,14 @@ def test_a_method_that_writes_the_model_while_deciding_is_refused():
     p = Pruner(nn.Linear(3, 2), Writes(), schedule="manual", sparsity=0.5)
     with pytest.raises(ConfigError, match="wrote the model's weights while deciding"):
         p.prune(0.5)
+
+
+def test_sparsegpt_breaks_ties_on_a_transposed_weight():
+    """A Conv1D's weight reaches the solve as a transposed view; tied scores (equal weights) must still be cut to
+    the exact count (this crashed with a view on a column-major mask)."""
+    from prunelab.reconstruction import sparsegpt
+
+    stored = torch.ones(8, 6)  # (in, out) as HF Conv1D stores it: every score in a block tied
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    new, keep, ok = sparsegpt(stored.T, x.T @ x, 0.5, blocksize=4)
+    assert ok and int((~keep).sum()) == 24 and new.shape == (6, 8)

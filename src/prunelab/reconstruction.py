@@ -35,7 +35,8 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
         raise ConfigError(f"sparsegpt needs a (rows, columns) weight and a (columns, columns) Gram matrix, got "
                           f"{tuple(weight.shape)} and {tuple(gram.shape)}")
     dtype = torch.float64 if torch.float64 in (gram.dtype, weight.dtype) else torch.float32
-    w = weight.detach().to(dtype).clone()
+    w = weight.detach().to(dtype).clone(memory_format=torch.contiguous_format)  # a transposed view (HF Conv1D)
+    # would otherwise stay column-major, and every block's masks with it
     h = gram.detach().to(device=w.device, dtype=dtype).clone()
     rows, cols = w.shape
     dead = torch.diag(h) == 0
@@ -71,7 +72,7 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
                 k = _share(sparsity, rows * cols, rows * i1, rows * i2)
                 if k:
                     thresh = score.flatten().kthvalue(k).values
-                    pruned[:, i1:i2] = _trim(score <= thresh, score, k)
+                    pruned[:, i1:i2] = _trim((score <= thresh).contiguous(), score, k)
         for i in range(i2 - i1):
             col = w1[:, i]
             d = h1[i, i]
