@@ -32,15 +32,9 @@ import subprocess
 import sys
 import time
 
+from global_selection import _rss_mb  # resident memory now, from /proc (the script's folder is on sys.path)
+
 HIDDEN, MLP, HEADS, KV, VOCAB = 2048, 5632, 32, 4, 32000
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def one(kind: str, a) -> dict:

@@ -367,3 +367,9 @@ def test_a_block_that_cannot_run_alone_is_one_sentence():
     p.calibrate([torch.randn(3, 4)])
     with pytest.raises(ConfigError, match=r"cannot run alone on the inputs the model gave it \(called outside"):
         p.prune(0.5)
+
+
+def test_a_sequential_pipeline_method_needs_a_per_layer_allocation():
+    with pytest.raises(ConfigError, match="sequential calibration decides each block on its own, but allocation global"):
+        Pruner(_mlp(), {"name": "wanda", "allocation": "global"}, schedule="manual", sparsity=0.5)
+    Pruner(_mlp(), {"name": "wanda", "allocation": "global", "sequential": False}, schedule="manual", sparsity=0.5)

@@ -58,9 +58,7 @@ class WandaMethod(Method):
             self.criterion = {"name": "wanda", "samples": self.samples}
         if not isinstance(self.sequential, bool):
             raise ConfigError(f"wanda sequential must be true or false, got {self.sequential!r}")
-        super().__post_init__()
-        if self.sequential and not isinstance(self.allocation_, Uniform):
-            raise ConfigError("sequential wanda decides block by block: use allocation uniform, or sequential: false")
+        super().__post_init__()  # a sequential pipeline method needs allocation uniform: the Pruner says so
 
     def needs(self) -> Needs:
         request = self.criterion_.needs().calibration
