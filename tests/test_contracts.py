@@ -36,6 +36,27 @@ def _x(n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 4, 6, 6, generator=torch.Generator().manual_seed(seed))
 
 
+def _tiny_llama() -> nn.Module:
+    """Two LLaMA blocks (grouped-query attention: 4 heads, 2 kv groups; MLP width 16) from a config."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=16, num_attention_heads=4,
+                                      num_key_value_heads=2, num_hidden_layers=2, use_cache=False)
+    return transformers.LlamaForCausalLM(config)
+
+
+def _tokens(n: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 32, (n, 8), generator=torch.Generator().manual_seed(seed))
+
+
+def _subject(method):
+    """(model, inputs(n, seed), output -> tensor) the method is tried on: the tiny net, or for a method that
+    removes units of transformer blocks (it declares ``unit_kinds``) a tiny LLaMA."""
+    if hasattr(METHODS.build(method), "unit_kinds"):
+        return _tiny_llama(), _tokens, lambda out: out.logits
+    return _net(), _x, lambda out: out
+
+
 def _spec(registry, name: str) -> dict:
     return {"name": name, **REQUIRED.get((registry.kind, name), {})}
 
@@ -53,15 +74,15 @@ def test_every_part_builds_and_rejects_unknown_parameters(registry, name):
 
 def _final_masks(method, sparsity=0.5, **kw) -> Pruner:
     """One event to ``sparsity`` on the tiny net, with whatever the method declares it needs handed over."""
-    model = _net()
+    model, x, out = _subject(method)
     pruner = Pruner(model, method=method, schedule="manual", sparsity=sparsity, seed=3,
-                    example_inputs=_x(1), **kw)
+                    example_inputs=x(1), **kw)
     needs = pruner.needs
     if needs.calibration_samples:
-        pruner.calibrate([_x(8, s) for s in range(4)])
+        pruner.calibrate([x(8, s) for s in range(4)])
     for i in range(needs.gradient_batches):
         model.zero_grad()
-        model(_x(4, i)).square().mean().backward()
+        out(model(x(4, i))).square().mean().backward()
         pruner.after_backward()
     pruner.prune(sparsity, final=True)
     return pruner
@@ -164,6 +185,13 @@ def test_every_method_meets_its_budget_on_a_tiny_model(name):
             assert m.float().mean().item() == pytest.approx(plan[layer]["density"])
         assert 0 < masks.sparsity() < 1
         return
+    if hasattr(pruner.method, "unit_kinds"):  # half the units of every kind in every block, the rest whole
+        units = pruner.summary()["channels"]["units"]
+        assert set(units) == set(pruner.method.unit_kinds)
+        for u in units.values():
+            per_group = u["prunable"] // len(u["kept"])
+            assert u["removed"] and u["kept"] == [per_group // 2] * len(u["kept"])
+        return
     if name == "slimming":  # half of all channels by one threshold on |gamma|: the four largest of each layer
         alive = {n: m.flatten(1).any(1) for n, m in masks.items()}
         assert list(alive) == ["0.weight", "3.weight"]
@@ -197,14 +225,14 @@ def test_every_method_keeps_no_state_between_its_hooks_but_what_it_declares(name
     """Decisions are returned, not stored: after a pruning event, whatever of the method changed is exactly
     the state it declares it carries to the next event (``state_tensors``, saved with checkpoints): a fresh
     method given that state holds the same tensors."""
-    model = _net()
-    pruner = Pruner(model, method=name, schedule="manual", sparsity=0.5, seed=3, example_inputs=_x(1))
+    model, x, out = _subject(name)
+    pruner = Pruner(model, method=name, schedule="manual", sparsity=0.5, seed=3, example_inputs=x(1))
     method = pruner.method
     if pruner.needs.calibration is not None:
-        pruner.calibrate([_x(8, s) for s in range(4)])
+        pruner.calibrate([x(8, s) for s in range(4)])
     for i in range(pruner.needs.gradient_batches):
         model.zero_grad()
-        model(_x(4, i)).square().mean().backward()
+        out(model(x(4, i))).square().mean().backward()
         pruner.after_backward()
     before = _fields(method)
     pruner.prune(0.5, final=True)

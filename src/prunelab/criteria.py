@@ -242,3 +242,41 @@ class Wanda(Criterion):
             s = (w * ctx.input_stats[n].norms().to(w.device)).float()
             out[n] = layout.stored(s.reshape(layout.canonical(p).shape))
         return out
+
+
+@CRITERIA.register("activation")
+@dataclass
+class Activation(Criterion):
+    """E|x_j|, the mean magnitude of the input channel a weight multiplies over the calibration tokens, the same
+    for every weight of a column (the weight's own value does not enter).
+
+    Summed over a unit of structure (:mod:`prunelab.structure`) it ranks MLP channels by the mean |activation|
+    the down projection reads, heads by that of their outputs, and hidden channels by that of the normalized
+    stream the readers see, as Minitron ranks them (Muralidharan et al., "Compact Language Models via Pruning
+    and Knowledge Distillation", NeurIPS 2024: activation magnitudes over calibration tokens, no gradients).
+    """
+
+    samples: int = 128
+
+    def __post_init__(self):
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 1:
+            raise ConfigError(f"activation samples must be a positive integer, got {self.samples!r}")
+
+    def needs(self) -> Needs:
+        from .calibration.request import Calibration
+
+        return Needs(calibration=Calibration(self.samples, ("mean_abs",)))
+
+    def scores(self, params, ctx):
+        if ctx.input_stats is None:
+            raise ConfigError("the activation criterion needs calibration data: call pruner.calibrate(batches) "
+                              "with a few batches of model inputs before pruning")
+        out = {}
+        for n, p in params.items():
+            layout = (ctx.layouts or {}).get(n) or Layout()
+            a = ctx.input_stats[n].inputs.mean_abs().float().to(p.device)
+            rows = column_view(layout, p.detach())
+            if a.numel() != rows.shape[1]:  # a convolution's columns are (channel, kernel position)
+                a = a.repeat_interleave(rows.shape[1] // a.numel())
+            out[n] = layout.stored(a.expand_as(rows).reshape(layout.canonical(p).shape).contiguous())
+        return out

@@ -29,7 +29,7 @@ from .attention import attention_heads
 from . import calibration
 from .decisions import as_decision, merge, versions, write
 from .channels import ChannelGraph
-from .coupling import channel_report, coupled_groups, select_channels
+from .coupling import coupled_groups, select_channels
 from .granularity import Filter
 from .criteria import Context, Needs
 from .inputs import Inputs
@@ -41,6 +41,7 @@ from .methods.base import PruneView
 from .registry import check_fraction
 from .schedules import SCHEDULES, Schedule
 from .streaming import can_stream, streamed_masks
+from .structure import TransformerUnits, structure_for, structure_report
 from .targets import Targets, accounting, build_targets, check_current
 from .topk import all_true
 from .ranking import select_tensors
@@ -104,7 +105,7 @@ class Pruner:
             if example_inputs is None:
                 raise ConfigError(f"method {self.method.name} removes whole channels: give the Pruner "
                                   "example_inputs (a batch of model inputs) so channel coupling can be traced")
-            self.channels = ChannelGraph(model, example_inputs)
+            self.channels = structure_for(model, self.params, self.method, example_inputs)
         self._coupled: tuple | None = None  # coupled channel groups and attention heads, found at first use
         self._companions: dict[str, tuple[nn.Parameter, Tensor]] = {}
         self.step_count = 0
@@ -309,6 +310,9 @@ class Pruner:
         """
         m = self.method
         alloc = m.allocation_
+        if isinstance(self.channels, TransformerUnits) and isinstance(gran, Filter):
+            new = self.channels.select(self.params, scores, masks, alloc, m.selector_, sparsity, final_sparsity, ctx)
+            return {n: new.get(n, masks[n]) for n in self.params}
         if self.channels is not None and isinstance(gran, Filter):
             if self._coupled is None:
                 self._coupled = (coupled_groups(self.channels, self.params), attention_heads(self.model, self.params))
@@ -384,7 +388,7 @@ class Pruner:
         granularity could not apply to, with the reason."""
         out = {**accounting(self.model, self.masks), "skipped": dict(self.skipped)}
         if self.channels is not None:
-            out["channels"] = channel_report(self.channels, self.params, self.masks)
+            out["channels"] = structure_report(self.channels, self.params, self.masks)
         return out
 
     def state(self) -> dict:

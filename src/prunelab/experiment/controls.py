@@ -57,8 +57,14 @@ class Shrunk(Stage):
         masks, _ = load_checkpoint(ctx.paths.stage(self.final), model, restore_rng=False)
         t0 = time.perf_counter()
         small, widths = shrink(model, masks, ctx.example_inputs())
-        spec = model_spec(r.model.name, r.model.kwargs, data.input_shape, data.num_classes)
-        nbytes = save_shrunk(ctx.paths.shrunk_model, small, widths, spec)
+        if hasattr(small, "save_pretrained"):  # a transformers model stays one: its own folder, smaller config
+            from ..structure.hf import save_hf
+
+            folder = save_hf(small, ctx.paths.shrunk_hf, force=True)
+            nbytes = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        else:
+            spec = model_spec(r.model.name, r.model.kwargs, data.input_shape, data.num_classes)
+            nbytes = save_shrunk(ctx.paths.shrunk_model, small, widths, spec)
         params, flops = count_params(small), count_flops(small, data.input_shape, r.device, data.input_dtype)
         acc = ctx.evaluate(small)["acc"]
         save_checkpoint(ctx.paths.stage(self.name), small, extra={
@@ -71,9 +77,9 @@ def pruned_architecture(ctx: RunContext, final: str, source: str):
     """(model, pruner or None) of the pruned architecture with weights from ``source``: 'scratch' or 'init'."""
     r = ctx.recipe
     masks, _ = load_checkpoint(ctx.paths.stage(final), ctx.build_model(), restore_rng=False)
-    if ctx.paths.shrunk_model.is_file():
+    if ctx.paths.shrunk_model.is_file() or ctx.paths.shrunk_hf.is_dir():
         if source == "scratch":
-            model, _ = load_shrunk(ctx.paths.shrunk_model, r.device)
+            model = load_shrunk_run(ctx)
             return reinit(model, r.seed + SCRATCH_SEED), None
         big = ctx.build_model(checkpoint=ctx.paths.init)
         ctx.fixed_pruner(big, masks)  # the initial biases and BatchNorm entries of removed channels go with them
@@ -84,6 +90,15 @@ def pruned_architecture(ctx: RunContext, final: str, source: str):
     else:
         model = ctx.build_model(checkpoint=ctx.paths.init)
     return model, ctx.fixed_pruner(model, masks)  # held fixed: the manual schedule never prunes
+
+
+def load_shrunk_run(ctx: RunContext):
+    """The run's shrunk model: its Hugging Face folder, or its weights + width manifest."""
+    if ctx.paths.shrunk_hf.is_dir():
+        from ..models.hf import build_hf
+
+        return build_hf(str(ctx.paths.shrunk_hf.resolve()), ctx.data.num_classes).to(ctx.recipe.device)
+    return load_shrunk(ctx.paths.shrunk_model, ctx.recipe.device)[0]
 
 
 def scratch_b_epochs(epochs: int, flops_full: int, flops_pruned: int, cap: float | None) -> int:

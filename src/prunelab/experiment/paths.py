@@ -139,6 +139,11 @@ class RunPaths(_WithDenseCheckpoints):
     def shrunk_model(self) -> Path:
         return self.stage(SHRUNK) / "shrunk.safetensors"
 
+    @property
+    def shrunk_hf(self) -> Path:
+        """The shrunk Hugging Face model: a ``save_pretrained`` folder of the same class, smaller config."""
+        return self.stage(SHRUNK) / "hf"
+
     def export(self, fmt: str) -> Path:
         return self.root / "export" / f"model.{EXPORT_EXTENSIONS[fmt]}"
 

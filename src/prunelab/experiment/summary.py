@@ -7,8 +7,7 @@ from ..data.text import describe as describe_text
 from ..models.hf import is_local
 from ..io import atomic_write_json, atomic_write_text
 from .records import seal
-from ..channels import ChannelGraph
-from ..coupling import channel_report
+from ..structure import structure_for, structure_report
 from ..targets import accounting
 from . import paths
 from .checkpoint import load_checkpoint
@@ -61,7 +60,8 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
                        sparsity_prunable=masks.sparsity(), compression_prunable=masks.compression_ratio(),
                        layers=masks.layer_stats(), **accounting(model, masks))
     if masks is not None and ctx.method is not None and ctx.method.channels:
-        summary["channels"] = channel_report(ChannelGraph(model, ctx.example_inputs()), masks, masks)
+        structure = structure_for(model, masks, ctx.method, ctx.example_inputs())
+        summary["channels"] = structure_report(structure, masks, masks)
     if paths.SHRUNK in extra:
         sh = extra[paths.SHRUNK]
         summary["shrunk"] = {"params": sh["params"], "flops": sh["flops"], "bytes_file": sh["bytes"],

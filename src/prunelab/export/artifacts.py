@@ -8,9 +8,10 @@
               SHA-256 checked), read back exactly with :func:`prunelab.export.load_compact`;
   ``shrunk``  the physically smaller model of a channel method (:func:`prunelab.export.load_shrunk`);
   ``onnx``    the shrunk model when there is one, else the dense one, checked under onnxruntime;
-  ``hf``      a Hugging Face model's folder (``save_pretrained``: config and safetensors weights with the zeros
-              in place), which ``AutoModelForCausalLM.from_pretrained`` loads. Structured pruning keeps the
-              config's widths: transformers has no per-layer head counts or MLP widths for most architectures.
+  ``hf``      a Hugging Face model's folder (``save_pretrained``), which ``AutoModelForCausalLM.from_pretrained``
+              loads without prunelab: the shrunk model, the same class with a smaller config, when the run
+              removed units of structure (:mod:`prunelab.structure`), else the full config with the zeros in
+              place.
 ``bench_run(run_dir)`` measures file bytes, parameters, FLOPs and CPU latency (batch 1 and 64, median of
 repeats after warm-up) of the dense model, the pruned model with CSR linear layers, with each linear layer's
 kernel chosen by measurement for that batch size (dense, torch CSR or SciPy CSR:
@@ -73,9 +74,15 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
     elif fmt == "hf":
         from ..models.hf import save_pretrained
 
+        if ctx.paths.shrunk_hf.is_dir():
+            from ..experiment.controls import load_shrunk_run
+
+            model = load_shrunk_run(ctx)
         save_pretrained(model, path, force=force)
     elif fmt == "shrunk":
         src = _shrunk_file(ctx)
+        if src is None and ctx.paths.shrunk_hf.is_dir():
+            raise ConfigError(f"{run_dir}'s shrunk model is a Hugging Face model: export it with --format hf")
         if src is None:
             raise ConfigError(f"{run_dir} removed no channels (method without channels): export sparse or dense")
         atomic_write_bytes(path, src.read_bytes())
@@ -145,6 +152,11 @@ def bench_run(run_dir: str | Path, repeats: int = 30, data_root: str | None = No
     src = _shrunk_file(ctx)
     if src is not None:
         arts.append(("shrunk", load_shrunk(src)[0].eval(), src.stat().st_size))
+    elif ctx.paths.shrunk_hf.is_dir():
+        from ..experiment.controls import load_shrunk_run
+
+        arts.append(("shrunk", load_shrunk_run(ctx).eval(),
+                     sum(f.stat().st_size for f in ctx.paths.shrunk_hf.glob("*.safetensors"))))
     base_flops = count_flops(dense, shape, dtype=dt)["dense"]
     convs = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
     base = {b: latency_ms(dense, shape, b, repeats, vocab=vocab) for b in (1, 64)}

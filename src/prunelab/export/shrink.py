@@ -66,6 +66,10 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
     ``model`` itself is shrunk in place and returned, with no copy and no second trace, as Torch-Pruning
     prunes; the pruner and its masks no longer fit the model afterwards.
     """
+    from ..structure import TransformerUnits, family_of
+
+    if isinstance(graph, TransformerUnits) or (graph is None and family_of(model) is not None):
+        return _shrink_transformer(model, masks, example_inputs, atol, graph)
     if graph is not None and graph.model is not model:
         raise ShrinkError("the channel graph given to shrink was traced on another model (pass pruner.channels "
                           "of the pruner that pruned this model)")
@@ -103,6 +107,23 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
     after = _sizes(small)
     widths = {n: s for n, s in after.items() if before.get(n) != s}
     return small, widths
+
+
+def _shrink_transformer(model: nn.Module, masks, example_inputs, atol: float, units) -> tuple[nn.Module, dict]:
+    """A Hugging Face transformer of a known layout: the same class with a smaller config
+    (:mod:`prunelab.structure.hf`); ``widths`` are the config fields that changed."""
+    from ..structure import TransformerUnits, family_of
+    from ..structure.hf import shrink_hf
+    from ..structure.units import supported_kinds
+
+    (masks if isinstance(masks, Masks) else Masks(masks)).check_fits(model)
+    if units is None:
+        fam = family_of(model)
+        units = TransformerUnits(model, fam, masks, supported_kinds(model, fam))
+    elif units.model is not model:
+        raise ShrinkError("the units given to shrink were read from another model (pass pruner.channels of the "
+                          "pruner that pruned this model)")
+    return shrink_hf(model, masks, units, example_inputs, atol)
 
 
 def _check(masked: nn.Module, small: nn.Module, example_inputs, check_inputs, atol: float) -> None:

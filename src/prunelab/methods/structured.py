@@ -18,7 +18,7 @@ model equals the shrunk one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import ConfigError
 from .base import METHODS, Method
@@ -116,3 +116,37 @@ class Slimming(Method):
                                   "(exclude it with targets.exclude)")
             gammas[name] = graph.modules[norm].weight.detach()
         return {"bn_scales": gammas}
+
+
+@METHODS.register("transformer_units")
+@dataclass
+class TransformerUnits(Method):
+    """Units of structure of a Hugging Face transformer (:mod:`prunelab.structure`): MLP channels, key-value
+    groups with their query heads, the hidden size, whole blocks, ``sparsity`` of each kind's units removed
+    (the same width in every block, so the result is a standard config), ranked by the summed scores of each
+    unit's weights: ``activation`` (Minitron's mean |activation|, from calibration), ``taylor`` (first-order,
+    |w dL/dw| summed, as LLM-Pruner's element-wise estimate) or ``magnitude`` (L1, as Li et al.'s filters).
+    ``prunelab export RUN --format hf`` writes the smaller model as the same transformers class."""
+
+    criterion: Any = "activation"
+    granularity: Any = "filter"
+    allocation: Any = "uniform"
+    selector: Any = "topk"
+    channels: bool = True
+    units: Any = ("mlp", "heads")
+    output_layer: ClassVar[bool] = False  # the output layer's rows are the vocabulary: never a unit
+
+    def __post_init__(self) -> None:
+        from ..structure import KINDS
+
+        units = [self.units] if isinstance(self.units, str) else self.units
+        if not isinstance(units, (list, tuple)) or not units or not all(u in KINDS for u in units) \
+                or len(set(units)) != len(units):
+            raise ConfigError(f"transformer_units units are a list of distinct {', '.join(KINDS)}; got {self.units!r}")
+        self.units = tuple(units)
+        super().__post_init__()
+
+    @property
+    def unit_kinds(self) -> tuple[str, ...]:
+        """The kinds of units of structure this method removes (read by :func:`prunelab.structure.structure_for`)."""
+        return self.units

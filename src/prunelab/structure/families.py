@@ -1,0 +1,148 @@
+"""The block layouts of Hugging Face transformers whose units of structure are read from their modules.
+
+A :class:`Family` names, relative to one decoder block, the modules that read the residual stream (q, k, v and
+the MLP's up-side projections), the modules that write it (the attention's output and the MLP's down
+projection), the norms over the hidden size, and, from the model root, the blocks, the embeddings and the final
+norm; and which config fields hold each width. Written by hand because these names are the architectures'
+own (transformers has no machine-readable description of which module couples with which), and because a
+generic trace of these models (Torch-Pruning's graph) did not finish in 100-300 s on two-block models with
+the cache on: the module structure needs none, and :func:`check_layout` runs one batch to confirm every named
+module is called with the width the config states.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..inputs import Inputs, call
+
+
+@dataclass(frozen=True)
+class Family:
+    """One block layout (see the module docstring); names are relative to a block unless they say otherwise."""
+
+    name: str
+    layers: str                       # the ModuleList of blocks, from the model root
+    embeds: tuple[str, ...]           # embeddings whose columns are the hidden size (token, position), from the root
+    final_norm: str                   # from the root
+    up: tuple[str, ...]               # MLP projections whose output rows are the MLP channels
+    down: str                         # the MLP projection whose input columns are the MLP channels
+    norms: tuple[str, ...]            # norms over the hidden size inside a block
+    o: str                            # the attention's output projection
+    q: str | None = None              # separate q, k, v projections ...
+    k: str | None = None
+    v: str | None = None
+    qkv: str | None = None            # ... or one fused projection, q then k then v (GPT-2's c_attn)
+    norm: str = "rms"                 # "rms" (exact hidden-size cut) or "layer"
+    transposed: bool = False          # weights stored (in, out): Hugging Face Conv1D
+    fields: tuple[tuple[str, str], ...] = ()  # unit kind -> config field of its width
+    head_dim_field: bool = False      # the config states head_dim apart from hidden_size / heads
+    pre_norm: str | None = None       # a config flag that must be true for depth (OPT's do_layer_norm_before)
+    # norms over something else than the hidden size that share its eps config field (Qwen3's per-head q/k
+    # norms): the hidden-size cut scales that eps, which would change them (measured: 1.0e-5 on the logits of
+    # a 2-block Qwen3 at half the width), so the cut is refused
+    shared_eps: tuple[str, ...] = ()
+
+    def field(self, kind: str) -> str:
+        return dict(self.fields)[kind]
+
+
+_LLAMA = dict(layers="model.layers", embeds=("model.embed_tokens",), final_norm="model.norm",
+              q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.o_proj",
+              up=("mlp.gate_proj", "mlp.up_proj"), down="mlp.down_proj",
+              norms=("input_layernorm", "post_attention_layernorm"), norm="rms", head_dim_field=True,
+              fields=(("mlp", "intermediate_size"), ("heads", "num_attention_heads"), ("kv", "num_key_value_heads"),
+                      ("hidden", "hidden_size"), ("depth", "num_hidden_layers")))
+
+FAMILIES: dict[str, Family] = {
+    **{t: Family(t, **_LLAMA) for t in ("llama", "mistral", "qwen2")},
+    "qwen3": Family("qwen3", **_LLAMA, shared_eps=("self_attn.q_norm", "self_attn.k_norm")),
+    "gpt2": Family("gpt2", layers="transformer.h", embeds=("transformer.wte", "transformer.wpe"),
+                   final_norm="transformer.ln_f", qkv="attn.c_attn", o="attn.c_proj", up=("mlp.c_fc",),
+                   down="mlp.c_proj", norms=("ln_1", "ln_2"), norm="layer", transposed=True,
+                   fields=(("mlp", "n_inner"), ("hidden", "n_embd"), ("depth", "n_layer"), ("heads", "n_head"))),
+    "opt": Family("opt", layers="model.decoder.layers",
+                  embeds=("model.decoder.embed_tokens", "model.decoder.embed_positions"),
+                  final_norm="model.decoder.final_layer_norm", q="self_attn.q_proj", k="self_attn.k_proj",
+                  v="self_attn.v_proj", o="self_attn.out_proj", up=("fc1",), down="fc2",
+                  norms=("self_attn_layer_norm", "final_layer_norm"), norm="layer", pre_norm="do_layer_norm_before",
+                  fields=(("mlp", "ffn_dim"), ("hidden", "hidden_size"), ("depth", "num_hidden_layers"),
+                          ("heads", "num_attention_heads"))),
+}
+
+
+def family_of(model: nn.Module) -> Family | None:
+    """The model's :class:`Family` when it is a Hugging Face model of a known layout with every named module
+    present, else None (the caller falls back to a generic trace)."""
+    config = getattr(model, "config", None)
+    fam = FAMILIES.get(getattr(config, "model_type", None))
+    if fam is None:
+        return None
+    try:
+        blocks = model.get_submodule(fam.layers)
+        for n in fam.embeds + (fam.final_norm,):
+            model.get_submodule(n)
+        for block in blocks:
+            for n in _block_modules(fam):
+                block.get_submodule(n)
+    except (AttributeError, TypeError):
+        return None
+    return fam
+
+
+def _block_modules(fam: Family) -> tuple[str, ...]:
+    attn = (fam.qkv,) if fam.qkv else (fam.q, fam.k, fam.v)
+    return attn + (fam.o,) + fam.up + (fam.down,) + fam.norms
+
+
+def attention_shape(model: nn.Module, fam: Family) -> tuple[int, int, int]:
+    """(query heads, key-value groups, head size) from the model's config."""
+    c = model.config
+    heads = int(getattr(c, fam.field("heads")))
+    kv = int(getattr(c, "num_key_value_heads", None) or heads)
+    hidden = int(getattr(c, fam.field("hidden")))
+    head_dim = getattr(c, "head_dim", None) if fam.head_dim_field else None
+    return heads, kv, int(head_dim or hidden // heads)
+
+
+def check_layout(model: nn.Module, fam: Family, example_inputs: Inputs) -> None:
+    """ConfigError in one sentence unless one forward pass on ``example_inputs`` calls every module the layout
+    names, each block's readers with inputs of the hidden size the config states (checked once, as the
+    calibration pipeline checks its chain, then trusted)."""
+    hidden = int(getattr(model.config, fam.field("hidden")))
+    blocks = model.get_submodule(fam.layers)
+    readers = ((fam.qkv,) if fam.qkv else (fam.q, fam.k, fam.v)) + fam.up
+    seen: dict[str, Any] = {}
+    handles = []
+    for i, block in enumerate(blocks):
+        for n in _block_modules(fam):
+            def hook(m, args, _n=f"{fam.layers}.{i}.{n}", _r=n in readers):
+                x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+                seen[_n] = x.shape[-1] if (x is not None and _r) else None
+            handles.append(block.get_submodule(n).register_forward_pre_hook(hook))
+    was, cache = model.training, getattr(model.config, "use_cache", None)
+    model.eval()
+    model.config.use_cache = False
+    try:
+        with torch.no_grad():
+            call(model, example_inputs)
+    except Exception as exc:  # a user's inputs; one sentence
+        raise ConfigError(f"the model rejected the example inputs: {(str(exc).splitlines() or [''])[0][:160]}") from None
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+        model.config.use_cache = cache
+    missing = [n for i in range(len(blocks)) for n in (f"{fam.layers}.{i}.{m}" for m in _block_modules(fam))
+               if n not in seen]
+    if missing:
+        raise ConfigError(f"this {fam.name} model does not run as its layout says: {missing[0]} was never called "
+                          "(a modified block?); its units of structure cannot be read from its modules")
+    wrong = [n for n, w in seen.items() if w is not None and w != hidden]
+    if wrong:
+        raise ConfigError(f"this {fam.name} model does not run as its layout says: {wrong[0]} reads inputs of "
+                          f"width {seen[wrong[0]]}, not the config's hidden size {hidden}")

@@ -1,0 +1,267 @@
+"""Units of structure in transformer blocks: MLP channels, key-value groups, the hidden size and whole blocks.
+
+Each unit kind is a set of :class:`UnitGroup`, a group being what the allocation counts and the selector
+chooses from (one per block for ``mlp`` and ``heads``, one for the model for ``hidden`` and ``depth``). A unit
+owns entries of several tensors (:class:`Part`: along one dimension of one parameter); dropping it sets all of
+them to zero: the target weights through their masks, the rest (biases, norm entries, embeddings) as
+*companions* held at zero, as :mod:`prunelab.channels` holds a removed channel's bias. With every entry of a
+unit at zero the masked model computes exactly what the model without it computes:
+
+- ``mlp``: channel j of a block's MLP: row j of each up-side projection with its bias, column j of the down one;
+- ``heads``: key-value group g with its r = heads / kv-heads query heads: those heads' q rows, group g's k and
+  v rows (with biases), the query heads' columns of the output projection. Only where the config states the
+  head size apart from the hidden size (LLaMA-style configs' ``head_dim``); in GPT-2 and OPT it is
+  hidden / heads, so fewer heads would change it, and ``heads`` is refused there;
+- ``hidden``: residual channel c: column c of every embedding and every reader of the stream (q, k, v,
+  up-side projections, the output layer), row c of every writer (output and down projections) with its bias,
+  entry c of every norm over the hidden size. The channel is zero all along the stream. An RMSNorm over the
+  n kept of N channels then equals the masked one, whose sum of squares the zeros do not change, when its
+  gain is scaled by sqrt(N / n) and its eps by N / n:
+  g_c x_c / sqrt(S / N + eps) = g_c sqrt(N / n) x_c / sqrt(S / n + eps N / n), S the sum over kept channels.
+  A LayerNorm's mean and variance do change (the zeros count), so ``hidden`` is refused through LayerNorm;
+- ``depth``: block l: every weight in it. With its output and down projections (and biases) at zero a pre-norm
+  block returns its input, so the block can go; post-norm blocks (OPT with ``do_layer_norm_before`` false)
+  refuse it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..allocation import Allocation, LayerGroups
+from ..errors import ConfigError
+from .families import Family, attention_shape
+
+KINDS = ("mlp", "heads", "hidden", "depth")
+
+
+@dataclass(frozen=True)
+class Part:
+    """Entries ``index[i]`` along ``dim`` of parameter ``param`` belong to unit ``units[i]``."""
+
+    param: str
+    dim: int
+    index: Tensor   # (rows, per_row) long
+    units: Tensor   # (rows,) long
+
+    def keep(self, shape: Sequence[int], dropped: Tensor) -> Tensor:
+        """A bool tensor of ``shape``: False at this part's entries of the ``dropped`` units (a (units,) bool)."""
+        line = torch.ones(shape[self.dim], dtype=torch.bool)
+        line[self.index[dropped[self.units]].reshape(-1)] = False
+        view = [1] * len(shape)
+        view[self.dim] = -1
+        return line.reshape(view).expand(*shape)
+
+    def per_unit(self, t: Tensor, reduce: str) -> Tensor:
+        """(rows,) the sum (``reduce="sum"``) or any (``"any"``) of ``t``'s entries of each row of the part."""
+        sel = t.index_select(self.dim, self.index.reshape(-1).to(t.device)).movedim(self.dim, 0)
+        sel = sel.reshape(self.index.shape[0], -1)
+        return sel.double().sum(1) if reduce == "sum" else sel.any(1)
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """``size`` units of one ``kind`` chosen together (``block``: the block they are in, None for the model)."""
+
+    kind: str
+    name: str
+    size: int
+    parts: tuple[Part, ...]
+    block: int | None = None
+
+
+def _weight_parts(model: nn.Module, module: str, dim_out: bool, index: Tensor, units: Tensor,
+                  transposed: bool, bias: bool = True) -> list[Part]:
+    """The parts of one Linear / Conv1D: its weight along the output (``dim_out``) or input dimension, and
+    along the output dimension its bias."""
+    m = model.get_submodule(module)
+    dim = (1 if transposed else 0) if dim_out else (0 if transposed else 1)
+    out = [Part(f"{module}.weight", dim, index, units)]
+    if dim_out and bias and getattr(m, "bias", None) is not None:
+        out.append(Part(f"{module}.bias", 0, index, units))
+    return out
+
+
+def _norm_parts(model: nn.Module, module: str, index: Tensor, units: Tensor) -> list[Part]:
+    m = model.get_submodule(module)
+    return [Part(f"{module}.{p}", 0, index, units) for p in ("weight", "bias") if getattr(m, p, None) is not None]
+
+
+def build_groups(model: nn.Module, fam: Family, kinds: Sequence[str]) -> list[UnitGroup]:
+    """The unit groups of ``kinds`` in ``model`` (a model of layout ``fam``); ConfigError for a kind the
+    architecture cannot shrink exactly into its own config (see the module docstring)."""
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ConfigError(f"units are {', '.join(KINDS)}; got {bad or list(kinds)}")
+    if "hidden" in kinds and fam.norm != "rms":
+        raise ConfigError(f"the hidden size of a {fam.name} model cannot be cut exactly: its LayerNorm's mean and "
+                          "variance change when a channel goes (units mlp, depth work; hidden needs RMSNorm)")
+    if "hidden" in kinds and fam.shared_eps:
+        raise ConfigError(f"the hidden size of a {fam.name} model cannot be cut exactly: its {fam.shared_eps[0]} norm "
+                          "shares rms_norm_eps, which the cut must scale (units mlp, heads, depth work)")
+    if "heads" in kinds and not fam.head_dim_field:
+        raise ConfigError(f"a {fam.name} config derives the head size from hidden_size / heads, so it cannot hold "
+                          "fewer heads of the same size: use units mlp, depth (or hidden, for RMSNorm models)")
+    if "depth" in kinds and fam.pre_norm and not getattr(model.config, fam.pre_norm, True):
+        raise ConfigError(f"this {fam.name} model normalizes after each block ({fam.pre_norm}: false), so a block "
+                          "with zero outputs is not the identity: depth cannot be pruned exactly")
+    tp = fam.transposed
+    blocks = model.get_submodule(fam.layers)
+    out: list[UnitGroup] = []
+    for i, block in enumerate(blocks):
+        pre = f"{fam.layers}.{i}."
+        if "heads" in kinds:
+            heads, kv, d = attention_shape(model, fam)
+            r = heads // kv
+            q = torch.arange(heads * d).reshape(kv, r * d)
+            k = torch.arange(kv * d).reshape(kv, d)
+            g = torch.arange(kv)
+            parts = _weight_parts(model, pre + fam.q, True, q, g, tp) + _weight_parts(model, pre + fam.k, True, k, g, tp)
+            parts += _weight_parts(model, pre + fam.v, True, k, g, tp) + _weight_parts(model, pre + fam.o, False, q, g, tp)
+            out.append(UnitGroup("heads", f"{pre}{fam.o.rpartition('.')[0]}", kv, tuple(parts), i))
+        if "mlp" in kinds:
+            width = _mlp_width(model, fam, pre)
+            j = torch.arange(width)
+            parts = [p for u in fam.up for p in _weight_parts(model, pre + u, True, j[:, None], j, tp)]
+            parts += _weight_parts(model, pre + fam.down, False, j[:, None], j, tp)
+            out.append(UnitGroup("mlp", f"{pre}{fam.up[0].rpartition('.')[0] or fam.up[0]}", width, tuple(parts), i))
+    if "hidden" in kinds:
+        out.append(_hidden_group(model, fam, blocks))
+    if "depth" in kinds:
+        parts = []
+        for i, block in enumerate(blocks):
+            for n, p in block.named_parameters():
+                parts.append(Part(f"{fam.layers}.{i}.{n}", 0, torch.arange(p.shape[0])[None], torch.tensor([i])))
+        out.append(UnitGroup("depth", fam.layers, len(blocks), tuple(parts)))
+    return out
+
+
+def supported_kinds(model: nn.Module, fam: Family) -> tuple[str, ...]:
+    """The unit kinds ``model`` can lose exactly (those :func:`build_groups` does not refuse)."""
+    out = ["mlp"]
+    if fam.head_dim_field:
+        out.append("heads")
+    if fam.norm == "rms" and not fam.shared_eps:
+        out.append("hidden")
+    if not (fam.pre_norm and not getattr(model.config, fam.pre_norm, True)):
+        out.append("depth")
+    return tuple(out)
+
+
+def _mlp_width(model: nn.Module, fam: Family, pre: str) -> int:
+    w = model.get_submodule(pre + fam.down).weight
+    return int(w.shape[0] if fam.transposed else w.shape[1])
+
+
+def _hidden_group(model: nn.Module, fam: Family, blocks: nn.ModuleList) -> UnitGroup:
+    n = int(getattr(model.config, fam.field("hidden")))
+    c = torch.arange(n)
+    idx, tp = c[:, None], fam.transposed
+    parts = [Part(f"{e}.weight", 1, idx, c) for e in fam.embeds]
+    for i in range(len(blocks)):
+        pre = f"{fam.layers}.{i}."
+        readers = ((fam.qkv,) if fam.qkv else (fam.q, fam.k, fam.v)) + fam.up
+        for r in readers:
+            parts += _weight_parts(model, pre + r, False, idx, c, tp)
+        for w in (fam.o, fam.down):
+            parts += _weight_parts(model, pre + w, True, idx, c, tp)
+        for norm in fam.norms:
+            parts += _norm_parts(model, pre + norm, idx, c)
+    parts += _norm_parts(model, fam.final_norm, idx, c)
+    named = dict(model.named_parameters())  # a tied output layer is the embedding, already a part
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if head is not None and not any(head.weight is named.get(p.param) for p in parts):
+        name = next(k for k, v in model.named_modules() if v is head)
+        parts += _weight_parts(model, name, False, idx, c, False)
+    return UnitGroup("hidden", "hidden", n, tuple(parts))
+
+
+def unit_scores(g: UnitGroup, scores: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """((size,) score, (size,) alive) of a group's units: the sum of the targets' scores over each unit's
+    entries; a unit is alive while any of its target entries is."""
+    score = torch.zeros(g.size, dtype=torch.float64)
+    alive = torch.zeros(g.size, dtype=torch.bool)
+    for p in g.parts:
+        if p.param in scores:
+            score.index_add_(0, p.units, p.per_unit(scores[p.param], "sum").cpu())
+            alive.index_fill_(0, p.units[p.per_unit(masks[p.param], "any").cpu()], True)
+    return score.float().masked_fill(~alive, float("-inf")), alive
+
+
+def removed_units(g: UnitGroup, masks: Mapping[str, Tensor]) -> Tensor:
+    """(size,) bool: the units whose every target entry is pruned (a group with no target part: none)."""
+    alive = torch.zeros(g.size, dtype=torch.bool)
+    seen = False
+    for p in g.parts:
+        if p.param in masks:
+            seen = True
+            alive.index_fill_(0, p.units[p.per_unit(masks[p.param], "any").cpu()], True)
+    return ~alive if seen else alive
+
+
+def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: Mapping[str, Tensor],
+                 masks: Mapping[str, Tensor], allocation: Allocation, selector, sparsity: float,
+                 final_sparsity: float, ctx) -> dict[str, Tensor]:
+    """New masks of the targets after one pass over the unit groups: the allocation counts units per group,
+    the selector keeps the highest-scoring alive ones, and every target entry of a dropped unit is pruned
+    (masks only shrink: a pruned unit stays pruned)."""
+    layers, views = [], []
+    for g in groups:
+        score, alive = unit_scores(g, scores, masks)
+        per_unit = sum(params[p.param].numel() // params[p.param].shape[p.dim] * p.index.shape[1]
+                       for p in g.parts if p.param in params) // max(g.size, 1)
+        views.append((score, alive))
+        layers.append(LayerGroups(g.name, (g.size,), 1, g.size, max(per_unit, 1), False,
+                                  score[None] if allocation.needs_scores else None))
+    keep = allocation.keep_counts(layers, sparsity, final_sparsity)
+    new = {n: m for n, m in masks.items()}
+    for g, (score, alive) in zip(groups, views):
+        kept = selector.select(score[None].clone(), alive[None], keep[g.name], False, ctx, g.name)[0].cpu()
+        dropped = ~kept
+        if not dropped.any():
+            continue
+        for p in g.parts:
+            if p.param in params:
+                m = new[p.param]
+                new[p.param] = m & p.keep(tuple(m.shape), dropped).to(m.device)
+    return new
+
+
+def companion_masks(groups: list[UnitGroup], params: Mapping[str, Tensor], masks: Mapping[str, Tensor],
+                    named: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Keep-masks (False = held at zero) of the non-target entries of removed units: biases, norm entries,
+    embedding columns."""
+    out: dict[str, Tensor] = {}
+    for g in groups:
+        gone = removed_units(g, masks)
+        if not gone.any():
+            continue
+        for p in g.parts:
+            if p.param in params or p.param not in named:
+                continue
+            t = named[p.param]
+            k = p.keep(tuple(t.shape), gone).to(t.device)
+            out[p.param] = out[p.param] & k if p.param in out else k.clone()
+    return out
+
+
+def check_targets(groups: list[UnitGroup], params: Mapping[str, Tensor], model: nn.Module) -> list[UnitGroup]:
+    """The groups whose every weight-matrix part (a 2-D parameter of a layer, not an embedding) is a target;
+    ConfigError when none is."""
+    embeds = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    named = dict(model.named_parameters(remove_duplicate=False))
+    ok = [g for g in groups if all(p.param in params for p in g.parts
+                                   if named[p.param].dim() == 2 and p.param not in embeds
+                                   and not _is_output(model, named[p.param]))]
+    if not ok:
+        raise ConfigError("no unit of structure has all its weight matrices among the targets: widen targets "
+                          "(or drop the exclusions) so whole channels, heads or blocks can go")
+    return ok
+
+
+def _is_output(model: nn.Module, p: Tensor) -> bool:
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    return head is not None and head.weight is p
