@@ -164,8 +164,11 @@ def test_channel_pruning_shrinks_to_the_same_outputs(name):
     model, x = _build(name)
     p = Pruner(model, "l1_filter", sparsity=0.5, example_inputs=x)
     report = p.summary()["channels"]
-    assert report["prunable"] > 0 and report["removed"] >= 0.4 * report["prunable"]
-    assert report["heads"]["removed"] == report["heads"]["prunable"] // 2  # torch attention: half its heads
+    if "units" in report:  # a transformer of a known layout: units read from its blocks (prunelab.structure)
+        assert all(u["removed"] == u["prunable"] // 2 for u in report["units"].values())
+    else:
+        assert report["prunable"] > 0 and report["removed"] >= 0.4 * report["prunable"]
+        assert report["heads"]["removed"] == report["heads"]["prunable"] // 2  # torch attention: half its heads
     small, widths = shrink(model, p.masks, x)
     assert widths and sum(q.numel() for q in small.parameters()) < sum(q.numel() for q in model.parameters())
     masked = Pruner(model, "l1_filter", sparsity=0.5, example_inputs=x)  # the masked model itself

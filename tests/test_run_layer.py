@@ -36,6 +36,8 @@ FINGERPRINTS = {
     "lenet5_mnist_rethinking": ("ede039b8d3", "0d2c99cfa1"),
     "lenet5_mnist_sparsegpt": ("739c7db0c1", "aee1185902"),
     "lenet5_mnist_wanda": ("5b2b40fa4e", "aee1185902"),
+    "llama_pystdlib_dense": ("1bf088ee54", "1d53a91929"),
+    "llama_pystdlib_units": ("ef793d8549", "1d53a91929"),
     "llama_wikitext2_sparsegpt": ("69cfd42872", "dfda424391"),
     "llama_wikitext2_wanda": ("3ab60cd474", "dfda424391"),
     "quickstart": ("299bbcfb2e", "5e0d98cc2b"),

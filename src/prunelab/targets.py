@@ -105,7 +105,7 @@ class Targets:
     ``exclude`` pattern. module_types: class names (a module matches when its class or a base class has one of
     these names) whose weights may be pruned. embeddings: also prune ``Embedding`` tables and weights tied to
     them. keep_first_dense / keep_last_dense: drop the first / last of the matched weights (registration
-    order). incompatible: what to do with a weight the granularity cannot apply to (N:M on 3 input channels):
+    order; for a language model "last" is its output layer). incompatible: what to do with a weight the granularity cannot apply to (N:M on 3 input channels):
     ``"skip"`` it, named in the summary, or ``"error"``. output_layer: whether a language model's output layer
     (``model.get_output_embeddings()``, an untied ``lm_head``) is a target; None: the method's default (the
     calibrated methods leave it dense, as Wanda and SparseGPT do; the others prune it).
@@ -155,7 +155,13 @@ class Targets:
                     continue
                 found[id(w)] = Target(names[0], w, layout, tuple(names))
         targets = list(found.values())
-        if self.keep_last_dense and len(targets) > 1:
+        head = output_weight(model)
+        if self.keep_last_dense and head is not None:
+            # a language model's last layer is its output layer, wherever it is registered (GPT-2's is tied to
+            # the embedding, so the last registered Linear would be the last block's MLP, which then could not
+            # lose the channels every other block loses)
+            targets = [t for t in targets if t.param is not head]
+        elif self.keep_last_dense and len(targets) > 1:
             targets.pop()
         if self.keep_first_dense and targets:
             targets.pop(0)

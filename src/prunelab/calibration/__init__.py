@@ -15,10 +15,12 @@ __all__ = ["Calibration", "Group", "InputStats", "Moments", "Options", "column_v
            "options", "owners", "input_stats"]
 
 
-def input_stats(model, targets, batches, samples: int, gram: bool = False, precision: str = "float32"):
-    """Every target's :class:`InputStats` (norms, and Gram matrices with ``gram``) over the first ``samples``
-    inputs of ``batches``, from the dense model in one pass: the pipeline's non-sequential group."""
-    request = Calibration(samples, (frozenset({"gram" if gram else "norms"}),))
+def input_stats(model, targets, batches, samples: int, gram: bool = False, precision: str = "float32",
+                kinds: tuple[str, ...] | None = None):
+    """Every target's :class:`InputStats` (norms, and Gram matrices with ``gram``; or the given ``kinds``) over
+    the first ``samples`` inputs of ``batches``, from the dense model in one pass: the pipeline's non-sequential
+    group."""
+    request = Calibration(samples, (frozenset(kinds or {"gram" if gram else "norms"}),))
     run = groups(model, targets, request, materialise(batches, samples), Options(precision=precision))
     try:
         return next(run).stats

@@ -5,6 +5,9 @@ Renderers take plain data (what the handlers computed) and a console; they compu
 from __future__ import annotations
 
 
+UNIT_NAMES = {"mlp": "MLP channels", "heads": "key-value groups (with their query heads)", "hidden": "hidden channels",
+              "depth": "blocks"}
+
 def console():
     """The console every command prints through. Off a terminal (a pipe, a file, CI) rich would assume 80
     columns and cut the numbers of wide tables with an ellipsis; there it gets 200."""
@@ -101,7 +104,13 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
             names = ", ".join(r["name"] for r in left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
             rows.append(("weight matrices not pruned", f"{len(left)} ({sum(r['numel'] for r in left):,} weights): {names}"))
     ch = s.get("channels")
-    if ch:
+    if ch and "units" in ch:  # units of transformer blocks
+        for kind, u in ch["units"].items():
+            kept = sorted(set(u["kept"]))
+            rows.append((f"{UNIT_NAMES.get(kind, kind)} removed ({ch['layout']} layout)",
+                         f"{u['removed']:,} of {u['prunable']:,}; kept per group: {', '.join(map(str, kept))}"
+                         + (f"; {u['untargeted']:,} not all targets" if u["untargeted"] else "")))
+    elif ch:
         out_of_reach = ", ".join(f"{v:,} behind {k}" for k, v in ch["blocked"].items())
         rows.append(("channels removed", f"{ch['removed']:,} of {ch['prunable']:,} removable ({ch['sparsity']:.4f})"
                      + (f"; not removable: {out_of_reach}" if out_of_reach else "")))
@@ -122,7 +131,9 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
         rows.append(("shrunk model (channels removed)",
                      f"{sh['params']:,} parameters ({s['params_total'] / max(sh['params'], 1):.2f}x fewer than "
                      f"unpruned), {sh['flops']:,} FLOPs ({s['flops_dense'] / max(sh['flops'], 1):.2f}x fewer), "
-                     f"{sh['bytes_file']:,} bytes, accuracy {sh['test_acc']:.4f}"))
+                     f"{sh['bytes_file']:,} bytes, accuracy {sh['test_acc']:.4f}"
+                     + (f", perplexity {sh['test_ppl']:.2f}" if sh.get("test_ppl") is not None else "")
+                     + (f"; config: {', '.join(f'{k} {v}' for k, v in sh['config'].items())}" if sh.get("config") else "")))
     for name, c in (s.get("controls") or {}).items():
         rows.append((f"control {name}", f"accuracy {c['test_acc']:.4f} after {c['epochs']} epochs"))
     for k, v in rows:

@@ -66,11 +66,15 @@ class Shrunk(Stage):
             spec = model_spec(r.model.name, r.model.kwargs, data.input_shape, data.num_classes)
             nbytes = save_shrunk(ctx.paths.shrunk_model, small, widths, spec)
         params, flops = count_params(small), count_flops(small, data.input_shape, r.device, data.input_dtype)
-        acc = ctx.evaluate(small)["acc"]
-        save_checkpoint(ctx.paths.stage(self.name), small, extra={
-            "test_acc": acc, "seconds": time.perf_counter() - t0, "bytes": nbytes, "params": params["total"],
-            "flops": flops["dense"], "changed_modules": len(widths)})
-        ctx.log(f"stage {self.name}: {params['total']:,} parameters, {flops['dense']:,} FLOPs, accuracy {acc:.4f}")
+        ev = ctx.evaluate(small)
+        extra = {"test_acc": ev["acc"], "seconds": time.perf_counter() - t0, "bytes": nbytes,
+                 "params": params["total"], "flops": flops["dense"], "changed_modules": len(widths)}
+        if "ppl" in ev:
+            extra["test_ppl"] = ev["ppl"]
+        if hasattr(small, "save_pretrained"):
+            extra["config"] = widths  # the config fields that changed
+        save_checkpoint(ctx.paths.stage(self.name), small, extra=extra)
+        ctx.log(f"stage {self.name}: {params['total']:,} parameters, {flops['dense']:,} FLOPs, accuracy {ev['acc']:.4f}")
 
 
 def pruned_architecture(ctx: RunContext, final: str, source: str):

@@ -65,7 +65,8 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
     if paths.SHRUNK in extra:
         sh = extra[paths.SHRUNK]
         summary["shrunk"] = {"params": sh["params"], "flops": sh["flops"], "bytes_file": sh["bytes"],
-                             "test_acc": sh["test_acc"], "changed_modules": sh["changed_modules"]}
+                             "test_acc": sh["test_acc"], "changed_modules": sh["changed_modules"],
+                             **{k: sh[k] for k in ("test_ppl", "config") if k in sh}}
     summary["controls"] = {kind: {k: v for k, v in s.items() if k not in ("rng", "optimizer", "files")}
                            for n, s in extra.items() if (kind := paths.control_kind(n)) is not None}
     lines = []

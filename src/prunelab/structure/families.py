@@ -84,7 +84,7 @@ def family_of(model: nn.Module) -> Family | None:
         return None
     try:
         blocks = model.get_submodule(fam.layers)
-        for n in fam.embeds + (fam.final_norm,):
+        for n in fam.embeds:
             model.get_submodule(n)
         for block in blocks:
             for n in _block_modules(fam):

@@ -38,10 +38,11 @@ def _kept(units: TransformerUnits, masks: Mapping[str, Tensor]) -> tuple[dict, d
             gone = removed_units(g, masks)
             widths["depth"] = {g.size - int(gone.sum())}
             blocks = [i for i in blocks if not gone[i]]
-    for g in units.groups:
+    taking = {g.name for g in units.groups}
+    for g in units.all_groups:  # a group whose weights are not all targets keeps its full width
         if g.kind == "depth" or (g.block is not None and g.block not in blocks):
             continue
-        gone = removed_units(g, masks)
+        gone = removed_units(g, masks) if g.name in taking else torch.zeros(g.size, dtype=torch.bool)
         widths.setdefault(g.kind, set()).add(g.size - int(gone.sum()))
         for p in g.parts:
             rows = p.index[gone[p.units]].reshape(-1).tolist()
@@ -117,10 +118,13 @@ def shrink_hf(model: nn.Module, masks: Mapping[str, Tensor], units: TransformerU
                           f"{(str(exc).splitlines() or [''])[0][:160]}") from None
     old = masked.state_dict()
     scale = _norm_scale(units, widths, model)
+    # a tied weight's other names (lm_head.weight for the embedding) lose what its first name loses
+    first = {id(p): n for n, p in model.named_parameters()}
+    alias = {n: first[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
     state = {}
     for name, t in small.state_dict().items():
         src = old[_old_name(name, units.family.layers, blocks)]
-        key = _old_name(name, units.family.layers, blocks)
+        key = alias.get(_old_name(name, units.family.layers, blocks), _old_name(name, units.family.layers, blocks))
         for dim in range(src.dim()):
             if (key, dim) in kept:
                 src = src.index_select(dim, kept[(key, dim)])

@@ -170,7 +170,8 @@ def _hidden_group(model: nn.Module, fam: Family, blocks: nn.ModuleList) -> UnitG
             parts += _weight_parts(model, pre + w, True, idx, c, tp)
         for norm in fam.norms:
             parts += _norm_parts(model, pre + norm, idx, c)
-    parts += _norm_parts(model, fam.final_norm, idx, c)
+    if _has(model, fam.final_norm):  # OPT without do_layer_norm_before has none
+        parts += _norm_parts(model, fam.final_norm, idx, c)
     named = dict(model.named_parameters())  # a tied output layer is the embedding, already a part
     head = getattr(model, "get_output_embeddings", lambda: None)()
     if head is not None and not any(head.weight is named.get(p.param) for p in parts):
@@ -260,6 +261,14 @@ def check_targets(groups: list[UnitGroup], params: Mapping[str, Tensor], model: 
         raise ConfigError("no unit of structure has all its weight matrices among the targets: widen targets "
                           "(or drop the exclusions) so whole channels, heads or blocks can go")
     return ok
+
+
+def _has(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
 
 
 def _is_output(model: nn.Module, p: Tensor) -> bool:
