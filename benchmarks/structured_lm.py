@@ -11,7 +11,7 @@ the target is marked unreachable. Each variant is pruned by ``transformer_units`
 ``activation`` (Minitron's mean |activation|, from ``--samples`` calibration windows), ``taylor`` (|w dL/dw| over
 8 training batches) and ``magnitude`` (L1), then shrunk into a smaller ``LlamaForCausalLM`` (checked equal to
 the masked model in float64) whose perplexity is measured on the held-out stream. Torch-Pruning: its
-``MetaPruner`` as in its ``examples/LLMs/prune_llm.py`` (GroupNormImportance p=2, heads and kv heads by
+``MetaPruner`` as in its ``examples/LLMs/prune_llm.py`` (GroupNormImportance p=2, named GroupMagnitudeImportance in its 1.6 release, heads and kv heads by
 ``num_heads``, hidden size and heads at one ratio, head size kept, output layer ignored, ``round_to=4``), the
 ratio searched so its parameter count matches ours; cache off and eager attention, without which its graph did
 not finish. Decode: ``generate`` of ``--new-tokens`` greedy tokens after a 16-token prompt at batch 1 and 8,
@@ -89,9 +89,16 @@ def prune_units(dense, ctx, kinds, score, sparsity, samples, seed):
     return small.eval(), changed, time.perf_counter() - t0
 
 
-def torch_pruning(dense, ctx, target_params: int):
-    """Torch-Pruning's LLM pruning (see the module docstring) at the ratio matching ``target_params``."""
+def torch_pruning(dense, ctx, target_params: int, limit: float):
+    """Torch-Pruning's LLM pruning (see the module docstring) at the ratio matching ``target_params``;
+    TimeoutError when one attempt takes more than ``limit`` seconds."""
+    import signal
+
     import torch_pruning as tp
+
+    def alarm(*_):
+        raise TimeoutError
+    signal.signal(signal.SIGALRM, alarm)
 
     def run(ratio):
         model = copy.deepcopy(dense).eval()
@@ -103,7 +110,7 @@ def torch_pruning(dense, ctx, target_params: int):
                 heads[m.q_proj] = model.config.num_attention_heads
                 heads[m.k_proj] = heads[m.v_proj] = model.config.num_key_value_heads
         pruner = tp.pruner.MetaPruner(
-            model, example_inputs=ctx.example_inputs(), importance=tp.importance.GroupNormImportance(p=2),
+            model, example_inputs=ctx.example_inputs(), importance=tp.importance.GroupMagnitudeImportance(p=2),
             global_pruning=False, pruning_ratio=ratio, ignored_layers=[model.lm_head], num_heads=heads,
             prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio, round_to=4)
         for g in pruner.step(interactive=True):
@@ -116,7 +123,11 @@ def torch_pruning(dense, ctx, target_params: int):
     lo, hi, best = 0.0, 0.9, None
     for _ in range(12):
         mid = (lo + hi) / 2
-        m = run(mid)
+        signal.setitimer(signal.ITIMER_REAL, limit)
+        try:
+            m = run(mid)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         if best is None or abs(n_params(m) - target_params) < abs(n_params(best[1]) - target_params):
             best = (mid, m)
         lo, hi = (mid, hi) if n_params(m) > target_params else (lo, mid)
@@ -128,7 +139,7 @@ def decode_rates(models: dict, vocab: int, batch: int, new: int, repeats: int) -
     x = torch.randint(0, vocab, (batch, 16), generator=torch.Generator().manual_seed(0))
     times = {k: [] for k in models}
     for m in models.values():
-        m.config.use_cache = True
+        m.config.use_cache = m.generation_config.use_cache = True
         m.generation_config.pad_token_id = 0
         m.generate(x, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm-up
     for _ in range(repeats):
@@ -151,6 +162,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-torch-pruning", action="store_true")
+    ap.add_argument("--tp-limit", type=float, default=120, help="seconds one Torch-Pruning attempt may take")
     ap.add_argument("overrides", nargs="*", help="recipe overrides (e.g. for a quick check)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -198,12 +210,17 @@ def main() -> None:
             target = shrunk_for_decode.get((ratio, "mix")) or shrunk_for_decode.get((ratio, "hidden"))
             want = n_params(target) if target is not None else round(total * (1 - ratio))
             try:
-                r_tp, m_tp = torch_pruning(dense, ctx, want)
+                t_tp = time.perf_counter()
+                r_tp, m_tp = torch_pruning(dense, ctx, want, a.tp_limit)
                 ppl_tp = f"{ctx.evaluate(m_tp)['ppl']:.2f}"
                 kp = n_params(m_tp) / total
                 km = count_flops(m_tp, shape, dtype=dt)["dense"] / macs
                 print(f"| {ratio:.0%} | Torch-Pruning (hidden + heads, ratio {r_tp:.3f}) | | | {kp:.3f} | "
-                      f"{km:.3f} | {ppl_tp} (its GroupNorm L2) |" + " |" * (len(a.scores.split(",")) - 1) + " |")
+                      f"{km:.3f} | {ppl_tp} (its group L2) |" + " |" * (len(a.scores.split(",")) - 1) + " |")
+            except TimeoutError:
+                print(f"| {ratio:.0%} | Torch-Pruning | did not finish grouping its dependency graph in "
+                      f"{time.perf_counter() - t_tp:.0f} s (inside `group.has_pruning_op`; cache off, eager "
+                      "attention) |")
             except Exception as exc:  # a reference that fails is reported, not hidden
                 print(f"| {ratio:.0%} | Torch-Pruning | failed: {type(exc).__name__}: {str(exc)[:100]} |")
     print("\n## Decode speed (greedy `generate`, tokens/s, min / median of "

@@ -253,3 +253,39 @@ def test_bad_units_in_a_recipe_exit_2_before_anything_is_written(tmp_path, capsy
     err = capsys.readouterr().err
     assert "derives the head size" in err and "Traceback" not in err
     assert not any(p.name.startswith("llama_pystdlib_units") for p in tmp_path.iterdir())
+
+
+def test_depth_by_block_influence_by_hand():
+    """ShortGPT: a block's influence is 1 - mean over tokens of cos(its input, its output); the least
+    influential blocks go."""
+    model = _model("llama", layers=4)
+    with torch.no_grad():  # blocks that change their input by very different amounts
+        for layer, scale in zip(model.model.layers, (30.0, 0.05, 3.0, 0.5)):
+            layer.self_attn.o_proj.weight.mul_(scale)
+            layer.mlp.down_proj.weight.mul_(scale)
+    seen = {}
+    def keep(i):
+        def hook(m, a, o):
+            seen[i] = (a[0], o if torch.is_tensor(o) else o[0])
+        return hook
+    hooks = [layer.register_forward_hook(keep(i)) for i, layer in enumerate(model.model.layers)]
+    x = _x(3, 7)
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    by_hand = [1 - torch.nn.functional.cosine_similarity(a.reshape(-1, 32).double(), o.reshape(-1, 32).double())
+               .mean().item() for a, o in (seen[i] for i in range(4))]
+    from prunelab.calibration import input_stats
+    from prunelab.structure.units import block_influence
+
+    stats = input_stats(model, {"model.layers.0.mlp.up_proj.weight": model.model.layers[0].mlp.up_proj.weight},
+                        [x], 3, kinds=("influence",))
+    assert block_influence("model.layers", 4, stats).tolist() == pytest.approx(by_hand, abs=1e-6)
+    pruner = Pruner(model, {"name": "transformer_units", "units": ["depth"], "criterion": "magnitude"},
+                    schedule="manual", sparsity=0.5, example_inputs=_x(1))
+    pruner.calibrate([x])
+    pruner.prune(0.5)
+    lowest = sorted(range(4), key=lambda i: by_hand[i])[:2]
+    assert pruner.channels.removed(pruner.masks)["model.layers"].tolist() == sorted(lowest)
+    assert sorted(lowest) == [1, 3]

@@ -36,7 +36,7 @@ def reduce(stats: Mapping[str, InputStats], world_size: int) -> None:
     it = iter(c.tolist())
     for n in names:
         s = stats[n]
-        if s.sq is not None:
+        if s.sq is not None or s.cos is not None:
             s.rows = next(it)
         for m in (s.outputs, s.inputs):
             if m is not None:
@@ -46,4 +46,4 @@ def reduce(stats: Mapping[str, InputStats], world_size: int) -> None:
 
 
 def _counts(s: InputStats) -> list[int]:
-    return ([s.rows] if s.sq is not None else []) + [m.n for m in (s.outputs, s.inputs) if m is not None]
+    return ([s.rows] if s.sq is not None or s.cos is not None else []) + [m.n for m in (s.outputs, s.inputs) if m is not None]

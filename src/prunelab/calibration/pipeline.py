@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from .batches import Chunk, share
 from .blocks import Call, catch, chained, find_blocks, first, load, on_device, onloaded, passing, store, to, home
 from .distributed import reduce, world
-from .observers import InputStats, check_reached, hooked, owners, run_model, stat_hooks
+from .observers import InputStats, check_reached, hooked, influence_hooks, owners, run_model, stat_hooks
 from .request import Calibration, Options
 
 
@@ -152,8 +152,15 @@ class _Run:
     def full(self, model: nn.Module, targets: Mapping[str, Tensor], i: int, chunks: list[Chunk],
              device: torch.device) -> dict[str, InputStats]:
         """Statistics of pass ``i`` over ``targets`` from full forward passes of ``model``."""
-        mods = owners(model, targets)
-        hooks, stats = stat_hooks(mods, self.passes[i], self.precision)
+        kinds = self.passes[i] - {"influence"}
+        mods = owners(model, targets) if kinds else {}
+        hooks, stats = stat_hooks(mods, kinds, self.precision)
+        if "influence" in self.passes[i]:  # per block, not per target: keyed by the block's module name
+            names = {id(m): n for n, m in model.named_modules()}
+            blocks = {names[id(b)]: b for b in find_blocks(model, targets, None)[0]}
+            if not blocks:
+                raise ConfigError("block influence needs a chain of blocks, and none was found in this model")
+            hooks.update(influence_hooks(blocks, stats))
         with hooked(model, hooks):
             for x, _ in chunks:
                 run_model(model, to(x, device))

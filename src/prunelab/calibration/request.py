@@ -36,6 +36,9 @@ class Calibration:
         bad = sorted(k for p in passes for k in p if k not in KINDS)
         if bad or not passes or not all(passes):
             raise ConfigError(f"calibration statistics are {', '.join(sorted(KINDS))}; got {bad or list(passes)}")
+        if self.sequential and any("influence" in p for p in passes):
+            raise ConfigError("block influence compares each block's input with its output in one full pass: it "
+                              "cannot be measured sequentially")
         object.__setattr__(self, "passes", passes)
 
 

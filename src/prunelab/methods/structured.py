@@ -126,6 +126,9 @@ class TransformerUnits(Method):
     (the same width in every block, so the result is a standard config), ranked by the summed scores of each
     unit's weights: ``activation`` (Minitron's mean |activation|, from calibration), ``taylor`` (first-order,
     |w dL/dw| summed, as LLM-Pruner's element-wise estimate) or ``magnitude`` (L1, as Li et al.'s filters).
+    Blocks (``depth``) are ranked by ``depth_score``: ``influence`` (default; ShortGPT's 1 - cos(input, output)
+    of each block over the calibration tokens, which then come to the method whatever its criterion) or
+    ``criterion`` (the summed scores of the block's weights).
     ``prunelab export RUN --format hf`` writes the smaller model as the same transformers class."""
 
     criterion: Any = "activation"
@@ -134,6 +137,8 @@ class TransformerUnits(Method):
     selector: Any = "topk"
     channels: bool = True
     units: Any = ("mlp", "heads")
+    depth_score: str = "influence"
+    samples: int = 128  # calibration windows for block influence (the activation criterion has its own)
     output_layer: ClassVar[bool] = False  # the output layer's rows are the vocabulary: never a unit
 
     def __post_init__(self) -> None:
@@ -144,7 +149,26 @@ class TransformerUnits(Method):
                 or len(set(units)) != len(units):
             raise ConfigError(f"transformer_units units are a list of distinct {', '.join(KINDS)}; got {self.units!r}")
         self.units = tuple(units)
+        if self.depth_score not in ("influence", "criterion"):
+            raise ConfigError(f"transformer_units depth_score is influence or criterion, got {self.depth_score!r}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ConfigError(f"transformer_units samples must be a positive integer, got {self.samples!r}")
         super().__post_init__()
+
+    def needs(self):
+        """The criterion's needs; with depth ranked by influence, one calibration pass that measures it too."""
+        from dataclasses import replace
+
+        from ..calibration.request import Calibration
+
+        need = self.criterion_.needs()
+        if "depth" not in self.units or self.depth_score != "influence":
+            return need
+        cal = need.calibration
+        if cal is None:
+            return replace(need, calibration=Calibration(self.samples, ("influence",)))
+        return replace(need, calibration=Calibration(cal.samples, (cal.passes[0] | {"influence"},) + cal.passes[1:],
+                                                     cal.sequential))
 
     @property
     def unit_kinds(self) -> tuple[str, ...]:

@@ -42,7 +42,8 @@ class TransformerUnits:
 
     def select(self, params, scores, masks, allocation, selector, sparsity, final_sparsity, ctx) -> dict[str, Tensor]:
         """New target masks (see :func:`.units.select_units`)."""
-        return select_units(self.groups, params, scores, masks, allocation, selector, sparsity, final_sparsity, ctx)
+        return select_units(self.groups, params, scores, masks, allocation, selector, sparsity, final_sparsity, ctx,
+                            self.family.layers)
 
     def removed(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``{group name: removed unit indices}`` of the groups that lost units."""

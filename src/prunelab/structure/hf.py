@@ -136,6 +136,8 @@ def shrink_hf(model: nn.Module, masks: Mapping[str, Tensor], units: TransformerU
         state[name] = src.contiguous()
     small.load_state_dict(state, strict=True)
     small.config.use_cache = model.config.use_cache
+    if getattr(model, "generation_config", None) is not None:  # built from a config whose use_cache may be off:
+        small.generation_config = copy.deepcopy(model.generation_config)  # generate would then run without a cache
     small.eval()
     _check(masked, small, example_inputs, atol)
     changed = {k: v for k, v in config.to_diff_dict().items()

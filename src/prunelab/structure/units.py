@@ -203,21 +203,34 @@ def removed_units(g: UnitGroup, masks: Mapping[str, Tensor]) -> Tensor:
     return ~alive if seen else alive
 
 
+def block_influence(layers: str, size: int, stats) -> Tensor | None:
+    """(blocks,) ShortGPT's block influence, 1 - mean cos(input, output), from calibration statistics of kind
+    ``influence`` (None when they are not there)."""
+    found = [(stats or {}).get(f"{layers}.{i}") for i in range(size)]
+    if not all(s is not None and getattr(s, "cos", None) is not None for s in found):
+        return None
+    return torch.stack([1 - s.cos.cpu()[0] / max(s.rows, 1) for s in found]).float()
+
+
 def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: Mapping[str, Tensor],
                  masks: Mapping[str, Tensor], allocation: Allocation, selector, sparsity: float,
-                 final_sparsity: float, ctx) -> dict[str, Tensor]:
+                 final_sparsity: float, ctx, layers: str = "") -> dict[str, Tensor]:
     """New masks of the targets after one pass over the unit groups: the allocation counts units per group,
     the selector keeps the highest-scoring alive ones, and every target entry of a dropped unit is pruned
-    (masks only shrink: a pruned unit stays pruned)."""
-    layers, views = [], []
+    (masks only shrink: a pruned unit stays pruned). Blocks (``depth``) are ranked by their influence when
+    the calibration measured it (``ctx.input_stats``, blocks named ``layers.i``), else by their summed scores."""
+    layers_, views = [], []
     for g in groups:
         score, alive = unit_scores(g, scores, masks)
+        bi = block_influence(layers, g.size, ctx.input_stats) if g.kind == "depth" else None
+        if bi is not None:
+            score = bi.masked_fill(~alive, float("-inf"))
         per_unit = sum(params[p.param].numel() // params[p.param].shape[p.dim] * p.index.shape[1]
                        for p in g.parts if p.param in params) // max(g.size, 1)
         views.append((score, alive))
-        layers.append(LayerGroups(g.name, (g.size,), 1, g.size, max(per_unit, 1), False,
-                                  score[None] if allocation.needs_scores else None))
-    keep = allocation.keep_counts(layers, sparsity, final_sparsity)
+        layers_.append(LayerGroups(g.name, (g.size,), 1, g.size, max(per_unit, 1), False,
+                                   score[None] if allocation.needs_scores else None))
+    keep = allocation.keep_counts(layers_, sparsity, final_sparsity)
     new = {n: m for n, m in masks.items()}
     for g, (score, alive) in zip(groups, views):
         kept = selector.select(score[None].clone(), alive[None], keep[g.name], False, ctx, g.name)[0].cpu()
