@@ -27,6 +27,8 @@ def _model(kind: str, layers: int = 3, **kw) -> nn.Module:
                                         num_hidden_layers=layers, word_embed_proj_dim=32, max_position_embeddings=32,
                                         **kw)
     else:
+        if kind in ("phi3", "gemma2"):  # token ids inside the vocabulary; a head size that fits the width
+            kw = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "head_dim": 8, **kw}
         config = transformers.AutoConfig.for_model(kind, vocab_size=V, hidden_size=32, intermediate_size=48,
                                                    num_attention_heads=4, num_key_value_heads=2,
                                                    num_hidden_layers=layers, **kw)
@@ -54,7 +56,7 @@ def _pruned(model, units, criterion="magnitude", sparsity=0.5, **kw):
 
 CASES = [("llama", ["mlp", "heads", "hidden", "depth"]), ("qwen2", ["mlp", "heads", "hidden"]),
          ("mistral", ["heads", "depth"]), ("qwen3", ["mlp", "heads", "depth"]), ("gpt2", ["mlp", "depth"]),
-         ("opt", ["mlp", "depth"])]
+         ("opt", ["mlp", "depth"]), ("gemma2", ["mlp", "heads", "depth"]), ("phi3", ["mlp", "heads", "hidden"])]
 
 
 # the config field each unit changes, and its width before: (model type, unit), else the LLaMA-style default
@@ -172,6 +174,7 @@ def test_activation_and_taylor_choose_differently_from_magnitude():
     ("gpt2", {"units": ["heads"]}, "derives the head size from hidden_size / heads"),
     ("opt", {"units": ["hidden"]}, "LayerNorm's mean and variance change"),
     ("qwen3", {"units": ["hidden"]}, "shares rms_norm_eps"),
+    ("gemma2", {"units": ["hidden"]}, "scales its embeddings by sqrt"),
     ("llama", {"units": ["mlp"], "allocation": "global"}, "would give blocks different widths"),
     ("llama", {"units": ["width"]}, "units are a list of distinct"),
     ("opt", {"units": ["depth"]}, "normalizes after each block"),

@@ -37,7 +37,8 @@ class Family:
     k: str | None = None
     v: str | None = None
     qkv: str | None = None            # ... or one fused projection, q then k then v (GPT-2's c_attn)
-    norm: str = "rms"                 # "rms" (exact hidden-size cut) or "layer"
+    norm: str = "rms"                 # "rms" (exact hidden-size cut), "layer" or "gemma" (gain 1 + w)
+    up_chunks: int = 1                # a fused up-side projection's chunks (Phi-3's gate_up_proj: 2)
     transposed: bool = False          # weights stored (in, out): Hugging Face Conv1D
     fields: tuple[tuple[str, str], ...] = ()  # unit kind -> config field of its width
     head_dim_field: bool = False      # the config states head_dim apart from hidden_size / heads
@@ -46,6 +47,19 @@ class Family:
     # norms): the hidden-size cut scales that eps, which would change them (measured: 1.0e-5 on the logits of
     # a 2-block Qwen3 at half the width), so the cut is refused
     shared_eps: tuple[str, ...] = ()
+
+    @property
+    def no_hidden(self) -> str | None:
+        """Why the hidden size cannot be cut exactly (None: it can)."""
+        if self.norm == "layer":
+            return "its LayerNorm's mean and variance change when a channel goes (units mlp, depth work)"
+        if self.norm == "gemma":
+            return ("it scales its embeddings by sqrt(hidden_size) and its norms' gain is 1 + w, so the cut would "
+                    "change both (units mlp, heads, depth work)")
+        if self.shared_eps:
+            return (f"its {self.shared_eps[0]} norm shares rms_norm_eps, which the cut must scale (units mlp, heads, "
+                    "depth work)")
+        return None
 
     def field(self, kind: str) -> str:
         return dict(self.fields)[kind]
@@ -61,6 +75,12 @@ _LLAMA = dict(layers="model.layers", embeds=("model.embed_tokens",), final_norm=
 FAMILIES: dict[str, Family] = {
     **{t: Family(t, **_LLAMA) for t in ("llama", "mistral", "qwen2")},
     "qwen3": Family("qwen3", **_LLAMA, shared_eps=("self_attn.q_norm", "self_attn.k_norm")),
+    **{t: Family(t, **{**_LLAMA, "norm": "gemma", "shared_eps": ("self_attn.q_norm",) if t == "gemma3_text" else (),
+                       "norms": ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                                 "post_feedforward_layernorm")}) for t in ("gemma2", "gemma3_text")},
+    "gemma": Family("gemma", **{**_LLAMA, "norm": "gemma"}),
+    "phi3": Family("phi3", **{**_LLAMA, "q": None, "k": None, "v": None, "qkv": "self_attn.qkv_proj",
+                              "up": ("mlp.gate_up_proj",), "up_chunks": 2}),
     "gpt2": Family("gpt2", layers="transformer.h", embeds=("transformer.wte", "transformer.wpe"),
                    final_norm="transformer.ln_f", qkv="attn.c_attn", o="attn.c_proj", up=("mlp.c_fc",),
                    down="mlp.c_proj", norms=("ln_1", "ln_2"), norm="layer", transposed=True,

@@ -96,12 +96,8 @@ def build_groups(model: nn.Module, fam: Family, kinds: Sequence[str]) -> list[Un
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise ConfigError(f"units are {', '.join(KINDS)}; got {bad or list(kinds)}")
-    if "hidden" in kinds and fam.norm != "rms":
-        raise ConfigError(f"the hidden size of a {fam.name} model cannot be cut exactly: its LayerNorm's mean and "
-                          "variance change when a channel goes (units mlp, depth work; hidden needs RMSNorm)")
-    if "hidden" in kinds and fam.shared_eps:
-        raise ConfigError(f"the hidden size of a {fam.name} model cannot be cut exactly: its {fam.shared_eps[0]} norm "
-                          "shares rms_norm_eps, which the cut must scale (units mlp, heads, depth work)")
+    if "hidden" in kinds and fam.no_hidden:
+        raise ConfigError(f"the hidden size of a {fam.name} model cannot be cut exactly: {fam.no_hidden}")
     if "heads" in kinds and not fam.head_dim_field:
         raise ConfigError(f"a {fam.name} config derives the head size from hidden_size / heads, so it cannot hold "
                           "fewer heads of the same size: use units mlp, depth (or hidden, for RMSNorm models)")
@@ -119,13 +115,20 @@ def build_groups(model: nn.Module, fam: Family, kinds: Sequence[str]) -> list[Un
             q = torch.arange(heads * d).reshape(kv, r * d)
             k = torch.arange(kv * d).reshape(kv, d)
             g = torch.arange(kv)
-            parts = _weight_parts(model, pre + fam.q, True, q, g, tp) + _weight_parts(model, pre + fam.k, True, k, g, tp)
-            parts += _weight_parts(model, pre + fam.v, True, k, g, tp) + _weight_parts(model, pre + fam.o, False, q, g, tp)
+            if fam.qkv:  # one projection, rows q then k then v
+                qkv = pre + fam.qkv
+                parts = [p for off, idx in ((0, q), (heads * d, k), (heads * d + kv * d, k))
+                         for p in _weight_parts(model, qkv, True, idx + off, g, tp)]
+            else:
+                parts = _weight_parts(model, pre + fam.q, True, q, g, tp) + _weight_parts(model, pre + fam.k, True, k, g, tp)
+                parts += _weight_parts(model, pre + fam.v, True, k, g, tp)
+            parts += _weight_parts(model, pre + fam.o, False, q, g, tp)
             out.append(UnitGroup("heads", f"{pre}{fam.o.rpartition('.')[0]}", kv, tuple(parts), i))
         if "mlp" in kinds:
             width = _mlp_width(model, fam, pre)
             j = torch.arange(width)
-            parts = [p for u in fam.up for p in _weight_parts(model, pre + u, True, j[:, None], j, tp)]
+            parts = [p for u in fam.up for c in range(fam.up_chunks)  # a fused gate_up: chunk c's row j
+                     for p in _weight_parts(model, pre + u, True, (j + c * width)[:, None], j, tp)]
             parts += _weight_parts(model, pre + fam.down, False, j[:, None], j, tp)
             out.append(UnitGroup("mlp", f"{pre}{fam.up[0].rpartition('.')[0] or fam.up[0]}", width, tuple(parts), i))
     if "hidden" in kinds:
@@ -144,7 +147,7 @@ def supported_kinds(model: nn.Module, fam: Family) -> tuple[str, ...]:
     out = ["mlp"]
     if fam.head_dim_field:
         out.append("heads")
-    if fam.norm == "rms" and not fam.shared_eps:
+    if not fam.no_hidden:
         out.append("hidden")
     if not (fam.pre_norm and not getattr(model.config, fam.pre_norm, True)):
         out.append("depth")
