@@ -16,7 +16,8 @@ the masked model in float64) whose perplexity is measured on the held-out stream
 ratio searched so its parameter count matches ours; cache off and eager attention, without which its graph did
 not finish. Decode: ``generate`` of ``--new-tokens`` greedy tokens after a 16-token prompt at batch 1 and 8,
 the dense and the shrunk model interleaved, ``--repeats`` times, min and median tokens/s; the limit a
-memory-bound decode can reach is the parameter ratio, printed beside the speedup.
+memory-bound decode can reach is the parameter ratio, printed beside the speedup, and a model of the same depth
+at widths of 16 measures the per-token time that is not the weights' work (module calls, cache, sampling).
 """
 from __future__ import annotations
 
@@ -225,16 +226,33 @@ def main() -> None:
                 print(f"| {ratio:.0%} | Torch-Pruning | failed: {type(exc).__name__}: {str(exc)[:100]} |")
     print("\n## Decode speed (greedy `generate`, tokens/s, min / median of "
           f"{a.repeats}, dense and shrunk interleaved)\n")
-    print("| model | parameters kept | limit (1 / kept) | batch 1 tok/s | speedup | batch 8 tok/s | speedup |")
-    print("|---|---|---|---|---|---|---|")
+    print("Speedup: dense time per token / this model's; above the floor: the same for the time above the floor "
+          "model of each one's depth (what the weights' work takes), to compare with the parameter ratio.\n")
+    print("| model | parameters kept | limit (1 / kept) | batch 1 tok/s | speedup | above the floor | batch 8 tok/s | "
+          "speedup | above the floor |")
+    print("|---|---|---|---|---|---|---|---|---|")
     picks = {f"{v} at {r:.0%} (activation)": m for (r, v), m in shrunk_for_decode.items() if v in ("mix", "mlp", "depth")}
-    rates = {b: decode_rates({"dense": dense, **picks}, dense.config.vocab_size, b, a.new_tokens, a.repeats)
-             for b in (1, 8)}
-    for k in ["dense", *picks]:
-        kept = n_params(picks[k]) / total if k in picks else 1.0
-        r1, r8 = rates[1][k], rates[8][k]
-        print(f"| {k} | {kept:.3f} | {1 / kept:.2f}x | {r1[0]:.0f} / {r1[1]:.0f} | {r1[1] / rates[1]['dense'][1]:.2f}x | "
-              f"{r8[0]:.0f} / {r8[1]:.0f} | {r8[1] / rates[8]['dense'][1]:.2f}x |")
+    # floors: each depth at widths of 16, where almost nothing of a token's time is the weights' work
+    floors = {}
+    for m in [dense, *picks.values()]:
+        n = m.config.num_hidden_layers
+        cfg = copy.deepcopy(dense.config)
+        cfg.update({"hidden_size": 16, "intermediate_size": 16, "num_attention_heads": 2, "num_key_value_heads": 1,
+                    "head_dim": 8, "num_hidden_layers": n, "layer_types": None})
+        floors[n] = type(dense)(cfg).eval()
+    models = {"dense": dense, **picks, **{f"floor ({n} blocks, widths 16)": f for n, f in floors.items()}}
+    rates = {b: decode_rates(models, dense.config.vocab_size, b, a.new_tokens, a.repeats) for b in (1, 8)}
+    for k, m in models.items():
+        kept = n_params(m) / total
+        cells = []
+        for b in (1, 8):
+            lo, med = rates[b][k]
+            t, t0 = 1 / med, 1 / rates[b]["dense"][1]
+            tf, tf0 = (1 / rates[b][f"floor ({n} blocks, widths 16)"][1]
+                       for n in (m.config.num_hidden_layers, dense.config.num_hidden_layers))
+            above = f"{(t0 - tf0) / max(t - tf, 1e-12):.2f}x" if k in picks else "-"
+            cells.append(f"{lo:.0f} / {med:.0f} | {t0 / t:.2f}x | {above}")
+        print(f"| {k} | {kept:.3f} | {1 / kept:.2f}x | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

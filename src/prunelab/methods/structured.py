@@ -149,6 +149,9 @@ class TransformerUnits(Method):
                 or len(set(units)) != len(units):
             raise ConfigError(f"transformer_units units are a list of distinct {', '.join(KINDS)}; got {self.units!r}")
         self.units = tuple(units)
+        if self.granularity != "filter":
+            raise ConfigError("transformer_units chooses whole units of structure: its granularity is filter, "
+                              f"got {self.granularity!r}")
         if self.depth_score not in ("influence", "criterion"):
             raise ConfigError(f"transformer_units depth_score is influence or criterion, got {self.depth_score!r}")
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
