@@ -112,7 +112,8 @@ def shrink_hf(model: nn.Module, masks: Mapping[str, Tensor], units: TransformerU
     config = small_config(model, units, widths, blocks)
     dtype = next(model.parameters()).dtype
     try:
-        small = type(model)(config).to(dtype)
+        with _no_init():
+            small = type(model)(config).to(dtype)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise ShrinkError(f"transformers cannot build a {type(model).__name__} of the smaller config: "
                           f"{(str(exc).splitlines() or [''])[0][:160]}") from None
@@ -123,8 +124,8 @@ def shrink_hf(model: nn.Module, masks: Mapping[str, Tensor], units: TransformerU
     alias = {n: first[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
     state = {}
     for name, t in small.state_dict().items():
-        src = old[_old_name(name, units.family.layers, blocks)]
-        key = alias.get(_old_name(name, units.family.layers, blocks), _old_name(name, units.family.layers, blocks))
+        was = _old_name(name, units.family.layers, blocks)
+        src, key = old[was], alias.get(was, was)
         for dim in range(src.dim()):
             if (key, dim) in kept:
                 src = src.index_select(dim, kept[(key, dim)])
@@ -135,6 +136,8 @@ def shrink_hf(model: nn.Module, masks: Mapping[str, Tensor], units: TransformerU
                               f"expects {tuple(t.shape)}")
         state[name] = src.contiguous()
     small.load_state_dict(state, strict=True)
+    if getattr(model.config, "tie_word_embeddings", False):
+        small.tie_weights()  # as from_pretrained leaves it
     small.config.use_cache = model.config.use_cache
     if getattr(model, "generation_config", None) is not None:  # built from a config whose use_cache may be off:
         small.generation_config = copy.deepcopy(model.generation_config)  # generate would then run without a cache
@@ -143,6 +146,18 @@ def shrink_hf(model: nn.Module, masks: Mapping[str, Tensor], units: TransformerU
     changed = {k: v for k, v in config.to_diff_dict().items()
                if getattr(model.config, k, None) != v and k != "transformers_version"}
     return small, changed
+
+
+def _no_init():
+    """transformers' context that skips weight initialization (every weight is overwritten next; a random init
+    took 3.4 s for a 1024-wide 8-block LLaMA, 0.007 s without); a plain context where it is missing."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return no_init_weights()
 
 
 def _norm_scale(units: TransformerUnits, widths: dict[str, int], model: nn.Module) -> dict[str, float]:
