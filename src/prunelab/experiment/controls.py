@@ -2,7 +2,9 @@
 Pruning (Liu et al., ICLR 2019), each trained on the final masks' architecture.
 
 - ``shrunk``: the final model without its removed channels (:func:`prunelab.export.shrink`), checked equal
-  to the masked model, saved as weights + width manifest (``paths.RunPaths.shrunk_model``).
+  to the masked model, saved as weights + width manifest (``paths.RunPaths.shrunk_model``); a Hugging Face
+  model as the stage's weights beside its smaller ``config.json`` (``paths.RunPaths.shrunk_config``), both
+  listed with their digests, which ``export --format hf`` turns into a ``save_pretrained`` folder.
 - ``control_scratch_e``: the pruned architecture from a fresh random init, ``train.epochs`` epochs.
 - ``control_scratch_b``: the same for ``train.epochs x FLOPs(full) / FLOPs(pruned)`` epochs (FLOPs measured,
   nonzero weights only), learning-rate milestones and step size scaled alike, capped at
@@ -57,11 +59,12 @@ class Shrunk(Stage):
         masks, _ = load_checkpoint(ctx.paths.stage(self.final), model, restore_rng=False)
         t0 = time.perf_counter()
         small, widths = shrink(model, masks, ctx.example_inputs())
-        if hasattr(small, "save_pretrained"):  # a transformers model stays one: its own folder, smaller config
-            from ..structure.hf import save_hf
+        if hasattr(small, "save_pretrained"):  # a transformers model stays one: its config beside the weights, both
+            from ..io import atomic_write_text, state_bytes  # listed with their digests by the checkpoint
 
-            folder = save_hf(small, ctx.paths.shrunk_hf, force=True)
-            nbytes = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+            ctx.paths.stage(self.name).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(ctx.paths.shrunk_config, small.config.to_json_string())
+            nbytes = len(state_bytes(small.state_dict()))
         else:
             spec = model_spec(r.model.name, r.model.kwargs, data.input_shape, data.num_classes)
             nbytes = save_shrunk(ctx.paths.shrunk_model, small, widths, spec)
@@ -81,7 +84,7 @@ def pruned_architecture(ctx: RunContext, final: str, source: str):
     """(model, pruner or None) of the pruned architecture with weights from ``source``: 'scratch' or 'init'."""
     r = ctx.recipe
     masks, _ = load_checkpoint(ctx.paths.stage(final), ctx.build_model(), restore_rng=False)
-    if ctx.paths.shrunk_model.is_file() or ctx.paths.shrunk_hf.is_dir():
+    if ctx.paths.shrunk_model.is_file() or ctx.paths.shrunk_config.is_file():
         if source == "scratch":
             model = load_shrunk_run(ctx)
             return reinit(model, r.seed + SCRATCH_SEED), None
@@ -97,11 +100,17 @@ def pruned_architecture(ctx: RunContext, final: str, source: str):
 
 
 def load_shrunk_run(ctx: RunContext):
-    """The run's shrunk model: its Hugging Face folder, or its weights + width manifest."""
-    if ctx.paths.shrunk_hf.is_dir():
-        from ..models.hf import build_hf
+    """The run's shrunk model: a Hugging Face model from its smaller config and the stage's weights, or the
+    weights + width manifest."""
+    if ctx.paths.shrunk_config.is_file():
+        from ..models.hf import _transformers
 
-        return build_hf(str(ctx.paths.shrunk_hf.resolve()), ctx.data.num_classes).to(ctx.recipe.device)
+        tf = _transformers()
+        folder = ctx.paths.stage(paths.SHRUNK)  # its files' digests were checked when the run was opened
+        config = tf.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        model = tf.AutoModelForCausalLM.from_config(config)
+        load_checkpoint(folder, model, restore_rng=False)
+        return model.to(ctx.recipe.device)
     return load_shrunk(ctx.paths.shrunk_model, ctx.recipe.device)[0]
 
 

@@ -140,9 +140,9 @@ class RunPaths(_WithDenseCheckpoints):
         return self.stage(SHRUNK) / "shrunk.safetensors"
 
     @property
-    def shrunk_hf(self) -> Path:
-        """The shrunk Hugging Face model: a ``save_pretrained`` folder of the same class, smaller config."""
-        return self.stage(SHRUNK) / "hf"
+    def shrunk_config(self) -> Path:
+        """The shrunk Hugging Face model's smaller config (its weights are the stage's checkpoint)."""
+        return self.stage(SHRUNK) / "config.json"
 
     def export(self, fmt: str) -> Path:
         return self.root / "export" / f"model.{EXPORT_EXTENSIONS[fmt]}"

@@ -74,14 +74,14 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
     elif fmt == "hf":
         from ..models.hf import save_pretrained
 
-        if ctx.paths.shrunk_hf.is_dir():
+        if ctx.paths.shrunk_config.is_file():
             from ..experiment.controls import load_shrunk_run
 
             model = load_shrunk_run(ctx)
         save_pretrained(model, path, force=force)
     elif fmt == "shrunk":
         src = _shrunk_file(ctx)
-        if src is None and ctx.paths.shrunk_hf.is_dir():
+        if src is None and ctx.paths.shrunk_config.is_file():
             raise ConfigError(f"{run_dir}'s shrunk model is a Hugging Face model: export it with --format hf")
         if src is None:
             raise ConfigError(f"{run_dir} removed no channels (method without channels): export sparse or dense")
@@ -152,11 +152,11 @@ def bench_run(run_dir: str | Path, repeats: int = 30, data_root: str | None = No
     src = _shrunk_file(ctx)
     if src is not None:
         arts.append(("shrunk", load_shrunk(src)[0].eval(), src.stat().st_size))
-    elif ctx.paths.shrunk_hf.is_dir():
+    elif ctx.paths.shrunk_config.is_file():
         from ..experiment.controls import load_shrunk_run
 
-        arts.append(("shrunk", load_shrunk_run(ctx).eval(),
-                     sum(f.stat().st_size for f in ctx.paths.shrunk_hf.glob("*.safetensors"))))
+        small = load_shrunk_run(ctx).eval()
+        arts.append(("shrunk", small, len(state_bytes(small.state_dict()))))
     base_flops = count_flops(dense, shape, dtype=dt)["dense"]
     convs = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in model.modules())
     base = {b: latency_ms(dense, shape, b, repeats, vocab=vocab) for b in (1, 64)}
