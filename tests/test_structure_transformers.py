@@ -26,6 +26,9 @@ def _model(kind: str, layers: int = 3, **kw) -> nn.Module:
         config = transformers.OPTConfig(vocab_size=V, hidden_size=32, ffn_dim=48, num_attention_heads=4,
                                         num_hidden_layers=layers, word_embed_proj_dim=32, max_position_embeddings=32,
                                         **kw)
+    elif kind == "gpt_neox":
+        config = transformers.GPTNeoXConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                                            num_hidden_layers=layers, max_position_embeddings=32, **kw)
     else:
         if kind in ("phi3", "gemma2"):  # token ids inside the vocabulary; a head size that fits the width
             kw = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "head_dim": 8, **kw}
@@ -56,7 +59,8 @@ def _pruned(model, units, criterion="magnitude", sparsity=0.5, **kw):
 
 CASES = [("llama", ["mlp", "heads", "hidden", "depth"]), ("qwen2", ["mlp", "heads", "hidden"]),
          ("mistral", ["heads", "depth"]), ("qwen3", ["mlp", "heads", "depth"]), ("gpt2", ["mlp", "depth"]),
-         ("opt", ["mlp", "depth"]), ("gemma2", ["mlp", "heads", "depth"]), ("phi3", ["mlp", "heads", "hidden"])]
+         ("opt", ["mlp", "depth"]), ("gemma2", ["mlp", "heads", "depth"]), ("phi3", ["mlp", "heads", "hidden"]),
+         ("gpt_neox", ["mlp", "depth"])]
 
 
 # the config field each unit changes, and its width before: (model type, unit), else the LLaMA-style default

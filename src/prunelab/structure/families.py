@@ -85,6 +85,14 @@ FAMILIES: dict[str, Family] = {
                    final_norm="transformer.ln_f", qkv="attn.c_attn", o="attn.c_proj", up=("mlp.c_fc",),
                    down="mlp.c_proj", norms=("ln_1", "ln_2"), norm="layer", transposed=True,
                    fields=(("mlp", "n_inner"), ("hidden", "n_embd"), ("depth", "n_layer"), ("heads", "n_head"))),
+    # GPT-NeoX interleaves q, k and v per head in its fused projection; its heads are refused anyway (the config
+    # derives the head size from the width), so the fused projection serves as the stream's reader only
+    "gpt_neox": Family("gpt_neox", layers="gpt_neox.layers", embeds=("gpt_neox.embed_in",),
+                       final_norm="gpt_neox.final_layer_norm", qkv="attention.query_key_value", o="attention.dense",
+                       up=("mlp.dense_h_to_4h",), down="mlp.dense_4h_to_h",
+                       norms=("input_layernorm", "post_attention_layernorm"), norm="layer",
+                       fields=(("mlp", "intermediate_size"), ("hidden", "hidden_size"),
+                               ("depth", "num_hidden_layers"), ("heads", "num_attention_heads"))),
     "opt": Family("opt", layers="model.decoder.layers",
                   embeds=("model.decoder.embed_tokens", "model.decoder.embed_positions"),
                   final_norm="model.decoder.final_layer_norm", q="self_attn.q_proj", k="self_attn.k_proj",
