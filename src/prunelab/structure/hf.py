@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -179,9 +178,3 @@ def _check(masked: nn.Module, small: nn.Module, example_inputs: Inputs, atol: fl
         raise ShrinkError(f"the smaller {type(small).__name__}'s logits differ from the masked model's by "
                           f"{diff:.3g} (> {atol:g}) in float64: the removed units were not all at zero")
 
-
-def save_hf(model: nn.Module, folder: str | Path, force: bool = False) -> Path:
-    """The shrunk (or any) Hugging Face model written as a ``save_pretrained`` folder, atomically."""
-    from ..models.hf import save_pretrained
-
-    return save_pretrained(model, folder, force=force)
