@@ -215,17 +215,20 @@ def test_onnx_export_with_the_models_own_inputs(name, tmp_path):
     assert export_onnx(model, x, tmp_path / "m.onnx") <= 1e-4 and (tmp_path / "m.onnx").stat().st_size > 0
 
 
-def test_hugging_face_attention_loses_whole_heads_the_same_in_q_k_and_v():
+def test_bert_loses_mlp_channels_and_stays_a_bert_that_transformers_loads(tmp_path):
+    """BERT's config derives the head size from hidden_size / heads, so it cannot hold fewer heads of the same
+    size: its heads stay, its MLP channels go, and the result is a BertForMaskedLM with a smaller config."""
+    transformers = pytest.importorskip("transformers")
     model, x = _build("hf_bert")
     p = Pruner(model, "l1_filter", sparsity=0.5, example_inputs=x)
-    for layer in range(2):
-        base = f"bert.encoder.layer.{layer}.attention.self"
-        dead = [(~p.masks[f"{base}.{w}.weight"].any(1)).reshape(4, 8) for w in ("query", "key", "value")]
-        assert all(torch.equal(d, dead[0]) for d in dead)  # the same channels in q, k and v
-        assert (dead[0].all(1) | ~dead[0].any(1)).all() and int(dead[0].all(1).sum()) == 2  # whole heads, half
-    small, _ = shrink(model, p.masks, x)
-    assert small.bert.encoder.layer[0].attention.self.query.out_features == 16
+    assert all(bool(p.masks[f"bert.encoder.layer.{i}.attention.self.{w}.weight"].all())
+               for i in range(2) for w in ("query", "key", "value"))
+    small, changed = shrink(model, p.masks, x)
+    assert type(small) is type(model) and changed == {"intermediate_size": model.config.intermediate_size // 2}
     assert max_output_diff(model.double(), small.double(), x) <= 1e-5
+    small.save_pretrained(tmp_path / "bert")
+    back = transformers.BertForMaskedLM.from_pretrained(tmp_path / "bert", local_files_only=True)
+    assert back.config.intermediate_size == model.config.intermediate_size // 2
 
 
 def test_bad_input_is_one_clear_sentence():

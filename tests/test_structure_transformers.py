@@ -26,6 +26,11 @@ def _model(kind: str, layers: int = 3, **kw) -> nn.Module:
         config = transformers.OPTConfig(vocab_size=V, hidden_size=32, ffn_dim=48, num_attention_heads=4,
                                         num_hidden_layers=layers, word_embed_proj_dim=32, max_position_embeddings=32,
                                         **kw)
+    elif kind == "bert":  # an encoder with a masked-LM head: found under its base model's prefix
+        config = transformers.BertConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                                         num_hidden_layers=layers, max_position_embeddings=32, **kw)
+        model = transformers.BertForMaskedLM(config)
+        return _biased(model)
     elif kind == "gpt_neox":
         config = transformers.GPTNeoXConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_attention_heads=4,
                                             num_hidden_layers=layers, max_position_embeddings=32, **kw)
@@ -35,7 +40,10 @@ def _model(kind: str, layers: int = 3, **kw) -> nn.Module:
         config = transformers.AutoConfig.for_model(kind, vocab_size=V, hidden_size=32, intermediate_size=48,
                                                    num_attention_heads=4, num_key_value_heads=2,
                                                    num_hidden_layers=layers, **kw)
-    model = transformers.AutoModelForCausalLM.from_config(config)
+    return _biased(transformers.AutoModelForCausalLM.from_config(config))
+
+
+def _biased(model: nn.Module) -> nn.Module:
     model.config.use_cache = False
     with torch.no_grad():  # biases (Qwen2's q/k/v, GPT-2's, OPT's) away from zero, so a missed one shows
         for n, p in model.named_parameters():
@@ -60,7 +68,7 @@ def _pruned(model, units, criterion="magnitude", sparsity=0.5, **kw):
 CASES = [("llama", ["mlp", "heads", "hidden", "depth"]), ("qwen2", ["mlp", "heads", "hidden"]),
          ("mistral", ["heads", "depth"]), ("qwen3", ["mlp", "heads", "depth"]), ("gpt2", ["mlp", "depth"]),
          ("opt", ["mlp", "depth"]), ("gemma2", ["mlp", "heads", "depth"]), ("phi3", ["mlp", "heads", "hidden"]),
-         ("gpt_neox", ["mlp", "depth"])]
+         ("gpt_neox", ["mlp", "depth"]), ("bert", ["mlp"])]
 
 
 # the config field each unit changes, and its width before: (model type, unit), else the LLaMA-style default
@@ -87,20 +95,21 @@ def test_each_unit_at_half_shrinks_saves_and_loads_without_prunelab(tmp_path):
             folder = tmp_path / f"{kind}-{unit}"
             save_pretrained(small, folder)
             with torch.no_grad():  # the masked model's logits, which the loaded folder must reproduce
-                expected[str(folder)] = model.double()(_x(2, 5)).logits.tolist()
+                expected[str(folder)] = (type(small).__name__, model.double()(_x(2, 5)).logits.tolist())
     script = ("import json, sys, torch, transformers\n"
               "out = {}\n"
-              "for folder in json.load(sys.stdin):\n"
-              "    m = transformers.AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).double().eval()\n"
+              "for folder, cls in json.load(sys.stdin):\n"
+              "    m = getattr(transformers, cls).from_pretrained(folder, local_files_only=True).double().eval()\n"
               f"    x = torch.tensor({_x(2, 5).tolist()})\n"
               "    out[folder] = m(x).logits.tolist()\n"
               "assert not any(k.startswith('prunelab') for k in sys.modules)\n"
               "print(json.dumps(out))\n")
-    run = subprocess.run([sys.executable, "-c", script], input=json.dumps(list(expected)), capture_output=True,
+    run = subprocess.run([sys.executable, "-c", script], input=json.dumps([(f, c) for f, (c, _) in expected.items()]),
+                         capture_output=True,
                          text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-2000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
-    for folder, logits in expected.items():
+    for folder, (_, logits) in expected.items():
         diff = (torch.tensor(got[folder]) - torch.tensor(logits)).abs().max().item()
         assert diff <= 1e-5, (folder, diff)
 
@@ -181,10 +190,11 @@ def test_activation_and_taylor_choose_differently_from_magnitude():
     ("gemma2", {"units": ["hidden"]}, "scales its embeddings by sqrt"),
     ("llama", {"units": ["mlp"], "allocation": "global"}, "would give blocks different widths"),
     ("llama", {"units": ["width"]}, "units are a list of distinct"),
-    ("opt", {"units": ["depth"]}, "normalizes after each block"),
+    ("opt", {"units": ["depth"]}, "has do_layer_norm_before false"),
+    ("bert", {"units": ["depth"]}, "normalizes after each residual add"),
 ])
 def test_bad_units_are_one_sentence_before_pruning(kind, method, match):
-    model = _model(kind, **({"do_layer_norm_before": False} if "normalizes" in match else {}))
+    model = _model(kind, **({"do_layer_norm_before": False} if "do_layer_norm_before" in match else {}))
     with pytest.raises(ConfigError, match=match):
         Pruner(model, {"name": "transformer_units", **method}, sparsity=0.5, schedule="manual", example_inputs=_x(1))
 

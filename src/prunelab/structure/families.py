@@ -28,7 +28,7 @@ class Family:
     name: str
     layers: str                       # the ModuleList of blocks, from the model root
     embeds: tuple[str, ...]           # embeddings whose columns are the hidden size (token, position), from the root
-    final_norm: str                   # from the root
+    final_norm: str | None            # from the root (None: the stream has no final norm)
     up: tuple[str, ...]               # MLP projections whose output rows are the MLP channels
     down: str                         # the MLP projection whose input columns are the MLP channels
     norms: tuple[str, ...]            # norms over the hidden size inside a block
@@ -43,6 +43,7 @@ class Family:
     fields: tuple[tuple[str, str], ...] = ()  # unit kind -> config field of its width
     head_dim_field: bool = False      # the config states head_dim apart from hidden_size / heads
     pre_norm: str | None = None       # a config flag that must be true for depth (OPT's do_layer_norm_before)
+    post_norm: bool = False           # every block normalizes after its residual add (BERT): no depth
     # norms over something else than the hidden size that share its eps config field (Qwen3's per-head q/k
     # norms): the hidden-size cut scales that eps, which would change them (measured: 1.0e-5 on the logits of
     # a 2-block Qwen3 at half the width), so the cut is refused
@@ -93,6 +94,16 @@ FAMILIES: dict[str, Family] = {
                        norms=("input_layernorm", "post_attention_layernorm"), norm="layer",
                        fields=(("mlp", "intermediate_size"), ("hidden", "hidden_size"),
                                ("depth", "num_hidden_layers"), ("heads", "num_attention_heads"))),
+    # BERT normalizes after each residual add and derives the head size from the width: MLP channels only. Its
+    # names are the encoder's (BertModel); a model with a head (BertForMaskedLM ...) is found under its prefix
+    "bert": Family("bert", layers="encoder.layer", embeds=("embeddings.word_embeddings",
+                                                          "embeddings.position_embeddings",
+                                                          "embeddings.token_type_embeddings"),
+                   final_norm=None, q="attention.self.query", k="attention.self.key", v="attention.self.value",
+                   o="attention.output.dense", up=("intermediate.dense",), down="output.dense",
+                   norms=("attention.output.LayerNorm", "output.LayerNorm"), norm="layer", post_norm=True,
+                   fields=(("mlp", "intermediate_size"), ("hidden", "hidden_size"), ("depth", "num_hidden_layers"),
+                           ("heads", "num_attention_heads"))),
     "opt": Family("opt", layers="model.decoder.layers",
                   embeds=("model.decoder.embed_tokens", "model.decoder.embed_positions"),
                   final_norm="model.decoder.final_layer_norm", q="self_attn.q_proj", k="self_attn.k_proj",
@@ -110,6 +121,9 @@ def family_of(model: nn.Module) -> Family | None:
     fam = FAMILIES.get(getattr(config, "model_type", None))
     if fam is None:
         return None
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and not _resolves(model, fam.layers) and _resolves(model, f"{prefix}.{fam.layers}"):
+        fam = _prefixed(fam, prefix + ".")
     try:
         blocks = model.get_submodule(fam.layers)
         for n in fam.embeds:
@@ -120,6 +134,22 @@ def family_of(model: nn.Module) -> Family | None:
     except (AttributeError, TypeError):
         return None
     return fam
+
+
+def _resolves(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+        return True
+    except AttributeError:
+        return False
+
+
+def _prefixed(fam: Family, pre: str) -> Family:
+    """``fam`` with its root-relative names under ``pre`` (a task model around the base model)."""
+    from dataclasses import replace
+
+    return replace(fam, layers=pre + fam.layers, embeds=tuple(pre + e for e in fam.embeds),
+                   final_norm=pre + fam.final_norm if fam.final_norm else None)
 
 
 def _block_modules(fam: Family) -> tuple[str, ...]:

@@ -165,7 +165,7 @@ def _norm_scale(units: TransformerUnits, widths: dict[str, int], model: nn.Modul
         return {}
     fam = units.family
     s = math.sqrt(getattr(model.config, fam.field("hidden")) / widths["hidden"])
-    names = [f"{fam.final_norm}.weight"] + [f"{fam.layers}.{i}.{n}.weight"
+    names = ([f"{fam.final_norm}.weight"] if fam.final_norm else []) + [f"{fam.layers}.{i}.{n}.weight"
                                              for i in range(len(model.get_submodule(fam.layers))) for n in fam.norms]
     return {n: s for n in names}
 

@@ -101,9 +101,10 @@ def build_groups(model: nn.Module, fam: Family, kinds: Sequence[str]) -> list[Un
     if "heads" in kinds and not fam.head_dim_field:
         raise ConfigError(f"a {fam.name} config derives the head size from hidden_size / heads, so it cannot hold "
                           "fewer heads of the same size: use units mlp, depth (or hidden, for RMSNorm models)")
-    if "depth" in kinds and fam.pre_norm and not getattr(model.config, fam.pre_norm, True):
-        raise ConfigError(f"this {fam.name} model normalizes after each block ({fam.pre_norm}: false), so a block "
-                          "with zero outputs is not the identity: depth cannot be pruned exactly")
+    if "depth" in kinds and (fam.post_norm or (fam.pre_norm and not getattr(model.config, fam.pre_norm, True))):
+        why = "normalizes after each residual add" if fam.post_norm else f"has {fam.pre_norm} false"
+        raise ConfigError(f"this {fam.name} model {why}, so a block with zero outputs is not the identity: depth "
+                          "cannot be pruned exactly")
     tp = fam.transposed
     blocks = model.get_submodule(fam.layers)
     out: list[UnitGroup] = []
@@ -149,7 +150,7 @@ def supported_kinds(model: nn.Module, fam: Family) -> tuple[str, ...]:
         out.append("heads")
     if not fam.no_hidden:
         out.append("hidden")
-    if not (fam.pre_norm and not getattr(model.config, fam.pre_norm, True)):
+    if not (fam.post_norm or (fam.pre_norm and not getattr(model.config, fam.pre_norm, True))):
         out.append("depth")
     return tuple(out)
 
@@ -173,7 +174,7 @@ def _hidden_group(model: nn.Module, fam: Family, blocks: nn.ModuleList) -> UnitG
             parts += _weight_parts(model, pre + w, True, idx, c, tp)
         for norm in fam.norms:
             parts += _norm_parts(model, pre + norm, idx, c)
-    if _has(model, fam.final_norm):  # OPT without do_layer_norm_before has none
+    if fam.final_norm and _has(model, fam.final_norm):  # OPT without do_layer_norm_before has none
         parts += _norm_parts(model, fam.final_norm, idx, c)
     named = dict(model.named_parameters())  # a tied output layer is the embedding, already a part
     head = getattr(model, "get_output_embeddings", lambda: None)()
