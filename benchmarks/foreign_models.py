@@ -144,7 +144,10 @@ def main() -> None:
         o_t = [r[1] for r, _ in ours if r]
         t_t = [r[1] for r, _ in theirs if r]
         fmt = lambda ts: f"{min(ts):.2f} / {statistics.median(ts):.2f}" if ts else "-"  # noqa: E731
-        removed = f"{ch['removed']:,} / {ch['prunable']:,}" if ch else "-"
+        if "units" in ch:  # a transformer of a known layout: units read from its blocks, by kind
+            removed = "; ".join(f"{k} {u['removed']:,} / {u['prunable']:,}" for k, u in ch["units"].items())
+        else:
+            removed = f"{ch['removed']:,} / {ch['prunable']:,}" if ch else "-"
         heads = ch.get("heads") or {}
         heads = f"{heads['removed']} / {heads['prunable']}" if heads.get("prunable") else "-"
         print(f"| {name} | {n0:,} | {o_cell} | {t_cell} | {removed} | {heads} | {reach} | {fmt(o_t)} | {fmt(t_t)} |")
