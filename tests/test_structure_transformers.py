@@ -35,6 +35,8 @@ def _model(kind: str, layers: int = 3, **kw) -> nn.Module:
         config = transformers.GPTNeoXConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_attention_heads=4,
                                             num_hidden_layers=layers, max_position_embeddings=32, **kw)
     else:
+        if kind == "mixtral":
+            kw = {"num_local_experts": 4, "num_experts_per_tok": 2, **kw}
         if kind in ("phi3", "gemma2"):  # token ids inside the vocabulary; a head size that fits the width
             kw = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "head_dim": 8, **kw}
         config = transformers.AutoConfig.for_model(kind, vocab_size=V, hidden_size=32, intermediate_size=48,
@@ -68,7 +70,7 @@ def _pruned(model, units, criterion="magnitude", sparsity=0.5, **kw):
 CASES = [("llama", ["mlp", "heads", "hidden", "depth"]), ("qwen2", ["mlp", "heads", "hidden"]),
          ("mistral", ["heads", "depth"]), ("qwen3", ["mlp", "heads", "depth"]), ("gpt2", ["mlp", "depth"]),
          ("opt", ["mlp", "depth"]), ("gemma2", ["mlp", "heads", "depth"]), ("phi3", ["mlp", "heads", "hidden"]),
-         ("gpt_neox", ["mlp", "depth"]), ("bert", ["mlp"])]
+         ("gpt_neox", ["mlp", "depth"]), ("bert", ["mlp"]), ("mixtral", ["heads", "hidden", "depth"])]
 
 
 # the config field each unit changes, and its width before: (model type, unit), else the LLaMA-style default
@@ -94,12 +96,15 @@ def test_each_unit_at_half_shrinks_saves_and_loads_without_prunelab(tmp_path):
                 assert changed["rms_norm_eps"] == pytest.approx(model.config.rms_norm_eps * 2)
             folder = tmp_path / f"{kind}-{unit}"
             save_pretrained(small, folder)
+            if kind == "mixtral":  # transformers' grouped-matmul experts have no float64 kernel; its loop has
+                model.config._experts_implementation = "eager"
             with torch.no_grad():  # the masked model's logits, which the loaded folder must reproduce
                 expected[str(folder)] = (type(small).__name__, model.double()(_x(2, 5)).logits.tolist())
     script = ("import json, sys, torch, transformers\n"
               "out = {}\n"
               "for folder, cls in json.load(sys.stdin):\n"
               "    m = getattr(transformers, cls).from_pretrained(folder, local_files_only=True).double().eval()\n"
+              "    m.config._experts_implementation = 'eager'  # its grouped matmul has no float64 kernel\n"
               f"    x = torch.tensor({_x(2, 5).tolist()})\n"
               "    out[folder] = m(x).logits.tolist()\n"
               "assert not any(k.startswith('prunelab') for k in sys.modules)\n"
@@ -188,6 +193,7 @@ def test_activation_and_taylor_choose_differently_from_magnitude():
     ("opt", {"units": ["hidden"]}, "LayerNorm's mean and variance change"),
     ("qwen3", {"units": ["hidden"]}, "shares rms_norm_eps"),
     ("gemma2", {"units": ["hidden"]}, "scales its embeddings by sqrt"),
+    ("mixtral", {"units": ["mlp"]}, "is its experts, which are not a unit"),
     ("llama", {"units": ["mlp"], "allocation": "global"}, "would give blocks different widths"),
     ("llama", {"units": ["width"]}, "units are a list of distinct"),
     ("opt", {"units": ["depth"]}, "has do_layer_norm_before false"),

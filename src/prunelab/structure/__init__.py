@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from ..inputs import Inputs
 from .families import FAMILIES, Family, check_layout, family_of
-from .units import KINDS, UnitGroup, build_groups, check_targets, companion_masks, removed_units, select_units
+from .units import (KINDS, UnitGroup, build_groups, check_targets, companion_masks, removed_units, select_units,
+                    supported_kinds)
 
 DEFAULT_UNITS = ("mlp", "heads")
 
@@ -26,14 +27,14 @@ class TransformerUnits:
     """The unit groups of a Hugging Face transformer of a known layout, for the Pruner's channel selection.
 
     ``kinds``: which units (``mlp``, ``heads``, ``hidden``, ``depth``; default mlp and heads where the config
-    can hold fewer heads, else mlp). ``params``: the Pruner's targets; only groups whose weight matrices are all
+    can hold fewer heads; only heads for a mixture of experts). ``params``: the Pruner's targets; only groups whose weight matrices are all
     targets take part.
     """
 
     def __init__(self, model: nn.Module, family: Family, params: Mapping[str, Tensor],
                  kinds: Sequence[str] | None = None, example_inputs: Inputs | None = None) -> None:
-        if kinds is None:
-            kinds = DEFAULT_UNITS if family.head_dim_field else ("mlp",)
+        if kinds is None:  # of mlp and heads, what the layout can lose exactly
+            kinds = tuple(k for k in DEFAULT_UNITS if k in supported_kinds(model, family))
         self.model, self.family, self.kinds = model, family, tuple(kinds)
         if example_inputs is not None:
             check_layout(model, family, example_inputs)

@@ -30,7 +30,7 @@ class Family:
     embeds: tuple[str, ...]           # embeddings whose columns are the hidden size (token, position), from the root
     final_norm: str | None            # from the root (None: the stream has no final norm)
     up: tuple[str, ...]               # MLP projections whose output rows are the MLP channels
-    down: str                         # the MLP projection whose input columns are the MLP channels
+    down: str | None                  # the MLP projection whose input columns are the MLP channels
     norms: tuple[str, ...]            # norms over the hidden size inside a block
     o: str                            # the attention's output projection
     q: str | None = None              # separate q, k, v projections ...
@@ -44,6 +44,9 @@ class Family:
     head_dim_field: bool = False      # the config states head_dim apart from hidden_size / heads
     pre_norm: str | None = None       # a config flag that must be true for depth (OPT's do_layer_norm_before)
     post_norm: bool = False           # every block normalizes after its residual add (BERT): no depth
+    # a mixture-of-experts block's experts module, whose fused 3-D tensors gate_up_proj (E, 2I, H) and
+    # down_proj (E, H, I) read and write the stream (Mixtral); its router is then the block's only ``up``
+    experts: str | None = None
     # norms over something else than the hidden size that share its eps config field (Qwen3's per-head q/k
     # norms): the hidden-size cut scales that eps, which would change them (measured: 1.0e-5 on the logits of
     # a 2-block Qwen3 at half the width), so the cut is refused
@@ -82,6 +85,8 @@ FAMILIES: dict[str, Family] = {
     "gemma": Family("gemma", **{**_LLAMA, "norm": "gemma"}),
     "phi3": Family("phi3", **{**_LLAMA, "q": None, "k": None, "v": None, "qkv": "self_attn.qkv_proj",
                               "up": ("mlp.gate_up_proj",), "up_chunks": 2}),
+    # Mixtral: attention, hidden size and depth; the experts themselves (and their MLP channels) are not a unit
+    "mixtral": Family("mixtral", **{**_LLAMA, "up": ("mlp.gate",), "down": None, "experts": "mlp.experts"}),
     "gpt2": Family("gpt2", layers="transformer.h", embeds=("transformer.wte", "transformer.wpe"),
                    final_norm="transformer.ln_f", qkv="attn.c_attn", o="attn.c_proj", up=("mlp.c_fc",),
                    down="mlp.c_proj", norms=("ln_1", "ln_2"), norm="layer", transposed=True,
@@ -154,7 +159,7 @@ def _prefixed(fam: Family, pre: str) -> Family:
 
 def _block_modules(fam: Family) -> tuple[str, ...]:
     attn = (fam.qkv,) if fam.qkv else (fam.q, fam.k, fam.v)
-    return attn + (fam.o,) + fam.up + (fam.down,) + fam.norms
+    return attn + (fam.o,) + fam.up + tuple(m for m in (fam.down, fam.experts) if m) + fam.norms
 
 
 def attention_shape(model: nn.Module, fam: Family) -> tuple[int, int, int]:

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ..allocation import Allocation, LayerGroups
 from ..errors import ConfigError
+from ..targets import is_hf_conv1d
 from .families import Family, attention_shape
 
 KINDS = ("mlp", "heads", "hidden", "depth")
@@ -96,6 +97,9 @@ def build_groups(model: nn.Module, fam: Family, kinds: Sequence[str]) -> list[Un
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise ConfigError(f"units are {', '.join(KINDS)}; got {bad or list(kinds)}")
+    if "mlp" in kinds and fam.experts:
+        raise ConfigError(f"the MLP of a {fam.name} block is its experts, which are not a unit of structure yet "
+                          "(units heads, hidden, depth work)")
     if "hidden" in kinds and fam.no_hidden:
         raise ConfigError(f"the hidden size of a {fam.name} model cannot be cut exactly: {fam.no_hidden}")
     if "heads" in kinds and not fam.head_dim_field:
@@ -145,7 +149,7 @@ def build_groups(model: nn.Module, fam: Family, kinds: Sequence[str]) -> list[Un
 
 def supported_kinds(model: nn.Module, fam: Family) -> tuple[str, ...]:
     """The unit kinds ``model`` can lose exactly (those :func:`build_groups` does not refuse)."""
-    out = ["mlp"]
+    out = [] if fam.experts else ["mlp"]
     if fam.head_dim_field:
         out.append("heads")
     if not fam.no_hidden:
@@ -171,7 +175,10 @@ def _hidden_group(model: nn.Module, fam: Family, blocks: nn.ModuleList) -> UnitG
         for r in readers:
             parts += _weight_parts(model, pre + r, False, idx, c, tp)
         for w in (fam.o, fam.down):
-            parts += _weight_parts(model, pre + w, True, idx, c, tp)
+            if w:
+                parts += _weight_parts(model, pre + w, True, idx, c, tp)
+        if fam.experts:  # every expert reads the stream (gate_up_proj's last dim) and writes it (down_proj's)
+            parts += [Part(f"{pre}{fam.experts}.gate_up_proj", 2, idx, c), Part(f"{pre}{fam.experts}.down_proj", 1, idx, c)]
         for norm in fam.norms:
             parts += _norm_parts(model, pre + norm, idx, c)
     if fam.final_norm and _has(model, fam.final_norm):  # OPT without do_layer_norm_before has none
@@ -267,13 +274,11 @@ def companion_masks(groups: list[UnitGroup], params: Mapping[str, Tensor], masks
 
 
 def check_targets(groups: list[UnitGroup], params: Mapping[str, Tensor], model: nn.Module) -> list[UnitGroup]:
-    """The groups whose every weight-matrix part (a 2-D parameter of a layer, not an embedding) is a target;
-    ConfigError when none is."""
-    embeds = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
-    named = dict(model.named_parameters(remove_duplicate=False))
-    ok = [g for g in groups if all(p.param in params for p in g.parts
-                                   if named[p.param].dim() == 2 and p.param not in embeds
-                                   and not _is_output(model, named[p.param]))]
+    """The groups whose every layer weight (of a Linear or Conv1D, not the output layer) is a target; the rest
+    (embeddings, norms, biases, a router's or experts' raw tensors) are companions. ConfigError when none is."""
+    layers = {f"{n}.weight" for n, m in model.named_modules()
+              if (isinstance(m, nn.Linear) or is_hf_conv1d(m)) and not _is_output(model, m.weight)}
+    ok = [g for g in groups if all(p.param in params for p in g.parts if p.param in layers)]
     if not ok:
         raise ConfigError("no unit of structure has all its weight matrices among the targets: widen targets "
                           "(or drop the exclusions) so whole channels, heads or blocks can go")
