@@ -56,13 +56,11 @@ class Family:
     def no_hidden(self) -> str | None:
         """Why the hidden size cannot be cut exactly (None: it can)."""
         if self.norm == "layer":
-            return "its LayerNorm's mean and variance change when a channel goes (units mlp, depth work)"
+            return "its LayerNorm's mean and variance change when a channel goes"
         if self.norm == "gemma":
-            return ("it scales its embeddings by sqrt(hidden_size) and its norms' gain is 1 + w, so the cut would "
-                    "change both (units mlp, heads, depth work)")
+            return "it scales its embeddings by sqrt(hidden_size) and its norms' gain is 1 + w, which the cut would change"
         if self.shared_eps:
-            return (f"its {self.shared_eps[0]} norm shares rms_norm_eps, which the cut must scale (units mlp, heads, "
-                    "depth work)")
+            return f"its {self.shared_eps[0]} norm shares rms_norm_eps, which the cut must scale"
         return None
 
     def field(self, kind: str) -> str:

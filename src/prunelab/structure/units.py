@@ -97,18 +97,10 @@ def build_groups(model: nn.Module, fam: Family, kinds: Sequence[str]) -> list[Un
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise ConfigError(f"units are {', '.join(KINDS)}; got {bad or list(kinds)}")
-    if "mlp" in kinds and fam.experts:
-        raise ConfigError(f"the MLP of a {fam.name} block is its experts, which are not a unit of structure yet "
-                          "(units heads, hidden, depth work)")
-    if "hidden" in kinds and fam.no_hidden:
-        raise ConfigError(f"the hidden size of a {fam.name} model cannot be cut exactly: {fam.no_hidden}")
-    if "heads" in kinds and not fam.head_dim_field:
-        raise ConfigError(f"a {fam.name} config derives the head size from hidden_size / heads, so it cannot hold "
-                          "fewer heads of the same size: use units mlp, depth (or hidden, for RMSNorm models)")
-    if "depth" in kinds and (fam.post_norm or (fam.pre_norm and not getattr(model.config, fam.pre_norm, True))):
-        why = "normalizes after each residual add" if fam.post_norm else f"has {fam.pre_norm} false"
-        raise ConfigError(f"this {fam.name} model {why}, so a block with zero outputs is not the identity: depth "
-                          "cannot be pruned exactly")
+    for kind in kinds:
+        why = why_not(model, fam, kind)
+        if why:
+            raise ConfigError(f"{why}; units this model can lose: {', '.join(supported_kinds(model, fam)) or 'none'}")
     tp = fam.transposed
     blocks = model.get_submodule(fam.layers)
     out: list[UnitGroup] = []
@@ -147,16 +139,24 @@ def build_groups(model: nn.Module, fam: Family, kinds: Sequence[str]) -> list[Un
     return out
 
 
+def why_not(model: nn.Module, fam: Family, kind: str) -> str | None:
+    """Why ``model`` (of layout ``fam``) cannot lose units of ``kind`` exactly into its own config (None: it can)."""
+    if kind == "mlp" and fam.experts:
+        return f"the MLP of a {fam.name} block is its experts, which are not a unit of structure yet"
+    if kind == "hidden" and fam.no_hidden:
+        return f"the hidden size of a {fam.name} model cannot be cut exactly: {fam.no_hidden}"
+    if kind == "heads" and not fam.head_dim_field:
+        return (f"a {fam.name} config derives the head size from hidden_size / heads, so it cannot hold fewer heads "
+                "of the same size")
+    if kind == "depth" and (fam.post_norm or (fam.pre_norm and not getattr(model.config, fam.pre_norm, True))):
+        why = "normalizes after each residual add" if fam.post_norm else f"has {fam.pre_norm} false"
+        return f"this {fam.name} model {why}, so a block with zero outputs is not the identity"
+    return None
+
+
 def supported_kinds(model: nn.Module, fam: Family) -> tuple[str, ...]:
     """The unit kinds ``model`` can lose exactly (those :func:`build_groups` does not refuse)."""
-    out = [] if fam.experts else ["mlp"]
-    if fam.head_dim_field:
-        out.append("heads")
-    if not fam.no_hidden:
-        out.append("hidden")
-    if not (fam.post_norm or (fam.pre_norm and not getattr(model.config, fam.pre_norm, True))):
-        out.append("depth")
-    return tuple(out)
+    return tuple(k for k in KINDS if why_not(model, fam, k) is None)
 
 
 def _mlp_width(model: nn.Module, fam: Family, pre: str) -> int:
