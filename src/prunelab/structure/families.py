@@ -125,7 +125,7 @@ def family_of(model: nn.Module) -> Family | None:
     if fam is None:
         return None
     prefix = getattr(model, "base_model_prefix", "")
-    if prefix and not _resolves(model, fam.layers) and _resolves(model, f"{prefix}.{fam.layers}"):
+    if prefix and not has_module(model, fam.layers) and has_module(model, f"{prefix}.{fam.layers}"):
         fam = _prefixed(fam, prefix + ".")
     try:
         blocks = model.get_submodule(fam.layers)
@@ -139,7 +139,8 @@ def family_of(model: nn.Module) -> Family | None:
     return fam
 
 
-def _resolves(model: nn.Module, name: str) -> bool:
+def has_module(model: nn.Module, name: str) -> bool:
+    """Whether ``model`` has a submodule of that dotted name."""
     try:
         model.get_submodule(name)
         return True

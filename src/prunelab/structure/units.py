@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..allocation import Allocation, LayerGroups
 from ..errors import ConfigError
 from ..targets import is_hf_conv1d
-from .families import Family, attention_shape
+from .families import Family, attention_shape, has_module
 
 KINDS = ("mlp", "heads", "hidden", "depth")
 
@@ -181,7 +181,7 @@ def _hidden_group(model: nn.Module, fam: Family, blocks: nn.ModuleList) -> UnitG
             parts += [Part(f"{pre}{fam.experts}.gate_up_proj", 2, idx, c), Part(f"{pre}{fam.experts}.down_proj", 1, idx, c)]
         for norm in fam.norms:
             parts += _norm_parts(model, pre + norm, idx, c)
-    if fam.final_norm and _has(model, fam.final_norm):  # OPT without do_layer_norm_before has none
+    if fam.final_norm and has_module(model, fam.final_norm):  # OPT without do_layer_norm_before has none
         parts += _norm_parts(model, fam.final_norm, idx, c)
     named = dict(model.named_parameters())  # a tied output layer is the embedding, already a part
     head = getattr(model, "get_output_embeddings", lambda: None)()
@@ -283,14 +283,6 @@ def check_targets(groups: list[UnitGroup], params: Mapping[str, Tensor], model: 
         raise ConfigError("no unit of structure has all its weight matrices among the targets: widen targets "
                           "(or drop the exclusions) so whole channels, heads or blocks can go")
     return ok
-
-
-def _has(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_submodule(name)
-        return True
-    except AttributeError:
-        return False
 
 
 def _is_output(model: nn.Module, p: Tensor) -> bool:
