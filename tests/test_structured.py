@@ -246,3 +246,36 @@ def test_grouped_convolutions_lose_channels_by_their_group_structure():
     small, _ = shrink(model, p.masks, x)
     assert small[2].in_channels == small[2].out_channels == 4 and small[2].groups == 2
     assert max_output_diff(model.double(), small.double(), x.double()) <= 1e-10
+
+
+def test_an_architecture_is_traced_once_per_process_and_the_masks_are_the_same(monkeypatch):
+    """Every round's Pruner and the summary build a channel graph of a fresh model of the same architecture:
+    the groups (names and indices) come from the first trace; shrink still traces for itself."""
+    import torch_pruning as tp
+
+    from prunelab import channels
+    from prunelab.export import shrink
+
+    monkeypatch.setattr(channels, "_TRACED", {})
+    calls = []
+    build = tp.DependencyGraph.build_dependency
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return build(self, *a, **k)
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", counted)
+
+    def net(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    x = torch.randn(2, 3, 8, 8)
+    first = Pruner(net(0), "l1_filter", sparsity=0.5, example_inputs=x)
+    again = Pruner(net(0), "l1_filter", sparsity=0.5, example_inputs=x)
+    assert len(calls) == 1 and again.channels.dg is None
+    assert all(torch.equal(first.masks[n], again.masks[n]) for n in first.masks)
+    assert again.summary()["channels"] == first.summary()["channels"]
+    _, widths = shrink(again.model, again.masks, x, graph=again.channels)  # traces the model it shrinks
+    assert len(calls) == 2 and widths
+    Pruner(net(1)[:4], "l1_filter", sparsity=0.5, example_inputs=x)  # another architecture: its own trace
+    assert len(calls) == 3

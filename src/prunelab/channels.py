@@ -56,9 +56,15 @@ class ChannelGraph:
 
     ``ignored``: module names whose outputs must keep every channel; default the last Conv/Linear layer in
     registration order (the classifier, whose outputs are the classes).
+
+    The groups are names and indices, the same for every model of one architecture: a process traces an
+    architecture once (``reuse``) and gives later models of it (the next round's, the summary's) the groups
+    without a trace; those graphs have no Torch-Pruning graph (``dg`` None), which only :func:`shrink` needs,
+    and shrink traces for itself (``reuse=False``).
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Inputs, ignored: list[str] | None = None) -> None:
+    def __init__(self, model: nn.Module, example_inputs: Inputs, ignored: list[str] | None = None,
+                 reuse: bool = True) -> None:
         import torch_pruning as tp
 
         self.model = model
@@ -75,6 +81,11 @@ class ChannelGraph:
         unknown = [n for n in ignored if n not in self.modules]
         if unknown:
             raise ConfigError(f"ignored layers not in the model: {', '.join(unknown)}")
+        key = _architecture(model, example_inputs, ignored)
+        if reuse and key in _TRACED:
+            self.dg = None
+            self.groups, self.norm_after = _TRACED[key]
+            return
         was = model.training
         model.eval()
         try:
@@ -130,6 +141,9 @@ class ChannelGraph:
                 nxt = [n.module for n in self.dg.module2node[mod].outputs] if mod in self.dg.module2node else []
                 if len(nxt) == 1 and isinstance(nxt[0], _NORMS):
                     self.norm_after[name] = self.names[nxt[0]]
+        _TRACED[key] = (self.groups, self.norm_after)
+        while len(_TRACED) > 8:
+            _TRACED.pop(next(iter(_TRACED)))
 
     def _head_dim(self, group: ChannelGroup) -> int | None:
         """The head size of an attention whose q, k, v projections are this group's producers, read from their
@@ -184,6 +198,21 @@ class ChannelGraph:
                 _drop(out, params, f"{norm}.weight", idx[chans])
                 _drop(out, params, f"{norm}.bias", idx[chans])
         return out
+
+
+# {architecture key: (groups, norm_after)} of the architectures this process traced, most recent last
+_TRACED: dict[str, tuple[list[ChannelGroup], dict[str, str]]] = {}
+
+
+def _architecture(model: nn.Module, example_inputs: Inputs, ignored: list[str]) -> str:
+    """What a trace depends on: every module's name and class, every parameter's name and shape, the example
+    inputs' shapes and dtypes, the ignored layers."""
+    import hashlib
+
+    lines = [f"{n}:{type(m).__module__}.{type(m).__qualname__}" for n, m in model.named_modules()]
+    lines += [f"{n}:{tuple(p.shape)}" for n, p in model.named_parameters()]
+    lines += [f"{tuple(t.shape)}:{t.dtype}" for t in tensors(example_inputs)] + ignored
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 @functools.cache
