@@ -312,3 +312,17 @@ def test_depth_by_block_influence_by_hand():
     lowest = sorted(range(4), key=lambda i: by_hand[i])[:2]
     assert pruner.channels.removed(pruner.masks)["model.layers"].tolist() == sorted(lowest)
     assert sorted(lowest) == [1, 3]
+
+
+def test_rounds_nest_and_the_last_round_shrinks():
+    model = _model("llama")
+    pruner = Pruner(model, {"name": "transformer_units", "units": ["mlp", "hidden"], "criterion": "magnitude"},
+                    sparsity=0.75, schedule={"name": "iterative", "rounds": 2, "interval": 1}, example_inputs=_x(1))
+    first = {n: m.clone() for n, m in pruner.masks.items()}
+    assert pruner.summary()["channels"]["units"]["mlp"]["kept"] == [24, 24, 24]  # 0.5 after the first round
+    pruner.step()
+    units = pruner.summary()["channels"]["units"]
+    assert units["mlp"]["kept"] == [12, 12, 12] and units["hidden"]["kept"] == [8]
+    assert all(not (pruner.masks[n] & ~first[n]).any() for n in first)  # nothing pruned comes back
+    _, changed = shrink(model, pruner.masks, _x(1), graph=pruner.channels)
+    assert changed["intermediate_size"] == 12 and changed["hidden_size"] == 8
