@@ -222,7 +222,7 @@ class RunContext:
         return pruner
 
     def trainer(self, model: nn.Module, opt, cfg, pruner: Pruner | None, stage: str,
-                hooks: list | None = None) -> Trainer:
+                hooks: list | None = None, loss_fn=None) -> Trainer:
         """The built-in Trainer for ``model`` in ``stage`` (metrics to the stage's metrics.jsonl), under
         DistributedDataParallel when there are several ranks."""
         net = model
@@ -235,7 +235,7 @@ class RunContext:
         metrics = self.paths.stage_metrics(stage) if self.main else None
         return Trainer(net, opt, cfg, self.data.train, self.data.test, pruner=pruner, metrics_path=metrics,
                        progress=self.progress, device=self.recipe.device, stage=stage, hooks=hooks,
-                       task=self.data.task)
+                       task=self.data.task, loss_fn=loss_fn)
 
     # -- checkpoints and evaluation -----------------------------------------------------------------------
     def save(self, folder: Path, model: nn.Module, masks: Masks | None = None, optimizer=None,

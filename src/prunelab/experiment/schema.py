@@ -82,6 +82,13 @@ class CalibrationConfig(_Strict):
     sequential_targets: list[str] | None = Field(None, min_length=1)
 
 
+class DistillConfig(_Strict):
+    """Recovery by distillation from the run's dense model (:mod:`prunelab.distill`)."""
+
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the soft (teacher) term; 1 - alpha: the task loss
+    temperature: float = Field(2.0, gt=0, le=1000)
+
+
 class PruneConfig(_Strict):
     method: str | dict[str, Any] = "magnitude"
     sparsity: float = Field(0.9, ge=0, lt=1)
@@ -96,6 +103,7 @@ class PruneConfig(_Strict):
     controls: list[Literal["finetune", "scratch_e", "scratch_b", "lottery_reset", "guided"]] = Field(default_factory=list)
     scratch_b_cap: float | None = Field(None, ge=1)
     calibration: CalibrationConfig | None = None  # None: the method's own sample count, training batches
+    distill: DistillConfig | None = None  # retraining distils the dense stage's model (None: the task loss)
 
     def engine_schedule(self, steps_per_epoch: int | None = None) -> Schedule:
         """The engine's :class:`~prunelab.schedules.Schedule` of this section: ``oneshot`` and ``iterative``

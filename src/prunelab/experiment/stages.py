@@ -137,9 +137,17 @@ class _Pruning(Stage):
         pre = ctx.evaluate(model)
         ctx.log(f"stage {self.name}: sparsity {pruner.masks.sparsity():.4f}, "
                 f"accuracy before retraining {pre['acc']:.4f}")
-        ctx.trainer(model, opt, cfg, pruner, self.name).fit()
+        distill = ctx.recipe.prune.distill
+        loss_fn = None
+        if distill is not None and cfg.epochs > 0:  # the teacher: the run's dense model, from its checkpoint
+            from ..distill import Distillation
+
+            teacher = ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE)).to(ctx.recipe.device)
+            loss_fn = Distillation(teacher, distill.alpha, distill.temperature, ctx.data.task)
+        ctx.trainer(model, opt, cfg, pruner, self.name, loss_fn=loss_fn).fit()
         check_same(pruner.masks, f"training in {self.name}")
-        record = ctx.stage_record(model, pruner, t0, acc_before_retrain=pre["acc"])
+        more = {"distill": distill.model_dump()} if loss_fn is not None else {}
+        record = ctx.stage_record(model, pruner, t0, acc_before_retrain=pre["acc"], **more)
         ctx.save(ctx.paths.stage(self.name), model, pruner.masks, opt, extra=record,
                  method_state=pruner.method.state_tensors())
 

@@ -100,7 +100,8 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
             out = self.model(x)
-            loss = self.loss_fn(out, y)
+            # a loss that needs the inputs too (distillation runs the teacher on them) says so
+            loss = self.loss_fn(x, out, y) if getattr(self.loss_fn, "takes_inputs", False) else self.loss_fn(out, y)
             loss.backward()
             if self.cfg.bn_l1 > 0:
                 bn_l1_step(self.model, self.cfg.bn_l1)

@@ -1,0 +1,69 @@
+"""Distillation: the loss by hand, the teacher left alone, and a recipe's recovery by distillation end to end."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunelab import ConfigError
+from prunelab.distill import Distillation
+
+
+def test_the_loss_by_hand():
+    torch.manual_seed(0)
+    teacher = nn.Linear(3, 4)
+    student = nn.Linear(3, 4)
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 0])
+    d = Distillation(teacher, alpha=0.3, temperature=2.0)
+    zs = student(x)
+    with torch.no_grad():
+        zt = teacher(x)
+    p_t = (zt / 2).softmax(-1)
+    kl = (p_t * (p_t.log() - (zs / 2).log_softmax(-1))).sum(-1).mean()  # KL(teacher || student), per sample
+    expected = 0.3 * 4 * kl + 0.7 * F.cross_entropy(zs, y)
+    assert d(x, zs, y).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert Distillation(teacher, alpha=0.0)(x, zs, y).item() == pytest.approx(F.cross_entropy(zs, y).item())
+    assert Distillation(student, alpha=1.0)(x, student(x), y).item() == pytest.approx(0.0, abs=1e-6)  # itself
+
+
+def test_the_teacher_gets_no_gradient_and_is_not_changed():
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(3, 4), nn.Linear(3, 4)
+    before = teacher.weight.clone()
+    d = Distillation(teacher, alpha=0.5, temperature=3.0)
+    x, y = torch.randn(6, 3), torch.randint(0, 4, (6,))
+    d(x, student(x), y).backward()
+    assert teacher.weight.grad is None and student.weight.grad is not None
+    assert torch.equal(teacher.weight, before) and not teacher.training
+
+
+def test_tokens_of_a_causal_lm_each_count_once():
+    torch.manual_seed(0)
+    zs, zt = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    d = Distillation(nn.Identity(), alpha=1.0, temperature=1.0, task="causal_lm")
+    per_token = F.kl_div(zs.log_softmax(-1), zt.log_softmax(-1), reduction="none", log_target=True).sum(-1)
+    assert d(zt, zs, torch.zeros(2, 3, dtype=torch.long)).item() == pytest.approx(per_token.mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("kw,match", [({"alpha": 1.5}, "alpha must be"), ({"temperature": 0}, "temperature must be"),
+                                      ({"teacher": "dense"}, "must be an nn.Module")])
+def test_bad_settings_are_one_sentence(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        Distillation(**{"teacher": nn.Linear(2, 2), **kw})
+
+
+def test_a_recipe_recovers_by_distillation(tmp_path):
+    pytest.importorskip("transformers")
+    from prunelab.cli import main
+
+    over = ["model.kwargs={num_hidden_layers: 2, hidden_size: 32, intermediate_size: 48, num_attention_heads: 4, "
+            "num_key_value_heads: 2, max_position_embeddings: 16}", "data.seq_len=16", "data.train_tokens=4000",
+            "data.eval_tokens=2000", "data.calibration_tokens=2000", "train.epochs=1",
+            "prune.method.criterion.samples=16", "prune.retrain.epochs=1", "prune.distill={alpha: 0.5, temperature: 2}"]
+    assert main(["run", "llama_pystdlib_units", *over, "--runs-dir", str(tmp_path), "--no-progress"]) == 0
+    run = next(p for p in tmp_path.iterdir() if p.name.startswith("llama_pystdlib_units"))
+    state = json.loads((run / "stages" / "round_01" / "state.json").read_text())
+    assert state["distill"] == {"alpha": 0.5, "temperature": 2.0}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["shrunk"]["config"]["intermediate_size"] == 24  # the recovered model still shrinks
