@@ -67,3 +67,22 @@ def test_a_recipe_recovers_by_distillation(tmp_path):
     assert state["distill"] == {"alpha": 0.5, "temperature": 2.0}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["shrunk"]["config"]["intermediate_size"] == 24  # the recovered model still shrinks
+
+
+def test_a_fresh_init_of_a_hugging_face_model_is_its_own():
+    """Scratch controls of a language model start from transformers' initialisation, nothing of the trained
+    weights left (the RMSNorm gains included)."""
+    transformers = pytest.importorskip("transformers")
+    from prunelab.models import reinit
+
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                                      num_key_value_heads=2, num_hidden_layers=2, tie_word_embeddings=True)
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.5)
+    reinit(model, 3)
+    assert model.model.embed_tokens.weight.std().item() == pytest.approx(config.initializer_range, rel=0.15)
+    assert bool((model.model.norm.weight == 1).all()) and model.lm_head.weight is model.model.embed_tokens.weight
+    again = reinit(transformers.LlamaForCausalLM(config), 3)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))

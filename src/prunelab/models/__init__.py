@@ -81,9 +81,18 @@ def reinit(model: nn.Module, seed: int | None) -> nn.Module:
 
     Every submodule's ``reset_parameters`` (PyTorch's default initialisation, running statistics reset),
     then the family's own ``init_weights()`` when the model defines one, drawn from ``seed`` (the global RNG
-    is left as it was; ``None``: drawn from the global RNG).
+    is left as it was; ``None``: drawn from the global RNG). A Hugging Face model is initialised as transformers
+    initialises it: its ``_init_weights`` applied to every module (``init_weights()`` there skips modules it
+    considers initialised, and ``reset_parameters`` alone drew embeddings with std 1 where the config says 0.02
+    and left RMSNorm gains at their trained values), then its tied weights tied again.
     """
     with seeded(seed):
+        hf_init = getattr(model, "_init_weights", None)
+        if callable(hf_init) and hasattr(model, "config"):
+            model.apply(hf_init)
+            if hasattr(model, "tie_weights"):
+                model.tie_weights()
+            return model
         for m in model.modules():
             if m is not model and hasattr(m, "reset_parameters"):
                 m.reset_parameters()
