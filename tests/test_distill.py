@@ -60,13 +60,16 @@ def test_a_recipe_recovers_by_distillation(tmp_path):
     over = ["model.kwargs={num_hidden_layers: 2, hidden_size: 32, intermediate_size: 48, num_attention_heads: 4, "
             "num_key_value_heads: 2, max_position_embeddings: 16}", "data.seq_len=16", "data.train_tokens=4000",
             "data.eval_tokens=2000", "data.calibration_tokens=2000", "train.epochs=1",
-            "prune.method.criterion.samples=16", "prune.retrain.epochs=1", "prune.distill={alpha: 0.5, temperature: 2}"]
+            "prune.method.criterion.samples=16", "prune.retrain.epochs=1", "prune.distill={alpha: 0.5, temperature: 2}",
+            "prune.controls=[scratch_e]"]
     assert main(["run", "llama_pystdlib_units", *over, "--runs-dir", str(tmp_path), "--no-progress"]) == 0
     run = next(p for p in tmp_path.iterdir() if p.name.startswith("llama_pystdlib_units"))
     state = json.loads((run / "stages" / "round_01" / "state.json").read_text())
     assert state["distill"] == {"alpha": 0.5, "temperature": 2.0}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["shrunk"]["config"]["intermediate_size"] == 24  # the recovered model still shrinks
+    scratch = summary["controls"]["scratch_e"]  # the shrunk architecture from transformers' own init
+    assert 1 < scratch["test_ppl"] < 256 and scratch["epochs"] == 1
 
 
 def test_a_fresh_init_of_a_hugging_face_model_is_its_own():

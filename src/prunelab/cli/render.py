@@ -135,7 +135,8 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
                      + (f", perplexity {sh['test_ppl']:.2f}" if sh.get("test_ppl") is not None else "")
                      + (f"; config: {', '.join(f'{k} {v}' for k, v in sh['config'].items())}" if sh.get("config") else "")))
     for name, c in (s.get("controls") or {}).items():
-        rows.append((f"control {name}", f"accuracy {c['test_acc']:.4f} after {c['epochs']} epochs"))
+        ppl = f", perplexity {c['test_ppl']:.2f}" if c.get("test_ppl") is not None else ""
+        rows.append((f"control {name}", f"accuracy {c['test_acc']:.4f}{ppl} after {c['epochs']} epochs"))
     for k, v in rows:
         t.add_row(k, v)
     con.print(t)

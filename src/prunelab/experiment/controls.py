@@ -191,11 +191,15 @@ class Control(Stage):
             extra.update(flops_full=flops_full, flops_pruned=flops_pruned)
         opt = build_optimizer(model, cfg)
         ctx.trainer(model, opt, cfg, pruner, self.name).fit()
-        acc = ctx.evaluate(model)["acc"]
+        ev = ctx.evaluate(model)
+        acc = ev["acc"]
+        if "ppl" in ev:  # a language model: its held-out perplexity, the comparison the Rethinking table makes
+            extra["test_ppl"] = ev["ppl"]
         ctx.save(ctx.paths.stage(self.name), model, pruner.masks if pruner else None, extra={
             "test_acc": acc, "epochs": cfg.epochs, "seconds": time.perf_counter() - t0,
             "params_nonzero": count_params(model)["nonzero"], **extra})
-        ctx.log(f"stage {self.name}: accuracy {acc:.4f} after {cfg.epochs} epochs")
+        ppl = f", perplexity {ev['ppl']:.2f}" if "ppl" in ev else ""
+        ctx.log(f"stage {self.name}: accuracy {acc:.4f}{ppl} after {cfg.epochs} epochs")
 
 
 def _control_kind(kind: str):
