@@ -42,6 +42,7 @@ BENCHMARKS = {
     "one_shot": (["--model", "lenet5", "--dataset", "mnist", "--seeds", "0,1,2", "--threads", "1", "--recipes"],
                  "one_shot_lenet5_mnist.md", "accuracy", "2 h"),
     "lm_one_shot": (["--draws", "0,1,2", "--threads", "1"], "lm_one_shot.md", "accuracy", "1 h"),
+    "distill_overhead": (["--threads", "1", "--steps", "10", "--repeats", "3"], "distill_overhead.md", "perf", "2 min"),
     "structured_lm": (["--threads", "1"], "structured_lm.md", "accuracy", "25 min"),
     "calibration_precision": (["--draws", "0", "--threads", "1"], "calibration_precision.md", "accuracy", "40 min"),
     "drop_vs_magnitude": (["--model", "lenet5"], None, "accuracy", "6 h"),
