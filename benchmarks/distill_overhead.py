@@ -28,14 +28,11 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from prunelab.distill import Distillation
-    from prunelab.experiment import RunContext, Runner, load_recipe, run_dir_for
+    from prunelab.experiment import load_recipe, trained_dense
     from prunelab.training.tasks import get_task
 
     recipe = load_recipe("llama_pystdlib_dense")
-    run_dir = run_dir_for(recipe, a.runs_dir)
-    Runner(recipe, run_dir, progress=False, log=lambda m: None).run()
-    ctx = RunContext(recipe, run_dir, log=lambda m: None, progress=False)
-    teacher = ctx.build_model(checkpoint=ctx.paths.stage("dense"))
+    ctx, teacher = trained_dense(recipe, a.runs_dir)
     student = copy.deepcopy(teacher).train()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
     task = get_task("causal_lm")

@@ -33,14 +33,11 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from prunelab import Pruner
     from prunelab.data.loader import TensorLoader
-    from prunelab.experiment import RunContext, Runner, load_recipe, run_dir_for
+    from prunelab.experiment import load_recipe, trained_dense
     from prunelab.training import Trainer, build_optimizer
 
     recipe = load_recipe("gpt2_pystdlib_dense", a.overrides)
-    run_dir = run_dir_for(recipe, a.runs_dir)
-    Runner(recipe, run_dir, progress=False, log=lambda m: None).run()
-    ctx = RunContext(recipe, run_dir, log=lambda m: None, progress=False)
-    dense = ctx.build_model(checkpoint=ctx.paths.stage("dense"))
+    ctx, dense = trained_dense(recipe, a.runs_dir)
     t0 = time.perf_counter()
     base = ctx.evaluate(dense)
     eval_s = time.perf_counter() - t0

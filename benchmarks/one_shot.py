@@ -36,7 +36,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from prunelab import Pruner
-    from prunelab.experiment import RunContext, Runner, load_recipe, run_dir_for
+    from prunelab.experiment import Runner, load_recipe, run_dir_for, trained_dense
     from prunelab.training import Trainer, build_optimizer
 
     sparsities = [float(s) for s in a.sparsities.split(",")]
@@ -55,10 +55,7 @@ def main() -> None:
     for seed in map(int, a.seeds.split(",")):
         over = [f"seed={seed}", f"data.root={a.data_root}", f"data.name={a.dataset}"]
         recipe = load_recipe(f"{a.model}_mnist_magnitude", over)
-        run_dir = run_dir_for(recipe, a.runs_dir)
-        Runner(recipe, run_dir, progress=False, log=lambda m: None, stop_after="dense").run()
-        ctx = RunContext(recipe, run_dir, log=lambda m: None, progress=False)
-        dense = ctx.build_model(checkpoint=ctx.paths.stage("dense"))
+        ctx, dense = trained_dense(recipe, a.runs_dir)
         dense_acc.append(ctx.evaluate(dense)["acc"])
         cfg = recipe.retrain_config().model_copy(update={"epochs": a.retrain_epochs})
 

@@ -169,14 +169,12 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     import transformers
     from prunelab.analysis import count_flops
-    from prunelab.experiment import RunContext, Runner, load_recipe, run_dir_for
+    from prunelab.experiment import load_recipe, trained_dense
 
     transformers.logging.set_verbosity_error()
     recipe = load_recipe("llama_pystdlib_dense", a.overrides)
-    run_dir = run_dir_for(recipe, a.runs_dir)
-    Runner(recipe, run_dir, progress=False, log=lambda m: None).run()
-    ctx = RunContext(recipe, run_dir, log=lambda m: None, progress=False)
-    dense = ctx.build_model(checkpoint=ctx.paths.stage("dense")).eval()
+    ctx, dense = trained_dense(recipe, a.runs_dir)
+    dense.eval()
     shape, dt = ctx.spec.input_shape, ctx.spec.input_dtype
     total, macs = n_params(dense), count_flops(dense, shape, dtype=dt)["dense"]
     base_ppl = ctx.evaluate(dense)["ppl"]
@@ -185,7 +183,7 @@ def main() -> None:
           f"`llama_pystdlib_dense` ({total:,} parameters, {macs:,} multiply-accumulates per {shape[0]}-token "
           f"window), held-out perplexity {base_ppl:.3f}; perplexity right after pruning, no recovery.\n")
     print("| removed (target) | units | unit sparsity | config | parameters kept | MACs kept | "
-          + " | ".join(f"ppl {s}" for s in a.scores.split(",")) + " | prune s (activation) |")
+          + " | ".join(f"ppl {s}" for s in a.scores.split(",")) + f" | prune s ({a.scores.split(',')[0]}) |")
     print("|---|---|---|---|---|---|" + "---|" * len(a.scores.split(",")) + "---|")
     shrunk_for_decode = {}
     for ratio in map(float, a.ratios.split(",")):

@@ -68,6 +68,7 @@ class ChannelGraph:
         import torch_pruning as tp
 
         self.model = model
+        self.coupled: dict = {}  # {target names: (coupled groups, attention heads)}, found at first selection
         self.names = {m: n for n, m in model.named_modules()}
         self.modules = dict(model.named_modules())
         hf = {type(m) for m in model.modules() if is_hf_conv1d(m)}
@@ -157,6 +158,20 @@ class ChannelGraph:
         size = next((v for v in (vars(parent).get("attention_head_size"), vars(parent).get("head_dim"))
                      if isinstance(v, int) and v > 0), None)  # plain attributes of the module, not submodules
         return size if size and group.size % size == 0 else None
+
+    def select(self, params, layouts, gran, scores, masks, allocation, selector, sparsity: float,
+               final_sparsity: float, ctx) -> dict[str, Tensor]:
+        """New masks of the producers of coupled channels and heads (:func:`prunelab.coupling.select_coupled`)."""
+        from .coupling import select_coupled
+
+        return select_coupled(self, params, layouts, gran, scores, masks, allocation, selector, sparsity,
+                              final_sparsity, ctx)
+
+    def report(self, params, masks) -> dict:
+        """The summary's channels (:func:`prunelab.coupling.channel_report`)."""
+        from .coupling import channel_report
+
+        return channel_report(self, params, masks)
 
     @staticmethod
     def _row_alive(mask: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from .allocation import Allocation, LayerGroups
 from .attention import AttentionHeads, attention_heads
 from .channels import ChannelGraph
 from .criteria import Context
+from .errors import ConfigError
 from .selection import Selector
 from .targets import Layout
 from .topk import any_rows
@@ -184,3 +185,23 @@ def channel_report(graph: ChannelGraph, params: Mapping[str, Tensor], masks: Map
     total = sum(a.heads for a in heads)
     return {"prunable": prunable, "removed": n_removed, "sparsity": n_removed / prunable if prunable else 0.0,
             "blocked": blocked, "untargeted": untargeted, "heads": {"prunable": total, "removed": total - kept}}
+
+
+def select_coupled(graph: ChannelGraph, params: Mapping[str, Tensor], layouts: Mapping[str, Layout], gran,
+                   scores: dict[str, Tensor], masks: Mapping[str, Tensor], allocation: Allocation, selector: Selector,
+                   sparsity: float, final_sparsity: float, ctx: Context) -> dict[str, Tensor]:
+    """:func:`select_channels` over the graph's coupled groups and attention heads whose producers are all in
+    ``params`` (found once per target set and kept on the graph), from per-weight ``scores`` reduced to rows by
+    ``gran`` (consumed). ConfigError when there is nothing to remove whole."""
+    key = tuple(params)
+    if key not in graph.coupled:
+        graph.coupled[key] = (coupled_groups(graph, params), attention_heads(graph.model, params))
+        if not any(graph.coupled[key]):
+            raise ConfigError("no group of coupled channels has all its producers among the targets (or every one "
+                              "feeds a normalization over channels), and no attention's heads are: this model has "
+                              "nothing to remove whole")
+    groups, heads = graph.coupled[key]
+    head_scores = {n: scores[n] for a in heads for n in (a.in_proj, a.out_proj)}
+    rows = {n: gran.group_scores(layouts[n].canonical(scores.pop(n)).float())[0] for n in params}
+    return select_channels(groups, params, layouts, rows, masks, allocation, selector, sparsity, final_sparsity, ctx,
+                           heads, head_scores)

@@ -208,9 +208,32 @@ class Taylor(Criterion):
         self._acc.clear()
 
 
+@dataclass
+class _Calibrated(Criterion):
+    """A criterion scored from calibration statistics of one ``kind``, over ``samples`` inputs."""
+
+    samples: int = 128
+    kind = "norms"
+
+    def __post_init__(self):
+        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 1:
+            raise ConfigError(f"{self.registered_name} samples must be a positive integer, got {self.samples!r}")
+
+    def needs(self) -> Needs:
+        from .calibration.request import Calibration
+
+        return Needs(calibration=Calibration(self.samples, (self.kind,)))
+
+    def _stats(self, ctx: Context) -> Mapping[str, Any]:
+        if ctx.input_stats is None:
+            raise ConfigError(f"the {self.registered_name} criterion needs calibration data: call "
+                              "pruner.calibrate(batches) with a few batches of model inputs before pruning")
+        return ctx.input_stats
+
+
 @CRITERIA.register("wanda")
 @dataclass
-class Wanda(Criterion):
+class Wanda(_Calibrated):
     """|W_ij| * ||X_j||_2: a weight's magnitude times the norm of the input it multiplies, over calibration data.
 
     Sun, Liu, Bair, Kolter, "A Simple and Effective Pruning Approach for Large Language Models" (Wanda, ICLR
@@ -220,33 +243,20 @@ class Wanda(Criterion):
     ``wanda`` method's default) or within N:M groups.
     """
 
-    samples: int = 128
-
-    def __post_init__(self):
-        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 1:
-            raise ConfigError(f"wanda samples must be a positive integer, got {self.samples!r}")
-
-    def needs(self) -> Needs:
-        from .calibration.request import Calibration
-
-        return Needs(calibration=Calibration(self.samples, ("norms",)))
-
     def scores(self, params, ctx):
-        if ctx.input_stats is None:
-            raise ConfigError("the wanda criterion needs calibration data: call pruner.calibrate(batches) with a few "
-                              "batches of model inputs before pruning")
+        stats = self._stats(ctx)
         out = {}
         for n, p in params.items():
             layout = (ctx.layouts or {}).get(n) or Layout()
             w = column_view(layout, p.detach()).abs().double()
-            s = (w * ctx.input_stats[n].norms().to(w.device)).float()
+            s = (w * stats[n].norms().to(w.device)).float()
             out[n] = layout.stored(s.reshape(layout.canonical(p).shape))
         return out
 
 
 @CRITERIA.register("activation")
 @dataclass
-class Activation(Criterion):
+class Activation(_Calibrated):
     """E|x_j|, the mean magnitude of the input channel a weight multiplies over the calibration tokens, the same
     for every weight of a column (the weight's own value does not enter).
 
@@ -256,25 +266,14 @@ class Activation(Criterion):
     and Knowledge Distillation", NeurIPS 2024: activation magnitudes over calibration tokens, no gradients).
     """
 
-    samples: int = 128
-
-    def __post_init__(self):
-        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 1:
-            raise ConfigError(f"activation samples must be a positive integer, got {self.samples!r}")
-
-    def needs(self) -> Needs:
-        from .calibration.request import Calibration
-
-        return Needs(calibration=Calibration(self.samples, ("mean_abs",)))
+    kind = "mean_abs"
 
     def scores(self, params, ctx):
-        if ctx.input_stats is None:
-            raise ConfigError("the activation criterion needs calibration data: call pruner.calibrate(batches) "
-                              "with a few batches of model inputs before pruning")
+        stats = self._stats(ctx)
         out = {}
         for n, p in params.items():
             layout = (ctx.layouts or {}).get(n) or Layout()
-            a = ctx.input_stats[n].inputs.mean_abs().float().to(p.device)
+            a = stats[n].inputs.mean_abs().float().to(p.device)
             rows = column_view(layout, p.detach())
             if a.numel() != rows.shape[1]:  # a convolution's columns are (channel, kernel position)
                 a = a.repeat_interleave(rows.shape[1] // a.numel())

@@ -25,11 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from .allocation import Uniform
-from .attention import attention_heads
 from . import calibration
 from .decisions import as_decision, merge, versions, write
 from .channels import ChannelGraph
-from .coupling import coupled_groups, select_channels
 from .granularity import Filter
 from .criteria import Context, Needs
 from .inputs import Inputs
@@ -39,9 +37,9 @@ from .masks import Masks, keep_multiplier, keep_only, zero_pruned
 from .methods import Method, build_method
 from .methods.base import PruneView
 from .registry import check_fraction
-from .schedules import SCHEDULES, Schedule
+from .schedules import build_schedule
 from .streaming import can_stream, streamed_masks
-from .structure import TransformerUnits, structure_for, structure_report
+from .structure import structure_for
 from .targets import Targets, accounting, build_targets, check_current
 from .topk import all_true
 from .ranking import select_tensors
@@ -81,19 +79,7 @@ class Pruner:
         self.model = model
         self.method: Method = build_method(method)
         gran = self.method.granularity_
-        if isinstance(schedule, Schedule):
-            if sparsity is not None and abs(check_fraction("sparsity", sparsity) - schedule.sparsity) > 1e-12:
-                raise ConfigError(f"sparsity={sparsity:g} differs from the schedule's {schedule.sparsity:g}; give one")
-            self.schedule = schedule
-        else:
-            if sparsity is None and gran.fixed_density is not None:
-                sparsity = 1 - gran.fixed_density
-            if sparsity is None and not (isinstance(schedule, dict) and "sparsity" in schedule):
-                raise ConfigError("give the target sparsity: Pruner(model, ..., sparsity=0.9)")
-            self.schedule = SCHEDULES.build(schedule, **({"sparsity": sparsity} if sparsity is not None else {}))
-        if gran.fixed_density is not None and abs(1 - gran.fixed_density - self.schedule.sparsity) > 1e-9:
-            raise ConfigError(f"this N:M pattern fixes sparsity at {1 - gran.fixed_density:g}; "
-                              f"got sparsity={self.schedule.sparsity:g}")
+        self.schedule = build_schedule(schedule, sparsity, gran.fixed_density)
         self.seed = int(seed)
         spec = build_targets(targets if targets is not None else self.method.default_targets)
         # {name: parameter}, how each maps to (out, in, *kernel), and the weights left out with the reason
@@ -106,7 +92,6 @@ class Pruner:
                 raise ConfigError(f"method {self.method.name} removes whole channels: give the Pruner "
                                   "example_inputs (a batch of model inputs) so channel coupling can be traced")
             self.channels = structure_for(model, self.params, self.method, example_inputs)
-        self._coupled: tuple | None = None  # coupled channel groups and attention heads, found at first use
         self._companions: dict[str, tuple[nn.Parameter, Tensor]] = {}
         self.step_count = 0
         self.events = 0
@@ -309,22 +294,9 @@ class Pruner:
         Output channels of a channel method are chosen per group of coupled channels (:mod:`prunelab.coupling`).
         """
         m = self.method
-        alloc = m.allocation_
-        if isinstance(self.channels, TransformerUnits) and isinstance(gran, Filter):
-            new = self.channels.select(self.params, scores, masks, alloc, m.selector_, sparsity, final_sparsity, ctx)
-            return {n: new.get(n, masks[n]) for n in self.params}
-        if self.channels is not None and isinstance(gran, Filter):
-            if self._coupled is None:
-                self._coupled = (coupled_groups(self.channels, self.params), attention_heads(self.model, self.params))
-                if not any(self._coupled):
-                    raise ConfigError("no group of coupled channels has all its producers among the targets (or "
-                                      "every one feeds a normalization over channels), and no attention's heads "
-                                      "are: this model has nothing to remove whole")
-            groups, heads = self._coupled
-            head_scores = {n: scores[n] for a in heads for n in (a.in_proj, a.out_proj)}
-            rows = {n: gran.group_scores(self.layouts[n].canonical(scores.pop(n)).float())[0] for n in self.params}
-            new = select_channels(groups, self.params, self.layouts, rows, masks, alloc, m.selector_,
-                                  sparsity, final_sparsity, ctx, heads, head_scores)
+        if self.channels is not None and isinstance(gran, Filter):  # traced channels or transformer units
+            new = self.channels.select(self.params, self.layouts, gran, scores, masks, m.allocation_, m.selector_,
+                                       sparsity, final_sparsity, ctx)
             return {n: new.get(n, masks[n]) for n in self.params}
         return select_tensors(m, gran, params, self.layouts, scores, masks, dense, sparsity, final_sparsity, ctx)
 
@@ -388,7 +360,7 @@ class Pruner:
         granularity could not apply to, with the reason."""
         out = {**accounting(self.model, self.masks), "skipped": dict(self.skipped)}
         if self.channels is not None:
-            out["channels"] = structure_report(self.channels, self.params, self.masks)
+            out["channels"] = self.channels.report(self.params, self.masks)
         return out
 
     def state(self) -> dict:

@@ -148,3 +148,21 @@ class Manual(Schedule):
 
     def frozen(self, step: int) -> bool:
         return False  # the caller may prune at any time
+
+
+def build_schedule(schedule, sparsity: float | None, fixed_density: float | None = None) -> Schedule:
+    """The Pruner's schedule from its arguments: an instance (whose sparsity a given ``sparsity`` must equal), or
+    a name / mapping built with ``sparsity`` (default: the one an N:M granularity's ``fixed_density`` fixes);
+    ConfigError when no sparsity is given or it contradicts the granularity's."""
+    if isinstance(schedule, Schedule):
+        if sparsity is not None and abs(check_fraction("sparsity", sparsity) - schedule.sparsity) > 1e-12:
+            raise ConfigError(f"sparsity={sparsity:g} differs from the schedule's {schedule.sparsity:g}; give one")
+    else:
+        if sparsity is None and fixed_density is not None:
+            sparsity = 1 - fixed_density
+        if sparsity is None and not (isinstance(schedule, dict) and "sparsity" in schedule):
+            raise ConfigError("give the target sparsity: Pruner(model, ..., sparsity=0.9)")
+        schedule = SCHEDULES.build(schedule, **({"sparsity": sparsity} if sparsity is not None else {}))
+    if fixed_density is not None and abs(1 - fixed_density - schedule.sparsity) > 1e-9:
+        raise ConfigError(f"this N:M pattern fixes sparsity at {1 - fixed_density:g}; got sparsity={schedule.sparsity:g}")
+    return schedule

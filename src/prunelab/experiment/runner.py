@@ -178,4 +178,13 @@ class Runner:
         return out
 
 
-__all__ = ["Runner", "run_dir_for", "load_summary", "plan", "final_stage", "load_final"]
+def trained_dense(recipe: Recipe, runs_root: str | Path) -> tuple[RunContext, nn.Module]:
+    """(the run's context, its dense model) for ``recipe`` under ``runs_root``: the dense stage trained, or
+    reused when it is there (shared with every recipe of the same dense training), quietly."""
+    run_dir = run_dir_for(recipe, runs_root)
+    Runner(recipe, run_dir, progress=False, log=lambda m: None, stop_after=paths.DENSE).run()
+    ctx = RunContext(recipe, run_dir, log=lambda m: None, progress=False)
+    return ctx, ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE))
+
+
+__all__ = ["Runner", "run_dir_for", "load_summary", "plan", "final_stage", "load_final", "trained_dense"]

@@ -7,7 +7,7 @@ from ..data.text import describe as describe_text
 from ..models.hf import is_local
 from ..io import atomic_write_json, atomic_write_text
 from .records import seal
-from ..structure import structure_for, structure_report
+from ..structure import structure_for
 from ..targets import accounting
 from . import paths
 from .checkpoint import load_checkpoint
@@ -61,7 +61,7 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
                        layers=masks.layer_stats(), **accounting(model, masks))
     if masks is not None and ctx.method is not None and ctx.method.channels:
         structure = structure_for(model, masks, ctx.method, ctx.example_inputs())
-        summary["channels"] = structure_report(structure, masks, masks)
+        summary["channels"] = structure.report(masks, masks)
     if paths.SHRUNK in extra:
         sh = extra[paths.SHRUNK]
         summary["shrunk"] = {"params": sh["params"], "flops": sh["flops"], "bytes_file": sh["bytes"],

@@ -41,8 +41,10 @@ class TransformerUnits:
         self.all_groups = build_groups(model, family, self.kinds)
         self.groups: list[UnitGroup] = check_targets(self.all_groups, params, model)
 
-    def select(self, params, scores, masks, allocation, selector, sparsity, final_sparsity, ctx) -> dict[str, Tensor]:
-        """New target masks (see :func:`.units.select_units`)."""
+    def select(self, params, layouts, gran, scores, masks, allocation, selector, sparsity, final_sparsity,
+               ctx) -> dict[str, Tensor]:
+        """New target masks (see :func:`.units.select_units`; the same call as the traced
+        :meth:`prunelab.channels.ChannelGraph.select`, units summing the per-weight scores themselves)."""
         return select_units(self.groups, params, scores, masks, allocation, selector, sparsity, final_sparsity, ctx,
                             self.family.layers)
 
@@ -103,12 +105,3 @@ def structure_for(model: nn.Module, params: Mapping[str, Tensor], method, exampl
                           f"transformers builds a {found.family.name} model with one MLP width and one head count "
                           "for every block: use allocation uniform")
     return found
-
-
-def structure_report(structure, params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict:
-    """What the summary says of the units of structure (transformer units, or traced channels)."""
-    if isinstance(structure, TransformerUnits):
-        return structure.report(params, masks)
-    from ..coupling import channel_report
-
-    return channel_report(structure, params, masks)

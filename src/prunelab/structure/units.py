@@ -195,23 +195,27 @@ def unit_scores(g: UnitGroup, scores: Mapping[str, Tensor], masks: Mapping[str, 
     """((size,) score, (size,) alive) of a group's units: the sum of the targets' scores over each unit's
     entries; a unit is alive while any of its target entries is."""
     score = torch.zeros(g.size, dtype=torch.float64)
-    alive = torch.zeros(g.size, dtype=torch.bool)
     for p in g.parts:
         if p.param in scores:
             score.index_add_(0, p.units, p.per_unit(scores[p.param], "sum").cpu())
-            alive.index_fill_(0, p.units[p.per_unit(masks[p.param], "any").cpu()], True)
+    alive = _alive(g, masks)
     return score.float().masked_fill(~alive, float("-inf")), alive
+
+
+def _alive(g: UnitGroup, masks: Mapping[str, Tensor]) -> Tensor:
+    """(size,) bool: the units with a target entry alive in ``masks`` (masks of the targets only)."""
+    alive = torch.zeros(g.size, dtype=torch.bool)
+    for p in g.parts:
+        if p.param in masks:
+            alive.index_fill_(0, p.units[p.per_unit(masks[p.param], "any").cpu()], True)
+    return alive
 
 
 def removed_units(g: UnitGroup, masks: Mapping[str, Tensor]) -> Tensor:
     """(size,) bool: the units whose every target entry is pruned (a group with no target part: none)."""
-    alive = torch.zeros(g.size, dtype=torch.bool)
-    seen = False
-    for p in g.parts:
-        if p.param in masks:
-            seen = True
-            alive.index_fill_(0, p.units[p.per_unit(masks[p.param], "any").cpu()], True)
-    return ~alive if seen else alive
+    if not any(p.param in masks for p in g.parts):
+        return torch.zeros(g.size, dtype=torch.bool)
+    return ~_alive(g, masks)
 
 
 def block_influence(layers: str, size: int, stats) -> Tensor | None:

@@ -62,6 +62,8 @@ class Trainer:
         self.progress, self.device, self.stage = progress, device, stage
         self.task = task if isinstance(task, Classification) else get_task(task)
         self.loss_fn = loss_fn or self.task.loss
+        # a loss that needs the inputs too (distillation runs the teacher on them) says so; read once, not per step
+        self._loss_takes_inputs = bool(getattr(self.loss_fn, "takes_inputs", False))
         self.global_step = 0
         self.history: list[dict] = []
 
@@ -100,8 +102,7 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
             out = self.model(x)
-            # a loss that needs the inputs too (distillation runs the teacher on them) says so
-            loss = self.loss_fn(x, out, y) if getattr(self.loss_fn, "takes_inputs", False) else self.loss_fn(out, y)
+            loss = self.loss_fn(x, out, y) if self._loss_takes_inputs else self.loss_fn(out, y)
             loss.backward()
             if self.cfg.bn_l1 > 0:
                 bn_l1_step(self.model, self.cfg.bn_l1)
