@@ -9,7 +9,7 @@ from prunelab import Pruner
 from prunelab.cli import main
 from prunelab.errors import CheckpointError, ConfigError
 from prunelab.experiment import Runner, load_recipe, run_dir_for
-from prunelab.experiment.controls import scratch_b_epochs
+from prunelab.experiment.controls import scratch_b_budget
 from prunelab.export.shrink import ShrinkError, load_shrunk, max_output_diff, model_spec, save_shrunk, shrink
 from prunelab.methods.structured import PRESETS
 from prunelab.models import build_model
@@ -170,12 +170,12 @@ def test_bn_l1_term_only_in_sparsity_training():
     assert recipe.train.bn_l1 == 0.001 and recipe.retrain_config().bn_l1 == 0.0
 
 
-def test_scratch_b_epochs():
-    assert scratch_b_epochs(10, 1000, 400, None) == 25
-    assert scratch_b_epochs(10, 1000, 400, 2.0) == 20
-    assert scratch_b_epochs(10, 1000, 1000, None) == 10
+def test_scratch_b_budget():
+    assert scratch_b_budget(10, 1000, 400, None) == 25
+    assert scratch_b_budget(10, 1000, 400, 2.0) == 20
+    assert scratch_b_budget(10, 1000, 1000, None) == 10
     with pytest.raises(ConfigError):
-        scratch_b_epochs(10, 1000, 0, None)
+        scratch_b_budget(10, 1000, 0, None)
 
 
 def test_l1_filter_presets_match_the_paper():
@@ -207,7 +207,7 @@ def test_run_with_controls_and_compare(tmp_path, capsys):
         c = s["controls"]
         assert set(c) == {"scratch_e", "scratch_b", "lottery_reset", "guided"}
         assert c["scratch_e"]["epochs"] == 2
-        assert c["scratch_b"]["epochs"] == scratch_b_epochs(2, c["scratch_b"]["flops_full"],
+        assert c["scratch_b"]["epochs"] == scratch_b_budget(2, c["scratch_b"]["flops_full"],
                                                              c["scratch_b"]["flops_pruned"], 2)
         assert c["scratch_b"]["flops_pruned"] == s["shrunk"]["flops"] < c["scratch_b"]["flops_full"]
         assert s["shrunk"]["params"] < s["params_total"]

@@ -79,6 +79,14 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _seen(record: dict) -> str:
+    """What a stage trained on: tokens (language models) or samples, and steps; epochs in older records."""
+    if "tokens" in record or "samples" in record:
+        what = "tokens" if "tokens" in record else "samples"
+        return f"{record[what]:,} {what} ({record['steps']:,} steps)"
+    return f"{record['epochs']} epochs" if "epochs" in record else "-"
+
+
 def print_summary(s: dict, con, layers: bool = True) -> None:
     from rich.table import Table
 
@@ -136,7 +144,7 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
                      + (f"; config: {', '.join(f'{k} {v}' for k, v in sh['config'].items())}" if sh.get("config") else "")))
     for name, c in (s.get("controls") or {}).items():
         ppl = f", perplexity {c['test_ppl']:.2f}" if c.get("test_ppl") is not None else ""
-        rows.append((f"control {name}", f"accuracy {c['test_acc']:.4f}{ppl} after {c['epochs']} epochs"))
+        rows.append((f"control {name}", f"accuracy {c['test_acc']:.4f}{ppl} after {_seen(c)}"))
     for k, v in rows:
         t.add_row(k, v)
     con.print(t)
@@ -151,9 +159,9 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
         con.print(lt)
     if layers and s.get("stages"):
         st = Table(title="stages")
-        for col in ("stage", "sparsity", "acc. before retrain", "test acc.", "seconds"):
+        for col in ("stage", "sparsity", "acc. before retrain", "test acc.", "trained on", "seconds"):
             st.add_column(col)
         for row in s["stages"]:
             st.add_row(row["stage"], _fmt(row["sparsity"]), _fmt(row["acc_before_retrain"]), _fmt(row["test_acc"]),
-                       f"{row['seconds']:.1f}")
+                       _seen(row), f"{row['seconds']:.1f}")
         con.print(st)

@@ -235,7 +235,7 @@ class RunContext:
         metrics = self.paths.stage_metrics(stage) if self.main else None
         return Trainer(net, opt, cfg, self.data.train, self.data.test, pruner=pruner, metrics_path=metrics,
                        progress=self.progress, device=self.recipe.device, stage=stage, hooks=hooks,
-                       task=self.data.task, loss_fn=loss_fn)
+                       task=self.data.task, loss_fn=loss_fn, world=self.dist.world)
 
     # -- checkpoints and evaluation -----------------------------------------------------------------------
     def save(self, folder: Path, model: nn.Module, masks: Masks | None = None, optimizer=None,
@@ -248,10 +248,14 @@ class RunContext:
         """The task's metrics on the test split (held-out text): loss, acc, and ppl for a language model."""
         return evaluate(model, self.data.test, self.recipe.device, self.data.task)
 
-    def stage_record(self, model: nn.Module, pruner: Pruner | None, t0: float, **more: Any) -> dict:
-        """What a training stage's state.json records: test accuracy and loss, seconds, and the pruner's state."""
+    def stage_record(self, model: nn.Module, pruner: Pruner | None, t0: float, trained: Trainer | None = None,
+                     **more: Any) -> dict:
+        """What a training stage's state.json records: test accuracy and loss, seconds, the pruner's state, and
+        what ``trained`` did (:meth:`seen`)."""
         ev = self.evaluate(model)
         out = {"test_acc": ev["acc"], "test_loss": ev["loss"], "seconds": time.perf_counter() - t0}
+        if trained is not None:
+            out.update(self.seen(trained))
         if "ppl" in ev:
             out["test_ppl"] = ev["ppl"]
         if pruner is not None:
@@ -259,6 +263,11 @@ class RunContext:
             out["sparsity"] = pruner.masks.sparsity()
         out.update(more)
         return out
+
+
+    def seen(self, trained: Trainer) -> dict:
+        """``steps`` and ``tokens`` (a language model's predicted tokens) or ``samples`` a training saw."""
+        return {"steps": trained.global_step, "tokens" if self.data.task == "causal_lm" else "samples": trained.targets}
 
 
 class MaskSync:

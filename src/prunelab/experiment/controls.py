@@ -5,10 +5,11 @@ Pruning (Liu et al., ICLR 2019), each trained on the final masks' architecture.
   to the masked model, saved as weights + width manifest (``paths.RunPaths.shrunk_model``); a Hugging Face
   model as the stage's weights beside its smaller ``config.json`` (``paths.RunPaths.shrunk_config``), both
   listed with their digests, which ``export --format hf`` turns into a ``save_pretrained`` folder.
-- ``control_scratch_e``: the pruned architecture from a fresh random init, ``train.epochs`` epochs.
-- ``control_scratch_b``: the same for ``train.epochs x FLOPs(full) / FLOPs(pruned)`` epochs (FLOPs measured,
-  nonzero weights only), learning-rate milestones and step size scaled alike, capped at
-  ``scratch_b_cap x train.epochs`` when set.
+- ``control_scratch_e``: the pruned architecture from a fresh random init, trained as the dense model was
+  (``train.epochs`` epochs, or ``train``'s step or token budget: the same tokens for a language model).
+- ``control_scratch_b``: the same for ``FLOPs(full) / FLOPs(pruned)`` times as long (FLOPs measured, nonzero
+  weights only): epochs with learning-rate milestones and step size scaled alike, or the step or token budget
+  scaled; capped at ``scratch_b_cap`` times when set.
 - ``control_lottery_reset``: the surviving weights reset to the run's own initial weights (``init``).
 - ``control_guided``: stage-averaged widths of the pruned network (VGG, CIFAR ResNet), from scratch.
 
@@ -114,14 +115,15 @@ def load_shrunk_run(ctx: RunContext):
     return load_shrunk(ctx.paths.shrunk_model, ctx.recipe.device)[0]
 
 
-def scratch_b_epochs(epochs: int, flops_full: int, flops_pruned: int, cap: float | None) -> int:
-    """Scratch-B's budget: ``epochs x FLOPs(full) / FLOPs(pruned)`` rounded, at most ``cap x epochs``."""
+def scratch_b_budget(n: int, flops_full: int, flops_pruned: int, cap: float | None) -> int:
+    """Scratch-B's budget of epochs, steps or tokens: ``n x FLOPs(full) / FLOPs(pruned)`` rounded, at most
+    ``cap x n``, at least ``n``."""
     if flops_pruned <= 0:
         raise ConfigError("the pruned model has no FLOPs left; Scratch-B's budget is undefined")
-    e = round(epochs * flops_full / flops_pruned)
+    e = round(n * flops_full / flops_pruned)
     if cap is not None:
-        e = min(e, math.floor(cap * epochs))
-    return max(e, epochs)
+        e = min(e, math.floor(cap * n))
+    return max(e, n)
 
 
 def guided_widths(name: str, kwargs: dict, shrunk) -> dict:
@@ -146,6 +148,18 @@ def guided_widths(name: str, kwargs: dict, shrunk) -> dict:
         avg = [round(statistics.mean(mids[i * n:(i + 1) * n])) for i in range(3)]
         return {**kwargs, "widths": [w for w in avg for _ in range(n)]}
     raise ConfigError(f"guided widths are defined for the VGG and CIFAR ResNet families, not {name!r}")
+
+
+def scratch_b_config(cfg, flops_full: int, flops_pruned: int, cap: float | None):
+    """``cfg`` with Scratch-B's longer budget: its step or token budget scaled when it has one (a language
+    model's tokens x the FLOP ratio), else its epochs, with learning-rate milestones and step size alike."""
+    if cfg.budget:
+        key = "max_steps" if cfg.max_steps is not None else "train_tokens"
+        return cfg.model_copy(update={key: scratch_b_budget(getattr(cfg, key), flops_full, flops_pruned, cap)})
+    epochs = scratch_b_budget(cfg.epochs, flops_full, flops_pruned, cap)
+    scale = epochs / max(cfg.epochs, 1)
+    return cfg.model_copy(update={"epochs": epochs, "step_size": max(1, round(cfg.step_size * scale)),
+                                  "milestones": [m if m < 1 else m * scale for m in cfg.milestones]})
 
 
 @dataclass
@@ -183,14 +197,12 @@ class Control(Stage):
         if self.kind == "scratch_b":
             flops_full = count_flops(ctx.build_model(), data.input_shape, r.device, data.input_dtype)["dense"]
             flops_pruned = count_flops(model, data.input_shape, r.device, data.input_dtype)["nonzero"]
-            epochs = scratch_b_epochs(cfg.epochs, flops_full, flops_pruned, r.prune.scratch_b_cap)
-            scale = epochs / max(cfg.epochs, 1)
-            cfg = cfg.model_copy(update={
-                "epochs": epochs, "step_size": max(1, round(cfg.step_size * scale)),
-                "milestones": [m if m < 1 else m * scale for m in cfg.milestones]})
+            cfg = scratch_b_config(cfg, flops_full, flops_pruned, r.prune.scratch_b_cap)
             extra.update(flops_full=flops_full, flops_pruned=flops_pruned)
         opt = build_optimizer(model, cfg)
-        ctx.trainer(model, opt, cfg, pruner, self.name).fit()
+        trained = ctx.trainer(model, opt, cfg, pruner, self.name)
+        trained.fit()
+        extra.update(ctx.seen(trained))
         ev = ctx.evaluate(model)
         acc = ev["acc"]
         if "ppl" in ev:  # a language model: its held-out perplexity, the comparison the Rethinking table makes
@@ -199,7 +211,8 @@ class Control(Stage):
             "test_acc": acc, "epochs": cfg.epochs, "seconds": time.perf_counter() - t0,
             "params_nonzero": count_params(model)["nonzero"], **extra})
         ppl = f", perplexity {ev['ppl']:.2f}" if "ppl" in ev else ""
-        ctx.log(f"stage {self.name}: accuracy {acc:.4f}{ppl} after {cfg.epochs} epochs")
+        seen = f"{extra['tokens']:,} tokens" if "tokens" in extra else f"{cfg.epochs} epochs"
+        ctx.log(f"stage {self.name}: accuracy {acc:.4f}{ppl} after {seen}")
 
 
 def _control_kind(kind: str):

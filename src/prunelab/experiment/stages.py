@@ -109,12 +109,13 @@ class Dense(Stage):
         hooks = []
         if self.rewind_step:
             hooks.append(SaveAtStep(self.rewind_step, ctx.paths.rewind(self.rewind_step), ctx, model))
-        ctx.trainer(model, opt, r.train, None, self.name, hooks).fit()
+        trained = ctx.trainer(model, opt, r.train, None, self.name, hooks)
+        trained.fit()
         barrier()
         if hooks and not paths.is_complete(ctx.paths.rewind(self.rewind_step)):
             raise ConfigError(f"rewind_step {self.rewind_step} is beyond the dense training's "
                               f"{r.train.epochs * len(ctx.data.train)} steps")
-        ctx.save(folder, model, None, opt, extra=ctx.stage_record(model, None, t0, data=ctx.data_identity()))
+        ctx.save(folder, model, None, opt, extra=ctx.stage_record(model, None, t0, trained, data=ctx.data_identity()))
         if cache is not None and ctx.main:
             for src, dst in zip(self._kept(ctx.paths) + [folder], self._kept(cache) + [cache.dense]):
                 copy_checkpoint(src, dst)
@@ -139,15 +140,16 @@ class _Pruning(Stage):
                 f"accuracy before retraining {pre['acc']:.4f}")
         distill = ctx.recipe.prune.distill
         loss_fn = None
-        if distill is not None and cfg.epochs > 0:  # the teacher: the run's dense model, from its checkpoint
+        if distill is not None and cfg.trains:  # the teacher: the run's dense model, from its checkpoint
             from ..distill import Distillation
 
             teacher = ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE)).to(ctx.recipe.device)
             loss_fn = Distillation(teacher, distill.alpha, distill.temperature, ctx.data.task)
-        ctx.trainer(model, opt, cfg, pruner, self.name, loss_fn=loss_fn).fit()
+        trained = ctx.trainer(model, opt, cfg, pruner, self.name, loss_fn=loss_fn)
+        trained.fit()
         check_same(pruner.masks, f"training in {self.name}")
         more = {"distill": distill.model_dump()} if loss_fn is not None else {}
-        record = ctx.stage_record(model, pruner, t0, acc_before_retrain=pre["acc"], **more)
+        record = ctx.stage_record(model, pruner, t0, trained, acc_before_retrain=pre["acc"], **more)
         ctx.save(ctx.paths.stage(self.name), model, pruner.masks, opt, extra=record,
                  method_state=pruner.method.state_tensors())
 

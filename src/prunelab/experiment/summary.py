@@ -32,7 +32,7 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
     dense_flops = count_flops(ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE)), shape, r.device, dt)
     # the dense stage's model was trained, or loaded trained (a local Hugging Face folder): report it; otherwise
     # (train.epochs 0 from a random init) the run trained sparse from scratch and has no dense accuracy
-    dense_known = r.train.epochs > 0 or (r.model.name.startswith("hf:") and is_local(r.model.name[3:]))
+    dense_known = r.train.trains or (r.model.name.startswith("hf:") and is_local(r.model.name[3:]))
     summary = {
         "recipe": r.name, "run_dir": str(ctx.paths.root), "seed": r.seed,
         "method": r.prune.method if r.prune else None,
@@ -44,7 +44,8 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
         "flops_dense": dense_flops["dense"], "flops_nonzero": flops["nonzero"],
         "wall_seconds": sum(s.get("seconds", 0.0) for s in states.values()),
         "stages": [{"stage": n, "test_acc": s["test_acc"], "sparsity": s.get("sparsity", 0.0),
-                    "acc_before_retrain": s.get("acc_before_retrain"), "seconds": s["seconds"]}
+                    "acc_before_retrain": s.get("acc_before_retrain"), "seconds": s["seconds"],
+                    **{k: s[k] for k in ("steps", "tokens", "samples", "test_ppl") if k in s}}
                    for n, s in states.items()],
     }
     if ctx.data.task == "causal_lm":  # accuracy is next-token accuracy; perplexity on the held-out stream

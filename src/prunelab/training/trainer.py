@@ -49,12 +49,15 @@ def bn_l1_step(model: nn.Module, s: float) -> None:
 
 
 class Trainer:
-    """Trains ``model`` for ``cfg.epochs`` epochs; see the module docstring for hooks."""
+    """Trains ``model`` for ``cfg.epochs`` epochs, or for its budget of steps or training targets (see
+    :mod:`prunelab.training.optim`); see the module docstring for hooks. ``steps`` and ``targets`` count what
+    it has done (targets: tokens of a language model, samples of a classifier, over ``world`` processes)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg: OptimConfig, train_loader: Any,
                  test_loader: Any = None, pruner: Any = None, hooks: list | None = None,
                  metrics_path: str | Path | None = None, progress: bool = True, device: str = "cpu",
-                 stage: str = "train", loss_fn: Any = None, task: str | Classification | None = None) -> None:
+                 stage: str = "train", loss_fn: Any = None, task: str | Classification | None = None,
+                 world: int = 1) -> None:
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.train_loader, self.test_loader = train_loader, test_loader
         self.pruner, self.hooks = pruner, list(hooks or [])
@@ -65,6 +68,9 @@ class Trainer:
         # a loss that needs the inputs too (distillation runs the teacher on them) says so; read once, not per step
         self._loss_takes_inputs = bool(getattr(self.loss_fn, "takes_inputs", False))
         self.global_step = 0
+        self.targets = 0  # training targets seen (all processes: each sees an equal shard)
+        self.world = world
+        self.total_steps: int | None = cfg.max_steps  # a token budget's is known at its first batch
         self.history: list[dict] = []
 
     def _call(self, event: str, *args: Any) -> None:
@@ -73,19 +79,35 @@ class Trainer:
             if fn is not None:
                 fn(self, *args)
 
+    def spent(self) -> bool:
+        """The budget is used up (never, without one: epochs bound the training then)."""
+        if self.cfg.max_steps is not None:
+            return self.global_step >= self.cfg.max_steps
+        return self.cfg.train_tokens is not None and self.targets >= self.cfg.train_tokens
+
     def fit(self, start_epoch: int = 0) -> list[dict]:
-        """Run epochs ``start_epoch .. cfg.epochs - 1``; returns one metrics dict per epoch."""
+        """Run epochs ``start_epoch .. cfg.epochs - 1``, or until the budget is spent (the last epoch then ends
+        early); returns one metrics dict per epoch."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("{task.fields[info]}")]
         with Progress(*columns, disable=not self.progress, transient=True) as bar:
-            for epoch in range(start_epoch, self.cfg.epochs):
-                task = bar.add_task(f"{self.stage} epoch {epoch + 1}/{self.cfg.epochs}",
-                                    total=len(self.train_loader), info="")
+            epoch = start_epoch
+            while (not self.spent()) if self.cfg.budget else epoch < self.cfg.epochs:
+                of = "" if self.cfg.budget else f"/{self.cfg.epochs}"
+                task = bar.add_task(f"{self.stage} epoch {epoch + 1}{of}", total=len(self.train_loader), info="")
                 self.history.append(self._epoch(epoch, lambda info: bar.update(task, advance=1, info=info)))
                 bar.remove_task(task)
+                epoch += 1
         return self.history
+
+    def _budget_lr(self, n: int) -> float:
+        """Under a budget: the rate at this step's fractional epoch over the budget's length (module optim)."""
+        per_epoch = max(len(self.train_loader), 1)
+        if self.total_steps is None:  # a token budget, in steps of this first batch's size
+            self.total_steps = max(1, math.ceil(self.cfg.train_tokens / (n * self.world)))
+        return lr_at(self.cfg, self.global_step / per_epoch, self.total_steps / per_epoch, 1 / per_epoch)
 
     def _epoch(self, epoch: int, tick) -> dict:
         t0 = time.perf_counter()
@@ -99,7 +121,12 @@ class Trainer:
         self.model.train()
         seen, correct, loss_sum = 0, 0, 0.0
         for x, y in self.train_loader:
+            if self.spent():
+                break
             x, y = x.to(self.device), y.to(self.device)
+            if self.cfg.budget:
+                lr = self._budget_lr(self.task.count(y))
+                set_lr(self.optimizer, lr)
             self.optimizer.zero_grad(set_to_none=True)
             out = self.model(x)
             loss = self.loss_fn(x, out, y) if self._loss_takes_inputs else self.loss_fn(out, y)
@@ -114,6 +141,7 @@ class Trainer:
                 self.pruner.step(self.optimizer)
             self.global_step += 1
             n, loss_value = self.task.count(y), loss.item()
+            self.targets += n * self.world
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(f"training diverged in stage {self.stage}, epoch {epoch + 1} (loss "
                                        f"{loss_value}); lower the learning rate (lr={lr:g})")
@@ -126,7 +154,7 @@ class Trainer:
                 info += f" sparsity {self.pruner.masks.sparsity():.3f}"
             tick(info)
         metrics = {"stage": self.stage, "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
-                   "train_acc": correct / max(seen, 1)}
+                   "train_acc": correct / max(seen, 1), "steps": self.global_step, "targets": self.targets}
         if self.test_loader is not None:
             ev = evaluate(self.model, self.test_loader, self.device, self.task)
             metrics.update({f"test_{k}": v for k, v in ev.items()})
