@@ -53,6 +53,52 @@ def test_bad_settings_are_one_sentence(kw, match):
         Distillation(**{"teacher": nn.Linear(2, 2), **kw})
 
 
+def _mlp(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def test_the_hidden_state_term_by_hand_leaves_removed_channels_out():
+    teacher, student = _mlp(0), _mlp(1)
+    with torch.no_grad():  # channel 2 of the student's hidden layer removed, as a width-pruned student has it
+        student[0].weight[2] = 0
+        student[0].bias[2] = 0
+    d = Distillation(teacher, alpha=1.0, temperature=1.0, hidden=["0"], hidden_weight=0.5, student=student)
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 1])
+    out = student(x)
+    with torch.no_grad():
+        hs, ht = student[0](x), teacher[0](x)
+        zt = teacher(x)
+    keep = [0, 1, 3]
+    mse = ((hs[:, keep] - ht[:, keep]) ** 2).sum() / (ht[:, keep] ** 2).sum()
+    kl = F.kl_div(out.log_softmax(-1), zt.log_softmax(-1), reduction="batchmean", log_target=True)
+    loss = d(x, out, y)
+    assert loss.item() == pytest.approx((kl + 0.5 * mse).item(), rel=1e-5)
+    loss.backward()
+    assert student[0].weight.grad is not None and all(p.grad is None for p in teacher.parameters())
+    student.eval()
+    student(x)  # an evaluation of the student catches nothing
+    assert not d._caught["student"]
+    d.close()
+    student.train()
+    student(x)
+    assert not d._caught["student"]  # hooks removed
+
+
+def test_hidden_layers_by_glob_and_bad_ones_in_one_sentence():
+    teacher, student = _mlp(0), _mlp(1)
+    assert Distillation(teacher, hidden=["*"], student=student).layers == ["0", "1", "2"]
+    with pytest.raises(ConfigError, match="'model.layers.9' names no module of the model; some of its modules: 0, 1"):
+        Distillation(teacher, hidden=["model.layers.9"], student=student)
+    with pytest.raises(ConfigError, match="needs the student"):
+        Distillation(teacher, hidden=["0"])
+    narrow = nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 2))
+    d = Distillation(teacher, hidden=["0"], student=narrow)
+    x = torch.randn(2, 3)
+    with pytest.raises(ConfigError, match="distil the masked model"):
+        d(x, narrow(x), torch.tensor([0, 1]))
+
+
 def test_a_recipe_recovers_by_distillation(tmp_path):
     pytest.importorskip("transformers")
     from prunelab.cli import main
@@ -60,16 +106,22 @@ def test_a_recipe_recovers_by_distillation(tmp_path):
     over = ["model.kwargs={num_hidden_layers: 2, hidden_size: 32, intermediate_size: 48, num_attention_heads: 4, "
             "num_key_value_heads: 2, max_position_embeddings: 16}", "data.seq_len=16", "data.train_tokens=4000",
             "data.eval_tokens=2000", "data.calibration_tokens=2000", "train.epochs=1",
-            "prune.method.criterion.samples=16", "prune.retrain.epochs=1", "prune.distill={alpha: 0.5, temperature: 2}",
-            "prune.controls=[scratch_e]"]
+            "prune.method.criterion.samples=16", "prune.retrain.train_tokens=1000",
+            "prune.distill={alpha: 0.5, temperature: 2, hidden: ['model.layers.*']}",
+            "prune.controls=[scratch_e, scratch_b]", "train.train_tokens=2000"]
     assert main(["run", "llama_pystdlib_units", *over, "--runs-dir", str(tmp_path), "--no-progress"]) == 0
     run = next(p for p in tmp_path.iterdir() if p.name.startswith("llama_pystdlib_units"))
     state = json.loads((run / "stages" / "round_01" / "state.json").read_text())
-    assert state["distill"] == {"alpha": 0.5, "temperature": 2.0}
+    assert state["distill"] == {"alpha": 0.5, "temperature": 2.0, "hidden": ["model.layers.*"], "hidden_weight": 1.0}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["shrunk"]["config"]["intermediate_size"] == 24  # the recovered model still shrinks
-    scratch = summary["controls"]["scratch_e"]  # the shrunk architecture from transformers' own init
-    assert 1 < scratch["test_ppl"] < 256 and scratch["epochs"] == 1
+    # token budgets: batches of 32 windows x 16 tokens = 512 tokens a step, so 2000 -> 4 steps, 1000 -> 2
+    assert [(r["stage"], r["steps"], r["tokens"]) for r in summary["stages"]] == [("dense", 4, 2048),
+                                                                                  ("round_01", 2, 1024)]
+    scratch, longer = summary["controls"]["scratch_e"], summary["controls"]["scratch_b"]
+    assert 1 < scratch["test_ppl"] < 256 and scratch["tokens"] == 2048  # the dense training's tokens
+    ratio = longer["flops_full"] / longer["flops_pruned"]  # Scratch-B: tokens x the FLOP ratio, whole steps
+    assert longer["tokens"] == 512 * -(-round(2000 * ratio) // 512) and longer["tokens"] > 2048
 
 
 def test_a_fresh_init_of_a_hugging_face_model_is_its_own():

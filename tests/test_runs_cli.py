@@ -79,6 +79,8 @@ def test_recipes_lists_builtins(capsys):
     (["run", "prune.retrain.train_tokens=0"], "prune.retrain.train_tokens: Input should be greater than or equal to 1"),
     (["run", "train.max_steps=0"], "train.max_steps: Input should be greater than or equal to 1"),
     (["run", "train.max_steps=5", "train.train_tokens=100"], "as max_steps or as train_tokens, not both"),
+    (["run", "train.epochs=0", "prune.distill={alpha: 0.5}"], "prune.distill needs a trained dense model"),
+    (["run", "prune.distill={hidden: [fc9]}"], "distillation hidden layer 'fc9' names no module of the model"),
     (["run", "model.name=lenet5", "data.name=pystdlib"], "lenet5 is an image model but data pystdlib is text"),
     (["run", "gpt2_pystdlib_dense", "model.kwargs.n_positions=16", "data.seq_len=32"],
      "data.seq_len 32 is longer than the 16 positions"),

@@ -265,6 +265,16 @@ class RunContext:
         return out
 
 
+    @property
+    def dense_trained(self) -> bool:
+        """The dense stage's model is trained, or loaded trained (a local Hugging Face folder); otherwise
+        (``train.epochs`` 0 from a random init) a run trains sparse from scratch and has no dense model to report
+        or to distil."""
+        from ..models.hf import is_local
+
+        name = self.recipe.model.name
+        return self.recipe.train.trains or (name.startswith("hf:") and is_local(name[3:]))
+
     def seen(self, trained: Trainer) -> dict:
         """``steps`` and ``tokens`` (a language model's predicted tokens) or ``samples`` a training saw."""
         return {"steps": trained.global_step, "tokens" if self.data.task == "causal_lm" else "samples": trained.targets}

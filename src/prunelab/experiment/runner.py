@@ -119,6 +119,16 @@ class Runner:
             if cal is not None and cal.sequential_targets and pruner.needs.calibration is not None:
                 check_named_blocks(model, pruner.params, cal.sequential_targets, ctx.example_inputs(),
                                    pruner.needs.calibration.sequential)
+        distill = ctx.recipe.prune.distill if ctx.recipe.prune is not None else None
+        if distill is not None:
+            if not ctx.dense_trained:
+                raise ConfigError("prune.distill needs a trained dense model to distil from, but train.epochs is 0 "
+                                  "and the model is not loaded from a folder; train it (train.epochs) or remove "
+                                  "prune.distill")
+            if distill.hidden:
+                from ..distill import match_layers
+
+                match_layers(model, distill.hidden)
         ctx.paths.root.mkdir(parents=True, exist_ok=True)
         with RunLock(ctx.paths.root) if ctx.main else nullcontext():  # one process writes a run folder
             return self._run_stages(stages)

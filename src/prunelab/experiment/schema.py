@@ -87,6 +87,8 @@ class DistillConfig(_Strict):
 
     alpha: float = Field(0.5, ge=0, le=1)  # weight of the soft (teacher) term; 1 - alpha: the task loss
     temperature: float = Field(2.0, gt=0, le=1000)
+    hidden: list[str] | None = Field(None, min_length=1)  # module names or globs whose outputs are matched too
+    hidden_weight: float = Field(1.0, ge=0, le=1e6)
 
 
 class PruneConfig(_Strict):

@@ -144,9 +144,12 @@ class _Pruning(Stage):
             from ..distill import Distillation
 
             teacher = ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE)).to(ctx.recipe.device)
-            loss_fn = Distillation(teacher, distill.alpha, distill.temperature, ctx.data.task)
+            loss_fn = Distillation(teacher, distill.alpha, distill.temperature, ctx.data.task, distill.hidden,
+                                   distill.hidden_weight, student=model)
         trained = ctx.trainer(model, opt, cfg, pruner, self.name, loss_fn=loss_fn)
         trained.fit()
+        if loss_fn is not None:
+            loss_fn.close()
         check_same(pruner.masks, f"training in {self.name}")
         more = {"distill": distill.model_dump()} if loss_fn is not None else {}
         record = ctx.stage_record(model, pruner, t0, trained, acc_before_retrain=pre["acc"], **more)

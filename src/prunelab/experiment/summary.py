@@ -4,7 +4,6 @@ from __future__ import annotations
 from ..analysis import count_flops, count_params
 from ..export import compact_bytes
 from ..data.text import describe as describe_text
-from ..models.hf import is_local
 from ..io import atomic_write_json, atomic_write_text
 from .records import seal
 from ..structure import structure_for
@@ -30,9 +29,7 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
     dt = ctx.data.input_dtype
     flops = count_flops(model, shape, r.device, dt)
     dense_flops = count_flops(ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE)), shape, r.device, dt)
-    # the dense stage's model was trained, or loaded trained (a local Hugging Face folder): report it; otherwise
-    # (train.epochs 0 from a random init) the run trained sparse from scratch and has no dense accuracy
-    dense_known = r.train.trains or (r.model.name.startswith("hf:") and is_local(r.model.name[3:]))
+    dense_known = ctx.dense_trained
     summary = {
         "recipe": r.name, "run_dir": str(ctx.paths.root), "seed": r.seed,
         "method": r.prune.method if r.prune else None,
