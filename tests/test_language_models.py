@@ -121,9 +121,11 @@ def test_a_language_model_recipe_end_to_end(tmp_path):
     assert [r["artifact"] for r in bench["rows"]][:2] == ["unpruned", "dense with zeros"]
     with pytest.raises(ConfigError, match="adversarial attacks need an image classifier"):
         attack_run(tmp_path / "run", [0.1], ["fgsm"])
-    from prunelab.experiment.compare import compare_runs, heading
+    from prunelab.experiment.compare import compare_runs, heading, table_lines
 
-    assert heading(compare_runs([tmp_path / "run"])).startswith("Next-token accuracy %")
+    rows = compare_runs([tmp_path / "run"])
+    assert heading(rows).startswith("Held-out perplexity (lower is better)")
+    assert f"{s['dense_ppl']:.2f} +- 0.00 | {s['pruned_ppl']:.2f} +- 0.00" in table_lines(rows)[0][2]
 
 
 def test_without_transformers_a_clear_error(monkeypatch):

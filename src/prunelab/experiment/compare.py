@@ -1,8 +1,10 @@
 """Comparing finished runs: the Rethinking-style table, one row per setting, mean +- std over seeds.
 
 Runs whose recipes differ only in ``seed`` form one setting. Columns: Unpruned (dense stage), Fine-tuned (the
-pruning stages' final accuracy), then every control the runs have (Scratch-E, Scratch-B, lottery reset,
-guided), plus the pruned model's size. ``compare_runs`` returns rows; ``write_table`` writes markdown and CSV.
+pruning stages' final model), then every control the runs have (Scratch-E, Scratch-B, lottery reset,
+guided), plus the pruned model's size. A classifier's cells are top-1 accuracy; a language model's are its
+held-out perplexity (the comparison the Rethinking table makes for them; next-token accuracy is in the CSV).
+``compare_runs`` returns rows; ``write_table`` writes markdown and CSV.
 """
 from __future__ import annotations
 
@@ -69,6 +71,8 @@ def compare_runs(run_dirs: list[str | Path]) -> list[dict]:
         run = {"seed": s["seed"], "task": s.get("task", "classification"), "dense_acc": s.get("dense_acc"),
                "finetune": s.get("pruned_acc"),
                **{c: controls[c]["test_acc"] if c in controls else None for c, _ in COLUMNS[2:]},
+               "ppl": {"dense_acc": s.get("dense_ppl"), "finetune": s.get("pruned_ppl"),
+                       **{c: controls[c].get("test_ppl") for c, _ in COLUMNS[2:] if c in controls}},
                "params": sh["params"] if sh else s["params_nonzero"],
                "flops": sh["flops"] if sh else s["flops_nonzero"]}
         group = groups.setdefault(key, {"setting": label, "runs": [], "dirs": {}})
@@ -82,15 +86,22 @@ def compare_runs(run_dirs: list[str | Path]) -> list[dict]:
     return list(groups.values())
 
 
+def _lm(row: dict) -> bool:
+    return all(r["task"] == "causal_lm" for r in row["runs"])
+
+
 def heading(rows: list[dict]) -> str:
-    """What the tables' accuracies are: top-1, or next-token accuracy for language models."""
-    tasks = {r["task"] for row in rows for r in row["runs"]}
-    what = {"causal_lm": "Next-token accuracy %"}.get(tasks.pop(), "Top-1 accuracy %") if len(tasks) == 1 else \
-        "Accuracy % (top-1; next-token for language models)"
+    """What the tables' cells are: top-1 accuracy, or held-out perplexity for language models."""
+    kinds = {_lm(r) for r in rows}
+    what = {frozenset([False]): "Top-1 accuracy %", frozenset([True]): "Held-out perplexity (lower is better)"}.get(
+        frozenset(kinds), "Top-1 accuracy % for classifiers, held-out perplexity (lower is better) for language models")
     return f"{what}, mean +- std over seeds."
 
 
 def _col(row: dict, c: str) -> list[float]:
+    """The row's values of column ``c``: perplexities of a language model's runs, accuracies otherwise."""
+    if _lm(row):
+        return [v for r in row["runs"] if (v := r["ppl"].get(c)) is not None]
     return [r[c] for r in row["runs"] if r[c] is not None]
 
 
@@ -100,7 +111,8 @@ def table_lines(rows: list[dict]) -> tuple[list[str], list[str]]:
     lines = ["| setting | seeds | " + " | ".join(h for _, h in cols) + " | params | FLOPs |",
              "|---|---|" + "---|" * len(cols) + "---|---|"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {len(r['runs'])} | " + " | ".join(mean_std(_col(r, c), 100) for c, _ in cols) +
+        scale = 1 if _lm(r) else 100
+        lines.append(f"| {r['setting']} | {len(r['runs'])} | " + " | ".join(mean_std(_col(r, c), scale) for c, _ in cols) +
                      f" | {statistics.mean(x['params'] for x in r['runs']):,.0f} | "
                      f"{statistics.mean(x['flops'] for x in r['runs']):,.0f} |")
     return lines, [h for _, h in cols]
@@ -114,11 +126,11 @@ def write_table(rows: list[dict], out_dir: str | Path) -> list[Path]:
     atomic_write_text(md, heading(rows) + "\n\n" + "\n".join(lines) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["setting", "seed"] + [c for c, _ in COLUMNS] + ["params", "flops"])
+    w.writerow(["setting", "seed"] + [c for c, _ in COLUMNS] + ["params", "flops"] + [f"{c}_ppl" for c, _ in COLUMNS])
     for r in rows:
         for x in r["runs"]:
             w.writerow([r["setting"], x["seed"]] + ["" if x[c] is None else x[c] for c, _ in COLUMNS] +
-                       [x["params"], x["flops"]])
+                       [x["params"], x["flops"]] + ["" if x["ppl"].get(c) is None else x["ppl"][c] for c, _ in COLUMNS])
     path = out / "rethinking.csv"
     atomic_write_text(path, buf.getvalue())
     return [md, path]
