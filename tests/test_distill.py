@@ -99,7 +99,19 @@ def test_hidden_layers_by_glob_and_bad_ones_in_one_sentence():
         d(x, narrow(x), torch.tensor([0, 1]))
 
 
-def test_a_recipe_recovers_by_distillation(tmp_path):
+def test_a_stream_is_recut_at_another_context_length():
+    from prunelab.data.loader import TensorLoader
+    from prunelab.data.text import windows
+    from prunelab.experiment.evaluation import stream_of
+
+    stream = torch.arange(52)
+    x, y = windows(stream, 7)  # 7 windows of 7 + 1 tokens: the stream's first 50 tokens
+    assert torch.equal(stream_of(TensorLoader(x, y, 3)), stream[:50])
+    x4, y4 = windows(stream_of(TensorLoader(x, y, 3)), 4)
+    assert x4[1].tolist() == [4, 5, 6, 7] and y4[1].tolist() == [5, 6, 7, 8]
+
+
+def test_a_recipe_recovers_by_distillation(tmp_path, capsys):
     pytest.importorskip("transformers")
     from prunelab.cli import main
 
@@ -122,6 +134,23 @@ def test_a_recipe_recovers_by_distillation(tmp_path):
     assert 1 < scratch["test_ppl"] < 256 and scratch["tokens"] == 2048  # the dense training's tokens
     ratio = longer["flops_full"] / longer["flops_pruned"]  # Scratch-B: tokens x the FLOP ratio, whole steps
     assert longer["tokens"] == 512 * -(-round(2000 * ratio) // 512) and longer["tokens"] > 2048
+    # perplexity at half the window and at the window (the summary's own figure, on the same windows)
+    at = summary["eval"]["perplexity_at"]
+    assert list(at) == ["8", "16"] and at["16"] == pytest.approx({"dense": summary["dense_ppl"],
+                                                                  "pruned": summary["pruned_ppl"]}, rel=1e-6)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--lengths", "4,16"]) == 0
+    out = capsys.readouterr().out
+    assert f"| 16 | {at['16']['dense']:.4f} | {at['16']['pruned']:.4f} |" in out and "| 4 |" in out
+    assert main(["eval", str(run), "--lengths", "64"]) == 2  # longer than the model's 16 positions
+    assert "context length 64 is longer than the 16 positions" in capsys.readouterr().err
+    assert main(["eval", str(run), "--tasks", "hellaswag"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    import importlib.util
+    if importlib.util.find_spec("lm_eval") is None:
+        assert len(err) == 1 and "lm-eval, which is not installed" in err[0]
+    else:  # installed: the run reads bytes, and lm-eval's tasks are text
+        assert len(err) == 1 and "reads bytes" in err[0]
 
 
 def test_a_fresh_init_of_a_hugging_face_model_is_its_own():

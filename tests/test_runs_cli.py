@@ -48,6 +48,14 @@ def test_summary_contents_and_show(tmp_path, capsys):
     assert main(["show", str(run)]) == 0
     out = capsys.readouterr().out
     assert "per-layer sparsity" in out and "fc1.weight" in out
+    from prunelab.experiment import RunContext
+
+    train = RunContext.from_folder(run).data.train  # what each stage trained on: 2 epochs dense, 1 a round
+    dense, first = s["stages"][0], s["stages"][1]
+    assert (dense["samples"], dense["steps"]) == (2 * train.num_samples, 2 * len(train))
+    assert (first["samples"], first["steps"]) == (train.num_samples, len(train))
+    assert f"{dense['samples']:,} samples ({dense['steps']:,} steps)" in out
+    assert main(["eval", str(run)]) == 2 and "measures language models" in _err_line(capsys)
     # the same recipe again: every stage is skipped
     assert main(["run", *TINY, "--runs-dir", str(tmp_path), "--no-progress"]) == 0
     assert capsys.readouterr().out.count("skipped") == 4

@@ -1,4 +1,4 @@
-"""The ``prunelab`` command line: run recipes, list them, show a run's summary, compare runs.
+"""The ``prunelab`` command line: run recipes, list them, show a run's summary, evaluate and compare runs.
 
 Every user mistake ends with one sentence on stderr and exit status 2, never a traceback. The parser is here;
 the handlers are in :mod:`prunelab.cli.commands` and the tables they print in :mod:`prunelab.cli.render`.
@@ -95,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(Jaccard heatmap, accuracy, structure, stability figures) into this folder")
     c.add_argument("--force", action="store_true", help=FORCE_HELP)
     c.set_defaults(fn=commands.cmd_compare)
+    ev = sub.add_parser("eval", help="a language-model run's held-out perplexity at context lengths, and lm-eval "
+                                     "tasks where lm-eval is installed")
+    ev.add_argument("run_dir", help=RUN_DIR_HELP)
+    ev.add_argument("--lengths", help="comma-separated context lengths in tokens (default: half the run's window "
+                                      "and the window)")
+    ev.add_argument("--tasks", help="comma-separated lm-eval tasks (needs the lm-eval extra and a run trained "
+                                    "with data.tokenizer)")
+    ev.add_argument("--limit", type=_int_in(1, None, "--limit"), help="examples per lm-eval task (default: all)")
+    ev.add_argument("--batch-size", type=_int_in(1, 100_000, "--batch-size"), default=8)
+    ev.add_argument("--data-root", help=DATA_HELP)
+    ev.set_defaults(fn=commands.cmd_eval)
     e = sub.add_parser("export", help="write a run's pruned model as dense, sparse, shrunk, ONNX or a Hugging Face folder")
     e.add_argument("run_dir", help=RUN_DIR_HELP)
     e.add_argument("--format", default="sparse", choices=["dense", "sparse", "shrunk", "onnx", "hf"],

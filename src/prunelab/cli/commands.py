@@ -4,6 +4,7 @@ into one line and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shlex
 import sys
@@ -88,6 +89,42 @@ def cmd_show(args: argparse.Namespace) -> int:
     summary = load_summary(args.run_dir)
     RunContext.open_finished(args.run_dir)  # the summary describes artifacts that are still there, unchanged
     print_summary(summary, console(), layers=True)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Perplexity of a finished language-model run's dense and pruned models at context lengths; lm-eval tasks."""
+    from ..errors import ConfigError
+    from ..experiment import RunContext
+    from ..experiment import paths as run_paths
+    from ..experiment.evaluation import CONVENTION, default_lengths, lm_eval_tasks, perplexity_at
+    from ..experiment.runner import load_final
+
+    if args.tasks and importlib.util.find_spec("lm_eval") is None:  # refused before any work
+        lm_eval_tasks(None, None, [])  # its one sentence
+    try:
+        lengths = [int(v) for v in args.lengths.split(",")] if args.lengths else None
+    except ValueError:
+        raise ConfigError(f"--lengths takes comma-separated whole numbers of tokens, got {args.lengths!r}") from None
+    ctx = RunContext.open_finished(args.run_dir, args.data_root)
+    if ctx.data.task != "causal_lm":
+        raise ConfigError(f"prunelab eval measures language models; {args.run_dir} is a {ctx.data.task} run "
+                          "(its accuracy is in prunelab show)")
+    model, _ = load_final(ctx)
+    models = {"dense": ctx.build_model(checkpoint=ctx.paths.stage(run_paths.DENSE))} if ctx.dense_trained else {}
+    models["pruned"] = model
+    at = perplexity_at(models, ctx.data.test, lengths or default_lengths(ctx.recipe.data.seq_len), ctx.recipe.device)
+    print(f"held-out perplexity ({ctx.data.name}, {CONVENTION}):")
+    print("| context | " + " | ".join(models) + " |\n|---|" + "---|" * len(models))
+    for n, v in at.items():
+        print(f"| {n} | " + " | ".join(f"{v[k]:.4f}" for k in models) + " |")
+    if args.tasks:
+        res = lm_eval_tasks(model, ctx.recipe.data.tokenizer, args.tasks.split(","), args.limit, args.batch_size,
+                            ctx.recipe.device)
+        print("\n| task | metric | pruned |\n|---|---|---|")
+        for task, metrics in res.items():
+            for k, v in metrics.items():
+                print(f"| {task} | {k} | {v:.4f} |")
     return 0
 
 

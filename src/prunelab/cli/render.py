@@ -98,6 +98,11 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
         ev = s.get("eval") or {}
         where = f" ({ev.get('data')}, held-out, {ev.get('tokens', 0):,} tokens, windows of {ev.get('seq_len')})"
         rows += [("dense perplexity" + where, _fmt(s.get("dense_ppl"))), ("pruned perplexity", _fmt(s.get("pruned_ppl")))]
+        at = ev.get("perplexity_at") or {}
+        if at:  # the same stream at each context length, stride = length (evaluation.CONVENTION)
+            rows.append((f"perplexity at {' / '.join(at)} tokens of context",
+                         "; ".join(f"{name} " + " / ".join(_fmt(at[n].get(name)) for n in at)
+                                   for name in ("dense", "pruned") if any(name in v for v in at.values()))))
     sh = s.get("shrunk")
     if "sparsity_prunable" in s:
         masks_only = " in the masks; the shrunk model also drops what removed channels fed (below)" if sh else ""

@@ -11,6 +11,7 @@ from ..targets import accounting
 from . import paths
 from .checkpoint import load_checkpoint
 from .context import RunContext
+from .evaluation import CONVENTION, default_lengths, perplexity_at
 from .records import StateRecord, SummaryRecord, read_record, validated
 from .stages import Stage
 
@@ -28,7 +29,8 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
     params = count_params(model)
     dt = ctx.data.input_dtype
     flops = count_flops(model, shape, r.device, dt)
-    dense_flops = count_flops(ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE)), shape, r.device, dt)
+    dense_model = ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE))
+    dense_flops = count_flops(dense_model, shape, r.device, dt)
     dense_known = ctx.dense_trained
     summary = {
         "recipe": r.name, "run_dir": str(ctx.paths.root), "seed": r.seed,
@@ -48,8 +50,12 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
     if ctx.data.task == "causal_lm":  # accuracy is next-token accuracy; perplexity on the held-out stream
         summary["dense_ppl"] = states[paths.DENSE].get("test_ppl") if dense_known else None
         summary["pruned_ppl"] = states[final].get("test_ppl") if r.prune else None
+        models = {"dense": dense_model} if dense_known else {}
+        models.update({"pruned": model} if r.prune else {})
         summary["eval"] = {"data": describe_text(ctx.data.name), "seq_len": r.data.seq_len, "stride": r.data.seq_len,
-                           "tokens": sum(y.numel() for _, y in ctx.data.test)}
+                           "tokens": sum(y.numel() for _, y in ctx.data.test), "convention": CONVENTION,
+                           "perplexity_at": perplexity_at(models, ctx.data.test, default_lengths(r.data.seq_len),
+                                                          r.device)}
     summary["bytes_dense_file"] = (ctx.paths.stage(final) / paths.MODEL).stat().st_size
     if masks is not None:
         compact, formats = compact_bytes(model, masks)
