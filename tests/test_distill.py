@@ -53,6 +53,25 @@ def test_bad_settings_are_one_sentence(kw, match):
         Distillation(**{"teacher": nn.Linear(2, 2), **kw})
 
 
+def test_zeros_survive_distillation_steps_with_adamw():
+    from prunelab import Pruner
+    from prunelab.training import OptimConfig, Trainer, build_optimizer
+
+    teacher, student = _mlp(0), _mlp(1)
+    p = Pruner(student, "magnitude", sparsity=0.5, schedule="manual")
+    p.prune(0.5)
+    zero = {n: m == 0 for n, m in p.masks.items()}
+    cfg = OptimConfig(max_steps=6, optimizer="adamw", lr=0.05, weight_decay=0.1)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(8, 3, generator=g), torch.randint(0, 2, (8,), generator=g)) for _ in range(3)]
+    before = {n: q.detach().clone() for n, q in student.named_parameters()}
+    Trainer(student, build_optimizer(student, cfg), cfg, batches, pruner=p, progress=False,
+            loss_fn=Distillation(teacher, 0.7, 2.0, hidden=["0"], student=student)).fit()
+    params = dict(student.named_parameters())
+    assert all(bool((params[n][z] == 0).all()) for n, z in zero.items())
+    assert any(not torch.equal(params[n][~z], before[n][~z]) for n, z in zero.items())  # it did train
+
+
 def _mlp(seed):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -124,6 +143,10 @@ def test_a_recipe_recovers_by_distillation(tmp_path, capsys):
     assert main(["run", "llama_pystdlib_units", *over, "--runs-dir", str(tmp_path), "--no-progress"]) == 0
     run = next(p for p in tmp_path.iterdir() if p.name.startswith("llama_pystdlib_units"))
     state = json.loads((run / "stages" / "round_01" / "state.json").read_text())
+    # the teacher is read from the dense stage, not saved again: the round holds one model of the dense size
+    weights = {f.name: f.stat().st_size for f in (run / "stages" / "round_01").iterdir()}
+    assert weights["model.safetensors"] == (run / "stages" / "dense" / "model.safetensors").stat().st_size
+    assert not [n for n in weights if "teacher" in n]
     assert state["distill"] == {"alpha": 0.5, "temperature": 2.0, "hidden": ["model.layers.*"], "hidden_weight": 1.0}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["shrunk"]["config"]["intermediate_size"] == 24  # the recovered model still shrinks
