@@ -55,24 +55,30 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
         ok = False
         hinv = torch.eye(cols, dtype=dtype, device=w.device)
     pruned = torch.zeros_like(w, dtype=torch.bool) if keep is None else ~keep
+    done = 0  # entries pruned so far (per row with per_row): a block's count is its cumulative share minus these
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         w1, h1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
         q1, err1 = torch.zeros_like(w1), torch.zeros_like(w1)
         if keep is None and not n:
             score = w1.square() / torch.diag(h1).square()[None]
+            # dead columns are pruned first and count towards the budget, so a block holding more of them than its
+            # share makes the later blocks prune fewer: the layer's count stays exact (at least its dead entries)
+            dead_b = dead[i1:i2]
+            score[:, dead_b] = -math.inf
             # the layer's count, rounded once (nearest, halves up) and shared out over the blocks by cumulative
             # rounding, so the whole layer meets the engine's rounding rule rather than a floor per block
             if per_row:  # the same count in every row of the block
-                k = _share(sparsity, cols, i1, i2)
+                k = max(_share(sparsity, cols, 0, i2) - done, int(dead_b.sum()))
                 if k:
                     idx = score.topk(k, dim=1, largest=False).indices
                     pruned[:, i1:i2] = torch.zeros_like(score, dtype=torch.bool).scatter_(1, idx, True)
             else:
-                k = _share(sparsity, rows * cols, rows * i1, rows * i2)
+                k = max(_share(sparsity, rows * cols, 0, rows * i2) - done, rows * int(dead_b.sum()))
                 if k:
                     thresh = score.flatten().kthvalue(k).values
                     pruned[:, i1:i2] = _trim((score <= thresh).contiguous(), score, k)
+            done += k
         for i in range(i2 - i1):
             col = w1[:, i]
             d = h1[i, i]

@@ -1,0 +1,77 @@
+"""Calibrated one-shot methods on Hugging Face families as users load them: transformers' default key-value cache
+on, float32 and bfloat16 weights (every LLM checkpoint), layers wider than SparseGPT's block, tied scores."""
+import pytest
+import torch
+
+from prunelab import Pruner
+from prunelab.reconstruction import sparsegpt
+
+transformers = pytest.importorskip("transformers")
+
+KINDS = ("llama", "mistral", "qwen2", "gemma2", "phi3", "mixtral", "gpt2", "gpt_neox")
+
+
+def _model(kind: str, cache: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        config = transformers.GPT2Config(vocab_size=48, n_embd=32, n_head=4, n_layer=2, n_positions=32)
+    elif kind == "gpt_neox":
+        config = transformers.GPTNeoXConfig(vocab_size=48, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                                            num_hidden_layers=2, max_position_embeddings=32)
+    else:
+        kw = {"num_local_experts": 4, "num_experts_per_tok": 2} if kind == "mixtral" else {}
+        if kind in ("phi3", "gemma2"):
+            kw.update(pad_token_id=0, bos_token_id=1, eos_token_id=2, head_dim=8)
+        config = transformers.AutoConfig.for_model(kind, vocab_size=48, hidden_size=32, intermediate_size=48,
+                                                   num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                                                   **kw)
+    config.use_cache = cache
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def _prune(model, method: str):
+    x = torch.randint(0, 48, (4, 12), generator=torch.Generator().manual_seed(1))
+    p = Pruner(model, {"name": method, "samples": 4, **({"blocksize": 16} if method == "sparsegpt" else {})},
+               sparsity=0.5, schedule="manual")
+    p.calibrate([(x, x)], samples=4)
+    p.prune(0.5)
+    return p, x
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_cache_on_changes_nothing_and_bfloat16_reaches_the_budget(kind):
+    """With the cache on (transformers' default) SparseGPT decides what it decides with it off; in bfloat16 it
+    and Wanda reach 50 % of every target, the weights stay bfloat16, the model still runs."""
+    off, _ = _prune(_model(kind, False), "sparsegpt")
+    on_model = _model(kind, True)
+    on, x = _prune(on_model, "sparsegpt")
+    assert all(torch.equal(on.masks[n], off.masks[n]) for n in off.masks)
+    assert all(torch.equal(on.params[n], off.params[n]) for n in off.masks)
+    assert on_model.config.use_cache is True  # the user's setting is given back
+    for method in ("sparsegpt", "wanda"):
+        model = _model(kind, True).to(torch.bfloat16)
+        p, x = _prune(model, method)
+        for name, mask in p.masks.items():
+            assert abs(1 - mask.float().mean().item() - 0.5) <= 1 / mask.numel() + 1e-9, (method, name)
+            assert p.params[name].dtype == torch.bfloat16 and bool((p.params[name][~mask] == 0).all())
+        with torch.no_grad():
+            assert torch.isfinite(model(x).logits.float()).all()
+
+
+def test_tied_scores_dead_columns_and_an_all_zero_block_are_exact():
+    """Ties at the threshold (equal weights, bfloat16's coarse values), columns no input reached and a block of
+    zero weights: every block prunes its exact share, ties broken by position, never a dead column kept."""
+    h = torch.eye(300)
+    _, keep, _ = sparsegpt(torch.ones(4, 300, dtype=torch.bfloat16), h, 0.5, blocksize=64)
+    assert int(keep.sum()) == 600 and keep.dtype == torch.bool
+    # within each block the surplus of ties is kept at the highest (row-major) positions: the last two rows
+    assert not bool(keep[:2, :64].any()) and bool(keep[2:, :64].all())
+    w = torch.randn(4, 300)
+    w[:, 64:128] = 0  # an all-zero block
+    dead = torch.eye(300)
+    dead[5:50, 5:50] = 0  # columns 5..49 never reached by an input
+    nw, keep, ok = sparsegpt(w, dead, 0.5, blocksize=64)
+    assert ok and int(keep.sum()) == 600 and not bool(keep[:, 5:50].any()) and bool((nw[~keep] == 0).all())
+    low = torch.randn(6, 200).to(torch.bfloat16)
+    nw, keep, _ = sparsegpt(low, torch.eye(200), 0.5, blocksize=32)
+    assert nw.dtype == torch.bfloat16 and int(keep.sum()) == 600
