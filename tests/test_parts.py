@@ -93,7 +93,36 @@ def test_global_allocation_exact():
     a = _layer("a", 4, torch.tensor([[9.0, 1.0, 8.0, 2.0]]))
     b = _layer("b", 4, torch.tensor([[7.0, 3.0, 0.5, 0.1]]))
     assert ALLOCATIONS.build("global").keep_counts([a, b], 0.5, 0.5) == {"a": 2, "b": 2}
-    assert ALLOCATIONS.build("global").keep_counts([a, b], 0.75, 0.75) == {"a": 2, "b": 0}
+    # one threshold would empty b: by default its best element is kept, within the same budget
+    assert ALLOCATIONS.build("global").keep_counts([a, b], 0.75, 0.75) == {"a": 1, "b": 1}
+    a = _layer("a", 4, torch.tensor([[9.0, 1.0, 8.0, 2.0]]))
+    b = _layer("b", 4, torch.tensor([[7.0, 3.0, 0.5, 0.1]]))
+    assert ALLOCATIONS.build({"name": "global", "floor": "none"}).keep_counts([a, b], 0.75, 0.75) == {"a": 2, "b": 0}
+
+
+def test_global_floor_keeps_every_output_row():
+    """A classifier whose rows all score below the other layer's: each row keeps its best weight, the rest of
+    the budget goes by the threshold, and the selector then keeps exactly those."""
+    from prunelab import Pruner
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.Linear(30, 3))
+    with torch.no_grad():
+        model[1].weight.mul_(1e-3)  # every classifier weight below every first-layer weight
+        model[1].weight[1, 5] = 2e-3  # row 1's best
+    import copy
+
+    same = copy.deepcopy(model)
+    p = Pruner(model, {"name": "magnitude", "allocation": "global"}, sparsity=0.9, schedule="manual")
+    p.prune(0.9)
+    cls = p.masks["1.weight"]
+    assert cls.sum(1).tolist() == [1, 1, 1] and bool(cls[1, 5])
+    assert p.masks.nonzero() == round(0.1 * p.masks.numel())  # the budget unchanged
+    assert p.masks["0.weight"].sum(1).min() >= 1  # and no row of the first layer emptied either
+    bare = Pruner(same, {"name": "magnitude", "allocation": {"name": "global", "floor": "none"}}, sparsity=0.9,
+                  schedule="manual")
+    bare.prune(0.9)
+    assert int(bare.masks["1.weight"].sum()) == 0  # what the floor prevents
 
 
 def test_erk_and_explicit():

@@ -224,3 +224,13 @@ def test_a_closed_pipe_is_not_a_traceback(monkeypatch):
             out.close()
         except OSError:
             pass
+
+
+def test_a_layer_pruned_past_99_percent_is_named(tmp_path, capsys):
+    over = ["train.epochs=1", "prune.schedule.name=oneshot", "prune.retrain.epochs=0", "prune.sparsity=0.5",
+            "prune.method={name: magnitude, allocation: {name: explicit, sparsities: {fc3.weight: 0.995}, "
+            "default: 0.5}}"]
+    s = Runner(load_recipe("quickstart", over), tmp_path / "r", progress=False, log=lambda m: None).run()
+    assert s["nearly_empty"] == [{"name": "fc3.weight", "sparsity": pytest.approx(0.995)}]
+    assert main(["show", str(tmp_path / "r")]) == 0
+    assert "layers pruned past 99 % (the model is cut there)" in capsys.readouterr().out

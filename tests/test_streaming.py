@@ -79,3 +79,19 @@ def test_true_positions_is_nonzero(n):
     buf = torch.empty(n, dtype=torch.bool)
     buf.copy_(flags)
     assert torch.equal(_true_positions(buf), flags.nonzero().squeeze(1))
+
+
+def test_a_streamed_pass_keeps_the_floor():
+    """Above the streaming size a pass that would empty a classifier's rows falls back to the general path,
+    which keeps every row's best weight: the same masks as the general path on the same scores."""
+    from prunelab import Pruner
+    from prunelab.topk import SMALL
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1024, SMALL // 1024 + 8), torch.nn.Linear(SMALL // 1024 + 8, 4))
+    with torch.no_grad():
+        model[1].weight.mul_(1e-4)
+    p = Pruner(model, {"name": "magnitude", "allocation": "global"}, sparsity=0.99, schedule="manual")
+    p.prune(0.99)
+    assert p.masks["1.weight"].sum(1).tolist() == [1, 1, 1, 1]
+    assert bool(p.masks["0.weight"].any(1).all())

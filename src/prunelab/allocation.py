@@ -78,15 +78,25 @@ class Global(Allocation):
     ``unit="groups"``: the budget counts groups instead and ranks them by their own score, not per element
     (Network Slimming's "prune 70% of the channels" by one threshold on |gamma|); ``min_keep`` then keeps at
     least that many groups in every tensor.
+
+    ``floor`` (unit "elements"): one threshold can empty whole layers, a classifier's whole output (the logits
+    then the same for every input); ``"rows"`` (default) keeps the best-scoring alive element of every output
+    row of an element-wise tensor, and at least one group of any other, so no layer and no output unit is
+    emptied; ``"layer"`` only the latter; ``"none"`` lets the threshold fall where it falls. The floor changes
+    nothing but the rows that would be emptied (a row's best element is below the threshold only when all of
+    it is): their best element is scored as the highest score of the call, inside the same budget.
     """
 
     needs_scores = True
     unit: str = "elements"
     min_keep: int = 0  # with unit "groups": never keep fewer groups in a tensor (a layer emptied cuts the model)
+    floor: str = "rows"
 
     def __post_init__(self):
         if self.unit not in ("elements", "groups"):
             raise ConfigError(f"global allocation unit must be 'elements' or 'groups', got {self.unit!r}")
+        if self.floor not in ("rows", "layer", "none"):
+            raise ConfigError(f"global allocation floor must be 'rows', 'layer' or 'none', got {self.floor!r}")
         if self.min_keep < 0 or (self.min_keep and self.unit != "groups"):
             raise ConfigError("global allocation min_keep must be >= 0 and needs unit: groups")
 
@@ -98,6 +108,10 @@ class Global(Allocation):
             counts, _ = topk_counts([l.scores.reshape(-1) for l in layers], k)
             # the floor may keep a few groups more than the budget; it only acts where a tensor would be emptied
             return {l.name: max(c, min(self.min_keep, l.blocks * l.groups)) for l, c in zip(layers, counts)}
+        floor = self._raise_floor(layers) if self.floor != "none" else {}
+        return {n: max(c, floor.get(n, 0)) for n, c in self._element_counts(layers, sparsity).items()}
+
+    def _element_counts(self, layers, sparsity):
         total = sum(l.numel for l in layers)
         k_elems = round_keep(1 - sparsity, total)
         if all(l.group_size == 1 for l in layers):
@@ -116,6 +130,28 @@ class Global(Allocation):
         kept_owner = owner[order[:take]]
         counts = torch.bincount(kept_owner, minlength=len(layers))
         return {l.name: int(counts[i]) for i, l in enumerate(layers)}
+
+    def _raise_floor(self, layers: list[LayerGroups]) -> dict[str, int]:
+        """{tensor: groups the floor keeps}; a budget smaller than the floor is exceeded by the difference."""
+        top = _top_of(layers)
+        return {} if top is None else {l.name: _floor_rows(l, self.floor == "rows", top) for l in layers}
+
+
+def _top_of(layers: list[LayerGroups]) -> float | None:
+    finite = [t.max() for l in layers if (t := l.scores[torch.isfinite(l.scores)]).numel()]
+    return float(torch.stack(finite).max()) if finite else None
+
+
+def _floor_rows(layer: LayerGroups, rows: bool, top: float) -> int:
+    """Score the best alive element of each output row (``rows``, element-wise tensors) or the best alive group
+    of the tensor as ``top``, in place (see :class:`Global`); returns how many it raised."""
+    gs = layer.scores
+    by_row = rows and len(layer.shape) >= 2 and layer.group_size == 1 and layer.blocks == 1
+    view = gs.reshape(layer.shape[0], -1) if by_row else gs.reshape(1, -1)
+    best = view.max(dim=1)
+    alive = torch.isfinite(best.values)
+    view[alive.nonzero().flatten(), best.indices[alive]] = top
+    return int(alive.sum())
 
 
 @ALLOCATIONS.register("erk")

@@ -276,7 +276,7 @@ class Pruner:
         masks, dense = Masks({n: self.masks[n] for n in params}), self._dense & set(params)
         steps = m.granularity_.steps(sparsity, self.schedule.sparsity)
         if can_stream(m, steps, params, self.layouts):  # the same masks, without a copy of the weights
-            new = streamed_masks(m.criterion_, params, masks, dense, steps[0][1])
+            new = streamed_masks(m.criterion_, params, masks, dense, steps[0][1], m.allocation_.floor)
             if new is not None:
                 return Masks(new)
         scores = m.criterion_.scores(params, ctx)

@@ -41,9 +41,10 @@ def can_stream(method, steps: list, params: Mapping[str, Tensor], layouts: Mappi
 
 
 def streamed_masks(criterion, params: Mapping[str, Tensor], masks: Mapping[str, Tensor], dense: set,
-                   sparsity: float) -> dict[str, Tensor] | None:
+                   sparsity: float, floor: str = "none") -> dict[str, Tensor] | None:
     """The new masks of one global element-wise pass at ``sparsity``, or None when the streamed search
-    gives up (the caller then takes the general path). Pruned weights stay pruned (masks nest)."""
+    gives up or the result empties what the allocation's ``floor`` keeps (a row, a tensor: the general path,
+    which raises the floor, then decides). Pruned weights stay pruned (masks nest)."""
     total = sum(p.numel() for p in params.values())
     k = round_keep(1 - sparsity, total)  # nothing or everything kept: streamed_topk_masks leaves it to the caller
     with torch.no_grad():
@@ -58,4 +59,14 @@ def streamed_masks(criterion, params: Mapping[str, Tensor], masks: Mapping[str, 
         if name not in dense:
             mask &= masks[name]
         new[name] = mask
+        if floor != "none" and _emptied(mask, masks[name] if name not in dense else None, floor == "rows"):
+            return None
     return new
+
+
+def _emptied(mask: Tensor, before: Tensor | None, rows: bool) -> bool:
+    """Whether ``mask`` empties a row (``rows``, tensors of 2 or more dimensions) or the tensor, that was alive."""
+    if rows and mask.dim() >= 2:
+        had = before.reshape(len(before), -1).any(1) if before is not None else True
+        return bool((had & ~mask.reshape(len(mask), -1).any(1)).any())
+    return bool(mask.numel()) and not bool(mask.any()) and (before is None or bool(before.any()))

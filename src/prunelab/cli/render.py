@@ -116,6 +116,11 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
         if left:
             names = ", ".join(r["name"] for r in left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
             rows.append(("weight matrices not pruned", f"{len(left)} ({sum(r['numel'] for r in left):,} weights): {names}"))
+    empty = s.get("nearly_empty") or []
+    if empty:
+        names = ", ".join(f"{r['name']} ({r['sparsity']:.3f})" for r in empty[:4]) + (
+            f" and {len(empty) - 4} more" if len(empty) > 4 else "")
+        rows.append(("layers pruned past 99 % (the model is cut there)", f"{len(empty)}: {names}"))
     ch = s.get("channels")
     if ch and "units" in ch:  # units of transformer blocks
         for kind, u in ch["units"].items():

@@ -16,6 +16,9 @@ from .records import StateRecord, SummaryRecord, read_record, validated
 from .stages import Stage
 
 
+NEARLY_EMPTY = 0.99  # a tensor pruned past this is named by the summary
+
+
 def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
     """Write the run's concatenated metrics.jsonl and summary.json (last); returns the summary."""
     r = ctx.recipe
@@ -63,6 +66,9 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
         summary.update(prunable_params=masks.numel(), nonzero_prunable=masks.nonzero(),
                        sparsity_prunable=masks.sparsity(), compression_prunable=masks.compression_ratio(),
                        layers=masks.layer_stats(), **accounting(model, masks))
+        # a layer (nearly) emptied cuts the model there: named, not left to be found as a 1.000 in the table
+        summary["nearly_empty"] = [{"name": row["name"], "sparsity": row["sparsity"]} for row in summary["layers"]
+                                   if row["sparsity"] >= NEARLY_EMPTY]
     if masks is not None and ctx.method is not None and ctx.method.channels:
         structure = structure_for(model, masks, ctx.method, ctx.example_inputs())
         summary["channels"] = structure.report(masks, masks)
