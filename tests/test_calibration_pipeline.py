@@ -373,3 +373,45 @@ def test_a_sequential_pipeline_method_needs_a_per_layer_allocation():
     with pytest.raises(ConfigError, match="sequential calibration decides each block on its own, but allocation global"):
         Pruner(_mlp(), {"name": "wanda", "allocation": "global"}, schedule="manual", sparsity=0.5)
     Pruner(_mlp(), {"name": "wanda", "allocation": "global", "sequential": False}, schedule="manual", sparsity=0.5)
+
+
+class _TwoInputs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 3), torch.nn.Linear(5, 3)
+
+    def forward(self, src, tgt):
+        return self.a(src) + self.b(tgt)
+
+
+class _Scaled(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x, scale=None):
+        return self.fc(x) * (1 if scale is None else scale)
+
+
+def test_a_pair_is_read_as_the_model_and_the_caller_say():
+    """Two required inputs: a pair is both (nn.Transformer(src, tgt)); one input: (inputs, targets); a second
+    optional input: one sentence asking, and targets= settles it; a loader says it yields targets."""
+    g = torch.Generator().manual_seed(0)
+    two = _TwoInputs()
+    p = Pruner(two, "wanda", sparsity=0.5, schedule="manual")
+    p.calibrate([(torch.randn(6, 4, generator=g), torch.randn(6, 5, generator=g))])
+    p.prune(0.5)  # both layers reached (else "never reached"): a pair of inputs, not (inputs, targets)
+    assert {n: int(m.sum()) for n, m in p.masks.items()} == {"a.weight": 6, "b.weight": 9}  # half of each row
+    scaled = _Scaled()
+    q = Pruner(scaled, "wanda", sparsity=0.5, schedule="manual")
+    with pytest.raises(ConfigError, match="say what it is, pruner.calibrate\\(batches, targets=True\\)"):
+        q.calibrate([(torch.randn(6, 4), torch.tensor(2.0))])
+    q.calibrate([(torch.randn(6, 4, generator=g), torch.tensor(2.0))], targets=False)  # x and its scale
+    q.prune(0.5)
+    q.calibrate([(torch.randn(6, 4, generator=g), torch.zeros(6))], targets=True)
+    from prunelab.data.loader import TensorLoader
+
+    q.calibrate(TensorLoader(torch.randn(6, 4), torch.zeros(6), 3))  # the loader says: (inputs, targets)
+    one = Pruner(torch.nn.Linear(4, 3), "wanda", sparsity=0.5, schedule="manual")
+    one.calibrate([(torch.randn(6, 4, generator=g), torch.zeros(6))])  # forward(input): a pair is with targets
+    one.prune(0.5)

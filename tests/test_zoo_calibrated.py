@@ -33,7 +33,7 @@ def _prune(model, method: str):
     x = torch.randint(0, 48, (4, 12), generator=torch.Generator().manual_seed(1))
     p = Pruner(model, {"name": method, "samples": 4, **({"blocksize": 16} if method == "sparsegpt" else {})},
                sparsity=0.5, schedule="manual")
-    p.calibrate([(x, x)], samples=4)
+    p.calibrate([(x, x)], samples=4, targets=True)
     p.prune(0.5)
     return p, x
 

@@ -99,9 +99,8 @@ class Pruner:
         self._mul: list[tuple[nn.Parameter, Tensor]] | None = []
         self._dense: set[str] = set(self.params)  # names whose masks are all alive
         self.auto_prune = bool(auto_prune)
-        self._chunks: list | None = None  # the calibration inputs, read once by calibrate()
-        self._options = calibration.Options()
-        self._progress: Callable[[str], None] | None = None
+        # the calibration inputs (read once by calibrate()), their options, and where progress lines go
+        self._chunks, self._options, self._progress = None, calibration.Options(), None
         request = self.needs.calibration
         if request is not None and request.sequential and type(self.method).decide is Method.decide \
                 and not isinstance(self.method.allocation_, Uniform):
@@ -127,10 +126,13 @@ class Pruner:
 
     def calibrate(self, batches: Iterable, samples: int | None = None, *, device: Any = None,
                   cache_dtype: Any = None, precision: str = "float32", sequential_targets: Any = None,
-                  distributed: bool | None = None, progress: Callable[[str], None] | None = None) -> None:
+                  distributed: bool | None = None, progress: Callable[[str], None] | None = None,
+                  targets: bool | None = None) -> None:
         """Hand over calibration data for the following pruning events of a method that needs it (``pca``,
-        ``wanda``, ``sparsegpt``; others ignore it): an iterable of model inputs (or of ``(inputs, targets)``
-        batches, whose first item is used), read here once, so a generator works.
+        ``wanda``, ``sparsegpt``; others ignore it): an iterable of model inputs (a tensor, a tuple of
+        positional inputs, a dict of keyword inputs) or of ``(inputs, targets)`` pairs, read here once, so a
+        generator works. ``targets``: whether a pair is (inputs, targets) (default: as the loader's
+        ``yields_targets`` says, else as the model's forward leaves no doubt, else one sentence asking).
 
         ``samples``: how many inputs (default: the method's own count). ``device``: where blocks compute, the
         model staying where it is (e.g. on the CPU) and each block moved there while it runs.
@@ -143,7 +145,8 @@ class Pruner:
         """
         opts = calibration.options(samples, device, cache_dtype, precision, sequential_targets, distributed)
         request = self.needs.calibration
-        self._chunks = calibration.materialise(batches, opts.resolve_samples(request)) if request else None
+        self._chunks = calibration.materialise(batches, opts.resolve_samples(request), targets,
+                                               self.model.forward) if request else None
         self._options, self._progress = opts, progress
 
     # -- the training-loop API ------------------------------------------------------------------

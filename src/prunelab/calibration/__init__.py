@@ -16,12 +16,13 @@ __all__ = ["Calibration", "Group", "InputStats", "Moments", "Options", "column_v
 
 
 def input_stats(model, targets, batches, samples: int, gram: bool = False, precision: str = "float32",
-                kinds: tuple[str, ...] | None = None):
+                kinds: tuple[str, ...] | None = None, pairs: bool | None = None):
     """Every target's :class:`InputStats` (norms, and Gram matrices with ``gram``; or the given ``kinds``) over
     the first ``samples`` inputs of ``batches``, from the dense model in one pass: the pipeline's non-sequential
-    group."""
+    group. ``pairs``: whether a 2-item batch is (inputs, targets) (see :func:`.batches.pairs_hold_targets`)."""
     request = Calibration(samples, (frozenset(kinds or {"gram" if gram else "norms"}),))
-    run = groups(model, targets, request, materialise(batches, samples), Options(precision=precision))
+    chunks = materialise(batches, samples, pairs, model.forward)
+    run = groups(model, targets, request, chunks, Options(precision=precision))
     try:
         return next(run).stats
     finally:

@@ -7,8 +7,9 @@ compute device. Under torchrun each rank keeps its share of the samples (:func:`
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from torch import Tensor
 
@@ -18,11 +19,40 @@ from ..inputs import map_tensors
 Chunk = tuple[Any, int]  # (model inputs, how many samples they hold)
 
 
-def _inputs(batch: Any) -> Any:
-    """The model inputs of one batch: an ``(inputs, targets)`` pair gives its first item."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and not isinstance(batch[1], Mapping):
-        return batch[0]
-    return batch
+def pairs_hold_targets(batches: Any, targets: bool | None, forward: Callable | None) -> bool | None:
+    """Whether a 2-item batch is ``(inputs, targets)``: as the caller says (``targets``), else as the data set
+    says (a loader's ``yields_targets``), else as the model's ``forward`` makes it unambiguous (one positional
+    input: targets; two or more required: two inputs, ``nn.Transformer(src, tgt)``); None when it does not
+    (a second positional input is optional: ``forward(x, scale=None)``, a Hugging Face model's attention mask)."""
+    if targets is not None:
+        return targets
+    said = getattr(batches, "yields_targets", None)
+    if isinstance(said, bool):
+        return said
+    try:
+        params = list(inspect.signature(forward).parameters.values()) if forward is not None else None
+    except (TypeError, ValueError):
+        params = None
+    if params is None:
+        return None
+    positional = [q for q in params if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
+    if sum(q.default is q.empty for q in positional) >= 2:
+        return False
+    if len(positional) <= 1 and not any(q.kind == q.VAR_POSITIONAL for q in params):
+        return True
+    return None
+
+
+def _inputs(batch: Any, targets: bool | None, index: int) -> Any:
+    """The model inputs of one batch: the first item of an ``(inputs, targets)`` pair (see
+    :func:`pairs_hold_targets`); ConfigError when a pair's meaning is not known."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2 and not isinstance(batch[1], Mapping)):
+        return batch
+    if targets is None:
+        raise ConfigError(f"calibration batch {index} is a pair, and the model's forward takes a second positional "
+                          "input too: say what it is, pruner.calibrate(batches, targets=True) for (inputs, "
+                          "targets), targets=False for two inputs")
+    return batch[0] if targets else batch
 
 
 def _check_kind(x: Any, index: int) -> None:
@@ -51,20 +81,23 @@ def _cut(x: Any, n: int, start: int, stop: int) -> Any:
     return map_tensors(x, lambda t: t[start:stop] if t.dim() > 0 and t.shape[0] == n else t)
 
 
-def materialise(batches: Iterable, samples: int) -> list[Chunk]:
+def materialise(batches: Iterable, samples: int, targets: bool | None = None,
+                forward: Callable | None = None) -> list[Chunk]:
     """The first ``samples`` inputs of ``batches`` as (inputs, count) chunks, the last one cut to reach
-    ``samples`` exactly. ConfigError, in one sentence, for batches that are not an iterable of model inputs
-    (one tensor, a dict, a string) and for none at all."""
+    ``samples`` exactly; a pair is read by :func:`pairs_hold_targets` (``targets``, the model's ``forward``).
+    ConfigError, in one sentence, for batches that are not an iterable of model inputs (one tensor, a dict, a
+    string) and for none at all."""
     if isinstance(batches, Tensor):
         raise ConfigError(f"calibration takes an iterable of batches, got one tensor of shape "
                           f"{tuple(batches.shape)}: pass [tensor] for a single batch")
     if isinstance(batches, (str, bytes, Mapping)) or not isinstance(batches, Iterable):
         raise ConfigError(f"calibration takes an iterable of batches (a list of tensors, a DataLoader), got "
                           f"{type(batches).__name__}")
+    pairs = pairs_hold_targets(batches, targets, forward)
     chunks: list[Chunk] = []
     seen = 0
     for i, batch in enumerate(batches):
-        x = _inputs(batch)
+        x = _inputs(batch, pairs, i)
         _check_kind(x, i)
         n = batch_size(x)
         take = min(n, samples - seen)

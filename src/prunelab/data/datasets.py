@@ -240,4 +240,5 @@ def _imagenet(root: Path, batch_size: int, test_batch_size: int, workers: int, s
     train = DataLoader(train_ds, batch_size, shuffle=sampler is None, sampler=sampler, num_workers=workers,
                        pin_memory=True, drop_last=True)
     val = DataLoader(val_ds, test_batch_size, num_workers=workers)
+    train.yields_targets = val.yields_targets = True  # (images, labels), as TensorLoader says of its batches
     return DataBundle("imagenet", train, val, (3, 224, 224), len(train_ds.classes), mean, std)

@@ -20,6 +20,8 @@ class TensorLoader:
     ``shard=(rank, world)`` gives every process a disjoint, equally sized slice of each epoch's order.
     """
 
+    yields_targets = True  # its batches are (inputs, targets): calibration reads it instead of guessing
+
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, shuffle: bool = False, seed: int = 0,
                  crop_pad: int = 0, flip: bool = False, shard: tuple[int, int] = (0, 1)) -> None:
         if len(x) != len(y):
