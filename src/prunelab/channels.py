@@ -22,6 +22,7 @@ from .errors import ConfigError
 from .inputs import Inputs, call, tensors
 from .targets import is_hf_conv1d
 from .topk import any_rows
+from .trace_budget import trace_budget
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 _LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
@@ -87,6 +88,13 @@ class ChannelGraph:
             self.dg = None
             self.groups, self.norm_after = _TRACED[key]
             return
+        with trace_budget(model):  # minutes on some models, or out of memory: one sentence past the budget
+            self._trace(tp, model, example_inputs, hf, ignored)
+        _TRACED[key] = (self.groups, self.norm_after)
+        while len(_TRACED) > 8:
+            _TRACED.pop(next(iter(_TRACED)))
+
+    def _trace(self, tp, model: nn.Module, example_inputs: Inputs, hf: set, ignored: list[str]) -> None:
         was = model.training
         model.eval()
         try:
@@ -94,6 +102,8 @@ class ChannelGraph:
             self.dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_inputs, forward_fn=call, output_transform=tensors, verbose=False,
                 customized_pruners={cls: _hf_conv1d_pruner()() for cls in hf})
+        except MemoryError:
+            raise  # named by the budget
         except Exception as exc:  # tracing failures come from user models; name the cause in one line
             raise ConfigError(f"could not trace the model's channel dependencies: {exc}") from None
         finally:
@@ -142,9 +152,6 @@ class ChannelGraph:
                 nxt = [n.module for n in self.dg.module2node[mod].outputs] if mod in self.dg.module2node else []
                 if len(nxt) == 1 and isinstance(nxt[0], _NORMS):
                     self.norm_after[name] = self.names[nxt[0]]
-        _TRACED[key] = (self.groups, self.norm_after)
-        while len(_TRACED) > 8:
-            _TRACED.pop(next(iter(_TRACED)))
 
     def _head_dim(self, group: ChannelGroup) -> int | None:
         """The head size of an attention whose q, k, v projections are this group's producers, read from their
