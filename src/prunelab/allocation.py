@@ -149,7 +149,7 @@ def _floor_rows(layer: LayerGroups, rows: bool, top: float) -> int:
     by_row = rows and len(layer.shape) >= 2 and layer.group_size == 1 and layer.blocks == 1
     view = gs.reshape(layer.shape[0], -1) if by_row else gs.reshape(1, -1)
     best = view.max(dim=1)
-    alive = torch.isfinite(best.values)
+    alive = torch.isfinite(best.values) & (best.values > 0)  # an all-zero row gains nothing by a kept zero
     view[alive.nonzero().flatten(), best.indices[alive]] = top
     return int(alive.sum())
 
