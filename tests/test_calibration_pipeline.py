@@ -415,3 +415,30 @@ def test_a_pair_is_read_as_the_model_and_the_caller_say():
     one = Pruner(torch.nn.Linear(4, 3), "wanda", sparsity=0.5, schedule="manual")
     one.calibrate([(torch.randn(6, 4, generator=g), torch.zeros(6))])  # forward(input): a pair is with targets
     one.prune(0.5)
+
+
+class _Functional(torch.nn.Module):
+    """Swin-style: the parent reads its child's weight itself (F.linear), so no hook on the child fires."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([torch.nn.ModuleDict({"qkv": torch.nn.Linear(4, 4),
+                                                                "out": torch.nn.Linear(4, 4)}) for _ in range(2)])
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b["out"](torch.nn.functional.linear(x, b["qkv"].weight, b["qkv"].bias))
+        return x
+
+
+def test_a_weight_read_by_a_functional_call_is_named_with_the_glob_to_exclude():
+    x = torch.randn(8, 4)
+    p = Pruner(_Functional(), "wanda", sparsity=0.5, schedule="manual")
+    p.calibrate([x])
+    with pytest.raises(ConfigError, match=r"never reached blocks.0.qkv.weight.*: .*"
+                                          r"F.linear\(x, self.qkv.weight\).*exclude \['blocks.\*.qkv.weight'\]"):
+        p.prune(0.5)
+    q = Pruner(_Functional(), "wanda", sparsity=0.5, schedule="manual", targets={"exclude": ["blocks.*.qkv.weight"]})
+    q.calibrate([x])
+    q.prune(0.5)
+    assert sorted(q.masks) == ["blocks.0.out.weight", "blocks.1.out.weight"]

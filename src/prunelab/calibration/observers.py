@@ -25,8 +25,9 @@ packed in_proj) is a ConfigError naming it, so a method never silently scores we
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
@@ -301,7 +302,12 @@ def check_reached(names: Iterable[str], stats: Mapping[str, Any]) -> None:
     them would be arbitrary: a NaN sorts anywhere)."""
     unseen = [n for n in names if n not in stats]
     if unseen:
-        raise ConfigError(f"calibration never reached {', '.join(unseen[:3])}: the model did not call them")
+        globs = sorted({re.sub(r"\.\d+(?=\.)", ".*", n) for n in unseen})  # layer indices as wildcards
+        more = f" and {len(unseen) - 3} more" if len(unseen) > 3 else ""
+        raise ConfigError(f"calibration never reached {', '.join(unseen[:3])}{more}: the model never called their "
+                          "modules on the calibration inputs (a branch its forward skips, or a weight its parent's "
+                          "forward reads itself, as in F.linear(x, self.qkv.weight), which no module hook sees); "
+                          f"leave them out with targets exclude {globs[:3]}")
     for n in names:
         s = stats[n]
         if isinstance(s, InputStats) and not all(bool(torch.isfinite(t).all()) for t in s.tensors()):
