@@ -279,3 +279,37 @@ def test_an_architecture_is_traced_once_per_process_and_the_masks_are_the_same(m
     assert len(calls) == 2 and widths
     Pruner(net(1)[:4], "l1_filter", sparsity=0.5, example_inputs=x)  # another architecture: its own trace
     assert len(calls) == 3
+
+
+class _TwoHeads(nn.Module):
+    """A detector's shape: a trunk, then class scores and boxes, both outputs of the model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU())
+        self.cls_score, self.bbox_pred = nn.Linear(8, 5), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = self.trunk(x)
+        return {"scores": self.cls_score(h).softmax(-1), "boxes": self.bbox_pred(h)}
+
+
+def test_every_layer_that_makes_an_output_stays_whole():
+    """Found from what feeds the outputs, not by registration order: both predictors keep every output row,
+    and the trunk is pruned (torchvision's detector and segmentation heads are found the same way)."""
+    from prunelab.channels import ChannelGraph
+    from prunelab.inputs import output_layers
+
+    torch.manual_seed(0)
+    model, x = _TwoHeads(), torch.randn(3, 6)
+    assert ChannelGraph(model, x, reuse=False).ignored == ["cls_score", "bbox_pred"]
+    p = Pruner(model, {"name": "l1_filter"}, sparsity=0.5, schedule="manual", example_inputs=x)
+    p.prune(0.5)
+    assert "cls_score.weight" in p.masks  # a target (only the registration-last layer is kept dense by targets)
+    assert all(bool(p.masks[n].any(1).all()) for n in ("cls_score.weight", "bbox_pred.weight") if n in p.masks)
+    assert int((~p.masks["trunk.0.weight"].any(1)).sum()) == 8
+    tv = pytest.importorskip("torchvision")
+    seg = tv.models.segmentation.deeplabv3_mobilenet_v3_large(num_classes=3, aux_loss=True, weights=None,
+                                                               weights_backbone=None)
+    layers = (nn.modules.conv._ConvNd, nn.Linear)
+    assert output_layers(seg, torch.randn(1, 3, 32, 32), layers) == ["classifier.4", "aux_classifier.4"]

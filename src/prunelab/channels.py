@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .inputs import Inputs, call, tensors
+from .inputs import Inputs, call, output_layers, tensors
 from .targets import is_hf_conv1d
 from .topk import any_rows
 from .trace_budget import trace_budget
@@ -55,8 +55,10 @@ class ChannelGroup:
 class ChannelGraph:
     """The coupled output-channel groups of ``model`` (traced with Torch-Pruning on ``example_inputs``).
 
-    ``ignored``: module names whose outputs must keep every channel; default the last Conv/Linear layer in
-    registration order (the classifier, whose outputs are the classes).
+    ``ignored``: module names whose outputs must keep every channel; default the layers whose outputs reach the
+    model's outputs (:func:`prunelab.inputs.output_layers`: a classifier, a detector's class and box predictors,
+    a segmentation head and its auxiliary one), found from the autograd graph, not by name; else the last
+    Conv/Linear layer in registration order.
 
     The groups are names and indices, the same for every model of one architecture: a process traces an
     architecture once (``reuse``) and gives later models of it (the next round's, the summary's) the groups
@@ -78,7 +80,12 @@ class ChannelGraph:
         layers = [n for n, m in model.named_modules() if isinstance(m, self.layer_types)]
         if not layers:
             raise ConfigError("the model has no Conv or Linear layer whose channels could be removed")
-        ignored = [layers[-1]] if ignored is None else list(ignored)
+        if ignored is None:  # the layers that make the model's outputs (classes, boxes, a segmentation map) stay whole
+            try:
+                ignored = output_layers(model, example_inputs, self.layer_types) or [layers[-1]]
+            except Exception:  # inputs the model rejects: the trace below says so in its sentence
+                ignored = [layers[-1]]
+        ignored = list(ignored)
         self.ignored = ignored
         unknown = [n for n in ignored if n not in self.modules]
         if unknown:

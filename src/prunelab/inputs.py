@@ -77,3 +77,42 @@ def max_output_diff(a: nn.Module, b: nn.Module, inputs: Inputs) -> float:
     if len(out_a) != len(out_b) or any(x.shape != y.shape for x, y in zip(out_a, out_b)):
         return float("inf")
     return max(((x.double() - y.double()).abs().max().item() for x, y in zip(out_a, out_b)), default=0.0)
+
+
+def output_layers(model: nn.Module, inputs: Inputs, types: tuple[type, ...]) -> list[str]:
+    """The layers of ``types`` whose outputs reach the model's outputs without passing through another such
+    layer (a classifier, a detector's class and box predictors, a segmentation head and its auxiliary one, a
+    language model's head), in registration order: found from one forward pass's autograd graph, walked back
+    from every output tensor and stopped at the first layer on each path, not by name. [] when the forward
+    records no graph (outputs without gradients)."""
+    made: dict[Any, str] = {}
+
+    def catch(name):
+        def hook(module, args, out):
+            for t in tensors(out):
+                if t.grad_fn is not None:
+                    made[t.grad_fn] = name
+        return hook
+    names = [n for n, m in model.named_modules() if isinstance(m, types)]
+    handles = [m.register_forward_hook(catch(n)) for n, m in model.named_modules() if isinstance(m, types)]
+    was = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            outs = tensors(call(model, inputs))
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    found, seen = set(), set()
+    stack = [t.grad_fn for t in outs if t.grad_fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in made:
+            found.add(made[fn])
+            continue
+        stack.extend(f for f, _ in fn.next_functions)
+    return [n for n in names if n in found]
