@@ -183,3 +183,33 @@ def test_each_linear_gets_the_kernel_measured_fastest_and_the_outputs_stay():
         assert set(c["us"]) == set(KERNELS) and c["us"][c["kernel"]] == min(c["us"].values())
         assert c["sparsity"] == pytest.approx(0.9, abs=0.01)
         assert (type(fast.get_submodule(layer)).__name__ == "Linear") == (c["kernel"] == "dense")
+
+
+def test_onnx_falls_back_to_the_classic_exporter_and_names_both_causes(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from prunelab.export.onnx import export_onnx
+
+    class Branchy(nn.Module):  # a data-dependent branch: torch.export refuses, TorchScript records one path
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.fc(x)
+            return y if bool(x.abs().sum() > -1) else -y
+
+    diff = export_onnx(Branchy(), torch.randn(2, 4), tmp_path / "m.onnx")
+    assert diff < 1e-4 and (tmp_path / "m.onnx").stat().st_size > 0
+
+    class Opaque(nn.Module):  # refuses any exporter
+        def forward(self, x):
+            if torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting() or torch.compiler.is_compiling():
+                raise RuntimeError("\x1b[31mnot exportable\x1b[0m\nsecond line")
+            return x * 2
+
+    with pytest.raises(ConfigError) as err:
+        export_onnx(Opaque(), torch.randn(2, 4), tmp_path / "o.onnx")
+    msg = str(err.value)
+    assert "torch.export: " in msg and "; the classic exporter: RuntimeError: not exportable" in msg
+    assert "\x1b[" not in msg
+    assert "\n" not in msg and not (tmp_path / "o.onnx").exists()

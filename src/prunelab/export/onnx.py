@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,7 +21,9 @@ def export_onnx(model: torch.nn.Module, example_inputs: Inputs, path: str | Path
     ``example_inputs``: a tensor, a tuple of positional inputs or a dict of keyword inputs (token ids
     included), batch first; the check runs on random inputs like them (integers over the example's range).
     ConfigError when the difference exceeds ``atol``, when the model cannot be exported, or when onnx is not
-    installed; nothing is written then.
+    installed; nothing is written then. torch.export's exporter goes first; where it fails (a detector's
+    data-dependent shapes, a cache object), the classic TorchScript exporter is tried with the same dynamic
+    batch, and a failure of both names both causes (the innermost error of each, without terminal colours).
     """
     try:
         import onnxruntime as ort
@@ -38,10 +41,18 @@ def export_onnx(model: torch.nn.Module, example_inputs: Inputs, path: str | Path
         prog = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True, dynamic_shapes=shapes,
                                  verbose=False, report=False)
         prog.save(buf)
-    except Exception as exc:  # exporter failures come from the user's model; name the cause in one line
-        raise ConfigError(f"the model could not be exported to ONNX: {str(exc).splitlines()[0][:300]}") from None
+    except Exception as exc:  # exporter failures come from the user's model; their causes are named below
+        first = _cause(exc)
+        buf = io.BytesIO()
+        try:
+            _classic(model, x, buf)
+        except Exception as again:
+            raise ConfigError(f"the model could not be exported to ONNX: torch.export: {first}; the classic "
+                              f"exporter: {_cause(again)}") from None
     data = buf.getvalue()
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    x = random_like(example_inputs, torch.Generator().manual_seed(1))  # not the traced inputs: a value the
+    # exporter froze into a constant (a branch taken, a Python number) shows as a difference
     with torch.no_grad():
         want = [t.numpy() for t in tensors(call(model, x))]
     feed = dict(zip((i.name for i in sess.get_inputs()), (t.numpy() for t in tensors(x))))
@@ -53,3 +64,31 @@ def export_onnx(model: torch.nn.Module, example_inputs: Inputs, path: str | Path
         raise ConfigError(f"the ONNX model's outputs differ from PyTorch's by {diff:.3g} (> {atol:g}); not written")
     atomic_write_bytes(path, data)
     return diff
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost error of an exception chain, its first meaningful line, without terminal colour codes
+    (torch.export's own message is a banner of steps and hints)."""
+    while exc.__cause__ is not None or (exc.__context__ is not None and not exc.__suppress_context__):
+        exc = exc.__cause__ or exc.__context__
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    text = next((line for line in lines if line), "") or type(exc).__name__
+    return f"{type(exc).__name__}: {text[:240]}"
+
+
+def _classic(model: torch.nn.Module, x: Inputs, buf: io.BytesIO) -> None:
+    """The TorchScript-based exporter (``dynamo=False``), batch dynamic on every input and output."""
+    if isinstance(x, Mapping):
+        names, args = list(x), (dict(x),)
+    else:
+        values = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        names, args = [f"input_{i}" for i in range(len(values))], values
+    with torch.no_grad():
+        n_out = len(tensors(call(model, x)))
+    outputs = [f"output_{i}" for i in range(n_out)]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings about the branch it records: the check below decides
+        torch.onnx.export(model, args, buf, input_names=names, output_names=outputs, dynamo=False,
+                          dynamic_axes={n: {0: "batch"} for n in names + outputs})
