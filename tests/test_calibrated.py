@@ -61,9 +61,9 @@ def test_calibrated_methods_say_what_they_miss():
     p.calibrate([torch.randn(2, 7)])  # 7 features for a layer of 4
     with pytest.raises(ConfigError, match="the model rejected the calibration inputs"):
         p.prune(0.5)
-    grouped = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2))
-    with pytest.raises(ConfigError, match=r"cannot observe the inputs of 0.weight \(grouped or transposed"):
-        q = Pruner(grouped, "wanda", sparsity=0.5, schedule="manual")
+    reflected = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(36, 2))
+    with pytest.raises(ConfigError, match=r"cannot observe the inputs of 0.weight \(transposed convolutions, padding"):
+        q = Pruner(reflected, "wanda", sparsity=0.5, schedule="manual")
         q.calibrate([torch.randn(2, 4, 3, 3)])
         q.prune(0.5)
     projected = nn.Sequential(nn.LSTM(8, 8, proj_size=4, batch_first=True))
@@ -387,3 +387,30 @@ def test_sparsegpt_breaks_ties_on_a_transposed_weight():
     x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
     new, keep, ok = sparsegpt(stored.T, x.T @ x, 0.55, blocksize=4)  # 13 of each block's 24: a column's tie cut
     assert ok and int((~keep).sum()) == 26 and new.shape == (6, 8)
+
+
+def test_grouped_and_depthwise_convolutions_calibrate_per_group():
+    """A group's output channels see only its input channels: Wanda's column norms and SparseGPT's Gram matrix
+    are per group, by hand from the unfolded inputs of each group; no exclude list is needed."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    grouped, depthwise = nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.Conv2d(6, 6, 3, padding=1, groups=6)
+    model = nn.Sequential(grouped, nn.ReLU(), depthwise)
+    x = torch.randn(5, 4, 6, 6)
+    stats = input_stats(model, {"g": grouped.weight, "d": depthwise.weight}, [x], samples=5, gram=True)
+    cols = F.unfold(x, 3, padding=1)  # (N, 4 * 9, L): channel-major columns
+    for gi in range(2):
+        rows = cols[:, gi * 18:(gi + 1) * 18].transpose(1, 2).reshape(-1, 18)
+        assert torch.allclose(stats["g"].sq[gi], rows.square().sum(0), rtol=1e-5)
+        assert torch.allclose(stats["g"].gram[gi], rows.T @ rows, rtol=1e-4, atol=1e-4)
+    assert stats["d"].sq.shape == (6, 9) and stats["d"].gram.shape == (6, 9, 9)
+    for method in ("wanda", "sparsegpt"):
+        m = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1, groups=6))
+        m.load_state_dict(model.state_dict())
+        p = Pruner(m, method, sparsity=0.5, schedule="manual")
+        p.calibrate([x])
+        p.prune(0.5)
+        assert p.masks.sparsity() == pytest.approx(0.5, abs=0.02), method
+        with torch.no_grad():
+            assert torch.isfinite(m(x)).all()

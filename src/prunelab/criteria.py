@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import Tensor
 
-from .calibration.observers import column_view
+from .calibration.observers import column_view, per_row
 from .errors import ConfigError
 from .registry import Registry
 from .targets import Layout
@@ -249,7 +249,7 @@ class Wanda(_Calibrated):
         for n, p in params.items():
             layout = (ctx.layouts or {}).get(n) or Layout()
             w = column_view(layout, p.detach()).abs().double()
-            s = (w * stats[n].norms().to(w.device)).float()
+            s = (w * per_row(stats[n].norms(), w.shape[0]).to(w.device)).float()
             out[n] = layout.stored(s.reshape(layout.canonical(p).shape))
         return out
 
@@ -276,6 +276,9 @@ class Activation(_Calibrated):
             a = stats[n].inputs.mean_abs().float().to(p.device)
             rows = column_view(layout, p.detach())
             if a.numel() != rows.shape[1]:  # a convolution's columns are (channel, kernel position)
+                if rows.shape[1] % a.numel():
+                    raise ConfigError(f"the activation criterion reads whole input channels, and {n} is a grouped "
+                                      "convolution, whose rows see a part of them; exclude it from the targets")
                 a = a.repeat_interleave(rows.shape[1] // a.numel())
             out[n] = layout.stored(a.expand_as(rows).reshape(layout.canonical(p).shape).contiguous())
         return out

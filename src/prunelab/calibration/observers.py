@@ -15,12 +15,13 @@ computes X W^T. One observer, four kinds of statistic (:class:`InputStats`):
 Norms and Gram matrices are summed in float32 by default, as the authors' Wanda and SparseGPT accumulate them
 (float64 on request or for float64 inputs); moments always in float64 (see :class:`Moments`).
 
-Forward hooks observe the modules that own the targets: Linear (and subclasses), Conv1d/Conv2d with groups=1,
-Hugging Face Conv1D, and nn.MultiheadAttention, whose parent reads its weights directly: in_proj_weight sees
+Forward hooks observe the modules that own the targets: Linear (and subclasses), Conv1d/Conv2d (grouped and
+depthwise ones too: their statistics are per group, (groups, columns), each group of output channels seeing only
+its input channels; :func:`per_row` gives every output row its group's), Hugging Face Conv1D, and nn.MultiheadAttention, whose parent reads its weights directly: in_proj_weight sees
 the query (self-attention: query, key and value one input; q/k/v_proj_weight each their own input) and out_proj
 the heads' concatenated outputs, recomputed in the hook with an identity projection; and nn.RNN/LSTM/GRU,
 whose weights see each layer's input sequence and previous hidden states (:mod:`prunelab.recurrent`). A
-target whose inputs cannot be observed this way (grouped or transposed convolutions; cross-attention through a
+target whose inputs cannot be observed this way (transposed convolutions; cross-attention through a
 packed in_proj) is a ConfigError naming it, so a method never silently scores weights without their statistics.
 """
 from __future__ import annotations
@@ -111,22 +112,33 @@ class InputStats:
 
 
 def _rows(module: nn.Module, x: Tensor) -> Tensor:
-    """The module's input as rows of its weight's (in * kernel) columns."""
+    """The module's input as rows of its weight's (in * kernel) columns; a grouped (or depthwise) convolution's
+    as (groups, rows, in / groups * kernel): each group of output channels sees only its group's inputs."""
     if isinstance(module, nn.Conv2d):
         cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (N, C k k, L)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    if isinstance(module, nn.Conv1d):
+    elif isinstance(module, nn.Conv1d):
         cols = F.unfold(x.unsqueeze(2), (1, module.kernel_size[0]), (1, module.dilation[0]),
                         (0, module.padding[0]), (1, module.stride[0]))
+    else:
+        return x.reshape(-1, x.shape[-1])  # Linear, HF Conv1D: features last
+    g = module.groups
+    if g == 1:
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    return x.reshape(-1, x.shape[-1])  # Linear, HF Conv1D: features last
+    n, c, length = cols.shape  # unfold orders columns (channel, kernel position): a group's channels are contiguous
+    return cols.reshape(n, g, c // g, length).permute(1, 0, 3, 2).reshape(g, n * length, c // g)
+
+
+def per_row(stat: Tensor, rows: int) -> Tensor:
+    """A column statistic for every output row of a weight: a plain layer's (columns,) as it is (it broadcasts);
+    a grouped convolution's (groups, columns...) repeated for each group's rows, (rows, columns...)."""
+    return stat if stat.dim() == 1 else stat.repeat_interleave(rows // stat.shape[0], dim=0)
 
 
 def _observable(module: nn.Module, attr: str) -> bool:
     if attr != "weight" or isinstance(module, nn.modules.conv._ConvTransposeNd):
         return False
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return module.groups == 1 and isinstance(module.padding, tuple) and module.padding_mode == "zeros"
+        return isinstance(module.padding, tuple) and module.padding_mode == "zeros"
     return isinstance(module, nn.Linear) or is_hf_conv1d(module)
 
 
@@ -200,7 +212,8 @@ def owners(model: nn.Module, targets: Mapping[str, Tensor]) -> dict[str, tuple[n
             out[name] = module, _layer_rows
     if missing:
         raise ConfigError(f"calibration cannot observe the inputs of {', '.join(missing[:3])}"
-                          f"{' and more' if len(missing) > 3 else ''} (grouped or transposed convolutions); "
+                          f"{' and more' if len(missing) > 3 else ''} (transposed convolutions, padding modes "
+                          "other than zeros); "
                           "leave them out with targets.exclude")
     return out
 
@@ -281,14 +294,15 @@ def stat_hooks(mods: Mapping[str, tuple[nn.Module, Rows]], kinds: frozenset[str]
                 return
             x = read_rows(module, args, kwargs, output).detach()
             x = x.double() if precision == "float64" or x.dtype == torch.float64 else x.float()
+            lead = tuple(x.shape[:-2])  # (groups,) for a grouped convolution, else ()
             if s.sq is None:
-                s.sq = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+                s.sq = torch.zeros(*lead, x.shape[-1], dtype=x.dtype, device=x.device)
                 if gram:
-                    s.gram = torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype, device=x.device)
-            s.rows += x.shape[0]
-            s.sq += x.square().sum(0)
+                    s.gram = torch.zeros(*lead, x.shape[-1], x.shape[-1], dtype=x.dtype, device=x.device)
+            s.rows += x.shape[-2]
+            s.sq += x.square().sum(-2)
             if gram:
-                s.gram.addmm_(x.T, x)
+                s.gram.add_(x.transpose(-1, -2) @ x) if lead else s.gram.addmm_(x.T, x)
         return fn
 
     by_module: dict[nn.Module, list] = {}  # an attention module shows the inputs of several targets

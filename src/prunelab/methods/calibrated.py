@@ -31,6 +31,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
+
 from ..allocation import LayerGroups, Uniform
 from ..calibration.observers import column_view
 from ..calibration.request import Calibration
@@ -101,6 +103,18 @@ class SparseGPTMethod(Method):
         """Each layer's sparsity, fixed once for the event from the weights before any reconstruction."""
         return {} if isinstance(self.allocation_, Uniform) else {"layer_sparsity": self.layer_sparsities(view, ctx)}
 
+    def _solve(self, w, gram, sparsity: float, nm: tuple[int, int]):
+        """:func:`sparsegpt` of one weight; a grouped convolution's (groups, columns, columns) Gram matrices
+        solve each group's output rows on their own, at the same sparsity."""
+        def one(rows, h):
+            return sparsegpt(rows, h, sparsity, *nm, blocksize=self.blocksize, percdamp=self.percdamp,
+                             per_row=self.per_row)
+        if gram.dim() == 2:
+            return one(w, gram)
+        size = w.shape[0] // gram.shape[0]
+        parts = [one(w[i * size:(i + 1) * size], gram[i]) for i in range(gram.shape[0])]
+        return torch.cat([a for a, _, _ in parts]), torch.cat([k for _, k, _ in parts]), all(o for *_, o in parts)
+
     def decide(self, view, ctx) -> Decision:
         """Masks and reconstructed weights of the group ``ctx.group`` from its Gram matrices; the Pruner writes
         them before the next group is measured."""
@@ -110,8 +124,7 @@ class SparseGPTMethod(Method):
         for name in ctx.group:
             p, layout, st = view.params[name], view.layouts[name], ctx.input_stats[name]
             sparsity = ctx.sparsity if ctx.layer_sparsity is None else ctx.layer_sparsity[name]
-            w, keep, ok = sparsegpt(column_view(layout, p.detach()), st.gram, sparsity, *nm,
-                                    blocksize=self.blocksize, percdamp=self.percdamp, per_row=self.per_row)
+            w, keep, ok = self._solve(column_view(layout, p.detach()), st.gram, sparsity, nm)
             if not ok:
                 singular.append(name)
             shape = layout.canonical(p).shape
