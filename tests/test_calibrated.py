@@ -71,15 +71,32 @@ def test_calibrated_methods_say_what_they_miss():
         q = Pruner(projected, "wanda", sparsity=0.5, schedule="manual", targets={"exclude": ["*weight_hr*"]})
         q.calibrate([torch.randn(2, 3, 8)])
         q.prune(0.5)
-    decoder = nn.TransformerDecoderLayer(8, 2, 16, batch_first=True)
-    with pytest.raises(ConfigError, match="needs one input for query, key and value"):
-        q = Pruner(decoder, "wanda", sparsity=0.5, schedule="manual")
-        q.calibrate([{"tgt": torch.randn(2, 3, 8), "memory": torch.randn(2, 5, 8)}])
-        q.prune(0.5)
-    ok = Pruner(decoder, "wanda", sparsity=0.5, schedule="manual",
-                targets={"exclude": ["multihead_attn.in_proj_weight"]})
-    ok.calibrate([{"tgt": torch.randn(2, 3, 8), "memory": torch.randn(2, 5, 8)}])
-    assert ok.prune(0.5).sparsity() == pytest.approx(0.5)
+    decoder = nn.TransformerDecoderLayer(8, 2, 16, batch_first=True)  # cross-attention: no exclude needed
+    for method in ("wanda", "sparsegpt"):
+        ok = Pruner(decoder, method, sparsity=0.5, schedule="manual")
+        ok.calibrate([{"tgt": torch.randn(2, 3, 8), "memory": torch.randn(2, 5, 8)}])
+        assert ok.prune(0.5).sparsity() == pytest.approx(0.5)
+
+
+class _Cross(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(4, 2, batch_first=True)
+
+    def forward(self, q, kv):
+        return self.mha(q, kv, kv)[0]
+
+
+def test_cross_attention_thirds_see_their_own_inputs():
+    """The packed in_proj_weight of a cross-attention: the query third's statistics are the query's, the key and
+    value thirds' the memory's (by hand), though query and memory differ in length."""
+    q, kv = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
+    model = _Cross()
+    stats = input_stats(model, {"w": model.mha.in_proj_weight}, [(q, kv)], samples=2, pairs=False)
+    sq = stats["w"].sq
+    assert sq.shape == (3, 4)
+    assert torch.allclose(sq[0], q.reshape(-1, 4).square().sum(0)) and torch.allclose(sq[1], kv.reshape(-1, 4).square().sum(0))
+    assert torch.allclose(sq[2], sq[1])
 
 
 def test_attention_projections_see_their_own_inputs():

@@ -18,11 +18,12 @@ Norms and Gram matrices are summed in float32 by default, as the authors' Wanda 
 Forward hooks observe the modules that own the targets: Linear (and subclasses), Conv1d/Conv2d (grouped and
 depthwise ones too: their statistics are per group, (groups, columns), each group of output channels seeing only
 its input channels; :func:`per_row` gives every output row its group's), Hugging Face Conv1D, and nn.MultiheadAttention, whose parent reads its weights directly: in_proj_weight sees
-the query (self-attention: query, key and value one input; q/k/v_proj_weight each their own input) and out_proj
+the query (self-attention: query, key and value one input; cross-attention: each third of it its own input, as
+groups; q/k/v_proj_weight each their own input) and out_proj
 the heads' concatenated outputs, recomputed in the hook with an identity projection; and nn.RNN/LSTM/GRU,
 whose weights see each layer's input sequence and previous hidden states (:mod:`prunelab.recurrent`). A
-target whose inputs cannot be observed this way (transposed convolutions; cross-attention through a
-packed in_proj) is a ConfigError naming it, so a method never silently scores weights without their statistics.
+target whose inputs cannot be observed this way (transposed convolutions, other padding modes) is a ConfigError
+naming it, so a method never silently scores weights without their statistics.
 """
 from __future__ import annotations
 
@@ -159,7 +160,10 @@ def _mha_inputs(args: tuple, kwargs: dict) -> tuple[Tensor, Tensor, Tensor]:
 
 def _mha_rows(which: int | None) -> Rows:
     """Rows of nn.MultiheadAttention's projections: ``which`` 0/1/2 the query/key/value input (separate
-    q/k/v_proj_weight), None the packed in_proj_weight, which needs one input for all three (self-attention)."""
+    q/k/v_proj_weight), None the packed in_proj_weight: one input for all three in self-attention; otherwise
+    (cross-attention) its query, key and value rows (the three thirds of in_proj_weight) each see their own
+    input, as three groups (3, rows, embed) like a grouped convolution's, the shorter ones padded with zero
+    rows, which add nothing to the sums."""
     def rows(module, args, kwargs, output):
         q, k, v = _mha_inputs(args, kwargs)
         if which is not None:
@@ -167,8 +171,9 @@ def _mha_rows(which: int | None) -> Rows:
         elif q is k and k is v or (q.shape == k.shape == v.shape and torch.equal(q, k) and torch.equal(k, v)):
             x = q
         else:
-            raise ConfigError("calibration of a packed attention in_proj_weight needs one input for query, key and "
-                              "value (self-attention); exclude cross-attention projections with targets.exclude")
+            parts = [t.reshape(-1, t.shape[-1]) for t in (q, k, v)]
+            n = max(t.shape[0] for t in parts)
+            return torch.stack([F.pad(t, (0, 0, 0, n - t.shape[0])) for t in parts])
         return x.reshape(-1, x.shape[-1])
     return rows
 
