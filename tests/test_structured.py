@@ -313,3 +313,37 @@ def test_every_layer_that_makes_an_output_stays_whole():
                                                                weights_backbone=None)
     layers = (nn.modules.conv._ConvNd, nn.Linear)
     assert output_layers(seg, torch.randn(1, 3, 32, 32), layers) == ["classifier.4", "aux_classifier.4"]
+
+
+class _SharedHead(nn.Module):
+    """An FPN's shape: two levels made by their own convolutions, one head convolution called on both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.level1, self.level2 = nn.Conv2d(8, 6, 1), nn.Conv2d(8, 6, 3, stride=2, padding=1)
+        self.head = nn.Conv2d(6, 6, 3, padding=1)
+        self.out = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        a, b = self.out(torch.relu(self.head(self.level1(h)))), self.out(torch.relu(self.head(self.level2(h))))
+        return torch.cat([a.flatten(1), b.flatten(1)], 1)
+
+
+def test_a_layer_called_on_several_inputs_keeps_the_channels_it_ties():
+    """The head's input channels tie both levels' output channels, which a graph traced through one call does
+    not couple: those groups stay whole, the rest is pruned, and the model shrinks to the masked one's outputs."""
+    from prunelab.channels import ChannelGraph
+
+    torch.manual_seed(0)
+    model, x = _SharedHead(), torch.randn(2, 3, 8, 8)
+    graph = ChannelGraph(model, x, reuse=False)
+    blocked = {n for g in graph.groups if "a layer called several times" in g.blockers for n in g.producers}
+    assert {"level1", "level2", "head"} <= blocked and "stem" not in blocked
+    p = Pruner(model, {"name": "l1_filter"}, sparsity=0.5, schedule="manual", example_inputs=x)
+    p.prune(0.5)
+    removed = ~p.masks["stem.weight"].reshape(8, -1).any(1)  # whole output channels of the stem
+    assert int(removed.sum()) == 4
+    small, widths = shrink(model, p.masks, x, graph=p.channels)  # checked equal to the masked model inside
+    assert small.stem.out_channels == 4 and small.head.in_channels == 6

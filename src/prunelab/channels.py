@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .inputs import Inputs, call, output_layers, tensors
+from .inputs import Inputs, call, output_layers, shared_layers, tensors
 from .targets import is_hf_conv1d
 from .topk import any_rows
 from .trace_budget import trace_budget
@@ -117,6 +117,12 @@ class ChannelGraph:
             model.train(was)
         self.groups: list[ChannelGroup] = []
         self.norm_after: dict[str, str] = {}  # layer name -> the BatchNorm that directly follows it
+        # a layer called on several inputs (an RPN head over every FPN level) ties channels the graph, traced
+        # through one call, does not couple: its groups stay whole (shrinking them broke Faster R-CNN's head)
+        try:
+            called, feeders = shared_layers(model, example_inputs, self.layer_types)
+        except Exception:  # the trace above ran the model; a second run failing leaves nothing to add
+            called, feeders = set(), set()
         for g in self.dg.get_all_groups(ignored_layers=[self.modules[n] for n in ignored],
                                         root_module_types=list(self.layer_types)):
             root = self.names[g[0].dep.target.module]
@@ -124,6 +130,10 @@ class ChannelGraph:
             split_heads = split_outputs = False
             for item in g:
                 mod = item.dep.target.module
+                tied = self.names.get(mod) in called or (self.names.get(mod) in feeders and
+                                                          item.dep.handler.__name__.endswith("out_channels"))
+                if tied and "a layer called several times" not in group.blockers:
+                    group.blockers.append("a layer called several times")
                 if not (_exact_through(mod) or isinstance(mod, self.layer_types)):
                     group.blockers.append(type(mod).__name__)
                 elif _splits_heads(mod):

@@ -79,16 +79,15 @@ def max_output_diff(a: nn.Module, b: nn.Module, inputs: Inputs) -> float:
     return max(((x.double() - y.double()).abs().max().item() for x, y in zip(out_a, out_b)), default=0.0)
 
 
-def output_layers(model: nn.Module, inputs: Inputs, types: tuple[type, ...]) -> list[str]:
-    """The layers of ``types`` whose outputs reach the model's outputs without passing through another such
-    layer (a classifier, a detector's class and box predictors, a segmentation head and its auxiliary one, a
-    language model's head), in registration order: found from one forward pass's autograd graph, walked back
-    from every output tensor and stopped at the first layer on each path, not by name. [] when the forward
-    records no graph (outputs without gradients)."""
+def _forward_graph(model: nn.Module, inputs: Inputs, types: tuple[type, ...]):
+    """One forward pass with autograd on: (layer names in order, {grad_fn: layer that made it}, the output
+    tensors, {layer: the grad_fns of its inputs, one list per call})."""
     made: dict[Any, str] = {}
+    fed: dict[str, list[list[Any]]] = {}
 
     def catch(name):
         def hook(module, args, out):
+            fed.setdefault(name, []).append([t.grad_fn for t in tensors(args) if t.grad_fn is not None])
             for t in tensors(out):
                 if t.grad_fn is not None:
                     made[t.grad_fn] = name
@@ -104,8 +103,12 @@ def output_layers(model: nn.Module, inputs: Inputs, types: tuple[type, ...]) -> 
         model.train(was)
         for h in handles:
             h.remove()
-    found, seen = set(), set()
-    stack = [t.grad_fn for t in outs if t.grad_fn is not None]
+    return names, made, outs, fed
+
+
+def _nearest(starts: list, made: dict[Any, str]) -> set[str]:
+    """The layers first met walking the autograd graph back from ``starts`` (each path stops at a layer)."""
+    found, seen, stack = set(), set(), list(starts)
     while stack:
         fn = stack.pop()
         if fn is None or fn in seen:
@@ -115,4 +118,24 @@ def output_layers(model: nn.Module, inputs: Inputs, types: tuple[type, ...]) -> 
             found.add(made[fn])
             continue
         stack.extend(f for f, _ in fn.next_functions)
+    return found
+
+
+def output_layers(model: nn.Module, inputs: Inputs, types: tuple[type, ...]) -> list[str]:
+    """The layers of ``types`` whose outputs reach the model's outputs without passing through another such
+    layer (a classifier, a detector's class and box predictors, a segmentation head and its auxiliary one, a
+    language model's head), in registration order: found from one forward pass's autograd graph, walked back
+    from every output tensor and stopped at the first layer on each path, not by name. [] when the forward
+    records no graph (outputs without gradients)."""
+    names, made, outs, _ = _forward_graph(model, inputs, types)
+    found = _nearest([t.grad_fn for t in outs if t.grad_fn is not None], made)
     return [n for n in names if n in found]
+
+
+def shared_layers(model: nn.Module, inputs: Inputs, types: tuple[type, ...]) -> tuple[set[str], set[str]]:
+    """(the layers of ``types`` called more than once in one forward pass, a detector's RPN head over every
+    feature level or a weight-shared block; the layers whose outputs feed any of those calls): the channels of
+    all of them are tied across the calls, which a graph traced through one call does not see."""
+    names, made, _, fed = _forward_graph(model, inputs, types)
+    called = {name for name, calls in fed.items() if len(calls) > 1}
+    return called, _nearest([fn for name in called for c in fed[name] for fn in c], made)

@@ -136,7 +136,11 @@ def _check(masked: nn.Module, small: nn.Module, example_inputs, check_inputs, at
     # compared in float64: a deep net's float32 outputs differ by summation order alone (1e-4 at outputs of
     # ~400 for an untrained ResNet-56), which would hide nothing but make the tolerance scale-dependent
     masked64, small64 = masked.double(), copy.deepcopy(small).double()
-    diff = max(max_output_diff(masked64, small64, to_double(x)) for x in checks)
+    try:
+        diff = max(max_output_diff(masked64, small64, to_double(x)) for x in checks)
+    except (RuntimeError, ValueError, IndexError) as exc:  # widths that no longer fit each other
+        raise ShrinkError(f"the shrunk model cannot run ({str(exc).splitlines()[0][:200]}): the channel graph "
+                          "missed a coupling; exclude that layer from the targets") from None
     if not diff <= atol:
         raise ShrinkError(
             f"the shrunk model's outputs differ from the masked model's by {diff:.3g} (> {atol:g}): removed "
