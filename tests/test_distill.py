@@ -139,7 +139,7 @@ def test_a_recipe_recovers_by_distillation(tmp_path, capsys):
             "data.eval_tokens=2000", "data.calibration_tokens=2000", "train.epochs=1",
             "prune.method.criterion.samples=16", "prune.retrain.train_tokens=1000",
             "prune.distill={alpha: 0.5, temperature: 2, hidden: ['model.layers.*']}",
-            "prune.controls=[scratch_e, scratch_b]", "train.train_tokens=2000"]
+            "prune.controls=[scratch_e, scratch_b, lottery_reset]", "train.train_tokens=2000"]
     assert main(["run", "llama_pystdlib_units", *over, "--runs-dir", str(tmp_path), "--no-progress"]) == 0
     run = next(p for p in tmp_path.iterdir() if p.name.startswith("llama_pystdlib_units"))
     state = json.loads((run / "stages" / "round_01" / "state.json").read_text())
@@ -155,6 +155,13 @@ def test_a_recipe_recovers_by_distillation(tmp_path, capsys):
                                                                                   ("round_01", 2, 1024)]
     scratch, longer = summary["controls"]["scratch_e"], summary["controls"]["scratch_b"]
     assert 1 < scratch["test_ppl"] < 256 and scratch["tokens"] == 2048  # the dense training's tokens
+    from prunelab.experiment.compare import compare_runs, table_lines
+
+    lines, shown = table_lines(compare_runs([run]))  # the Rethinking table in perplexity
+    assert shown == ["Unpruned", "Fine-tuned", "Scratch-E", "Scratch-B", "Lottery reset"]
+    assert f"{scratch['test_ppl']:.2f} +- 0.00" in lines[2]
+    lottery = summary["controls"]["lottery_reset"]  # the shrunk architecture from the run's own initial weights
+    assert lottery["tokens"] == 2048 and 1 < lottery["test_ppl"] < 256
     ratio = longer["flops_full"] / longer["flops_pruned"]  # Scratch-B: tokens x the FLOP ratio, whole steps
     assert longer["tokens"] == 512 * -(-round(2000 * ratio) // 512) and longer["tokens"] > 2048
     # perplexity at half the window and at the window (the summary's own figure, on the same windows)
