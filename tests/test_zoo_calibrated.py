@@ -75,3 +75,23 @@ def test_tied_scores_dead_columns_and_an_all_zero_block_are_exact():
     low = torch.randn(6, 200).to(torch.bfloat16)
     nw, keep, _ = sparsegpt(low, torch.eye(200), 0.5, blocksize=32)
     assert nw.dtype == torch.bfloat16 and int(keep.sum()) == 600
+
+
+def test_fused_expert_tensors_are_targets_of_element_methods():
+    """Mixtral's experts (3-D gate_up_proj / down_proj) are pruned by magnitude, one expert's output row per
+    row; calibrated and channel methods leave them dense and say why."""
+    model = _model("mixtral", False)
+    p = Pruner(model, {"name": "magnitude", "allocation": "global"}, sparsity=0.8, schedule="manual")
+    p.prune(0.8)
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    experts = dict(model.named_parameters())[name]
+    assert name in p.masks and p.masks[name].shape == experts.shape and p.layouts[name].experts == 4
+    assert bool((experts[~p.masks[name]] == 0).all())
+    assert p.summary()["all_weights"]["sparsity"] > 0.7  # was 0.13 with the experts out of reach
+    rows = Pruner(_model("mixtral", False), {"name": "magnitude", "granularity": "filter"}, sparsity=0.5,
+                  schedule="manual")
+    rows.prune(0.5)  # a row is one expert's output row: whole rows of each expert's matrix go
+    kept = rows.masks[name].reshape(-1, experts.shape[-1])
+    assert bool((kept.all(1) | ~kept.any(1)).all())
+    w = Pruner(_model("mixtral", False), "wanda", sparsity=0.5, schedule="manual")
+    assert name not in w.params and "fused expert weights, which wanda leaves dense" in w.skipped[name]

@@ -83,8 +83,7 @@ class Pruner:
         self.seed = int(seed)
         spec = build_targets(targets if targets is not None else self.method.default_targets)
         # {name: parameter}, how each maps to (out, in, *kernel), and the weights left out with the reason
-        self.params, self.layouts, self.skipped = spec.for_method(model, gran, self.method.name,
-                                                                  self.method.output_layer)
+        self.params, self.layouts, self.skipped = spec.for_method(model, gran, self.method)
         self.masks = Masks.dense(self.params)
         self.channels: ChannelGraph | None = None
         if self.method.channels:

@@ -8,7 +8,12 @@ matrix of:
 - ``MultiheadAttention``: ``in_proj_weight`` (or ``q/k/v_proj_weight``); its ``out_proj`` is a Linear;
 - ``RNN/LSTM/GRU`` (``RNNBase``): every ``weight_ih_l*``, ``weight_hh_l*`` (and ``weight_hr_l*``);
 - Hugging Face ``Conv1D`` (GPT-2's layers; matched by name, transformers is never imported): ``weight``,
-  stored transposed as (in, out).
+  stored transposed as (in, out);
+- a mixture of experts' fused expert tensors (transformers 5: a module whose class name ends in ``Experts``,
+  e.g. ``MixtralExperts``, holding ``gate_up_proj`` (experts, out, in) and ``down_proj``): each 3-D weight,
+  viewed as (experts x out, in), so a row is one expert's output row. Methods that calibrate or remove
+  channels leave them out, with the reason (no module hook sees an expert's inputs; experts are not yet a
+  unit of structure).
 
 ``Embedding`` tables, and any weight tied to one (a language model's output layer sharing the token
 embedding), are targets only with ``embeddings=True``. ``ConvTranspose`` weights are targets when their class
@@ -29,7 +34,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 
-DEFAULT_TYPES = ["Conv1d", "Conv2d", "Conv3d", "Linear", "MultiheadAttention", "RNNBase", "Conv1D"]
+DEFAULT_TYPES = ["Conv1d", "Conv2d", "Conv3d", "Linear", "MultiheadAttention", "RNNBase", "Conv1D", "Experts"]
 _GATES = {"LSTM": 4, "GRU": 3}
 
 
@@ -42,16 +47,23 @@ class Layout:
     kind: str = "linear"
     transposed: bool = False
     blocks: int = 1
+    experts: int = 0  # fused expert tensors (experts, out, in): viewed as (experts x out, in)
 
     def canonical(self, t: Tensor) -> Tensor:
         """A view of ``t`` (the weight, its scores or its mask) as (out, in, *kernel)."""
+        if self.experts:
+            return t.reshape(-1, t.shape[-1])
         return t.transpose(0, 1) if self.transposed else t
 
     def stored(self, t: Tensor) -> Tensor:
         """The inverse of :meth:`canonical`: a canonical tensor back in the weight's storage layout."""
+        if self.experts:
+            return t.reshape(self.experts, -1, t.shape[-1])
         return t.transpose(0, 1) if self.transposed else t
 
     def canonical_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if self.experts:
+            return (shape[0] * shape[1], shape[2])
         return (shape[1], shape[0], *shape[2:]) if self.transposed else tuple(shape)
 
 
@@ -66,8 +78,10 @@ class Target:
 
 
 def _is(module: nn.Module, names: list[str]) -> bool:
-    """True when the module's class or one of its bases is named in ``names`` (subclasses count)."""
-    return any(cls.__name__ in names for cls in type(module).__mro__)
+    """True when the module's class or one of its bases is named in ``names`` (subclasses count); "Experts"
+    names every class whose name ends in it (each MoE family has its own)."""
+    return any(cls.__name__ in names or ("Experts" in names and cls.__name__.endswith("Experts"))
+               for cls in type(module).__mro__)
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:
@@ -91,6 +105,10 @@ def _weights(module: nn.Module) -> Iterator[tuple[str, Layout]]:
         yield "weight", Layout("conv")
     elif isinstance(module, nn.Embedding):
         yield "weight", Layout("embedding")
+    elif type(module).__name__.endswith("Experts"):
+        for attr, p in module.named_parameters(recurse=False):
+            if p.dim() == 3:
+                yield attr, Layout("experts", experts=p.shape[0])
     elif is_hf_conv1d(module):
         yield "weight", Layout("linear", transposed=True)  # Hugging Face Conv1D: y = x @ W + b, W is (in, out)
     else:
@@ -171,12 +189,16 @@ class Targets:
                 f"module_types={self.module_types}, embeddings={self.embeddings})")
         return targets
 
-    def for_method(self, model: nn.Module, gran, method: str, output_layer: bool
-                   ) -> tuple[dict[str, nn.Parameter], dict[str, Layout], dict[str, str]]:
-        """({name: parameter}, {name: layout}, {name: why it is left out}) of the targets a method prunes with
+    def for_method(self, model: nn.Module, gran, method) -> tuple[dict[str, nn.Parameter], dict[str, Layout],
+                                                                   dict[str, str]]:
+        """({name: parameter}, {name: layout}, {name: why it is left out}) of the targets ``method`` prunes with
         granularity ``gran``: weights without elements and (``incompatible: skip``) those the granularity cannot
         apply to are left out with the reason, as is an LM's output layer the method leaves dense by default
-        (``output_layer``). ConfigError when nothing is left."""
+        (its ``output_layer``) and fused expert tensors where it calibrates or removes channels. ConfigError
+        when nothing is left."""
+        output_layer = method.output_layer
+        experts_out = method.channels or method.needs().calibration is not None
+        method = method.name
         params, layouts, skipped = {}, {}, {}
         found = self.find(model, output_layer=output_layer)
         out = output_weight(model)
@@ -186,6 +208,10 @@ class Targets:
             skipped[name] = (f"{name} is the output layer of a language model, left dense by {method} as its "
                              "authors do (targets.output_layer: true prunes it)")
         for t in found:
+            if t.layout.experts and experts_out:
+                skipped[t.name] = (f"{t.name} holds fused expert weights, which {method} leaves dense: no module "
+                                   "hook sees an expert's inputs, and experts are not yet a unit of structure")
+                continue
             if t.param.numel() == 0:  # nothing to prune (nn.Linear(0, 5)); no granularity can say anything of it
                 skipped[t.name] = f"{t.name} has no elements (shape {tuple(t.param.shape)})"
                 continue
