@@ -169,6 +169,8 @@ def test_channel_pruning_shrinks_to_the_same_outputs(name):
     else:
         assert report["prunable"] > 0 and report["removed"] >= 0.4 * report["prunable"]
         assert report["heads"]["removed"] == report["heads"]["prunable"] // 2  # torch attention: half its heads
+        assert all(r["removed"] == r["units"] // 2 for r in report.get("recurrent", {}).values())
+        assert ("recurrent" in report) == (name in ("lstm", "gru"))
     small, widths = shrink(model, p.masks, x)
     assert widths and sum(q.numel() for q in small.parameters()) < sum(q.numel() for q in model.parameters())
     masked = Pruner(model, "l1_filter", sparsity=0.5, example_inputs=x)  # the masked model itself

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .inputs import Inputs, call, output_layers, shared_layers, tensors
+from .recurrent_units import (RecurrentLayer, reads_final_state, recurrent_layers, recurrent_modules, stand_in_pruner,
+                              swap_in, swap_out)
 from .targets import is_hf_conv1d
 from .topk import any_rows
 from .trace_budget import trace_budget
@@ -93,11 +95,11 @@ class ChannelGraph:
         key = _architecture(model, example_inputs, ignored)
         if reuse and key in _TRACED:
             self.dg = None
-            self.groups, self.norm_after = _TRACED[key]
+            self.groups, self.norm_after, self.recurrent = _TRACED[key]
             return
         with trace_budget(model):  # minutes on some models, or out of memory: one sentence past the budget
             self._trace(tp, model, example_inputs, hf, ignored)
-        _TRACED[key] = (self.groups, self.norm_after)
+        _TRACED[key] = (self.groups, self.norm_after, self.recurrent)
         while len(_TRACED) > 8:
             _TRACED.pop(next(iter(_TRACED)))
 
@@ -105,16 +107,26 @@ class ChannelGraph:
         was = model.training
         model.eval()
         try:
+            final_state = reads_final_state(model, example_inputs) if recurrent_modules(model) else set()
+        except Exception:  # inputs the model rejects: the trace below says so in its sentence
+            final_state = set()
+        stand_ins = swap_in(model)  # recurrent modules traced as one linear map each (see recurrent_units)
+        try:
             # the inputs as the user has them (a tensor, a tuple, a dict of token ids ...) and every output tensor
             self.dg = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_inputs, forward_fn=call, output_transform=tensors, verbose=False,
-                customized_pruners={cls: _hf_conv1d_pruner()() for cls in hf})
+                customized_pruners={**{cls: _hf_conv1d_pruner()() for cls in hf},
+                                    **({type(next(iter(stand_ins))): stand_in_pruner()} if stand_ins else {})})
         except MemoryError:
             raise  # named by the budget
         except Exception as exc:  # tracing failures come from user models; name the cause in one line
             raise ConfigError(f"could not trace the model's channel dependencies: {exc}") from None
         finally:
+            swap_out(model, stand_ins)
             model.train(was)
+        self.stand_ins = {name: s for s, name in stand_ins.items()}
+        self.recurrent: list[RecurrentLayer] = recurrent_layers(model, self.dg, stand_ins, _exact_through,
+                                                                self.layer_types, final_state)
         self.groups: list[ChannelGroup] = []
         self.norm_after: dict[str, str] = {}  # layer name -> the BatchNorm that directly follows it
         # a layer called on several inputs (an RPN head over every FPN level) ties channels the graph, traced
@@ -236,11 +248,19 @@ class ChannelGraph:
             for norm, idx in g.norms.items():
                 _drop(out, params, f"{norm}.weight", idx[chans])
                 _drop(out, params, f"{norm}.bias", idx[chans])
+        for r in self.recurrent_layers(masks):
+            out.update(r.companion_masks(masks, params))
         return out
 
+    def recurrent_layers(self, targets: Mapping[str, Tensor]) -> list[RecurrentLayer]:
+        """The recurrent modules that can lose hidden units: nothing blocks them and all their weights are
+        among ``targets``."""
+        return [r for r in self.recurrent if not r.blockers
+                and all(n in targets for b in range(r.blocks) for n in r.weights(b))]
 
-# {architecture key: (groups, norm_after)} of the architectures this process traced, most recent last
-_TRACED: dict[str, tuple[list[ChannelGroup], dict[str, str]]] = {}
+
+# {architecture key: (groups, norm_after, recurrent)} of the architectures this process traced, most recent last
+_TRACED: dict[str, tuple[list[ChannelGroup], dict[str, str], list[RecurrentLayer]]] = {}
 
 
 def _architecture(model: nn.Module, example_inputs: Inputs, ignored: list[str]) -> str:

@@ -22,6 +22,7 @@ from torch import Tensor
 from .allocation import Allocation, LayerGroups
 from .attention import AttentionHeads, attention_heads
 from .channels import ChannelGraph
+from .recurrent_units import RecurrentLayer
 from .criteria import Context
 from .errors import ConfigError
 from .selection import Selector
@@ -82,8 +83,8 @@ def _conv_group_order(g: CoupledChannels) -> tuple[Tensor, int, int]:
 def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor], layouts: Mapping[str, Layout],
                     row_scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], allocation: Allocation,
                     selector: Selector, sparsity: float, final_sparsity: float, ctx: Context,
-                    heads: list[AttentionHeads] = (), head_scores: Mapping[str, Tensor] | None = None
-                    ) -> dict[str, Tensor]:
+                    heads: list[AttentionHeads] = (), head_scores: Mapping[str, Tensor] | None = None,
+                    recurrent: list[RecurrentLayer] = ()) -> dict[str, Tensor]:
     """New masks of the producers after one pass over the coupled channels and attention heads (other targets:
     unchanged); one allocation over both, so a head is a group like any other.
 
@@ -91,7 +92,9 @@ def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor],
     grouped convolution the choice keeps its structure: a producer's conv groups each lose the same number of
     channels; a consumer's lose the channels at the same positions (scored by the sum over its conv groups).
     ``heads``: ``nn.MultiheadAttention`` heads, scored by the sum of ``head_scores`` over their q, k, v rows and
-    out_proj columns; a dropped head loses all of them.
+    out_proj columns; a dropped head loses all of them. ``recurrent``: hidden units of recurrent modules, scored
+    by the sum of their gate rows' scores; the count the allocation gives a module is split evenly over its
+    layers and directions (one hidden size for all of them).
     """
     layers, views = [], {}
     for g in groups:
@@ -122,8 +125,24 @@ def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor],
         views[a.in_proj] = (score[None], alive[None])
         layers.append(LayerGroups(a.in_proj, (a.heads, a.head_dim), 1, a.heads, 4 * a.head_dim * a.width,
                                   False, score[None] if allocation.needs_scores else None, members=(a.out_proj,)))
+    for r in recurrent:
+        score = r.scores(row_scores)
+        alive = r.alive(masks)
+        score = score.masked_fill(~alive, float("-inf")).reshape(1, -1)
+        name = r.weights(0)[0]
+        per_unit = sum(params[n][0].numel() for n in r.weights(0))  # one row of each weight per gate
+        views[name] = (score, alive)
+        layers.append(LayerGroups(name, tuple(alive.shape), 1, alive.numel(), per_unit * r.gates, False,
+                                  score if allocation.needs_scores else None,
+                                  members=tuple(n for b in range(r.blocks) for n in r.weights(b) if n != name)))
     keep = allocation.keep_counts(layers, sparsity, final_sparsity)
     new = {}
+    for r in recurrent:
+        name = r.weights(0)[0]
+        score, alive = views.pop(name)
+        per = max(0, min(r.hidden, round(keep[name] / r.blocks)))
+        kept = selector.select(score.reshape(r.blocks, r.hidden).clone(), alive, per * r.blocks, True, ctx, name)
+        new.update(r.without(masks, kept.cpu(), selector.revives))
     for a, layer in zip(heads, layers[len(groups):]):
         score, alive = views.pop(a.in_proj)
         kept = selector.select(score.clone(), alive, keep[a.in_proj], False, ctx, a.in_proj, layer.threshold)[0]
@@ -183,8 +202,16 @@ def channel_report(graph: ChannelGraph, params: Mapping[str, Tensor], masks: Map
     heads = attention_heads(graph.model, params)
     kept = sum(int(a.kept(masks).sum()) for a in heads)
     total = sum(a.heads for a in heads)
-    return {"prunable": prunable, "removed": n_removed, "sparsity": n_removed / prunable if prunable else 0.0,
-            "blocked": blocked, "untargeted": untargeted, "heads": {"prunable": total, "removed": total - kept}}
+    out = {"prunable": prunable, "removed": n_removed, "sparsity": n_removed / prunable if prunable else 0.0,
+           "blocked": blocked, "untargeted": untargeted, "heads": {"prunable": total, "removed": total - kept}}
+    if graph.recurrent:
+        taking = {r.module for r in graph.recurrent_layers(params)}
+        out["recurrent"] = {r.module: {"units": r.blocks * r.hidden, "removed": int((~r.alive(masks)).sum())
+                                       if r.module in taking else 0,
+                                       "kept_because": ", ".join(r.blockers) or (None if r.module in taking
+                                                                                 else "a weight is not a target")}
+                            for r in graph.recurrent}
+    return out
 
 
 def select_coupled(graph: ChannelGraph, params: Mapping[str, Tensor], layouts: Mapping[str, Layout], gran,
@@ -195,13 +222,16 @@ def select_coupled(graph: ChannelGraph, params: Mapping[str, Tensor], layouts: M
     ``gran`` (consumed). ConfigError when there is nothing to remove whole."""
     key = tuple(params)
     if key not in graph.coupled:
-        graph.coupled[key] = (coupled_groups(graph, params), attention_heads(graph.model, params))
+        graph.coupled[key] = (coupled_groups(graph, params), attention_heads(graph.model, params),
+                              graph.recurrent_layers(params))
         if not any(graph.coupled[key]):
+            blocked = "; ".join(f"{r.module}: {', '.join(r.blockers)}" for r in graph.recurrent if r.blockers)
             raise ConfigError("no group of coupled channels has all its producers among the targets (or every one "
-                              "feeds a normalization over channels), and no attention's heads are: this model has "
-                              "nothing to remove whole")
-    groups, heads = graph.coupled[key]
+                              "feeds a normalization over channels), and no attention's heads or recurrent units "
+                              "are: this model has nothing to remove whole"
+                              + (f" (recurrent units kept: {blocked})" if blocked else ""))
+    groups, heads, recurrent = graph.coupled[key]
     head_scores = {n: scores[n] for a in heads for n in (a.in_proj, a.out_proj)}
     rows = {n: gran.group_scores(layouts[n].canonical(scores.pop(n)).float())[0] for n in params}
     return select_channels(groups, params, layouts, rows, masks, allocation, selector, sparsity, final_sparsity, ctx,
-                           heads, head_scores)
+                           heads, head_scores, recurrent)

@@ -9,7 +9,8 @@ eval mode and float64) and raises :class:`ShrinkError` when it does not, so a wr
 The shrunk model is stored as safetensors weights plus a JSON *width manifest*: the original model's name
 and arguments and, for every module whose size changed, its new sizes. ``rebuild`` builds the original
 architecture, swaps those modules for resized ones of the same class and loads the weights: nothing is
-unpickled. Resizable module classes: Conv1d/2d/3d, Linear, BatchNorm1d/2d/3d, Hugging Face Conv1D, and
+unpickled. Resizable module classes: Conv1d/2d/3d, Linear, BatchNorm1d/2d/3d, Hugging Face Conv1D,
+``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (their hidden size, :mod:`prunelab.recurrent_units`), and
 ``nn.MultiheadAttention``, whose pruned heads make it a :class:`~prunelab.attention.HeadPrunedAttention`.
 """
 from __future__ import annotations
@@ -95,6 +96,7 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
             raise ShrinkError(f"the masks remove every output channel of {root}; the model would be cut in two")
         pruner = graph.dg.get_pruner_of_module(module)
         graph.dg.get_pruning_group(module, pruner.prune_out_channels, chans.tolist()).prune()
+    _shrink_recurrent(small, masks, graph)
     for a in attention_heads(small, masks):  # heads whose out_proj columns are all pruned go
         kept = a.kept(masks)
         if not kept.all():
@@ -109,6 +111,24 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
     after = _sizes(small)
     widths = {n: s for n, s in after.items() if before.get(n) != s}
     return small, widths
+
+
+def _shrink_recurrent(small: nn.Module, masks, graph: ChannelGraph) -> None:
+    """Recurrent modules with removed hidden units: Torch-Pruning cuts the readers of the last layer's removed
+    output channels (through the stand-in traced in the module's place), then the module is rebuilt smaller."""
+    from ..recurrent_units import shrink_recurrent
+
+    for r in graph.recurrent_layers(masks):
+        kept = r.alive(masks)
+        if kept.all():
+            continue
+        smaller = shrink_recurrent(small, r, kept)  # checks first: equal counts, not every unit
+        last = range((r.layers - 1) * r.directions, r.blocks)
+        gone = [int(j) + d * r.hidden for d, b in enumerate(last) for j in (~kept[b]).nonzero().flatten()]
+        s = graph.stand_ins[r.module]
+        graph.dg.get_pruning_group(s, graph.dg.get_pruner_of_module(s).prune_out_channels, gone).prune()
+        parent, _, child = r.module.rpartition(".")
+        setattr(small.get_submodule(parent) if parent else small, child, smaller)
 
 
 def _shrink_transformer(model: nn.Module, masks, example_inputs, atol: float, units) -> tuple[nn.Module, dict]:
@@ -168,6 +188,8 @@ def _sizes(model: nn.Module) -> dict[str, dict]:
             out[name] = {"type": "Conv1D", "in_features": m.weight.shape[0], "out_features": m.weight.shape[1]}
         elif isinstance(m, HeadPrunedAttention):
             out[name] = {"type": "HeadPrunedAttention", "heads_kept": m.heads_kept}
+        elif type(m) in (nn.LSTM, nn.GRU, nn.RNN):
+            out[name] = {"type": type(m).__name__, "input_size": m.input_size, "hidden_size": m.hidden_size}
     return out
 
 
@@ -185,6 +207,10 @@ def _resized(m: nn.Module, spec: dict) -> nn.Module:
         return type(m)(int(spec["num_features"]), m.eps, m.momentum, m.affine, m.track_running_stats)
     if is_hf_conv1d(m):
         return type(m)(int(spec["out_features"]), int(spec["in_features"]))  # Conv1D(nf, nx)
+    if type(m) in (nn.LSTM, nn.GRU, nn.RNN):
+        extra = {"nonlinearity": m.nonlinearity} if isinstance(m, nn.RNN) else {}
+        return type(m)(int(spec["input_size"]), int(spec["hidden_size"]), num_layers=m.num_layers, bias=m.bias,
+                       batch_first=m.batch_first, dropout=m.dropout, bidirectional=m.bidirectional, **extra)
     raise CheckpointError(f"width manifest resizes {type(m).__name__}, which cannot be rebuilt")
 
 
