@@ -95,3 +95,38 @@ def test_fused_expert_tensors_are_targets_of_element_methods():
     assert bool((kept.all(1) | ~kept.any(1)).all())
     w = Pruner(_model("mixtral", False), "wanda", sparsity=0.5, schedule="manual")
     assert name not in w.params and "fused expert weights, which wanda leaves dense" in w.skipped[name]
+
+
+@pytest.mark.parametrize("mode", [{}, {"per_row": True}, {"n": 2, "m": 4}])
+def test_groups_solved_in_one_batch_equal_each_group_solved_alone(mode):
+    """A grouped convolution's groups go through SparseGPT's column loop together: the same masks (ties and
+    dead columns included) and weights as one call per group."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(5, 3, 40, generator=g).round(decimals=1)  # rounded: ties at the block thresholds
+    x = torch.randn(5, 64, 40, generator=g)
+    x[1, :, 7] = 0  # a dead column in one group only
+    x[3, :, :20] = 0  # half the columns of another
+    h = x.transpose(1, 2) @ x
+    bw, bk, ok = sparsegpt(w, h, 0.5, blocksize=16, **mode)
+    assert ok and bw.shape == w.shape and bk.shape == w.shape
+    for i in range(5):
+        ow, ok_i, _ = sparsegpt(w[i], h[i], 0.5, blocksize=16, **mode)
+        assert torch.equal(bk[i], ok_i)
+        torch.testing.assert_close(bw[i], ow, rtol=1e-5, atol=1e-6)
+    # dead columns count towards the budget (half of group 3 is dead: nothing else of it goes); N:M prunes them
+    # on top of its pattern
+    assert not bk[3, :, :20].any() and int((~bk).sum()) == (4 * 60 + 90 if "n" in mode else 5 * 60)
+
+
+def test_a_group_whose_gram_matrix_is_not_positive_definite_falls_back_alone():
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(3, 4, 24, generator=g), torch.randn(3, 48, 24, generator=g)
+    h = x.transpose(1, 2) @ x
+    h[1] = -torch.eye(24)  # not positive definite even after dampening
+    h[2, 0, 0] = float("nan")
+    bw, bk, ok = sparsegpt(w, h, 0.5, blocksize=8)
+    assert not ok
+    alone, keep0, ok0 = sparsegpt(w[0], h[0], 0.5, blocksize=8)
+    assert ok0 and torch.equal(bk[0], keep0) and torch.allclose(bw[0], alone, atol=1e-6)
+    for i in (1, 2):  # magnitude pruning without an update: the kept weights are the weights
+        assert torch.equal(bw[i][bk[i]], w[i][bk[i]]) and int((~bk[i]).sum()) == 48

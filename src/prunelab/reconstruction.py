@@ -27,75 +27,106 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
               keep: Tensor | None = None, blocksize: int = 128, percdamp: float = 0.01,
               per_row: bool = False) -> tuple[Tensor, Tensor, bool]:
     """(updated weight, keep mask, whether H was invertible) of one layer, weight and mask (rows, columns), the
-    weight's dtype out. Columns no calibration input ever reached (zero diagonal of H) have their weights
-    dropped, as the paper's implementation does, and are marked pruned in the mask, so a kept weight is never a
-    dropped one. When H is not positive definite even after dampening, H^-1 is taken as the identity (as
-    llm-compressor falls back): the weights are pruned by magnitude with no update, and the flag says so."""
-    if weight.dim() != 2 or gram.shape != (weight.shape[1], weight.shape[1]):
-        raise ConfigError(f"sparsegpt needs a (rows, columns) weight and a (columns, columns) Gram matrix, got "
-                          f"{tuple(weight.shape)} and {tuple(gram.shape)}")
+    weight's dtype out; or of G independent ones at once, weight (G, rows, columns) and Gram matrices (G,
+    columns, columns) (a grouped convolution's groups: one pass of the column loop for all of them, since a
+    depthwise layer's hundreds of 1-row problems took a millisecond each one at a time). Columns no calibration
+    input ever reached (zero diagonal of H) have their weights dropped, as the paper's implementation does, and
+    are marked pruned in the mask, so a kept weight is never a dropped one. When H is not positive definite even
+    after dampening, H^-1 is taken as the identity (as llm-compressor falls back): the weights are pruned by
+    magnitude with no update, and the flag (False if any group fell back) says so."""
+    batched = weight.dim() == 3
+    w3, h3 = (weight, gram) if batched else (weight[None], gram[None])
+    if w3.dim() != 3 or h3.shape != (w3.shape[0], w3.shape[2], w3.shape[2]):
+        raise ConfigError(f"sparsegpt needs a (rows, columns) weight and a (columns, columns) Gram matrix (or G of "
+                          f"each), got {tuple(weight.shape)} and {tuple(gram.shape)}")
     dtype = torch.float64 if torch.float64 in (gram.dtype, weight.dtype) else torch.float32
-    w = weight.detach().to(dtype).clone(memory_format=torch.contiguous_format)  # a transposed view (HF Conv1D)
+    w = w3.detach().to(dtype).clone(memory_format=torch.contiguous_format)  # a transposed view (HF Conv1D)
     # would otherwise stay column-major, and every block's masks with it
-    h = gram.detach().to(device=w.device, dtype=dtype).clone()
-    rows, cols = w.shape
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1
-    w[:, dead] = 0
+    h = h3.detach().to(device=w.device, dtype=dtype).clone()
+    groups, rows, cols = w.shape
+    diag = h.diagonal(dim1=-2, dim2=-1)
+    dead = diag == 0  # (G, columns)
+    diag.masked_fill_(dead, 1)
+    w.masked_fill_(dead[:, None], 0)
     if keep is not None:
-        keep = keep.to(w.device) & ~dead[None]
-    h.diagonal().add_(percdamp * torch.mean(torch.diag(h)))
-    ok = True
-    try:  # one (columns, columns) matrix alive at a time besides the caller's Gram: each step replaces h
-        h = torch.linalg.cholesky(h)
-        h = torch.cholesky_inverse(h)
-        hinv = torch.linalg.cholesky(h, upper=True)
-        del h
-    except RuntimeError:  # torch.linalg.LinAlgError, and NaN inputs
-        ok = False
-        hinv = torch.eye(cols, dtype=dtype, device=w.device)
+        keep = (keep if batched else keep[None]).to(w.device) & ~dead[:, None]
+    diag.add_(percdamp * diag.mean(-1, keepdim=True))
+    hinv, ok = _upper_inverse_factor(h)
+    del h, diag
     pruned = torch.zeros_like(w, dtype=torch.bool) if keep is None else ~keep
-    done = 0  # entries pruned so far (per row with per_row): a block's count is its cumulative share minus these
+    # entries pruned so far per group (per row with per_row): a block's count is its cumulative share minus these
+    done = torch.zeros(groups, dtype=torch.long, device=w.device)
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        w1, h1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
+        w1, h1 = w[..., i1:i2].clone(), hinv[:, i1:i2, i1:i2]
         q1, err1 = torch.zeros_like(w1), torch.zeros_like(w1)
+        d1 = h1.diagonal(dim1=-2, dim2=-1)  # (G, block)
         if keep is None and not n:
-            score = w1.square() / torch.diag(h1).square()[None]
+            score = w1.square() / d1.square()[:, None]
             # dead columns are pruned first and count towards the budget, so a block holding more of them than its
             # share makes the later blocks prune fewer: the layer's count stays exact (at least its dead entries)
-            dead_b = dead[i1:i2]
-            score[:, dead_b] = -math.inf
+            dead_b = dead[:, i1:i2]
+            score.masked_fill_(dead_b[:, None], -math.inf)
             # the layer's count, rounded once (nearest, halves up) and shared out over the blocks by cumulative
             # rounding, so the whole layer meets the engine's rounding rule rather than a floor per block
-            if per_row:  # the same count in every row of the block
-                k = max(_share(sparsity, cols, 0, i2) - done, int(dead_b.sum()))
-                if k:
-                    idx = score.topk(k, dim=1, largest=False).indices
-                    pruned[:, i1:i2] = torch.zeros_like(score, dtype=torch.bool).scatter_(1, idx, True)
-            else:
-                k = max(_share(sparsity, rows * cols, 0, rows * i2) - done, rows * int(dead_b.sum()))
-                if k:
-                    thresh = score.flatten().kthvalue(k).values
-                    pruned[:, i1:i2] = _trim((score <= thresh).contiguous(), score, k)
+            per = 1 if per_row else rows
+            k = torch.clamp(_share(sparsity, cols * per, 0, i2 * per) - done, min=0)
+            k = torch.maximum(k, per * dead_b.sum(1))
+            pruned[..., i1:i2] = _lowest(score if per_row else score.flatten(1)[:, None], k).reshape(score.shape)
             done += k
+        p1 = pruned[..., i1:i2]  # a view: N:M's choices below write through it
         for i in range(i2 - i1):
-            col = w1[:, i]
-            d = h1[i, i]
+            col = w1[..., i]
             if keep is None and n and i % m == 0:
-                block = w1[:, i:i + m].square() / torch.diag(h1)[i:i + m].square()[None]
-                idx = block.topk(n, dim=1, largest=False).indices
-                pruned[:, i1 + i:i1 + i + m] = False
-                pruned[:, i1 + i:i1 + i + m].scatter_(1, idx, True)
-            q = col.masked_fill(pruned[:, i1 + i], 0)
-            q1[:, i] = q
-            e = (col - q) / d
-            w1[:, i:] -= e[:, None] * h1[i, i:][None]
-            err1[:, i] = e
-        w[:, i1:i2] = q1
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    pruned[:, dead] = True
-    return w.to(weight.dtype), ~pruned, ok
+                block = w1[..., i:i + m].square() / d1[:, None, i:i + m].square()
+                idx = block.topk(n, dim=-1, largest=False).indices
+                p1[..., i:i + m] = False
+                p1[..., i:i + m].scatter_(-1, idx, True)
+            q = col.masked_fill(p1[..., i], 0)
+            q1[..., i] = q
+            e = (col - q) / h1[:, i:i + 1, i]
+            w1[..., i:] -= e[..., None] * h1[:, i:i + 1, i:]
+            err1[..., i] = e
+        w[..., i1:i2] = q1
+        w[..., i2:] -= err1 @ hinv[:, i1:i2, i2:]
+    pruned |= dead[:, None]
+    w, keep_out = w.to(weight.dtype), ~pruned
+    return (w, keep_out, ok) if batched else (w[0], keep_out[0], ok)
+
+
+def _upper_inverse_factor(h: Tensor) -> tuple[Tensor, bool]:
+    """(G, n, n) upper Cholesky factors of the inverses of the (G, n, n) matrices ``h`` (consumed), the identity
+    for any that is not positive definite (or not finite); and whether none fell back. One (n, n) matrix per
+    group alive at a time besides the caller's Gram: each step replaces ``h``."""
+    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
+    # a NaN anywhere reaches the factor's later diagonal entries: checking the diagonal costs n, not n^2
+    finite = lambda f: torch.isfinite(f.diagonal(dim1=-2, dim2=-1)).all(-1)  # noqa: E731
+    h, info = torch.linalg.cholesky_ex(h)
+    bad = (info != 0) | ~finite(h)
+    if bad.any():
+        h[bad] = eye
+    h = torch.cholesky_inverse(h)
+    h, info = torch.linalg.cholesky_ex(h, upper=True)
+    bad |= (info != 0) | ~finite(h)
+    if bad.any():
+        h[bad] = eye
+    return h, not bool(bad.any())
+
+
+def _lowest(score: Tensor, k: Tensor) -> Tensor:
+    """(G, R, C) bool: in each row of each group the ``k[g]`` lowest scores, ties broken by position (the lower
+    pruned first). One group: kthvalue and a trim of the ties (linear time: the sort below is several times
+    slower on an LLM's 4096-row blocks); several: a stable sort, the same choice."""
+    if score.shape[0] == 1 and score.shape[1] == 1:
+        kk = int(k[0])
+        flat = score[0, 0]
+        if kk == 0:
+            return torch.zeros_like(score, dtype=torch.bool)
+        return _trim((flat <= flat.kthvalue(kk).values).contiguous(), flat, kk).reshape(score.shape)
+    order = score.argsort(dim=-1, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(score.shape[-1], device=score.device)
+                                            .expand_as(order).contiguous())
+    return rank < k.to(score.device)[:, None, None]
 
 
 def _share(sparsity: float, total: int, start: int, stop: int) -> int:

@@ -31,7 +31,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 
 from ..allocation import LayerGroups, Uniform
 from ..calibration.observers import column_view
@@ -105,15 +104,12 @@ class SparseGPTMethod(Method):
 
     def _solve(self, w, gram, sparsity: float, nm: tuple[int, int]):
         """:func:`sparsegpt` of one weight; a grouped convolution's (groups, columns, columns) Gram matrices
-        solve each group's output rows on their own, at the same sparsity."""
-        def one(rows, h):
-            return sparsegpt(rows, h, sparsity, *nm, blocksize=self.blocksize, percdamp=self.percdamp,
-                             per_row=self.per_row)
-        if gram.dim() == 2:
-            return one(w, gram)
-        size = w.shape[0] // gram.shape[0]
-        parts = [one(w[i * size:(i + 1) * size], gram[i]) for i in range(gram.shape[0])]
-        return torch.cat([a for a, _, _ in parts]), torch.cat([k for _, k, _ in parts]), all(o for *_, o in parts)
+        solve each group's output rows on their own, at the same sparsity, in one batched call."""
+        if gram.dim() == 3:
+            w = w.reshape(gram.shape[0], -1, w.shape[-1])
+        new, keep, ok = sparsegpt(w, gram, sparsity, *nm, blocksize=self.blocksize, percdamp=self.percdamp,
+                                  per_row=self.per_row)
+        return new.reshape(-1, new.shape[-1]), keep.reshape(-1, keep.shape[-1]), ok
 
     def decide(self, view, ctx) -> Decision:
         """Masks and reconstructed weights of the group ``ctx.group`` from its Gram matrices; the Pruner writes
