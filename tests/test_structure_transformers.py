@@ -37,6 +37,9 @@ def _model(kind: str, layers: int = 3, **kw) -> nn.Module:
     else:
         if kind == "mixtral":
             kw = {"num_local_experts": 4, "num_experts_per_tok": 2, **kw}
+        if kind == "qwen2_moe":  # routed experts and a shared one
+            kw = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 24,
+                  "shared_expert_intermediate_size": 24, **kw}
         if kind in ("phi3", "gemma2"):  # token ids inside the vocabulary; a head size that fits the width
             kw = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "head_dim": 8, **kw}
         config = transformers.AutoConfig.for_model(kind, vocab_size=V, hidden_size=32, intermediate_size=48,
@@ -70,7 +73,8 @@ def _pruned(model, units, criterion="magnitude", sparsity=0.5, **kw):
 CASES = [("llama", ["mlp", "heads", "hidden", "depth"]), ("qwen2", ["mlp", "heads", "hidden"]),
          ("mistral", ["heads", "depth"]), ("qwen3", ["mlp", "heads", "depth"]), ("gpt2", ["mlp", "depth"]),
          ("opt", ["mlp", "depth"]), ("gemma2", ["mlp", "heads", "depth"]), ("phi3", ["mlp", "heads", "hidden"]),
-         ("gpt_neox", ["mlp", "depth"]), ("bert", ["mlp"]), ("mixtral", ["heads", "hidden", "depth"])]
+         ("gpt_neox", ["mlp", "depth"]), ("bert", ["mlp"]), ("mixtral", ["heads", "hidden", "depth"]),
+         ("qwen2_moe", ["heads", "hidden"])]
 
 
 # the config field each unit changes, and its width before: (model type, unit), else the LLaMA-style default
@@ -96,7 +100,7 @@ def test_each_unit_at_half_shrinks_saves_and_loads_without_prunelab(tmp_path):
                 assert changed["rms_norm_eps"] == pytest.approx(model.config.rms_norm_eps * 2)
             folder = tmp_path / f"{kind}-{unit}"
             save_pretrained(small, folder)
-            if kind == "mixtral":  # transformers' grouped-matmul experts have no float64 kernel; its loop has
+            if kind in ("mixtral", "qwen2_moe"):  # transformers' grouped-matmul experts have no float64 kernel; its loop has
                 model.config._experts_implementation = "eager"
             with torch.no_grad():  # the masked model's logits, which the loaded folder must reproduce
                 expected[str(folder)] = (type(small).__name__, model.double()(_x(2, 5)).logits.tolist())
