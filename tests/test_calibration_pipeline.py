@@ -189,17 +189,22 @@ def test_sequential_wanda_scores_each_layer_on_the_outputs_of_the_pruned_layers_
     assert one_pass.needs.calibration.sequential is False
 
 
-def test_dead_input_columns_are_pruned_in_the_mask_too():
-    """Under 2:4, a column no input ever reached has its weights dropped; the mask says so."""
+def test_dead_input_columns_go_first_within_the_pattern_and_the_rest_are_kept_unchanged():
+    """Under 2:4, columns no input ever reached are the pruned ones where the pattern allows (by position); a
+    third in the same group of four keeps its weights, and the decision says how many columns were unreached."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 4))
+    before = model[0].weight.detach().clone()
     x = torch.randn(32, 8)
     x[:, 1:4] = 0  # three dead columns in the first group of four
     p = Pruner(model, {"name": "sparsegpt", "granularity": "nm", "samples": 32}, schedule="manual")
     p.calibrate([x])
-    p.prune(0.5)
+    with pytest.warns(UserWarning, match="never reached 38% of the input columns of 0.weight"):
+        p.prune(0.5)
     w, m = model[0].weight, p.masks["0.weight"]
-    assert torch.equal(m, w != 0) and not m[:, 1:4].any()
+    assert (m.reshape(4, 2, 4).sum(-1) == 2).all() and not m[:, 1:3].any() and m[:, 3].all()
+    assert torch.equal(w[:, 3], before[:, 3]) and torch.equal(m, w != 0)
+    assert p.history[-1]["unreached_columns"] == {"0.weight": 0.375}
 
 
 def test_a_singular_gram_matrix_falls_back_to_magnitude_and_says_so():

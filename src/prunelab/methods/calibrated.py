@@ -116,13 +116,17 @@ class SparseGPTMethod(Method):
         them before the next group is measured."""
         gran = self.granularity_
         nm = (gran.n, gran.m) if isinstance(gran, NM) else (0, 0)
-        masks, values, singular = {}, {}, []
+        masks, values, singular, dead = {}, {}, [], {}
         for name in ctx.group:
             p, layout, st = view.params[name], view.layouts[name], ctx.input_stats[name]
             sparsity = ctx.sparsity if ctx.layer_sparsity is None else ctx.layer_sparsity[name]
             w, keep, ok = self._solve(column_view(layout, p.detach()), st.gram, sparsity, nm)
             if not ok:
                 singular.append(name)
+            unreached = st.gram.diagonal(dim1=-2, dim2=-1) == 0  # (columns,) or per conv group (groups, columns)
+            if bool((keep.reshape(unreached.numel() // unreached.shape[-1], -1, keep.shape[-1])
+                     & unreached.reshape(-1, 1, unreached.shape[-1])).any()):  # more than the budget could take
+                dead[name] = round(float(unreached.float().mean()), 4)
             shape = layout.canonical(p).shape
             masks[name] = layout.stored(keep.reshape(shape)).contiguous()
             values[name] = layout.stored(w.reshape(shape)).contiguous()
@@ -132,6 +136,12 @@ class SparseGPTMethod(Method):
                           "after dampening; those layers were pruned by magnitude without reconstruction (more "
                           "calibration samples or a larger percdamp avoid it)", stacklevel=2)
             record["unreconstructed"] = {n: "Gram matrix not positive definite" for n in singular}
+        if dead:
+            warnings.warn(f"sparsegpt: calibration never reached {dead[next(iter(dead))]:.0%} of the input columns of "
+                          f"{', '.join(list(dead)[:3])}{' ...' if len(dead) > 3 else ''}, more than the budget prunes; "
+                          "the rest were kept unchanged (a dilated convolution's taps reading only padding? calibrate "
+                          "on inputs of the size the model is used at)", stacklevel=2)
+            record["unreached_columns"] = dead
         if ctx.layer_sparsity is not None:
             record["layer_sparsity"] = {n: round(ctx.layer_sparsity[n], 6) for n in ctx.group}
         return Decision(masks, values, record)
