@@ -57,10 +57,18 @@ def _inputs(batch: Any, targets: bool | None, index: int) -> Any:
 
 def _check_kind(x: Any, index: int) -> None:
     ok = isinstance(x, Tensor) or (isinstance(x, Mapping) and all(isinstance(k, str) for k in x)) or (
-        isinstance(x, (tuple, list)) and len(x) > 0 and isinstance(x[0], Tensor))
+        isinstance(x, (tuple, list)) and len(x) > 0 and (isinstance(x[0], Tensor) or _image_list(x)))
     if not ok or not _leaves(x):
         raise ConfigError(f"calibration batch {index} is a {type(x).__name__}, not model inputs: each batch must "
-                          "be a tensor, a tuple or a dict of tensors, or an (inputs, targets) pair")
+                          "be a tensor, a tuple or a dict of tensors, a tuple whose first input is a list of "
+                          "images (a torchvision detector's), or an (inputs, targets) pair")
+
+
+def _image_list(x: Any) -> bool:
+    """Positional inputs whose first is a list of tensors, one per sample: a torchvision detector's images,
+    which may differ in size."""
+    return (isinstance(x, (tuple, list)) and len(x) > 0 and isinstance(x[0], list) and len(x[0]) > 0
+            and all(isinstance(t, Tensor) for t in x[0]))
 
 
 def _leaves(x: Any) -> list[Tensor]:
@@ -72,12 +80,16 @@ def _leaves(x: Any) -> list[Tensor]:
 
 def batch_size(x: Any) -> int:
     """How many samples a batch of model inputs holds: the leading size of its first tensor that has one."""
+    if _image_list(x):
+        return len(x[0])
     leaves = [t for t in _leaves(x) if t.dim() > 0]
     return leaves[0].shape[0] if leaves else 1
 
 
 def _cut(x: Any, n: int, start: int, stop: int) -> Any:
     """Samples [start, stop) of a batch of ``n`` (tensors without that leading size are shared, kept whole)."""
+    if _image_list(x):
+        return type(x)([x[0][start:stop], *x[1:]])
     return map_tensors(x, lambda t: t[start:stop] if t.dim() > 0 and t.shape[0] == n else t)
 
 
