@@ -250,7 +250,8 @@ def test_grouped_convolutions_lose_channels_by_their_group_structure():
 
 def test_an_architecture_is_traced_once_per_process_and_the_masks_are_the_same(monkeypatch):
     """Every round's Pruner and the summary build a channel graph of a fresh model of the same architecture:
-    the groups (names and indices) come from the first trace; shrink still traces for itself."""
+    the groups (names and indices) come from the first trace (and the trial shrink that probes them, once);
+    shrink still traces for itself."""
     import torch_pruning as tp
 
     from prunelab import channels
@@ -272,13 +273,13 @@ def test_an_architecture_is_traced_once_per_process_and_the_masks_are_the_same(m
     x = torch.randn(2, 3, 8, 8)
     first = Pruner(net(0), "l1_filter", sparsity=0.5, example_inputs=x)
     again = Pruner(net(0), "l1_filter", sparsity=0.5, example_inputs=x)
-    assert len(calls) == 1 and again.channels.dg is None
+    assert len(calls) == 2 and again.channels.dg is None  # the trace, and the trial shrink's
     assert all(torch.equal(first.masks[n], again.masks[n]) for n in first.masks)
     assert again.summary()["channels"] == first.summary()["channels"]
     _, widths = shrink(again.model, again.masks, x, graph=again.channels)  # traces the model it shrinks
-    assert len(calls) == 2 and widths
+    assert len(calls) == 3 and widths
     Pruner(net(1)[:4], "l1_filter", sparsity=0.5, example_inputs=x)  # another architecture: its own trace
-    assert len(calls) == 3
+    assert len(calls) == 5
 
 
 class _TwoHeads(nn.Module):
@@ -347,3 +348,32 @@ def test_a_layer_called_on_several_inputs_keeps_the_channels_it_ties():
     assert int(removed.sum()) == 4
     small, widths = shrink(model, p.masks, x, graph=p.channels)  # checked equal to the masked model inside
     assert small.stem.out_channels == 4 and small.head.in_channels == 6
+
+
+def test_a_group_whose_trial_shrink_fails_is_blocked_before_pruning():
+    """A width written into the forward (reshape to 8 channels) makes conv2's channels unremovable: the trial
+    shrink after the trace blocks that group, the rest prune and the model shrinks to the same outputs."""
+    from prunelab.channels import ChannelGraph
+    from prunelab.export import shrink
+    from prunelab.inputs import max_output_diff
+
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2, self.fc = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Linear(8, 5)
+
+        def forward(self, x):
+            x = self.conv2(torch.relu(self.conv1(x)))
+            return self.fc(x.reshape(x.shape[0], 8, -1).mean(-1))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 10, 10)
+    trusted = ChannelGraph(Fixed(), x, reuse=False, probe=False)
+    assert all(g.removable for g in trusted.groups)  # the trace alone sees nothing wrong
+    p = Pruner(Fixed(), "l1_filter", sparsity=0.5, example_inputs=x)
+    blocked = {g.root: g.blockers for g in p.channels.groups if not g.removable}
+    assert list(blocked) == ["conv2"] and "trial shrink" in blocked["conv2"][0]
+    assert p.summary()["channels"]["removed"] == 4  # half of conv1's channels
+    small, _ = shrink(p.model, p.masks, x, graph=p.channels)
+    assert small.conv1.out_channels == 4 and small.conv2.out_channels == 8
+    assert max_output_diff(p.model.double(), small.double(), x.double()) <= 1e-10

@@ -65,11 +65,12 @@ class ChannelGraph:
     The groups are names and indices, the same for every model of one architecture: a process traces an
     architecture once (``reuse``) and gives later models of it (the next round's, the summary's) the groups
     without a trace; those graphs have no Torch-Pruning graph (``dg`` None), which only :func:`shrink` needs,
-    and shrink traces for itself (``reuse=False``).
+    and shrink traces for itself (``reuse=False``). ``probe``: shrink every removable group once on a copy after
+    the trace and block those that fail (:mod:`prunelab.channel_probe`); shrink's own graph needs no probe.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Inputs, ignored: list[str] | None = None,
-                 reuse: bool = True) -> None:
+                 reuse: bool = True, probe: bool = True) -> None:
         import torch_pruning as tp
 
         self.model = model
@@ -99,9 +100,13 @@ class ChannelGraph:
             return
         with trace_budget(model):  # minutes on some models, or out of memory: one sentence past the budget
             self._trace(tp, model, example_inputs, hf, ignored)
-        _TRACED[key] = (self.groups, self.norm_after, self.recurrent)
-        while len(_TRACED) > 8:
-            _TRACED.pop(next(iter(_TRACED)))
+        if probe:  # each removable group shrunk once on a copy: those that fail are blocked before any selection
+            from .channel_probe import probe_groups
+
+            probe_groups(self, model, example_inputs)
+            _TRACED[key] = (self.groups, self.norm_after, self.recurrent)  # only probed groups are reused
+            while len(_TRACED) > 8:
+                _TRACED.pop(next(iter(_TRACED)))
 
     def _trace(self, tp, model: nn.Module, example_inputs: Inputs, hf: set, ignored: list[str]) -> None:
         was = model.training

@@ -78,11 +78,11 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
     masked = copy.deepcopy(model).eval() if check else None
     if graph is None:
         small = copy.deepcopy(model).eval()
-        graph = ChannelGraph(small, example_inputs, reuse=False)
+        graph = ChannelGraph(small, example_inputs, reuse=False, probe=False)
     else:
         small = model.eval()
         if graph.dg is None:  # groups reused from an earlier trace: the pruning itself needs Torch-Pruning's graph
-            graph = ChannelGraph(small, example_inputs, graph.ignored, reuse=False)
+            graph = ChannelGraph(small, example_inputs, graph.ignored, reuse=False, probe=False)
     removed = graph.removed(masks)
     if masked is not None:  # the masked reference: pruned weights zero, companions untouched (the trained model)
         _apply(masked, masks)
