@@ -33,7 +33,9 @@ BENCHMARKS = {
     "quickstart_load": (["--repeats", "3"], "quickstart_load.md", "perf", "8 min"),
     "import_time": (["--repeats", "5"], "import_time.md", "perf", "1 min"),
     "overhead": ([], "overhead.md", "perf", "3 min"),
-    "foreign_models": (["--threads", "1", "--repeats", "3"], "foreign_models.md", "perf", "3 min"),
+    "foreign_models": (["--threads", "1", "--repeats", "3", "--trace-seconds", "30"], "foreign_models.md", "perf",
+                       "45 min"),
+    "trainer_loop": (["--threads", "1"], "trainer_loop.md", "perf", "2 min"),
     "calibration": (["--threads", "1", "--repeats", "1"], "calibration.md", "perf", "15 min"),
     "calibration_memory": (["--threads", "1", "--layers", "4", "--sequences", "8", "--tokens", "512"],
                            "calibration_memory.md", "perf", "20 min"),
@@ -51,6 +53,7 @@ BENCHMARKS = {
     "pca_vs_magnitude": (["--model", "lenet300_100"], None, "accuracy", "1 h"),
     "mask_study": (["--seeds", "0,1,2"], None, "accuracy", "1 h"),
     "l1_presets": ([], "l1_presets.md", "accuracy", "1 min"),
+    "recovery_lm": (["--threads", "1"], "recovery_lm.md", "accuracy", "65 min"),
 }
 
 

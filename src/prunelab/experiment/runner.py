@@ -107,6 +107,9 @@ class Runner:
         except (RuntimeError, ValueError, AssertionError) as exc:
             raise ConfigError(f"device {dev!r} cannot be used here ({(str(exc).splitlines() or [''])[0][:120]}); "
                               "add device=cpu") from None
+        from ..training import speed
+
+        speed.check(ctx.recipe.train, dev)  # fp16 on the CPU, compile unsupported: before any stage runs
         stages = self.stages
         if self.stop_after is not None and self.stop_after not in [s.name for s in stages]:
             raise ConfigError(f"--stop-after {self.stop_after!r} is not a stage of this run; its stages: "

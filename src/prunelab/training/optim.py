@@ -42,6 +42,12 @@ class OptimConfig(BaseModel):
     bn_l1: float = Field(0.0, ge=0)  # Network Slimming's sparsity training: s * sign(gamma) added to BatchNorm scale grads
     max_steps: int | None = Field(None, ge=1, le=10 ** 9)  # a budget of optimizer steps (replaces epochs)
     train_tokens: int | None = Field(None, ge=1, le=10 ** 15)  # a budget of training targets (replaces epochs)
+    # the forward pass and loss under autocast in this dtype (fp16: with a gradient scaler, CUDA only); the
+    # weights, their masks and the optimizer state stay float32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False  # convolutional models and their image batches in channels-last memory
+    compile: bool = False  # torch.compile the model for training (the pruner acts on the same parameters)
+    log_every: int = Field(50, ge=1, le=10 ** 6)  # steps between reads of the running loss off the device
 
     @model_validator(mode="after")
     def _one_budget(self) -> "OptimConfig":

@@ -29,8 +29,12 @@ class Classification:
     def loss(self, out, y: Tensor, reduction: str = "mean") -> Tensor:
         return F.cross_entropy(logits_of(out), y, reduction=reduction)
 
+    def hits(self, out, y: Tensor) -> Tensor:
+        """The count of correct predictions, as a tensor on the outputs' device (no host sync)."""
+        return (logits_of(out).argmax(1) == y).sum()
+
     def correct(self, out, y: Tensor) -> int:
-        return int((logits_of(out).argmax(1) == y).sum())
+        return int(self.hits(out, y))
 
     def count(self, y: Tensor) -> int:
         return len(y)
@@ -51,8 +55,8 @@ class CausalLM(Classification):
                               f"{tuple(y.shape)}; got {tuple(z.shape)}")
         return F.cross_entropy(z.reshape(-1, z.shape[-1]), y.reshape(-1), reduction=reduction)
 
-    def correct(self, out, y: Tensor) -> int:
-        return int((logits_of(out).argmax(-1) == y).sum())
+    def hits(self, out, y: Tensor) -> Tensor:
+        return (logits_of(out).argmax(-1) == y).sum()
 
     def count(self, y: Tensor) -> int:
         return y.numel()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import TrainingDiverged
+from . import speed
 from .optim import OptimConfig, lr_at, set_lr
 from .tasks import Classification, get_task
 
@@ -29,15 +30,17 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     task = task if isinstance(task, Classification) else get_task(task)
     was_training = model.training
     model.eval()
-    total, correct, loss = 0, 0, 0.0
+    total, correct, loss = 0, None, None
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
+        x, y = speed.to_device(x, device), speed.to_device(y, device)
         out = model(x)
-        loss += task.loss(out, y, reduction="sum").item()
-        correct += task.correct(out, y)
+        batch_loss = task.loss(out, y, reduction="sum").to(speed.sum_dtype(device))  # read once, at the end
+        loss = batch_loss if loss is None else loss + batch_loss
+        hits = task.hits(out, y)
+        correct = hits if correct is None else correct + hits
         total += task.count(y)
     model.train(was_training)
-    return task.metrics(loss, correct, total)
+    return task.metrics(0.0 if loss is None else float(loss), 0 if correct is None else int(correct), total)
 
 
 @torch.no_grad()
@@ -72,6 +75,11 @@ class Trainer:
         self.world = world
         self.total_steps: int | None = cfg.max_steps  # a token budget's is known at its first batch
         self.history: list[dict] = []
+        speed.check(cfg, device)
+        self.forward = speed.prepare(model, cfg)  # channels-last in place; compiled: a wrapper on the same weights
+        self.scaler = speed.scaler(cfg, device)
+        # a hook that takes each step's loss makes the loop read it every step; otherwise every log_every steps
+        self._per_step = any(getattr(h, "on_batch_end", None) for h in self.hooks)
 
     def _call(self, event: str, *args: Any) -> None:
         for h in self.hooks:
@@ -97,10 +105,19 @@ class Trainer:
             while (not self.spent()) if self.cfg.budget else epoch < self.cfg.epochs:
                 of = "" if self.cfg.budget else f"/{self.cfg.epochs}"
                 task = bar.add_task(f"{self.stage} epoch {epoch + 1}{of}", total=len(self.train_loader), info="")
-                self.history.append(self._epoch(epoch, lambda info: bar.update(task, advance=1, info=info)))
+                def tick(info, task=task):
+                    bar.update(task, advance=1, **({"info": info} if info is not None else {}))
+                self.history.append(self._epoch(epoch, tick))
                 bar.remove_task(task)
                 epoch += 1
         return self.history
+
+    def _read(self, loss_value: float, epoch: int, lr: float) -> float:
+        """``loss_value`` once it is on the host; TrainingDiverged when it is not finite."""
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"training diverged in stage {self.stage}, epoch {epoch + 1} (loss {loss_value} by "
+                                   f"step {self.global_step}); lower the learning rate (lr={lr:g})")
+        return loss_value
 
     def _budget_lr(self, n: int) -> float:
         """Under a budget: the rate at this step's fractional epoch over the budget's length (module optim)."""
@@ -119,40 +136,64 @@ class Trainer:
             self.train_loader.sampler.set_epoch(epoch)
         self._call("on_epoch_begin", epoch)
         self.model.train()
-        seen, correct, loss_sum = 0, 0, 0.0
+        seen, since = 0, 0
+        # running sums kept on the device and read every log_every steps, the epoch's end and a divergence
+        # check there: a read per step stalls a GPU (the loop made two per step, plus the masks' sparsity)
+        loss_t = correct_t = None
+        loss_sum, correct = 0.0, 0
         for x, y in self.train_loader:
             if self.spent():
                 break
-            x, y = x.to(self.device), y.to(self.device)
+            x = speed.to_device(x, self.device, self.cfg.channels_last)
+            y = speed.to_device(y, self.device)
             if self.cfg.budget:
                 lr = self._budget_lr(self.task.count(y))
                 set_lr(self.optimizer, lr)
             self.optimizer.zero_grad(set_to_none=True)
-            out = self.model(x)
-            loss = self.loss_fn(x, out, y) if self._loss_takes_inputs else self.loss_fn(out, y)
-            loss.backward()
+            with speed.autocast(self.cfg, self.device):
+                out = self.forward(x)
+                loss = self.loss_fn(x, out, y) if self._loss_takes_inputs else self.loss_fn(out, y)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                if self.cfg.bn_l1 > 0:  # the subgradient is added to true gradients, not scaled ones
+                    self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
             if self.cfg.bn_l1 > 0:
                 bn_l1_step(self.model, self.cfg.bn_l1)
             if self.pruner is not None:
                 self.pruner.after_backward()
             self._call("after_backward")
-            self.optimizer.step()
-            if self.pruner is not None:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            if self.pruner is not None:  # after the (scaler's) step: the masks hold on what was written
                 self.pruner.step(self.optimizer)
             self.global_step += 1
-            n, loss_value = self.task.count(y), loss.item()
+            n = self.task.count(y)
             self.targets += n * self.world
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(f"training diverged in stage {self.stage}, epoch {epoch + 1} (loss "
-                                       f"{loss_value}); lower the learning rate (lr={lr:g})")
             seen += n
-            loss_sum += loss_value * n
-            correct += self.task.correct(out, y)
-            self._call("on_batch_end", self.global_step, loss_value)
-            info = f"loss {loss_sum / seen:.4f} acc {correct / seen:.4f}"
-            if self.pruner is not None:
-                info += f" sparsity {self.pruner.masks.sparsity():.3f}"
-            tick(info)
+            since += 1
+            term = loss.detach().to(speed.sum_dtype(self.device)) * n
+            loss_t = term if loss_t is None else loss_t + term
+            hits = self.task.hits(out, y)
+            correct_t = hits if correct_t is None else correct_t + hits
+            if self._per_step:
+                value = self._read(loss.item(), epoch, lr)
+                self._call("on_batch_end", self.global_step, value)
+            if since >= self.cfg.log_every:
+                loss_sum, correct = self._read(float(loss_t), epoch, lr), int(correct_t)
+                since = 0
+                info = f"loss {loss_sum / seen:.4f} acc {correct / seen:.4f}"
+                if self.pruner is not None:
+                    info += f" sparsity {self.pruner.masks.sparsity():.3f}"
+                tick(info)
+            else:
+                tick(None)
+        if loss_t is not None:
+            loss_sum, correct = self._read(float(loss_t), epoch, lr), int(correct_t)
         metrics = {"stage": self.stage, "epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / max(seen, 1),
                    "train_acc": correct / max(seen, 1), "steps": self.global_step, "targets": self.targets}
         if self.test_loader is not None:
