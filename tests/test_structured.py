@@ -377,3 +377,27 @@ def test_a_group_whose_trial_shrink_fails_is_blocked_before_pruning():
     small, _ = shrink(p.model, p.masks, x, graph=p.channels)
     assert small.conv1.out_channels == 4 and small.conv2.out_channels == 8
     assert max_output_diff(p.model.double(), small.double(), x.double()) <= 1e-10
+
+
+def test_a_model_caching_tensors_of_its_forward_prunes_and_shrinks():
+    """RAFT-style: a module keeps a tensor of its last forward pass (with autograd history) as an attribute,
+    which deepcopy refuses; the trial shrink and shrink copy it all the same."""
+    from prunelab.export import shrink
+
+    class Caching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, 4)
+            self.cache = []
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x))
+            self.cache = [y * 2]  # kept after the call, with its graph when gradients are on
+            return self.fc(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    p = Pruner(Caching(), "l1_filter", sparsity=0.5, example_inputs=x)
+    assert p.summary()["channels"]["removed"] == 4
+    small, _ = shrink(p.model, p.masks, x, graph=p.channels)
+    assert small.conv.out_channels == 4

@@ -12,8 +12,6 @@ two float64 forward passes), about 2 log2(groups) more per group that fails.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
@@ -44,6 +42,7 @@ def _failing(graph, model, example_inputs, groups: list) -> list:
 
 def _holds(graph, model: nn.Module, example_inputs, groups: list) -> bool:
     from .export.shrink import _apply, shrink
+    from .inputs import copy_model
 
     params = dict(model.named_parameters())
     masks = {}
@@ -64,7 +63,7 @@ def _holds(graph, model: nn.Module, example_inputs, groups: list) -> bool:
                 keep[:, rows] = False
             else:
                 keep[rows] = False
-    trial = copy.deepcopy(model).eval()
+    trial = copy_model(model).eval()
     _apply(trial, masks, graph)  # pruned rows and their companions at zero, as a channel method holds them
     try:
         shrink(trial, masks, example_inputs)

@@ -139,3 +139,31 @@ def shared_layers(model: nn.Module, inputs: Inputs, types: tuple[type, ...]) -> 
     names, made, _, fed = _forward_graph(model, inputs, types)
     called = {name for name, calls in fed.items() if len(calls) > 1}
     return called, _nearest([fn for name in called for c in fed[name] for fn in c], made)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also for a model that keeps tensors of its last forward pass as attributes
+    (torchvision's RAFT caches its correlation pyramid): deepcopy refuses tensors with autograd history, so
+    those cached tensors are detached in place first (their values unchanged), then the copy is made."""
+    import copy
+
+    try:
+        return copy.deepcopy(model)
+    except RuntimeError as exc:
+        if "graph leaves" not in str(exc):
+            raise
+
+    def detach(v):
+        if isinstance(v, Tensor) and not isinstance(v, nn.Parameter) and v.grad_fn is not None:
+            return v.detach()
+        if isinstance(v, list):
+            return [detach(t) for t in v]
+        if isinstance(v, tuple):
+            return tuple(detach(t) for t in v)
+        return v
+    for m in model.modules():
+        for k, v in list(vars(m).items()):
+            new = detach(v) if not k.startswith("_") else v  # _parameters, _buffers, _modules: torch's own
+            if new is not v:
+                setattr(m, k, new)
+    return copy.deepcopy(model)

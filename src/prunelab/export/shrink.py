@@ -15,7 +15,6 @@ unpickled. Resizable module classes: Conv1d/2d/3d, Linear, BatchNorm1d/2d/3d, Hu
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from ..attention import HeadPrunedAttention, attention_heads
 from ..channels import ChannelGraph
 from ..masks import Masks
 from ..errors import CheckpointError, PrunelabError
-from ..inputs import Inputs, max_output_diff, random_like, to_double
+from ..inputs import Inputs, copy_model, max_output_diff, random_like, to_double
 from ..io import atomic_write_safetensors, read_tagged_safetensors
 from ..targets import is_hf_conv1d
 
@@ -75,9 +74,9 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
         raise ShrinkError("the channel graph given to shrink was traced on another model (pass pruner.channels "
                           "of the pruner that pruned this model)")
     (masks if isinstance(masks, Masks) else Masks(masks)).check_fits(model)  # another model's masks: one sentence
-    masked = copy.deepcopy(model).eval() if check else None
+    masked = copy_model(model).eval() if check else None
     if graph is None:
-        small = copy.deepcopy(model).eval()
+        small = copy_model(model).eval()
         graph = ChannelGraph(small, example_inputs, reuse=False, probe=False)
     else:
         small = model.eval()
@@ -155,7 +154,7 @@ def _check(masked: nn.Module, small: nn.Module, example_inputs, check_inputs, at
         checks.append(check_inputs)
     # compared in float64: a deep net's float32 outputs differ by summation order alone (1e-4 at outputs of
     # ~400 for an untrained ResNet-56), which would hide nothing but make the tolerance scale-dependent
-    masked64, small64 = masked.double(), copy.deepcopy(small).double()
+    masked64, small64 = masked.double(), copy_model(small).double()
     try:
         diff = max(max_output_diff(masked64, small64, to_double(x)) for x in checks)
     except (RuntimeError, ValueError, IndexError) as exc:  # widths that no longer fit each other
