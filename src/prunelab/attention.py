@@ -94,7 +94,10 @@ class HeadPrunedAttention(nn.Module):
                 small.out_proj.bias.copy_(m.out_proj.bias)
             small.out_proj.weight.copy_(m.out_proj.weight[:, cols])
         small.heads_kept = [int(h) for h in heads]
-        return small.to(m.in_proj_weight.device, m.in_proj_weight.dtype)
+        w = m.in_proj_weight
+        if (small.in_proj_weight.device, small.in_proj_weight.dtype) != (w.device, w.dtype):
+            small = small.to(w.device, w.dtype)
+        return small
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
                 need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,

@@ -258,37 +258,49 @@ def recurrent_layers(model: nn.Module, dg, stand_ins: Mapping[nn.Module, str], e
 
 def shrink_recurrent(model: nn.Module, layer: RecurrentLayer, kept: Tensor) -> nn.RNNBase:
     """A smaller module of the same class holding the ``kept`` ((blocks, hidden) bool, the same count in every
-    block) units of ``model``'s module ``layer.module``; its readers outside the module are not changed here."""
+    block) units of ``model``'s module ``layer.module``, on its device; its readers outside the module are not
+    changed here. The decisions are read once, here, as lists; the copying then reads nothing back."""
+    return build_recurrent(model.get_submodule(layer.module), layer, kept_units(layer, kept))
+
+
+def kept_units(layer: RecurrentLayer, kept: Tensor) -> list[list[int]]:
+    """The kept unit indices of every block, from the (blocks, hidden) decisions; ShrinkError unless every block
+    keeps the same number, at least one."""
     from .export.shrink import ShrinkError
 
-    rnn = model.get_submodule(layer.module)
-    counts = kept.sum(1)
-    if not bool((counts == counts[0]).all()):
-        raise ShrinkError(f"{layer.module} keeps {counts.tolist()} units in its layers and directions; one module "
+    idx = [kept[b].nonzero().flatten().tolist() for b in range(layer.blocks)]
+    counts = [len(i) for i in idx]
+    if len(set(counts)) != 1:
+        raise ShrinkError(f"{layer.module} keeps {counts} units in its layers and directions; one module "
                           "holds one hidden size, so each must keep the same number")
-    k = int(counts[0])
-    if k == 0:
+    if counts[0] == 0:
         raise ShrinkError(f"the masks remove every hidden unit of {layer.module}; the model would be cut in two")
+    return idx
+
+
+def build_recurrent(rnn: nn.RNNBase, layer: RecurrentLayer, idx: list[list[int]]) -> nn.RNNBase:
+    """The module of :func:`shrink_recurrent` from the kept units of each block (:func:`kept_units`)."""
     extra = {"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}
     p = next(rnn.parameters())
-    small = type(rnn)(rnn.input_size, k, num_layers=rnn.num_layers, bias=rnn.bias, batch_first=rnn.batch_first,
-                      dropout=rnn.dropout, bidirectional=rnn.bidirectional, device=p.device, dtype=p.dtype, **extra)
-    idx = [kept[b].nonzero().flatten() for b in range(layer.blocks)]
+    small = type(rnn)(rnn.input_size, len(idx[0]), num_layers=rnn.num_layers, bias=rnn.bias,
+                      batch_first=rnn.batch_first, dropout=rnn.dropout, bidirectional=rnn.bidirectional,
+                      device=p.device, dtype=p.dtype, **extra)
+    units = [torch.tensor(i, dtype=torch.long, device=p.device) for i in idx]
     with torch.no_grad():
         for b in range(layer.blocks):
             lay = b // layer.directions
-            rows = layer.rows(idx[b]).reshape(-1).to(p.device)
+            rows = (torch.arange(layer.gates, device=p.device)[:, None] * layer.hidden + units[b][None]).reshape(-1)
             # layer l > 0 reads the kept units of both directions of layer l - 1, concatenated
-            below = [idx[(lay - 1) * layer.directions + d] + d * layer.hidden
-                     for d in range(layer.directions)] if lay else None
+            below = torch.cat([units[(lay - 1) * layer.directions + d] + d * layer.hidden
+                               for d in range(layer.directions)]) if lay else None
             for name in layer.weights(b) + layer.biases(b):
                 attr = name.rpartition(".")[2]
                 if not hasattr(rnn, attr):
                     continue
                 w = getattr(rnn, attr)[rows]
                 if attr.startswith("weight_hh"):
-                    w = w[:, idx[b].to(p.device)]
+                    w = w[:, units[b]]
                 elif attr.startswith("weight_ih") and below is not None:
-                    w = w[:, torch.cat(below).to(p.device)]
+                    w = w[:, below]
                 getattr(small, attr).copy_(w)
     return small

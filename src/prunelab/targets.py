@@ -296,6 +296,20 @@ def check_current(model: nn.Module, params: dict[str, nn.Parameter]) -> None:
         if current is not p:
             raise ConfigError(f"{n} is not the parameter this Pruner was built on (the layer was replaced or "
                               "removed after): build the Pruner again on the model as it is now")
-        if not bool(torch.isfinite(p).all()):
-            raise ConfigError(f"weight {n} holds NaN or infinite values: training diverged or the weights are "
-                              "damaged; prune finite weights")
+    bad = first_not_finite({n: [p] for n, p in params.items()})
+    if bad is not None:
+        raise ConfigError(f"weight {bad} holds NaN or infinite values: training diverged or the weights are "
+                          "damaged; prune finite weights")
+
+
+def first_not_finite(named: dict[str, list[Tensor]]) -> str | None:
+    """The first name whose tensors hold a NaN or infinity, else None: one read of the device for all of them
+    (a read per tensor would stall a GPU once per layer), the name looked for only when one is."""
+    flags = [torch.isfinite(t).all() for ts in named.values() for t in ts]
+    if not flags:
+        return None
+    devices = {f.device for f in flags}
+    ok = all(bool(torch.stack([f for f in flags if f.device == d]).all()) for d in devices)
+    if ok:
+        return None
+    return next(n for n, ts in named.items() if not all(bool(torch.isfinite(t).all()) for t in ts))

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..inputs import call
 from ..recurrent import is_rnn_weight, rnn_rows
-from ..targets import Layout, is_hf_conv1d
+from ..targets import Layout, first_not_finite, is_hf_conv1d
 
 
 @dataclass
@@ -327,11 +327,10 @@ def check_reached(names: Iterable[str], stats: Mapping[str, Any]) -> None:
                           "modules on the calibration inputs (a branch its forward skips, or a weight its parent's "
                           "forward reads itself, as in F.linear(x, self.qkv.weight), which no module hook sees); "
                           f"leave them out with targets exclude {globs[:3]}")
-    for n in names:
-        s = stats[n]
-        if isinstance(s, InputStats) and not all(bool(torch.isfinite(t).all()) for t in s.tensors()):
-            raise ConfigError(f"the calibration inputs reaching {n} contain NaN or infinite values (in the data, "
-                              "or made by an earlier layer): clean the calibration data, or exclude the layer")
+    bad = first_not_finite({n: list(stats[n].tensors()) for n in names if isinstance(stats[n], InputStats)})
+    if bad is not None:
+        raise ConfigError(f"the calibration inputs reaching {bad} contain NaN or infinite values (in the data, "
+                          "or made by an earlier layer): clean the calibration data, or exclude the layer")
 
 
 def _each(fns: list) -> Callable:

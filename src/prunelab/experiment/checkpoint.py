@@ -27,15 +27,28 @@ from .records import StateRecord, read_record
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The random-number states to resume with: torch's CPU generator, each CUDA device's once CUDA is in use
+    (``cuda/<index>``), Python's and NumPy's."""
     np_state = np.random.get_state()
     py = random.getstate()
-    return ({"torch": torch.get_rng_state()},
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors.update({f"cuda/{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return (tensors,
             {"python": [py[0], list(py[1]), py[2]],
              "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]})
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states. CUDA states restore onto the devices this process has; a GPU
+    checkpoint resumed on the CPU leaves them (there is no CUDA generator to continue), and a CPU checkpoint
+    on a GPU has none to restore."""
     torch.set_rng_state(tensors["torch"])
+    cuda = {int(k.split("/", 1)[1]): v for k, v in tensors.items() if k.startswith("cuda/")}
+    if cuda and torch.cuda.is_available():
+        for i, state in cuda.items():
+            if i < torch.cuda.device_count():
+                torch.cuda.set_rng_state(state, i)
     py = meta["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = meta["numpy"]
