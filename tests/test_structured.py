@@ -401,3 +401,28 @@ def test_a_model_caching_tensors_of_its_forward_prunes_and_shrinks():
     assert p.summary()["channels"]["removed"] == 4
     small, _ = shrink(p.model, p.masks, x, graph=p.channels)
     assert small.conv.out_channels == 4
+
+
+def test_whisper_channels_prune_and_shrink_with_the_failing_groups_blocked_first():
+    """An encoder-decoder taking a dict of inputs: the groups whose trial shrink fails (its shrink used to fail
+    with a size mismatch after pruning) are blocked, the rest go and shrink to the masked outputs."""
+    transformers = pytest.importorskip("transformers")
+    from prunelab.export import shrink
+    from prunelab.inputs import max_output_diff
+
+    cfg = transformers.WhisperConfig(vocab_size=100, d_model=32, encoder_layers=1, decoder_layers=1,
+                                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                                     decoder_ffn_dim=64, num_mel_bins=8, max_source_positions=16,
+                                     max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                     decoder_start_token_id=1)
+    torch.manual_seed(0)
+    model = transformers.WhisperForConditionalGeneration(cfg).eval()
+    x = {"input_features": torch.randn(1, 8, 32), "decoder_input_ids": torch.tensor([[1, 5, 6]])}
+    p = Pruner(model, "l1_filter", sparsity=0.5, schedule="manual", example_inputs=x)
+    p.prune(0.5, final=True)
+    ch = p.summary()["channels"]
+    assert ch["removed"] == ch["prunable"] // 2 > 0
+    before = sum(q.numel() for q in model.parameters())
+    small, _ = shrink(model, p.masks, x)
+    assert sum(q.numel() for q in small.parameters()) < before
+    assert max_output_diff(model.double(), small.double(), {**x, "input_features": x["input_features"].double()}) < 1e-8
