@@ -8,6 +8,7 @@ half a group of the request. Global allocations round the total once and then sh
 from __future__ import annotations
 
 import fnmatch
+import re
 import math
 from dataclasses import dataclass, field
 
@@ -216,3 +217,73 @@ class Explicit(Allocation):
             raise ConfigError(f"explicit sparsities name no prunable tensor: {', '.join(sorted(unused))}; "
                               f"prunable: {', '.join(l.name for l in layers)}")
         return out
+
+
+@ALLOCATIONS.register("owl")
+@dataclass
+class OWL(Allocation):
+    """Outlier-weighted layerwise sparsity (Yin et al., "Outlier Weighed Layerwise Sparsity (OWL)", ICML 2024).
+
+    Per block (the layers sharing a name up to their first numeric index, ``model.layers.3.``: a decoder
+    block, as the authors group them; a layer without one is its own block), the outlier ratio D is the
+    fraction of its elements whose score exceeds ``m`` times the block's mean score (with the Wanda criterion:
+    |W| ||X||, the authors' setting). Densities are the target density plus the ratios scaled to [0, 2
+    ``lam``] less their mean, so a block with more outliers keeps more: d_b = (1 - s) + 2 lam (D_b - min D) /
+    (max D - min D) - mean(...): a spread of 2 lam with the target as their mean (not +-lam around it: the
+    scaled ratios are shifted by their mean, not their midpoint). The authors' mean is unweighted (their blocks are
+    equal); here every density is shifted by one constant found so that the kept total over blocks of any
+    sizes is the target's, which is no shift for equal blocks. Each layer then keeps its block's density
+    (rounded per layer, or per row for a per-row granularity). Written from the paper and the authors'
+    ``prune_wanda_outlier`` (its ``check_outlier_mean`` and ratio scaling).
+    """
+
+    needs_scores = True
+    m: float = 5.0
+    lam: float = 0.08
+
+    def __post_init__(self):
+        if not (isinstance(self.m, (int, float)) and math.isfinite(self.m) and self.m > 0):
+            raise ConfigError(f"owl m must be a positive number, got {self.m!r}")
+        if not (isinstance(self.lam, (int, float)) and 0 <= self.lam <= 0.5):
+            raise ConfigError(f"owl lam must be a number in [0, 0.5], got {self.lam!r}")
+
+    def densities(self, layers: list[LayerGroups], sparsity: float) -> dict[str, float]:
+        """{block: density} (see the class docstring)."""
+        blocks: dict[str, list[LayerGroups]] = {}
+        for l in layers:
+            blocks.setdefault(block_of(l.name), []).append(l)
+        ratio, size = {}, {}
+        for b, ls in blocks.items():
+            s = torch.cat([l.scores.reshape(-1).double() for l in ls])
+            s = s[torch.isfinite(s)]  # pruned groups (-inf) are not part of the distribution
+            ratio[b] = float((s > self.m * s.mean()).double().mean()) if s.numel() else 0.0
+            size[b] = sum(l.numel for l in ls)
+        lo, hi = min(ratio.values()), max(ratio.values())
+        scaled = {b: 0.0 if hi == lo else 2 * self.lam * (r - lo) / (hi - lo) for b, r in ratio.items()}
+        mean = sum(scaled.values()) / len(scaled)
+        raw = {b: 1 - sparsity + v - mean for b, v in scaled.items()}
+        target, total = (1 - sparsity) * sum(size.values()), sum(size.values())
+
+        def kept(c):
+            return sum(size[b] * min(1.0, max(0.0, d + c)) for b, d in raw.items())
+        a, z = -1.0, 1.0  # kept(c) rises with c: bisect for the shift that keeps the target exactly
+        for _ in range(60):
+            mid = (a + z) / 2
+            a, z = (mid, z) if kept(mid) < target else (a, mid)
+        c = (a + z) / 2 if total else 0.0
+        return {b: min(1.0, max(0.0, d + c)) for b, d in raw.items()}
+
+    def keep_counts(self, layers, sparsity, final_sparsity):
+        if any(l.scores is None for l in layers):
+            raise ConfigError("owl allocation needs the criterion's scores of every layer")
+        dens = self.densities(layers, sparsity)
+        return {l.name: _uniform_keep(l, dens[block_of(l.name)]) for l in layers}
+
+
+_BLOCK = re.compile(r"^(.*?\.\d+)\.")
+
+
+def block_of(name: str) -> str:
+    """The block of a tensor name: the name up to its first numeric index (``model.layers.3``), else itself."""
+    m = _BLOCK.match(name)
+    return m.group(1) if m else name
