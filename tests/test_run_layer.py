@@ -38,6 +38,7 @@ FINGERPRINTS = {
     "lenet5_mnist_wanda": ("5b2b40fa4e", "aee1185902"),
     "llama_pystdlib_dense": ("1bf088ee54", "1d53a91929"),
     "llama_pystdlib_owl": ("1d09b57cd7", "1d53a91929"),
+    "llama_pystdlib_ria": ("26d0810914", "1d53a91929"),
     "lenet5_mnist_owl": ("cd208c0b2f", "aee1185902"),
     "llama_pystdlib_units": ("ef793d8549", "1d53a91929"),
     "llama_wikitext2_sparsegpt": ("69cfd42872", "dfda424391"),

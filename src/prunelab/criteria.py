@@ -6,6 +6,7 @@ Criteria that need gradients accumulate them in :meth:`Criterion.observe`, which
 """
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
@@ -251,6 +252,42 @@ class Wanda(_Calibrated):
             w = column_view(layout, p.detach()).abs().double()
             s = (w * per_row(stats[n].norms(), w.shape[0]).to(w.device)).float()
             out[n] = layout.stored(s.reshape(layout.canonical(p).shape))
+        return out
+
+
+@CRITERIA.register("ria")
+@dataclass
+class RIA(_Calibrated):
+    """Relative importance and activations: (|W_ij| / sum_k |W_kj| + |W_ij| / sum_k |W_ik|) * ||X_j||_2 ** a.
+
+    Zhang, Zhao, Lin, Liu, Ye, Zhao, "Plug-and-Play: An Efficient Post-training Pruning Method for Large
+    Language Models" (RIA, ICLR 2024): a weight's share of its input column's and of its output row's total
+    magnitude, times the input norm to the power ``a`` (the authors' 0.5; the norm up to the constant
+    1 / sqrt(samples) their statistics carry, which does not change a ranking). As the authors compare them:
+    within each output row (the ``wanda`` method with ``criterion: ria``). A grouped convolution's columns are
+    summed within each conv group's rows, whose inputs they are. Written from the paper and the authors'
+    ``prune_ria`` (their channel permutation for N:M is not part of this criterion).
+    """
+
+    a: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (isinstance(self.a, (int, float)) and math.isfinite(self.a) and self.a >= 0):
+            raise ConfigError(f"ria a must be a number >= 0, got {self.a!r}")
+
+    def scores(self, params, ctx):
+        stats = self._stats(ctx)
+        out = {}
+        for n, p in params.items():
+            layout = (ctx.layouts or {}).get(n) or Layout()
+            w = column_view(layout, p.detach()).abs().double()
+            norms = stats[n].norms()
+            groups = norms.shape[0] if norms.dim() > 1 else 1
+            g = w.reshape(groups, -1, w.shape[1])
+            rel = (g / g.sum(1, keepdim=True).clamp_min(1e-300) + g / g.sum(2, keepdim=True).clamp_min(1e-300))
+            s = rel.reshape(w.shape) * per_row(norms, w.shape[0]).to(w.device).double() ** self.a
+            out[n] = layout.stored(s.float().reshape(layout.canonical(p).shape))
         return out
 
 
