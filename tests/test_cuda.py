@@ -103,3 +103,12 @@ def test_a_checkpoint_written_on_the_gpu_resumes_on_the_cpu(tmp_path):
     expected = torch.rand(3, device="cuda")
     load_checkpoint(tmp_path / "ck", again)
     assert torch.equal(torch.rand(3, device="cuda"), expected)
+
+
+def test_in_memory_batches_are_pinned_for_a_gpu_run(tmp_path):
+    from prunelab.experiment import load_recipe
+    from prunelab.experiment.context import RunContext
+
+    ctx = RunContext(load_recipe("quickstart", ["device=cuda"]), tmp_path)
+    x, y = next(iter(ctx.data.train))
+    assert ctx.data.train.pin_memory and x.is_pinned() and y.is_pinned()

@@ -32,6 +32,7 @@ class TensorLoader:
         self.crop_pad, self.flip = crop_pad, flip
         self.rank, self.world = shard
         self.epoch = 0
+        self.pin_memory = False  # yield batches in page-locked memory (for asynchronous copies to a GPU)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -63,7 +64,8 @@ class TensorLoader:
             xb = self.x[idx]
             if self.crop_pad or self.flip:
                 xb = self._augment(xb, gen)
-            yield xb, self.y[idx]
+            yb = self.y[idx]
+            yield (xb.pin_memory(), yb.pin_memory()) if self.pin_memory else (xb, yb)
 
     def _augment(self, xb: Tensor, gen: torch.Generator) -> Tensor:
         n, _, h, w = xb.shape

@@ -95,10 +95,17 @@ class RunContext:
         d, world = self.recipe.data, self.dist.world
         if d.batch_size % world:
             raise ConfigError(f"data.batch_size {d.batch_size} must be divisible by the {world} processes")
-        return load_data(d.name, d.root, d.batch_size // world, d.test_batch_size, self.recipe.seed, d.download,
-                         d.augment, train_subset=d.train_subset, shard=(self.dist.rank, world), seq_len=d.seq_len,
-                         tokens={"train": d.train_tokens, "calibration": d.calibration_tokens,
-                                 "heldout": d.eval_tokens}, tokenizer=d.tokenizer)
+        bundle = load_data(d.name, d.root, d.batch_size // world, d.test_batch_size, self.recipe.seed, d.download,
+                           d.augment, train_subset=d.train_subset, shard=(self.dist.rank, world), seq_len=d.seq_len,
+                           tokens={"train": d.train_tokens, "calibration": d.calibration_tokens,
+                                   "heldout": d.eval_tokens}, tokenizer=d.tokenizer)
+        if self.recipe.device.startswith("cuda") and torch.cuda.is_available():
+            from ..data.loader import TensorLoader
+
+            for loader in vars(bundle).values():  # batches in pinned memory: their non_blocking copies overlap
+                if isinstance(loader, TensorLoader):
+                    loader.pin_memory = True
+        return bundle
 
     @cached_property
     def spec(self) -> DataSpec:
