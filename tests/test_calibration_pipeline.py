@@ -447,24 +447,3 @@ def test_a_weight_read_by_a_functional_call_is_named_with_the_glob_to_exclude():
     q.calibrate([x])
     q.prune(0.5)
     assert sorted(q.masks) == ["blocks.0.out.weight", "blocks.1.out.weight"]
-
-
-def test_a_detectors_list_of_images_is_one_batch_of_as_many_samples():
-    """torchvision detectors take a list of images of any sizes: the list is the batch, cut to the samples."""
-    class Detector(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv, self.head = nn.Conv2d(3, 8, 3), nn.Linear(8, 4)
-
-        def forward(self, images):
-            return self.head(torch.stack([self.conv(im[None]).mean((0, 2, 3)) for im in images]))
-
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 12, 16, generator=g), torch.rand(3, 10, 10, generator=g), torch.rand(3, 8, 8, generator=g)]
-    model, seen = Detector(), []
-    model.conv.register_forward_hook(lambda m, a, o: seen.append(tuple(a[0].shape)))
-    p = Pruner(model, {"name": "wanda", "samples": 2}, sparsity=0.5, schedule="manual")
-    p.calibrate([(images,)], targets=False)
-    p.prune(0.5)
-    assert seen[:2] == [(1, 3, 12, 16), (1, 3, 10, 10)] and (1, 3, 8, 8) not in seen
-    assert p.summary()["sparsity"] == pytest.approx(0.5, abs=0.02)

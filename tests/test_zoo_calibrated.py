@@ -1,7 +1,9 @@
-"""Calibrated one-shot methods on Hugging Face families as users load them: transformers' default key-value cache
-on, float32 and bfloat16 weights (every LLM checkpoint), layers wider than SparseGPT's block, tied scores."""
+"""Calibrated one-shot methods on models as users load them: Hugging Face families with transformers' default
+key-value cache on, float32 and bfloat16 weights (every LLM checkpoint), layers wider than SparseGPT's block,
+tied scores, grouped convolutions solved in one batch, fused MoE experts, a detector's list of images."""
 import pytest
 import torch
+from torch import nn
 
 from prunelab import Pruner
 from prunelab.reconstruction import sparsegpt
@@ -134,3 +136,24 @@ def test_a_group_whose_gram_matrix_is_not_positive_definite_falls_back_alone():
     assert ok0 and torch.equal(bk[0], keep0) and torch.allclose(bw[0], alone, atol=1e-6)
     for i in (1, 2):  # magnitude pruning without an update: the kept weights are the weights
         assert torch.equal(bw[i][bk[i]], w[i][bk[i]]) and int((~bk[i]).sum()) == 48
+
+
+def test_a_detectors_list_of_images_is_one_batch_of_as_many_samples():
+    """torchvision detectors take a list of images of any sizes: the list is the batch, cut to the samples."""
+    class Detector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 8, 3), nn.Linear(8, 4)
+
+        def forward(self, images):
+            return self.head(torch.stack([self.conv(im[None]).mean((0, 2, 3)) for im in images]))
+
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 12, 16, generator=g), torch.rand(3, 10, 10, generator=g), torch.rand(3, 8, 8, generator=g)]
+    model, seen = Detector(), []
+    model.conv.register_forward_hook(lambda m, a, o: seen.append(tuple(a[0].shape)))
+    p = Pruner(model, {"name": "wanda", "samples": 2}, sparsity=0.5, schedule="manual")
+    p.calibrate([(images,)], targets=False)
+    p.prune(0.5)
+    assert seen[:2] == [(1, 3, 12, 16), (1, 3, 10, 10)] and (1, 3, 8, 8) not in seen
+    assert p.summary()["sparsity"] == pytest.approx(0.5, abs=0.02)

@@ -231,6 +231,19 @@ class _Calibrated(Criterion):
                               "pruner.calibrate(batches) with a few batches of model inputs before pruning")
         return ctx.input_stats
 
+    def _columns(self, params, ctx, score) -> dict[str, Tensor]:
+        """Per target, ``score(|W|, norms)`` on its (rows, columns) view in float64 (``|W|`` the absolute weights,
+        ``norms`` the input norm of each column, (columns,) or per conv group (groups, columns)), back in the
+        weight's layout and float32."""
+        stats = self._stats(ctx)
+        out = {}
+        for n, p in params.items():
+            layout = (ctx.layouts or {}).get(n) or Layout()
+            w = column_view(layout, p.detach()).abs().double()
+            s = score(w, stats[n].norms().to(w.device).double())
+            out[n] = layout.stored(s.float().reshape(layout.canonical(p).shape))
+        return out
+
 
 @CRITERIA.register("wanda")
 @dataclass
@@ -245,14 +258,7 @@ class Wanda(_Calibrated):
     """
 
     def scores(self, params, ctx):
-        stats = self._stats(ctx)
-        out = {}
-        for n, p in params.items():
-            layout = (ctx.layouts or {}).get(n) or Layout()
-            w = column_view(layout, p.detach()).abs().double()
-            s = (w * per_row(stats[n].norms(), w.shape[0]).to(w.device)).float()
-            out[n] = layout.stored(s.reshape(layout.canonical(p).shape))
-        return out
+        return self._columns(params, ctx, lambda w, norms: w * per_row(norms, w.shape[0]))
 
 
 @CRITERIA.register("ria")
@@ -277,18 +283,11 @@ class RIA(_Calibrated):
             raise ConfigError(f"ria a must be a number >= 0, got {self.a!r}")
 
     def scores(self, params, ctx):
-        stats = self._stats(ctx)
-        out = {}
-        for n, p in params.items():
-            layout = (ctx.layouts or {}).get(n) or Layout()
-            w = column_view(layout, p.detach()).abs().double()
-            norms = stats[n].norms()
-            groups = norms.shape[0] if norms.dim() > 1 else 1
-            g = w.reshape(groups, -1, w.shape[1])
-            rel = (g / g.sum(1, keepdim=True).clamp_min(1e-300) + g / g.sum(2, keepdim=True).clamp_min(1e-300))
-            s = rel.reshape(w.shape) * per_row(norms, w.shape[0]).to(w.device).double() ** self.a
-            out[n] = layout.stored(s.float().reshape(layout.canonical(p).shape))
-        return out
+        def ria(w, norms):
+            g = w.reshape(norms.shape[0] if norms.dim() > 1 else 1, -1, w.shape[1])  # rows by conv group
+            rel = g / g.sum(1, keepdim=True).clamp_min(1e-300) + g / g.sum(2, keepdim=True).clamp_min(1e-300)
+            return rel.reshape(w.shape) * per_row(norms, w.shape[0]) ** self.a
+        return self._columns(params, ctx, ria)
 
 
 @CRITERIA.register("activation")

@@ -156,10 +156,11 @@ def copy_model(model: nn.Module) -> nn.Module:
     def detach(v):
         if isinstance(v, Tensor) and not isinstance(v, nn.Parameter) and v.grad_fn is not None:
             return v.detach()
-        if isinstance(v, list):
-            return [detach(t) for t in v]
-        if isinstance(v, tuple):
-            return tuple(detach(t) for t in v)
+        if isinstance(v, (list, tuple)):
+            new = [detach(t) for t in v]
+            if all(a is b for a, b in zip(new, v)):
+                return v  # nothing cached in it: the same object, aliases kept
+            return new if isinstance(v, list) else tuple(new)
         return v
     for m in model.modules():
         for k, v in list(vars(m).items()):

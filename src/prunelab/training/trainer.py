@@ -31,10 +31,11 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device = "c
     was_training = model.training
     model.eval()
     total, correct, loss = 0, None, None
+    dtype = speed.sum_dtype(device)
     for x, y in loader:
         x, y = speed.to_device(x, device), speed.to_device(y, device)
         out = model(x)
-        batch_loss = task.loss(out, y, reduction="sum").to(speed.sum_dtype(device))  # read once, at the end
+        batch_loss = task.loss(out, y, reduction="sum").to(dtype)  # summed on the device, read once at the end
         loss = batch_loss if loss is None else loss + batch_loss
         hits = task.hits(out, y)
         correct = hits if correct is None else correct + hits
@@ -78,6 +79,7 @@ class Trainer:
         speed.check(cfg, device)
         self.forward = speed.prepare(model, cfg)  # channels-last in place; compiled: a wrapper on the same weights
         self.scaler = speed.scaler(cfg, device)
+        self._sum_dtype = speed.sum_dtype(device)  # of the running sums, fixed per device: not looked up per step
         # a hook that takes each step's loss makes the loop read it every step; otherwise every log_every steps
         self._per_step = any(getattr(h, "on_batch_end", None) for h in self.hooks)
 
@@ -176,7 +178,7 @@ class Trainer:
             self.targets += n * self.world
             seen += n
             since += 1
-            term = loss.detach().to(speed.sum_dtype(self.device)) * n
+            term = loss.detach().to(self._sum_dtype) * n
             loss_t = term if loss_t is None else loss_t + term
             hits = self.task.hits(out, y)
             correct_t = hits if correct_t is None else correct_t + hits
