@@ -39,6 +39,18 @@ class Needs:
         """The method's own calibration sample count (0: it does not calibrate)."""
         return self.calibration.samples if self.calibration is not None else 0
 
+    def join(self, other: "Needs") -> "Needs":
+        """These needs and ``other``'s (a selector's, read after the criterion's last pass): the larger gradient
+        count; one calibration request whose last pass also measures ``other``'s kinds, with this request's
+        sample count and order (``other``'s when this one has none)."""
+        a, b = self.calibration, other.calibration
+        if a is None or b is None:
+            cal = a if b is None else b
+        else:
+            from dataclasses import replace
+            cal = replace(a, passes=a.passes[:-1] + (a.passes[-1] | frozenset().union(*b.passes),))
+        return Needs(max(self.gradient_batches, other.gradient_batches), cal)
+
 
 @dataclass(frozen=True)
 class Context:

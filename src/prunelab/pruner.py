@@ -121,7 +121,7 @@ class Pruner:
     @property
     def needs(self) -> Needs:
         """What the method needs handed over before each event: gradient batches, calibration samples."""
-        return self.method.needs()
+        return self.method.requirements()
 
     def calibrate(self, batches: Iterable, samples: int | None = None, *, device: Any = None,
                   cache_dtype: Any = None, precision: str = "float32", sequential_targets: Any = None,

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .allocation import LayerGroups
 from .criteria import Context
+from .errors import ConfigError
 from .targets import Layout
 
 
@@ -33,13 +34,32 @@ def select_tensors(method, gran, params: Mapping[str, nn.Parameter], layouts: Ma
         layers.append(LayerGroups(name, shape, b, g, gran.group_size(shape),
                                   gran.per_block, gs if alloc.needs_scores else None))
     keep = alloc.keep_counts(layers, sparsity, final_sparsity)
-    new = {}
+    new, selector = {}, method.selector_
     for layer in layers:
         gs, alive = views.pop(layer.name)
         layer.scores = None  # free each tensor's scores as soon as it is selected
-        sel = method.selector_.select(gs, alive, keep[layer.name], gran.per_block, ctx, layer.name, layer.threshold)
+        data = _selector_inputs(selector, gran, layer, params[layer.name], layouts[layer.name], ctx)
+        sel = selector.select(gs, alive, keep[layer.name], gran.per_block, ctx, layer.name, layer.threshold, data)
         mask = layouts[layer.name].stored(gran.expand(sel, layer.shape))
         if not method.selector_.revives and layer.name not in dense:
             mask = mask & masks[layer.name]
         new[layer.name] = mask.contiguous()
     return new
+
+
+def _selector_inputs(selector, gran, layer: LayerGroups, param: Tensor, layout: Layout, ctx: Context) -> dict | None:
+    """What the selector reads of one target besides its scores (:meth:`Selector.inputs`), grouped by ``gran``
+    like the scores, with ``rows``; made one target at a time, so at most one target's copy is held."""
+    extra = selector.inputs(layer.name, param, ctx)
+    if extra is None:
+        return None
+    if layer.group_size != 1:
+        def name(part):
+            return getattr(type(part), "registered_name", type(part).__name__)
+        raise ConfigError(f"selector {name(selector)} decides single weights; granularity "
+                          f"{name(gran)} groups {layer.group_size} of {layer.name}'s weights: use "
+                          "element, row or nm")
+    with torch.no_grad():
+        data = {k: gran.group_scores(layout.canonical(t)) for k, t in extra.items()}
+    data["rows"] = layer.shape[0]
+    return data

@@ -3,6 +3,9 @@
 ``select(scores, alive, keep, per_block, ctx)`` gets (B, G) group scores and alive flags and returns a (B, G)
 bool tensor with exactly ``keep`` True entries in total (``keep // B`` in every block when ``per_block``),
 unless fewer groups are alive: a deterministic selector never revives a pruned group, so masks nest.
+A selector that reads more than the scores (DSnoT: each weight's expected output and its input's variance)
+declares it: :meth:`Selector.needs` (calibration statistics) and :meth:`Selector.inputs` (per-weight tensors the
+pipeline groups like the scores and hands to ``select`` as ``data``).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .criteria import Context
+from .criteria import Context, Needs
 from .registry import Registry
 from .topk import all_true, topk_mask
 
@@ -22,10 +25,21 @@ class Selector:
     revives = False
 
     def select(self, scores: Tensor, alive: Tensor, keep: int, per_block: bool, ctx: Context,
-               name: str = "", hint: float | None = None) -> Tensor:
+               name: str = "", hint: float | None = None, data: dict | None = None) -> Tensor:
         """Return the (B, G) kept groups. ``scores`` is scratch the selector may overwrite; ``hint`` is a
-        score threshold the allocation found, which a selector may use after checking it."""
+        score threshold the allocation found, which a selector may use after checking it; ``data`` is what
+        :meth:`inputs` gave for this target, each tensor grouped like the scores, with ``rows``, the target's
+        output rows (None for a selector without inputs, and where groups are not single weights)."""
         raise NotImplementedError
+
+    def needs(self) -> Needs:
+        """What the selector needs handed over before each event besides the criterion's (default: nothing)."""
+        return Needs()
+
+    def inputs(self, name: str, param: Tensor, ctx: Context) -> dict[str, Tensor] | None:
+        """Tensors of ``param``'s shape (its stored layout, as scores are) that ``select`` reads besides the scores,
+        for the target ``name``; None (the default): none. Only single-weight granularities can group them."""
+        return None
 
 
 SELECTORS: Registry[Selector] = Registry("selector", Selector)
@@ -36,7 +50,7 @@ SELECTORS: Registry[Selector] = Registry("selector", Selector)
 class TopK(Selector):
     """Keep the highest-scoring alive groups; pruned groups stay pruned (masks nest across rounds)."""
 
-    def select(self, scores, alive, keep, per_block, ctx, name="", hint=None):
+    def select(self, scores, alive, keep, per_block, ctx, name="", hint=None, data=None):
         all_alive = all_true(alive)
         if not all_alive:  # in place: the scores are the caller's scratch (see Selector.select)
             scores.masked_fill_(~alive, float("-inf"))
@@ -165,7 +179,7 @@ class Drop(Selector):
             p *= anneal_factor(ctx.event, ctx.total_events, self.anneal_rounds)
         return p
 
-    def select(self, scores, alive, keep, per_block, ctx, name="", hint=None):
+    def select(self, scores, alive, keep, per_block, ctx, name="", hint=None, data=None):
         if per_block:
             from .errors import ConfigError
             raise ConfigError("the drop selector does not support per-block granularities (N:M, window)")
@@ -190,3 +204,6 @@ class Drop(Selector):
         dropped = cand & (u < self.p_out)
         revived = ~alive & (u < self.p_in_at(ctx))  # disjoint from the candidates, so one draw serves both
         return (alive & ~dropped) | revived
+
+
+from . import dsnot  # noqa: E402,F401  registers "dsnot" (its own module: it builds on TopK above)

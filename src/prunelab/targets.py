@@ -197,7 +197,7 @@ class Targets:
         (its ``output_layer``) and fused expert tensors where it calibrates or removes channels. ConfigError
         when nothing is left."""
         output_layer = method.output_layer
-        experts_out = method.channels or method.needs().calibration is not None
+        experts_out = method.channels or method.requirements().calibration is not None
         method = method.name
         params, layouts, skipped = {}, {}, {}
         found = self.find(model, output_layer=output_layer)

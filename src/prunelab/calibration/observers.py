@@ -3,10 +3,11 @@
 For every target weight W, viewed as a matrix (out, in * kernel) in the engine's (out, in, *kernel) layout, the
 layer's inputs are rearranged into rows X of the same in * kernel columns (a linear layer: one row per token or
 sample; a convolution: one row per output position, its receptive field unfolded as im2col), so that the layer
-computes X W^T. One observer, four kinds of statistic (:class:`InputStats`):
+computes X W^T. One observer, six kinds of statistic (:class:`InputStats`):
 
 - ``norms``: ``sq``, the sum over rows of x_j^2, the squared column norms ||X_j||^2 (Wanda's statistic);
 - ``gram``: X^T X as well (SparseGPT's layer Hessian up to a factor 2);
+- ``sums``: the column sums of X as well, so each column's mean and variance (DSnoT's statistics);
 - ``outputs``: moments of the owner module's output features, with their covariance (PCA's widths);
 - ``mean_abs``: first moments of its input features, E|a| per input channel (PCA's connections);
 - ``influence``: on each block of the model (not a target), the sum over tokens of the cosine between the
@@ -95,6 +96,7 @@ class InputStats:
     rows: int = 0
     sq: Tensor | None = None    # (columns,): sum of x^2 per column ("norms", and with "gram")
     gram: Tensor | None = None  # (columns, columns): X^T X ("gram")
+    sum: Tensor | None = None   # (columns,): sum of x per column ("sums")
     outputs: Moments | None = None  # the owner module's output features, with covariance ("outputs")
     inputs: Moments | None = None   # its input features, first moments ("mean_abs")
     cos: Tensor | None = None       # (1,): a block's sum over tokens of cos(input, output) ("influence")
@@ -103,9 +105,18 @@ class InputStats:
         """||X_j||_2 per column."""
         return self.sq.sqrt()
 
+    def mean(self) -> Tensor:
+        """E[x_j] per column, in float64 ("sums")."""
+        return self.sum.double() / max(self.rows, 1)
+
+    def variance(self) -> Tensor:
+        """E[x_j^2] - E[x_j]^2 per column (the population variance, as DSnoT's authors take it), in float64 from
+        the streamed sums and clamped at zero ("sums")."""
+        return (self.sq.double() / max(self.rows, 1) - self.mean().square()).clamp_min(0.0)
+
     def tensors(self) -> list[Tensor]:
         """Every accumulated sum, in a fixed order (summed across ranks by :mod:`.distributed`)."""
-        out = [t for t in (self.sq, self.gram, self.cos) if t is not None]
+        out = [t for t in (self.sq, self.gram, self.sum, self.cos) if t is not None]
         for m in (self.outputs, self.inputs):
             if m is not None:
                 out += [t for t in (m.s, m.ss, m.sabs) if t is not None]
@@ -249,7 +260,7 @@ def hooked(model: nn.Module, hooks: Mapping[nn.Module, Callable]) -> Iterator[No
         model.train(was)
 
 
-ROW_KINDS = frozenset({"norms", "gram"})
+ROW_KINDS = frozenset({"norms", "gram", "sums"})
 KINDS = ROW_KINDS | {"outputs", "mean_abs", "influence"}
 
 
@@ -279,7 +290,7 @@ def stat_hooks(mods: Mapping[str, tuple[nn.Module, Rows]], kinds: frozenset[str]
     dict they fill. ``precision`` "float32": products and sums in float32 (float64 for float64 inputs), as the
     authors' Wanda and SparseGPT accumulate; "float64": both in float64."""
     stats: dict[str, InputStats] = {}
-    rows_wanted, gram = bool(kinds & ROW_KINDS), "gram" in kinds
+    rows_wanted, gram, sums = bool(kinds & ROW_KINDS), "gram" in kinds, "sums" in kinds
 
     def hook(name, read_rows):
         def fn(module, args, kwargs, output):
@@ -304,8 +315,12 @@ def stat_hooks(mods: Mapping[str, tuple[nn.Module, Rows]], kinds: frozenset[str]
                 s.sq = torch.zeros(*lead, x.shape[-1], dtype=x.dtype, device=x.device)
                 if gram:
                     s.gram = torch.zeros(*lead, x.shape[-1], x.shape[-1], dtype=x.dtype, device=x.device)
+                if sums:  # float64: a mean subtracted from E[x^2] below must not carry float32's rounding
+                    s.sum = torch.zeros(*lead, x.shape[-1], dtype=torch.float64, device=x.device)
             s.rows += x.shape[-2]
             s.sq += x.square().sum(-2)
+            if sums:
+                s.sum += x.sum(-2, dtype=torch.float64)
             if gram:
                 s.gram.add_(x.transpose(-1, -2) @ x) if lead else s.gram.addmm_(x.T, x)
         return fn

@@ -19,8 +19,9 @@ class Calibration:
 
     ``samples``: the method's own number of calibration inputs (a count the caller gives overrides it).
     ``passes``: the statistics measured over each group of targets, one kind set per pass, in order (kinds:
-    ``norms``, ``gram``, ``outputs``, ``mean_abs``); after each pass the method decides and the Pruner writes the
-    decision before the next pass (PCA: output moments, its units removed, then the inputs' mean |a|).
+    ``norms``, ``gram``, ``sums``, ``outputs``, ``mean_abs``, ``influence``); after each pass the method decides
+    and the Pruner writes the decision before the next pass (PCA: output moments, its units removed, then the
+    inputs' mean |a|).
     ``sequential``: groups are measured in the model's order, each on the inputs the groups already pruned
     produce (block by block for a chain of blocks); otherwise every group from the dense model.
     """

@@ -120,6 +120,11 @@ class Method:
         """What must be handed over before each pruning event; default: what the criterion needs."""
         return self.criterion_.needs()
 
+    def requirements(self) -> Needs:
+        """Everything to hand over before each event: :meth:`needs` joined with the selector's (what the Pruner
+        asks for; override :meth:`needs`, not this)."""
+        return self.needs().join(self.selector_.needs())
+
     def rewind_point(self) -> Rewind | None:
         """What runners set the surviving weights to after each round (None: keep training from them)."""
         return None

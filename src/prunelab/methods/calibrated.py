@@ -39,6 +39,7 @@ from ..criteria import Needs
 from ..errors import ConfigError
 from ..granularity import NM, Element
 from ..reconstruction import sparsegpt
+from ..selection import TopK
 from .base import METHODS, Decision, Method
 
 
@@ -94,6 +95,9 @@ class SparseGPTMethod(Method):
             raise ConfigError("sparsegpt chooses single weights (granularity element) or N:M patterns (nm)")
         if isinstance(self.granularity_, NM) and not isinstance(self.allocation_, Uniform):
             raise ConfigError("sparsegpt with N:M patterns fixes the sparsity of every layer: use allocation uniform")
+        if type(self.selector_) is not TopK:
+            raise ConfigError(f"sparsegpt chooses its masks while it reconstructs; selector "
+                              f"{self.selector_.registered_name} cannot apply (use it with wanda or magnitude)")
 
     def needs(self) -> Needs:
         return Needs(calibration=Calibration(self.samples, ("gram",), sequential=self.sequential))
