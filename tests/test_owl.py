@@ -56,3 +56,21 @@ def test_wanda_with_owl_prunes_the_layer_with_outlier_inputs_less():
     assert abs(p.summary()["sparsity"] - 0.5) < 0.02  # per-row rounding of each layer's density
     with pytest.raises(Exception, match="owl lam"):
         Pruner(model, {"name": "wanda", "allocation": {"name": "owl", "lam": 2}, "sequential": False})
+
+
+def test_sparsegpt_with_owl_takes_each_layers_sparsity_from_the_wanda_outliers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(64, 8)
+    x[:, 0] *= 20
+    spec = {"name": "sparsegpt", "criterion": "wanda", "allocation": {"name": "owl", "lam": 0.1},
+            "sequential": False, "samples": 64}
+    p = Pruner(model, spec, sparsity=0.5, schedule="manual")
+    assert p.needs.calibration.passes == (frozenset({"gram", "norms"}),)
+    p.calibrate([x], targets=False)
+    p.prune(0.5)
+    assert p.history[-1]["layer_sparsity"]["0.weight"] < 0.5 < p.history[-1]["layer_sparsity"]["2.weight"]
+    layer = {r["name"]: r["sparsity"] for r in p.summary()["layers"]}
+    assert layer["0.weight"] == pytest.approx(p.history[-1]["layer_sparsity"]["0.weight"], abs=1 / 128)
+    with pytest.raises(Exception, match="set sequential: false"):
+        Pruner(model, {**spec, "sequential": True})

@@ -28,7 +28,7 @@ every layer from the dense model in one pass. Both leave a language model's outp
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 
@@ -95,16 +95,31 @@ class SparseGPTMethod(Method):
             raise ConfigError("sparsegpt chooses single weights (granularity element) or N:M patterns (nm)")
         if isinstance(self.granularity_, NM) and not isinstance(self.allocation_, Uniform):
             raise ConfigError("sparsegpt with N:M patterns fixes the sparsity of every layer: use allocation uniform")
+        if self._ranks_by_calibration() and self.sequential:
+            raise ConfigError(f"sparsegpt with allocation {self.allocation_.registered_name} ranks layers by "
+                              f"{self.criterion_.registered_name} scores of the dense model, measured in one pass: "
+                              "set sequential: false")
         if type(self.selector_) is not TopK:
             raise ConfigError(f"sparsegpt chooses its masks while it reconstructs; selector "
                               f"{self.selector_.registered_name} cannot apply (use it with wanda or magnitude)")
 
     def needs(self) -> Needs:
-        return Needs(calibration=Calibration(self.samples, ("gram",), sequential=self.sequential))
+        kinds = {"gram"}
+        if self._ranks_by_calibration():  # what the allocation's criterion reads, measured in the same pass
+            kinds |= set().union(*self.criterion_.needs().calibration.passes)
+        return Needs(calibration=Calibration(self.samples, (frozenset(kinds),), sequential=self.sequential))
+
+    def _ranks_by_calibration(self) -> bool:
+        """The allocation ranks layers by a calibrated criterion (OWL over Wanda scores): their sparsities come
+        from the one group of a non-sequential pass, not from the weights alone before it."""
+        return not isinstance(self.allocation_, Uniform) and self.criterion_.needs().calibration is not None
 
     def before_prune(self, view, ctx) -> dict:
-        """Each layer's sparsity, fixed once for the event from the weights before any reconstruction."""
-        return {} if isinstance(self.allocation_, Uniform) else {"layer_sparsity": self.layer_sparsities(view, ctx)}
+        """Each layer's sparsity, fixed once for the event from the weights before any reconstruction (from the
+        statistics, in :meth:`decide`, when the criterion is calibrated)."""
+        if isinstance(self.allocation_, Uniform) or self._ranks_by_calibration():
+            return {}
+        return {"layer_sparsity": self.layer_sparsities(view, ctx)}
 
     def _solve(self, w, gram, sparsity: float, nm: tuple[int, int]):
         """:func:`sparsegpt` of one weight; a grouped convolution's (groups, columns, columns) Gram matrices
@@ -120,6 +135,8 @@ class SparseGPTMethod(Method):
         them before the next group is measured."""
         gran = self.granularity_
         nm = (gran.n, gran.m) if isinstance(gran, NM) else (0, 0)
+        if self._ranks_by_calibration() and ctx.layer_sparsity is None:  # one group: every target, dense stats
+            ctx = replace(ctx, layer_sparsity=self.layer_sparsities(view, ctx))
         masks, values, singular, dead = {}, {}, [], {}
         for name in ctx.group:
             p, layout, st = view.params[name], view.layouts[name], ctx.input_stats[name]
