@@ -105,3 +105,22 @@ def test_an_unreadable_torchvision_file_is_one_sentence_and_never_executes(tmp_p
     with pytest.raises(DataMissingError, match=r"torchvision could not read mnist .* delete .*processed"):
         load_data("mnist", str(tmp_path))
     assert "EXECUTED" not in capsys.readouterr().out
+
+
+def test_imagenet_folders_load_with_the_standard_transforms_and_device_aware_loaders(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c, cls in enumerate(("n01", "n02")):
+            (tmp_path / "imagenet" / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (300, 260), (40 * c, 80 * i, 120)).save(tmp_path / "imagenet" / split / cls / f"{i}.png")
+    bundle = load_data("imagenet", str(tmp_path), batch_size=2, test_batch_size=4, workers=0)
+    x, y = next(iter(bundle.train))
+    assert x.shape == (2, 3, 224, 224) and bundle.num_classes == 2 and set(y.tolist()) <= {0, 1}
+    xv, yv = next(iter(bundle.test))
+    assert xv.shape == (4, 3, 224, 224) and yv.tolist() == [0, 0, 1, 1]
+    for loader in (bundle.train, bundle.test):  # pinned only where a GPU copies the batches
+        assert loader.pin_memory == torch.cuda.is_available() and not loader.persistent_workers
+    with pytest.raises(DataMissingError, match="imagenet not found"):
+        load_data("imagenet", str(tmp_path / "nowhere"))

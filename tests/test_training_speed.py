@@ -85,3 +85,24 @@ def test_fp16_off_cuda_and_compile_where_unsupported_are_one_sentence(monkeypatc
     monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
     with pytest.raises(ConfigError, match="torch.compile is not supported"):
         _train(1, compile=True)
+
+
+def test_compiled_training_matches_eager_and_keeps_masks_exact(monkeypatch):
+    """torch.compile traced by dynamo (backend aot_eager here: the same graph capture as inductor, without a C++
+    build in the test): the wrapper shares the model's parameters, so the Pruner's masks still hold."""
+    import functools
+
+    import torch._dynamo as dynamo
+
+    if not dynamo.is_dynamo_supported():
+        pytest.skip("torch.compile is not supported by this build")
+    _, _, eager = _train(4)
+    dynamo.reset()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    frames = dynamo.utils.counters["stats"]["unique_graphs"]
+    model, pruner, compiled = _train(4, compile=True)
+    assert dynamo.utils.counters["stats"]["unique_graphs"] > frames  # the forward really went through dynamo
+    for name, p in pruner.params.items():
+        assert bool((p[~pruner.masks[name]] == 0).all())
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-5)
+    dynamo.reset()

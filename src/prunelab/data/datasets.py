@@ -237,8 +237,11 @@ def _imagenet(root: Path, batch_size: int, test_batch_size: int, workers: int, s
                                                              T.ToTensor(), norm]))
     val_ds = ImageFolder(str(folder / "val"), T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm]))
     sampler = DistributedSampler(train_ds, num_replicas=shard[1], rank=shard[0]) if shard[1] > 1 else None
+    # page-locked batches only where a GPU copies them (non_blocking); workers kept across epochs, since
+    # starting them again each epoch re-imports the process and re-opens the folder
+    fast = {"pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0}
     train = DataLoader(train_ds, batch_size, shuffle=sampler is None, sampler=sampler, num_workers=workers,
-                       pin_memory=True, drop_last=True)
-    val = DataLoader(val_ds, test_batch_size, num_workers=workers)
+                       drop_last=True, **fast)
+    val = DataLoader(val_ds, test_batch_size, num_workers=workers, **fast)
     train.yields_targets = val.yields_targets = True  # (images, labels), as TensorLoader says of its batches
     return DataBundle("imagenet", train, val, (3, 224, 224), len(train_ds.classes), mean, std)
