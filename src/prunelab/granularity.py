@@ -234,16 +234,27 @@ class _KernelRuns(Granularity):
 class NM(Granularity):
     """N:M: in every run of ``m`` consecutive input channels (at each output and kernel position) ``n`` survive.
 
-    N:M fixes the density at n/m; a requested sparsity other than 1 - n/m is a ConfigError.
+    N:M fixes the density at n/m; a requested sparsity other than 1 - n/m is a ConfigError. ``permute``
+    (``heuristic`` or ``lsa``) first reorders the channels a transformer MLP's down projection reads, moving the
+    up-side rows with them, so that its blocks keep more score (RIA's channel permutation,
+    :mod:`prunelab.permutation`; ``window`` blocks per assignment).
     """
 
     n: int = 2
     m: int = 4
+    permute: str = "none"
+    window: int = 256
     per_block = True
 
     def __post_init__(self):
+        from .permutation import MODES
+
         if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n <= self.m):
             raise ConfigError(f"N:M needs integers 0 < n <= m, got n={self.n}, m={self.m}")
+        if self.permute not in MODES:
+            raise ConfigError(f"N:M permute is one of {', '.join(MODES)}, got {self.permute!r}")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 2:
+            raise ConfigError(f"N:M window must be an integer >= 2 (blocks per assignment), got {self.window!r}")
         self.fixed_density = self.n / self.m
 
     def check(self, name, shape):

@@ -142,7 +142,13 @@ class Method:
         together). A calibrated method is asked once per group and pass of its request, with the group's
         statistics on ``ctx.input_stats``; it returns data and keeps none (the Pruner checks that it wrote no
         weight). Such a method's event sparsity is an outcome when it says so.
+
+        The default runs the pipeline (None), except under an N:M granularity with ``permute``, whose channel
+        moves are weight values (:func:`prunelab.permutation.permuted_decision`).
         """
+        if getattr(self.granularity_, "permute", "none") != "none":
+            from ..permutation import permuted_decision
+            return permuted_decision(self, view, ctx)
         return None
 
     def after_prune(self, view: PruneView, old: "Masks", new: "Masks", ctx: "Context") -> Outcome:

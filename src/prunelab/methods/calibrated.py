@@ -93,6 +93,9 @@ class SparseGPTMethod(Method):
         super().__post_init__()
         if not isinstance(self.granularity_, (NM, Element)):
             raise ConfigError("sparsegpt chooses single weights (granularity element) or N:M patterns (nm)")
+        if isinstance(self.granularity_, NM) and self.granularity_.permute != "none":
+            raise ConfigError("sparsegpt updates the weights as it prunes and does not permute channels; use N:M "
+                              "permute with wanda (criterion wanda or ria) or magnitude")
         if isinstance(self.granularity_, NM) and not isinstance(self.allocation_, Uniform):
             raise ConfigError("sparsegpt with N:M patterns fixes the sparsity of every layer: use allocation uniform")
         if self._ranks_by_calibration() and self.sequential:
