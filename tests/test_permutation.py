@@ -96,3 +96,36 @@ def test_an_mlp_with_biases_keeps_its_order_and_the_record_says_why():
     assert "permuted" not in p.history[-1]
     assert p.history[-1]["not_permuted"] == {"transformer.h.0.mlp": "transformer.h.0.mlp.c_fc.bias is not a target "
                                                                      "(it would have to move too)"}
+
+
+def test_dsnot_refines_a_permuted_two_four_from_moved_statistics():
+    """DSnoT after a permutation reads the down projection's statistics in the moved order: its per-row expected
+    output error, computed here from the dense model's inputs moved by the recovered permutation, is no larger
+    than the top-k mask's under the same permutation (mismatched statistics would give arbitrary swaps)."""
+    ref = _llama()
+    seen = []
+    h = ref.model.layers[1].mlp.down_proj.register_forward_hook(lambda mod, a, o: seen.append(a[0].detach()))
+    with torch.no_grad():
+        for s in range(2):
+            ref(_tokens(4, s))
+    h.remove()
+    mean = torch.cat(seen).reshape(-1, 24).mean(0)
+    errors = {}
+    for selector in ("topk", "dsnot"):
+        model = _llama()
+        p = Pruner(model, {"name": "wanda", "samples": 8, "selector": selector, "sequential": False,
+                           "granularity": {"name": "nm", "permute": "heuristic"}}, sparsity=0.5, schedule="manual")
+        p.calibrate([_tokens(4, s) for s in range(2)])
+        p.prune(0.5)
+        down = "model.layers.1.mlp.down_proj.weight"
+        m = p.masks[down]
+        assert (m.reshape(m.shape[0], -1, 4).sum(2) == 2).all()
+        # the permutation, from the kept entries of the moved gate rows against the dense ones
+        gate, gate_mask = model.model.layers[1].mlp.gate_proj.weight.detach(), p.masks["model.layers.1.mlp.gate_proj.weight"]
+        dense_gate = ref.model.layers[1].mlp.gate_proj.weight.detach()
+        order = torch.stack([((dense_gate - gate[k]) * gate_mask[k]).abs().sum(1).argmin() for k in range(24)])
+        assert sorted(order.tolist()) == list(range(24))
+        w = ref.model.layers[1].mlp.down_proj.weight.detach()[:, order]
+        errors[selector] = (w * ~m * mean[order]).sum(1).abs()
+    assert torch.equal(errors["dsnot"] <= errors["topk"] + 1e-12, torch.ones(16, dtype=torch.bool))
+    assert errors["dsnot"].sum() < errors["topk"].sum()

@@ -49,7 +49,12 @@ from .targets import Layout
 @SELECTORS.register("dsnot")
 @dataclass
 class DSnoT(Selector):
-    """The criterion's top-k, then at most ``cycles`` error-reducing swaps per output row (module docstring)."""
+    """The criterion's top-k, then at most ``cycles`` error-reducing swaps per output row (module docstring).
+
+    ``samples``: calibration inputs when the criterion asks for none (magnitude); with a calibrated criterion
+    (Wanda) its count holds and the means are measured in its pass. Memory: four float64 tensors of a target's
+    size while it is refined (its expected outputs, variances, orders).
+    """
 
     cycles: int = 50
     power: float = 1.0
