@@ -188,13 +188,20 @@ def plot(ppl: dict, todo: dict, patterns: list[str], dense: float, path: str) ->
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
     ax.axhline(dense, color="grey", lw=0.8, ls="--", label="dense")
     ax.set_yscale("log")
+    # Plain numbers on the log axis: the spread of interest is 4.7-8, where 10^0 ticks say nothing.
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel("sparsity of the blocks' weight matrices (%)")
     ax.set_ylabel("held-out perplexity")
     ax.set_xticks([int(q[:-1]) for q in unstructured])
     ax.legend(fontsize=7)
     nm = [label for label in todo if (label, "2:4") in ppl]
-    bx.barh(nm, [statistics.mean(ppl[label, "2:4"]) for label in nm])
+    means = [statistics.mean(ppl[label, "2:4"]) for label in nm]
+    spread = [statistics.stdev(ppl[label, "2:4"]) if len(ppl[label, "2:4"]) > 1 else 0 for label in nm]
+    bx.errorbar(means, nm, xerr=spread, fmt="o", capsize=3)
     bx.axvline(dense, color="grey", lw=0.8, ls="--")
+    # Start the axis at the dense model, not at zero: every method lies within 20 % of it.
+    bx.set_xlim(dense - 0.05 * (max(means, default=dense) - dense + 0.1), None)
     bx.set_xlabel("perplexity at 2:4")
     bx.invert_yaxis()
     fig.tight_layout()
