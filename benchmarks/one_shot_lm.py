@@ -42,9 +42,11 @@ def methods(samples: int) -> dict[str, dict]:
         "RIA": {**wanda, "criterion": {"name": "ria", "samples": samples, "a": 0.5}},
         "RIA, channels permuted": {**wanda, "criterion": {"name": "ria", "samples": samples, "a": 0.5}, "nm_only": True},
         "DSnoT + Wanda": {**wanda, "selector": {"name": "dsnot", "samples": samples}},
-        # which layers DSnoT helps (not in the default table: --methods with these labels)
+        # which layers DSnoT helps, and how many swaps (not in the default table: --methods with these labels);
+        # attention only is the authors' default (--skip_layer mlp)
         "DSnoT + Wanda, attention only": {**wanda, "selector": {"name": "dsnot", "skip": ["*.mlp.*"]}, "extra": True},
         "DSnoT + Wanda, MLPs only": {**wanda, "selector": {"name": "dsnot", "skip": ["*.self_attn.*"]}, "extra": True},
+        "DSnoT + Wanda, one swap per row": {**wanda, "selector": {"name": "dsnot", "cycles": 1}, "extra": True},
         "Wanda, one pass": {**wanda, "sequential": False},
         "OWL + Wanda": {**wanda, "sequential": False, "allocation": OWL},
         "SparseGPT, one pass": {**sgpt, "sequential": False},
