@@ -111,11 +111,12 @@ def _sparsegpt_1b(windows: int, tokens: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20, help="timed training steps per setting and repeat")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats (min and median reported)")
     ap.add_argument("--windows", type=int, default=64, help="SparseGPT calibration windows")
     ap.add_argument("--tokens", type=int, default=512, help="tokens per calibration window")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check.md"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_check.md"),
+                    help="where the report goes")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         print("gpu_check needs a CUDA GPU; none is visible here", file=sys.stderr)
