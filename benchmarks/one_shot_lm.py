@@ -54,6 +54,11 @@ def methods(samples: int) -> dict[str, dict]:
     }
 
 
+def sd(v: list[float]) -> float:
+    """The standard deviation over draws (0 for a single run: magnitude draws nothing)."""
+    return statistics.stdev(v) if len(v) > 1 else 0.0
+
+
 def spec_for(spec: dict, pattern: str) -> tuple[dict, float] | None:
     """The method spec and sparsity of ``pattern`` (None where the method has no such setting)."""
     spec = dict(spec)
@@ -159,7 +164,7 @@ def main() -> None:
         if (good, q) not in ppl or (bad, q) not in ppl:
             continue
         g, b = ppl[good, q], ppl[bad, q]
-        spread = sum(statistics.stdev(v) if len(v) > 1 else 0.0 for v in (g, b))
+        spread = sd(g) + sd(b)
         gap = statistics.mean(b) - statistics.mean(g)
         verdict = ("yes" if gap > spread else "yes, within the spread") if gap > 0 else \
             ("no" if -gap > spread else "no, within the spread")
@@ -177,6 +182,7 @@ def plot(ppl: dict, todo: dict, patterns: list[str], dense: float, path: str) ->
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     unstructured = [q for q in patterns if q.endswith("%")]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
@@ -185,8 +191,7 @@ def plot(ppl: dict, todo: dict, patterns: list[str], dense: float, path: str) ->
             continue
         xs = [int(q[:-1]) for q in unstructured if (label, q) in ppl]
         ys = [statistics.mean(ppl[label, q]) for q in unstructured if (label, q) in ppl]
-        err = [statistics.stdev(ppl[label, q]) if len(ppl[label, q]) > 1 else 0 for q in unstructured
-               if (label, q) in ppl]
+        err = [sd(ppl[label, q]) for q in unstructured if (label, q) in ppl]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
     ax.axhline(dense, color="grey", lw=0.8, ls="--", label="dense")
     ax.set_yscale("log")
@@ -199,8 +204,7 @@ def plot(ppl: dict, todo: dict, patterns: list[str], dense: float, path: str) ->
     ax.legend(fontsize=7)
     nm = [label for label in todo if (label, "2:4") in ppl]
     means = [statistics.mean(ppl[label, "2:4"]) for label in nm]
-    spread = [statistics.stdev(ppl[label, "2:4"]) if len(ppl[label, "2:4"]) > 1 else 0 for label in nm]
-    bx.errorbar(means, nm, xerr=spread, fmt="o", capsize=3)
+    bx.errorbar(means, nm, xerr=[sd(ppl[label, "2:4"]) for label in nm], fmt="o", capsize=3)
     bx.axvline(dense, color="grey", lw=0.8, ls="--")
     # Start the axis at the dense model, not at zero: every method lies within 20 % of it.
     bx.set_xlim(dense - 0.05 * (max(means, default=dense) - dense + 0.1), None)
