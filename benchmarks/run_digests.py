@@ -19,6 +19,10 @@ import torch
 
 DATA = "../shared/data"
 
+_LM = ["data.train_tokens=8192", "data.calibration_tokens=2048", "data.eval_tokens=2048", "data.seq_len=32",
+       "model.kwargs={num_hidden_layers: 2, hidden_size: 64, intermediate_size: 128, num_attention_heads: 4, "
+       "num_key_value_heads: 2, max_position_embeddings: 32}", "train.epochs=1"]
+
 CASES = {
   "quick": ("quickstart", ["train.epochs=2", "prune.retrain.epochs=1", "prune.schedule.rounds=3"]),
   "drop": ("quickstart", ["train.epochs=2", "prune.retrain.epochs=1", "prune.schedule.rounds=4",
@@ -41,6 +45,14 @@ CASES = {
             "prune.retrain.epochs=1", "data.test_batch_size=2000"]),
   "cubic": ("lenet5_mnist_campfire", ["data.name=mnist", f"data.root={DATA}", "data.train_subset=512", "data.batch_size=64", 
             "prune.retrain.epochs=2", "prune.schedule.end_epoch=1", "prune.schedule.frequency_steps=2"]),
+  # transformer units (the structure selection loop) and one-shot LM methods, on a tiny LLaMA: seconds each
+  "lm_units": ("llama_pystdlib_units", _LM + ["prune.method.criterion={name: activation, samples: 8}"]),
+  "lm_hidden": ("llama_pystdlib_units", _LM + ["prune.method.units=[hidden]", "prune.sparsity=0.25",
+                "prune.method.criterion=magnitude"]),
+  "lm_depth": ("llama_pystdlib_units", _LM + ["prune.method.units=[depth, mlp]", "prune.method.samples=8",
+                "prune.method.criterion=magnitude"]),
+  "lm_owl": ("llama_pystdlib_owl", _LM + ["prune.method.samples=8"]),
+  "lm_dsnot": ("llama_pystdlib_dsnot", _LM + ["prune.method.samples=8"]),
 }
 
 
