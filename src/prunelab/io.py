@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,41 +17,7 @@ import torch
 from torch import Tensor
 
 from .errors import CheckpointError
-from .outputs import check_replaceable, error_from_safetensors, user_mode
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
-    _atomic(path, lambda f, tmp: f.write(data))
-
-
-def _atomic(path: str | Path, fill) -> None:
-    """Run ``fill(file, its_path)`` on a temporary file next to ``path`` (opened "w+b"), fsync it and rename it
-    over ``path``; on any failure the temporary file goes and ``path`` is untouched."""
-    path = Path(path)
-    check_replaceable(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file where a folder is meant, or no permission: say which folder
-        raise OSError(exc.errno, exc.strerror, str(exc.filename or path.parent)) from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w+b") as f:
-            fill(f, tmp)
-            if not f.closed:
-                f.flush()
-                os.fsync(f.fileno())
-        user_mode(tmp)  # by name, after the fill: safetensors' writer makes the file anew (0600 from mkstemp)
-        check_replaceable(path)  # again: something may have been put there meanwhile
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:  # say which file
-            raise OSError(exc.errno, exc.strerror, str(path)) from None
-        raise
+from .outputs import _atomic, atomic_write_bytes, atomic_write_text, error_from_safetensors  # noqa: F401 (re-exported)
 
 
 def atomic_write_safetensors(path: str | Path, tensors: dict[str, Tensor],
@@ -87,10 +52,6 @@ def atomic_write_safetensors(path: str | Path, tensors: dict[str, Tensor],
             os.fsync(g.fileno())
 
     _atomic(path, fill)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

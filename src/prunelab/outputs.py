@@ -111,8 +111,6 @@ def prepare_folder(path: str | Path, force: bool, empty_ok: bool = True) -> Path
 
 def mark(folder: str | Path, what: str) -> None:
     """Write the :data:`MARKER` into a folder prunelab made (saying what it holds)."""
-    from .io import atomic_write_text
-
     atomic_write_text(Path(folder) / MARKER, json.dumps({"written_by": "prunelab", "holds": what}) + "\n")
 
 
@@ -180,3 +178,41 @@ def error_from_safetensors(exc: Exception, path: str | Path) -> OSError | None:
         return None
     code = int(m.group(1))
     return OSError(code, os.strerror(code), str(path))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
+    _atomic(path, lambda f, tmp: f.write(data))
+
+
+def _atomic(path: str | Path, fill) -> None:
+    """Run ``fill(file, its_path)`` on a temporary file next to ``path`` (opened "w+b"), fsync it and rename it
+    over ``path``; on any failure the temporary file goes and ``path`` is untouched."""
+    path = Path(path)
+    check_replaceable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder is meant, or no permission: say which folder
+        raise OSError(exc.errno, exc.strerror, str(exc.filename or path.parent)) from None
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            fill(f, tmp)
+            if not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
+        user_mode(tmp)  # by name, after the fill: safetensors' writer makes the file anew (0600 from mkstemp)
+        check_replaceable(path)  # again: something may have been put there meanwhile
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:  # say which file
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
