@@ -104,7 +104,7 @@ def speed(a) -> list[dict]:
     import torch
 
     torch.set_num_threads(a.threads)
-    from prunelab.reconstruction import sparsegpt
+    from prunelab.engine.reconstruction import sparsegpt
 
     out = []
     for d in a.widths:

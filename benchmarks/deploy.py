@@ -23,9 +23,9 @@ from safetensors.torch import load_file, save as st_save
 
 from prunelab import Pruner
 from prunelab.analysis import count_flops
-from prunelab.export.artifacts import diagnose, latency_ms
+from prunelab.experiment.export_run import diagnose, latency_ms
 from prunelab.export.compact import compact_bytes
-from prunelab.export.shrink import shrink
+from prunelab.structure.surgery import shrink
 from prunelab.export.sparse_linear import choose_linear_kernels, sparsify_linear
 from prunelab.models import build_model
 

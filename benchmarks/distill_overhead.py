@@ -1,5 +1,5 @@
 """Cost of distillation during recovery: training steps of the small LLaMA of ``llama_pystdlib_dense`` with the
-task loss against with ``prunelab.distill.Distillation`` (the dense model as teacher), interleaved.
+task loss against with ``prunelab.training.distill.Distillation`` (the dense model as teacher), interleaved.
 
     python benchmarks/distill_overhead.py --runs-dir runs --threads 1 --steps 20 --repeats 3
 
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from prunelab.distill import Distillation
+    from prunelab.training.distill import Distillation
     from prunelab.experiment import load_recipe, trained_dense
     from prunelab.training.tasks import get_task
 

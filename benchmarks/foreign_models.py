@@ -48,7 +48,7 @@ def _torch_pruning(make, x, ratio):
     import torch_pruning as tp
 
     from prunelab.inputs import call, tensors
-    from prunelab.trace_budget import trace_budget
+    from prunelab.structure.trace_budget import trace_budget
 
     torch.manual_seed(0)
     model = make().eval()

@@ -12,7 +12,7 @@ import torch
 
 from prunelab import Pruner
 from prunelab.analysis import count_flops
-from prunelab.export.shrink import shrink
+from prunelab.structure.surgery import shrink
 from prunelab.models import build_model
 
 # preset: (model, kwargs, paper params reduction %, paper FLOPs reduction %)

@@ -6,7 +6,7 @@ papers report checked at this scale.
 
 Methods: magnitude (per layer), Wanda (per output row; Sun et al. 2024), SparseGPT (Frantar & Alistarh 2023), RIA
 (Zhang et al. 2024, a 0.5, compared per row; at 2:4 also with its channel permutation, heuristic and assignment,
-made real in the MLPs: :mod:`prunelab.permutation`), DSnoT after Wanda (Zhang et al. 2024, 50 cycles, power 1),
+made real in the MLPs: :mod:`prunelab.engine.permutation`), DSnoT after Wanda (Zhang et al. 2024, 50 cycles, power 1),
 each sequential as their authors run them (a block calibrated on the inputs the pruned
 blocks before it produce); OWL (Yin et al. 2024, m 5, lam 0.08) with Wanda and with SparseGPT, which rank the
 layers from one pass over the dense model, so beside them Wanda and SparseGPT from that same one pass ("one

@@ -9,7 +9,7 @@ of all the model's parameters go, the model shrunk to a smaller ``LlamaForCausal
 K optimizer steps of ``--batch`` windows (one trajectory per variant and seed, evaluated at every K):
 
 - ``task``: the pruned model trained with the next-token loss (masks held for SparseGPT);
-- ``distill``: the same steps with :class:`prunelab.distill.Distillation` from the dense model (``--alpha``,
+- ``distill``: the same steps with :class:`prunelab.training.distill.Distillation` from the dense model (``--alpha``,
   ``--temperature``; logits only: a shrunk MLP keeps the hidden size, so no hidden-state term is needed);
 - ``scratch_e``: the pruned architecture (the shrunk model, or the masked one) from transformers' own fresh
   initialisation, the same K steps on the same tokens;
@@ -126,7 +126,7 @@ def main() -> None:
     import transformers
     from prunelab.analysis import count_flops
     from prunelab.data.loader import TensorLoader
-    from prunelab.distill import Distillation
+    from prunelab.training.distill import Distillation
     from prunelab.experiment import load_recipe, trained_dense
     from prunelab.models import reinit
     from prunelab.training import evaluate

@@ -79,7 +79,7 @@ def latency_rows(run_dirs: dict, repeats: int) -> list[str]:
     from prunelab.analysis import count_flops
     from prunelab.experiment import RunContext
     from prunelab.experiment.paths import DENSE, MODEL
-    from prunelab.export.shrink import load_shrunk
+    from prunelab.export.shrunk import load_shrunk
 
     lines = ["| setting | params (unpruned -> shrunk) | FLOPs reduction | file bytes (unpruned -> shrunk) | "
              "latency b=1 ms (unpruned -> shrunk) | latency b=64 ms | speedup b=1 / b=64 | "

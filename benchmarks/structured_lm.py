@@ -39,9 +39,9 @@ def n_params(model) -> int:
 
 def sparsity_for(model, kinds, target: float) -> float | None:
     """The unit sparsity whose smaller config removes closest to ``target`` of the parameters (None: > 0.05 off)."""
-    from prunelab.allocation import round_keep
+    from prunelab.engine.allocation import round_keep
     from prunelab.structure.families import attention_shape, family_of
-    from prunelab.structure.hf import small_config
+    from prunelab.structure.hf_surgery import small_config
     from prunelab.structure import TransformerUnits
 
     fam = family_of(model)

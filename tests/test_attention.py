@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from prunelab import Pruner
-from prunelab.attention import HeadPrunedAttention, attention_heads
-from prunelab.export.shrink import apply_widths, shrink
+from prunelab.structure.heads import HeadPrunedAttention, attention_heads
+from prunelab.export.shrunk import apply_widths
+from prunelab.structure.surgery import shrink
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

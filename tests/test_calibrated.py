@@ -152,7 +152,7 @@ def _correlated(n=64, d=8, seed=0):
 
 
 def test_sparsegpt_with_a_fixed_mask_is_the_least_squares_fit_of_the_kept_weights():
-    from prunelab.reconstruction import sparsegpt
+    from prunelab.engine.reconstruction import sparsegpt
 
     x = _correlated()
     w = torch.randn(3, 8, generator=torch.Generator().manual_seed(1), dtype=torch.double)
@@ -166,7 +166,7 @@ def test_sparsegpt_with_a_fixed_mask_is_the_least_squares_fit_of_the_kept_weight
 
 
 def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda():
-    from prunelab.reconstruction import sparsegpt
+    from prunelab.engine.reconstruction import sparsegpt
 
     x = _correlated(n=256, d=32)
     w = torch.randn(16, 32, generator=torch.Generator().manual_seed(2), dtype=torch.double)
@@ -181,7 +181,7 @@ def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda():
 
 
 def test_sparsegpt_two_four_is_exact():
-    from prunelab.reconstruction import sparsegpt
+    from prunelab.engine.reconstruction import sparsegpt
 
     x = _correlated(d=16)
     w = torch.randn(4, 16, generator=torch.Generator().manual_seed(3), dtype=torch.double)
@@ -190,7 +190,7 @@ def test_sparsegpt_two_four_is_exact():
 
 
 def test_sequential_sparsegpt_calibrates_each_layer_on_the_pruned_layers_before_it():
-    from prunelab.reconstruction import sparsegpt
+    from prunelab.engine.reconstruction import sparsegpt
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).double()
@@ -251,7 +251,7 @@ def test_recipe_calibration_section(tmp_path, capsys):
 
 
 def test_sparsegpt_per_row_budget():
-    from prunelab.reconstruction import sparsegpt
+    from prunelab.engine.reconstruction import sparsegpt
 
     x = _correlated(d=16)
     w = torch.randn(6, 16, generator=torch.Generator().manual_seed(4), dtype=torch.double)
@@ -398,7 +398,7 @@ def test_a_method_that_writes_the_model_while_deciding_is_refused():
 def test_sparsegpt_breaks_ties_on_a_transposed_weight():
     """A Conv1D's weight reaches the solve as a transposed view; tied scores (equal weights) must still be cut to
     the exact count (this crashed with a view on a column-major mask)."""
-    from prunelab.reconstruction import sparsegpt
+    from prunelab.engine.reconstruction import sparsegpt
 
     stored = torch.ones(8, 6)  # (in, out) as HF Conv1D stores it: every score in a block tied
     x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))

@@ -208,7 +208,7 @@ def test_dead_input_columns_go_first_within_the_pattern_and_the_rest_are_kept_un
 
 
 def test_a_singular_gram_matrix_falls_back_to_magnitude_and_says_so():
-    from prunelab.reconstruction import sparsegpt
+    from prunelab.engine.reconstruction import sparsegpt
 
     w = torch.tensor([[4.0, -1.0, 3.0, 0.5], [1.0, 2.0, -0.2, 3.0]])
     x = torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0]])  # rank one: singular without dampening

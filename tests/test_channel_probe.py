@@ -1,4 +1,4 @@
-"""The trial shrink after a channel trace (prunelab.channel_probe): groups whose shrink would break the model are
+"""The trial shrink after a channel trace (prunelab.structure.probe): groups whose shrink would break the model are
 blocked before any selection, on hand-made models and on ones nobody here wrote (Whisper), and models that keep
 tensors of their last forward can still be copied for it."""
 import pytest
@@ -11,7 +11,7 @@ from prunelab import Pruner
 def test_a_group_whose_trial_shrink_fails_is_blocked_before_pruning():
     """A width written into the forward (reshape to 8 channels) makes conv2's channels unremovable: the trial
     shrink after the trace blocks that group, the rest prune and the model shrinks to the same outputs."""
-    from prunelab.channels import ChannelGraph
+    from prunelab.structure.channels import ChannelGraph
     from prunelab.export import shrink
     from prunelab.inputs import max_output_diff
 

@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from prunelab import ConfigError, Pruner
-from prunelab.allocation import ALLOCATIONS
-from prunelab.criteria import CRITERIA, Context
+from prunelab.engine.allocation import ALLOCATIONS
+from prunelab.engine.criteria import CRITERIA, Context
 from prunelab.experiment.stages import STAGES
-from prunelab.granularity import GRANULARITIES
+from prunelab.engine.granularity import GRANULARITIES
 from prunelab.methods import METHODS
-from prunelab.schedules import SCHEDULES
-from prunelab.selection import SELECTORS
+from prunelab.engine.schedules import SCHEDULES
+from prunelab.engine.selection import SELECTORS
 
 REGISTRIES = [CRITERIA, GRANULARITIES, ALLOCATIONS, SELECTORS, SCHEDULES, METHODS, STAGES]
 # parameters a part cannot be built without (everything else has a default)

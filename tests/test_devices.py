@@ -7,9 +7,9 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from prunelab import Pruner
-from prunelab.attention import HeadPrunedAttention
+from prunelab.structure.heads import HeadPrunedAttention
 from prunelab.experiment.checkpoint import load_checkpoint, rng_state, save_checkpoint
-from prunelab.recurrent_units import RecurrentLayer, build_recurrent, kept_units
+from prunelab.structure.recurrent import RecurrentLayer, build_recurrent, kept_units
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunelab import ConfigError
-from prunelab.distill import Distillation
+from prunelab.training.distill import Distillation
 
 
 def test_the_loss_by_hand():

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from prunelab import ConfigError, Pruner
-from prunelab.criteria import Context
+from prunelab.engine.criteria import Context
 from prunelab.experiment import Runner, load_recipe
-from prunelab.selection import Drop, drop_rate, expected_density
+from prunelab.engine.selection import Drop, drop_rate, expected_density
 
 
 def _mlp(seed=0):

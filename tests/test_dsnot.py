@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from prunelab import Pruner
-from prunelab.criteria import Needs
+from prunelab.engine.criteria import Needs
 from prunelab.calibration.request import Calibration
-from prunelab.dsnot import refine, row_error
+from prunelab.engine.dsnot import refine, row_error
 from prunelab.errors import ConfigError
 
 T, F = True, False

@@ -9,9 +9,9 @@ from prunelab.cli import main
 from prunelab.errors import CheckpointError, ConfigError
 from prunelab.experiment import RunContext, Runner, load_final, load_recipe
 from prunelab.export import load_compact
-from prunelab.export.artifacts import bench_run, diagnose, export_run
+from prunelab.experiment.export_run import bench_run, diagnose, export_run
 from prunelab.export.compact import encode_tensor, decode_tensor
-from prunelab.export.shrink import load_shrunk
+from prunelab.export.shrunk import load_shrunk
 from prunelab.export.sparse_linear import SparseLinear, sparsify_linear
 from prunelab.models import build_model
 

@@ -13,8 +13,8 @@ from prunelab.analysis import count_flops
 from prunelab.data.text import SEPARATOR, byte_stream, split_of, stdlib_files, windows
 from prunelab.experiment import Runner, load_recipe
 from prunelab.experiment.checkpoint import load_checkpoint, save_checkpoint
-from prunelab.attack import attack_run
-from prunelab.export.artifacts import bench_run, export_run
+from prunelab.experiment.attack import attack_run
+from prunelab.experiment.export_run import bench_run, export_run
 from prunelab.models import build_model
 from prunelab.training import evaluate
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from prunelab import Pruner
-from prunelab.allocation import OWL, LayerGroups, block_of
+from prunelab.engine.allocation import OWL, LayerGroups, block_of
 
 
 def _layer(name, scores):

@@ -4,10 +4,10 @@ import torch
 from torch import nn
 
 from prunelab import ALLOCATIONS, CRITERIA, GRANULARITIES, SCHEDULES, ConfigError, Targets
-from prunelab.allocation import LayerGroups, round_keep
-from prunelab.criteria import Context
-from prunelab.selection import TopK
-from prunelab.topk import kth_largest, topk_counts, topk_mask
+from prunelab.engine.allocation import LayerGroups, round_keep
+from prunelab.engine.criteria import Context
+from prunelab.engine.selection import TopK
+from prunelab.engine.topk import kth_largest, topk_counts, topk_mask
 
 
 def test_targets_defaults_patterns_and_first_last():
@@ -149,7 +149,7 @@ def test_topk_selector_nests_and_breaks_ties_by_position():
 
 
 def test_large_topk_matches_sort(monkeypatch):
-    import prunelab.topk as tk
+    import prunelab.engine.topk as tk
     monkeypatch.setattr(tk, "SMALL", 1000)  # force the sampled-bracket path on a small tensor
     g = torch.Generator().manual_seed(0)
     chunks = [torch.randn(30000, generator=g), torch.randn(50000, generator=g).abs()]

@@ -5,7 +5,7 @@ import torch
 
 from prunelab import Pruner
 from prunelab.errors import ConfigError
-from prunelab.permutation import assignment, kept_score, reallocation, search
+from prunelab.engine.permutation import assignment, kept_score, reallocation, search
 
 
 def test_reallocation_by_hand_on_one_row():

@@ -8,7 +8,7 @@ from torch import nn
 from prunelab import Pruner
 from prunelab.errors import ConfigError
 from prunelab.export import shrink
-from prunelab.export.shrink import apply_widths
+from prunelab.export.shrunk import apply_widths
 from prunelab.inputs import max_output_diff
 
 

@@ -27,7 +27,7 @@ def test_ria_scores_and_masks_by_hand():
     x[:, 2] *= 10  # a loud input: RIA's norm ** 0.5 weighs it less than Wanda's norm
     w = layer.weight.detach().clone()
     hand = _hand(w, x)
-    from prunelab.criteria import CRITERIA, Context
+    from prunelab.engine.criteria import CRITERIA, Context
 
     class Norms:  # the statistics a criterion reads: the input norm of every column
         def norms(self):

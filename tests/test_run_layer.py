@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from prunelab import CheckpointError, ConfigError, Masks, Pruner
-from prunelab.channels import ChannelGraph
-from prunelab.criteria import Context
+from prunelab.structure.channels import ChannelGraph
+from prunelab.engine.criteria import Context
 from prunelab.experiment import RunContext, Runner, builtin_recipes, load_recipe, plan
 from prunelab.experiment import paths
 from prunelab.experiment.checkpoint import load_checkpoint, load_method_state, save_checkpoint

@@ -196,7 +196,7 @@ def test_a_damaged_artifact_is_found_named_and_recomputed(tmp_path, capsys):
 
 def test_threads_are_chosen_for_the_work(tmp_path, monkeypatch):
     from prunelab.experiment import RunContext
-    from prunelab.experiment.threads import choose_threads
+    from prunelab.experiment.run_threads import choose_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     ctx = RunContext(load_recipe("quickstart"), tmp_path / "q")

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import prunelab
-from prunelab.topk import SMALL, _true_positions, streamed_topk_masks
+from prunelab.engine.topk import SMALL, _true_positions, streamed_topk_masks
 
 
 def _model(seed: int, quantum: float | None = None, dtype=torch.float32) -> nn.Module:
@@ -85,7 +85,7 @@ def test_a_streamed_pass_keeps_the_floor():
     """Above the streaming size a pass that would empty a classifier's rows falls back to the general path,
     which keeps every row's best weight: the same masks as the general path on the same scores."""
     from prunelab import Pruner
-    from prunelab.topk import SMALL
+    from prunelab.engine.topk import SMALL
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(1024, SMALL // 1024 + 8), torch.nn.Linear(SMALL // 1024 + 8, 4))

@@ -10,7 +10,7 @@ from torch import nn
 
 from prunelab import ConfigError, Pruner
 from prunelab.export import shrink
-from prunelab.export.shrink import ShrinkError
+from prunelab.structure.surgery import ShrinkError
 from prunelab.models.hf import save_pretrained
 
 transformers = pytest.importorskip("transformers")
@@ -162,7 +162,7 @@ def test_activation_scores_are_the_mean_input_magnitude_by_hand():
     lin = nn.Sequential(nn.Linear(3, 2, bias=False))
     pruner = Pruner(lin, {"name": "magnitude", "criterion": "activation"}, schedule="manual", sparsity=0.5)
     pruner.calibrate([torch.tensor([[1.0, -2.0, 0.0], [3.0, 0.0, -1.0]])])
-    from prunelab.criteria import CRITERIA, Context
+    from prunelab.engine.criteria import CRITERIA, Context
     from prunelab.calibration import input_stats
 
     stats = input_stats(lin, pruner.params, [torch.tensor([[1.0, -2.0, 0.0], [3.0, 0.0, -1.0]])], 2,

@@ -10,7 +10,9 @@ from prunelab.cli import main
 from prunelab.errors import CheckpointError, ConfigError
 from prunelab.experiment import Runner, load_recipe, run_dir_for
 from prunelab.experiment.controls import scratch_b_budget
-from prunelab.export.shrink import ShrinkError, load_shrunk, max_output_diff, model_spec, save_shrunk, shrink
+from prunelab.export.shrunk import load_shrunk, model_spec, save_shrunk
+from prunelab.inputs import max_output_diff
+from prunelab.structure.surgery import ShrinkError, shrink
 from prunelab.methods.structured import PRESETS
 from prunelab.models import build_model
 from prunelab.training import OptimConfig, Trainer, build_optimizer
@@ -254,7 +256,7 @@ def test_an_architecture_is_traced_once_per_process_and_the_masks_are_the_same(m
     shrink still traces for itself."""
     import torch_pruning as tp
 
-    from prunelab import channels
+    from prunelab.structure import channels
     from prunelab.export import shrink
 
     monkeypatch.setattr(channels, "_TRACED", {})
@@ -298,7 +300,7 @@ class _TwoHeads(nn.Module):
 def test_every_layer_that_makes_an_output_stays_whole():
     """Found from what feeds the outputs, not by registration order: both predictors keep every output row,
     and the trunk is pruned (torchvision's detector and segmentation heads are found the same way)."""
-    from prunelab.channels import ChannelGraph
+    from prunelab.structure.channels import ChannelGraph
     from prunelab.inputs import output_layers
 
     torch.manual_seed(0)
@@ -335,7 +337,7 @@ class _SharedHead(nn.Module):
 def test_a_layer_called_on_several_inputs_keeps_the_channels_it_ties():
     """The head's input channels tie both levels' output channels, which a graph traced through one call does
     not couple: those groups stay whole, the rest is pruned, and the model shrinks to the masked one's outputs."""
-    from prunelab.channels import ChannelGraph
+    from prunelab.structure.channels import ChannelGraph
 
     torch.manual_seed(0)
     model, x = _SharedHead(), torch.randn(2, 3, 8, 8)

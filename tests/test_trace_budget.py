@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from prunelab import ConfigError
-from prunelab.channels import ChannelGraph
+from prunelab.structure.channels import ChannelGraph
 
 
 def _net():

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from prunelab import Pruner
-from prunelab.reconstruction import sparsegpt
+from prunelab.engine.reconstruction import sparsegpt
 
 transformers = pytest.importorskip("transformers")
 

@@ -19,12 +19,13 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _PUBLIC = {
     "Pruner": "pruner", "Masks": "masks", "Targets": "targets", "Method": "methods", "build_method": "methods",
-    "METHODS": "methods", "CRITERIA": "criteria", "GRANULARITIES": "granularity", "ALLOCATIONS": "allocation",
-    "SELECTORS": "selection", "SCHEDULES": "schedules", "set_threads": "threads",
+    "METHODS": "methods", "CRITERIA": "engine.criteria", "GRANULARITIES": "engine.granularity",
+    "ALLOCATIONS": "engine.allocation", "SELECTORS": "engine.selection", "SCHEDULES": "engine.schedules",
+    "set_threads": "training.threads", "Distillation": "training.distill",
 }
 
 __all__ = [
-    "Pruner", "Masks", "Targets", "Method", "build_method", "set_threads",
+    "Pruner", "Masks", "Targets", "Method", "build_method", "set_threads", "Distillation",
     "METHODS", "CRITERIA", "GRANULARITIES", "ALLOCATIONS", "SELECTORS", "SCHEDULES",
     "PrunelabError", "ConfigError", "DataMissingError", "CheckpointError", "__version__",
 ]

@@ -24,12 +24,12 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, nn
 
-from .allocation import Uniform
+from .engine.allocation import Uniform
 from . import calibration
-from .decisions import as_decision, merge, versions, write
-from .channels import ChannelGraph
-from .granularity import Filter
-from .criteria import Context, Needs
+from .engine.decisions import as_decision, merge, versions, write
+from .structure.channels import ChannelGraph
+from .engine.granularity import Filter
+from .engine.criteria import Context, Needs
 from .inputs import Inputs
 from .limits import MAX_SEED
 from .errors import CheckpointError, ConfigError
@@ -37,12 +37,12 @@ from .masks import Masks, keep_multiplier, keep_only, zero_pruned
 from .methods import Method, build_method
 from .methods.base import PruneView
 from .registry import check_fraction
-from .schedules import build_schedule
-from .streaming import can_stream, streamed_masks
+from .engine.schedules import build_schedule
+from .engine.streaming import can_stream, streamed_masks
 from .structure import structure_for
 from .targets import Targets, accounting, build_targets, check_current
-from .topk import all_true
-from .ranking import select_tensors
+from .engine.topk import all_true
+from .engine.loop import select_tensors
 
 
 class Pruner:
@@ -293,7 +293,7 @@ class Pruner:
                 ctx: Context, params: dict[str, nn.Parameter]) -> dict[str, Tensor]:
         """One pass of granularity -> allocation -> selector over every tensor; returns the new masks.
 
-        Output channels of a channel method are chosen per group of coupled channels (:mod:`prunelab.coupling`).
+        Output channels of a channel method are chosen per group of coupled channels (:mod:`prunelab.structure.coupling`).
         """
         m = self.method
         if self.channels is not None and isinstance(gran, Filter):  # traced channels or transformer units

@@ -22,7 +22,7 @@ its input channels; :func:`per_row` gives every output row its group's), Hugging
 the query (self-attention: query, key and value one input; cross-attention: each third of it its own input, as
 groups; q/k/v_proj_weight each their own input) and out_proj
 the heads' concatenated outputs, recomputed in the hook with an identity projection; and nn.RNN/LSTM/GRU,
-whose weights see each layer's input sequence and previous hidden states (:mod:`prunelab.recurrent`). A
+whose weights see each layer's input sequence and previous hidden states (:mod:`prunelab.calibration.rnn`). A
 target whose inputs cannot be observed this way (transposed convolutions, other padding modes) is a ConfigError
 naming it, so a method never silently scores weights without their statistics.
 """
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..inputs import call
-from ..recurrent import is_rnn_weight, rnn_rows
+from .rnn import is_rnn_weight, rnn_rows
 from ..targets import Layout, first_not_finite, is_hf_conv1d
 
 

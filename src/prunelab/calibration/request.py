@@ -15,7 +15,7 @@ CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 
 @dataclass(frozen=True)
 class Calibration:
-    """A method's calibration request, declared on its :class:`~prunelab.criteria.Needs`.
+    """A method's calibration request, declared on its :class:`~prunelab.engine.criteria.Needs`.
 
     ``samples``: the method's own number of calibration inputs (a count the caller gives overrides it).
     ``passes``: the statistics measured over each group of targets, one kind set per pass, in order (kinds:

@@ -28,7 +28,7 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..experiment import Runner, load_recipe, run_dir_for
-    from ..experiment.threads import choose_threads
+    from ..experiment.run_threads import choose_threads
 
     recipe_arg, overrides = args.recipe, list(args.overrides)
     if recipe_arg is not None and "=" in recipe_arg:  # `prunelab run train.epochs=2` runs the quickstart
@@ -145,7 +145,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    from ..attack import attack_run
+    from ..experiment.attack import attack_run
     from ..errors import ConfigError
 
     try:
@@ -220,7 +220,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export.artifacts import export_run
+    from ..experiment.export_run import export_run
 
     path = export_run(args.run_dir, args.format, args.out, force=args.force, data_root=args.data_root)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
@@ -229,7 +229,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..export.artifacts import bench_run
+    from ..experiment.export_run import bench_run
 
     print_bench(bench_run(args.run_dir, args.repeats, args.data_root), args.run_dir, args.repeats, console())
     return 0

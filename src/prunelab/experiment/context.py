@@ -20,7 +20,7 @@ from ..masks import Masks
 from ..methods import Method, build_method
 from ..models import build_model
 from ..pruner import Pruner
-from ..schedules import Schedule
+from ..engine.schedules import Schedule
 from ..training import Trainer, evaluate
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import check_same, current

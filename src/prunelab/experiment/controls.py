@@ -1,7 +1,7 @@
 """The stages after pruning: ``shrunk`` (channel methods) and the controls of Rethinking the Value of Network
 Pruning (Liu et al., ICLR 2019), each trained on the final masks' architecture.
 
-- ``shrunk``: the final model without its removed channels (:func:`prunelab.export.shrink`), checked equal
+- ``shrunk``: the final model without its removed channels (:func:`prunelab.structure.surgery`), checked equal
   to the masked model, saved as weights + width manifest (``paths.RunPaths.shrunk_model``); a Hugging Face
   model as the stage's weights beside its smaller ``config.json`` (``paths.RunPaths.shrunk_config``), both
   listed with their digests, which ``export --format hf`` turns into a ``save_pretrained`` folder.
@@ -30,7 +30,8 @@ import torch
 
 from ..analysis import count_flops, count_params
 from ..errors import ConfigError
-from ..export.shrink import load_shrunk, model_spec, save_shrunk, shrink
+from ..export.shrunk import load_shrunk, model_spec, save_shrunk
+from ..structure.surgery import shrink
 from ..models import build_model, reinit
 from ..training import build_optimizer
 from . import paths

@@ -129,7 +129,7 @@ class Runner:
                                   "and the model is not loaded from a folder; train it (train.epochs) or remove "
                                   "prune.distill")
             if distill.hidden:
-                from ..distill import match_layers
+                from ..training.distill import match_layers
 
                 match_layers(model, distill.hidden)
         ctx.paths.root.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import ConfigError
 from ..limits import MAX_ROUNDS, MAX_SEED, MAX_THREADS
-from ..schedules import Cubic, Iterative, OneShot, Schedule
+from ..engine.schedules import Cubic, Iterative, OneShot, Schedule
 from ..training.optim import OptimConfig
 from .yaml_input import parse_yaml, read_yaml_file
 
@@ -83,7 +83,7 @@ class CalibrationConfig(_Strict):
 
 
 class DistillConfig(_Strict):
-    """Recovery by distillation from the run's dense model (:mod:`prunelab.distill`)."""
+    """Recovery by distillation from the run's dense model (:mod:`prunelab.training.distill`)."""
 
     alpha: float = Field(0.5, ge=0, le=1)  # weight of the soft (teacher) term; 1 - alpha: the task loss
     temperature: float = Field(2.0, gt=0, le=1000)
@@ -108,7 +108,7 @@ class PruneConfig(_Strict):
     distill: DistillConfig | None = None  # retraining distils the dense stage's model (None: the task loss)
 
     def engine_schedule(self, steps_per_epoch: int | None = None) -> Schedule:
-        """The engine's :class:`~prunelab.schedules.Schedule` of this section: ``oneshot`` and ``iterative``
+        """The engine's :class:`~prunelab.engine.schedules.Schedule` of this section: ``oneshot`` and ``iterative``
         plan one event per round stage (the runner triggers each with ``pruner.prune_event``); ``cubic`` plans
         events at optimizer steps of the one gradual stage, converted from epochs with ``steps_per_epoch``."""
         s = self.schedule

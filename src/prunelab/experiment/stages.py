@@ -25,7 +25,7 @@ from ..io import atomic_write_bytes
 from ..models import reinit
 from ..pruner import Pruner
 from ..registry import Registry
-from ..schedules import Cubic
+from ..engine.schedules import Cubic
 from ..training import build_optimizer
 from ..training.tasks import get_task
 from . import paths
@@ -141,7 +141,7 @@ class _Pruning(Stage):
         distill = ctx.recipe.prune.distill
         loss_fn = None
         if distill is not None and cfg.trains:  # the teacher: the run's dense model, from its checkpoint
-            from ..distill import Distillation
+            from ..training.distill import Distillation
 
             teacher = ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE)).to(ctx.recipe.device)
             loss_fn = Distillation(teacher, distill.alpha, distill.temperature, ctx.data.task, distill.hidden,

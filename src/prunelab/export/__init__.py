@@ -1,4 +1,5 @@
-"""Export of pruned models: the compact sparse file, shrunk models, CSR inference, run artifacts."""
+"""File formats of pruned models: the compact sparse file, the shrunk-model file, ONNX, CSR inference (and
+``shrink`` itself, re-exported where users import it)."""
 from .compact import compact_bytes, decode_tensor, encode_tensor, load_compact, save_compact
 from .onnx import export_onnx
 from .shrink import ShrinkError, load_shrunk, save_shrunk, shrink

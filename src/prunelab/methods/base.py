@@ -1,7 +1,7 @@
 """The Method base class, its declared hooks, the narrow view the hooks see, and the method registry.
 
 A method is criterion -> granularity -> allocation -> selector plus hooks. The hooks receive a
-:class:`PruneView` (model, targets, masks, channel graph) and the event's :class:`~prunelab.criteria.Context`,
+:class:`PruneView` (model, targets, masks, channel graph) and the event's :class:`~prunelab.engine.criteria.Context`,
 never the Pruner, and they return data: per-event inputs for the parts, an event record, weight values to
 set. The Pruner is the only one that installs masks and writes weights.
 """
@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
 
 from torch import Tensor, nn
 
-from ..allocation import ALLOCATIONS, Allocation
-from ..criteria import CRITERIA, Criterion, Needs
+from ..engine.allocation import ALLOCATIONS, Allocation
+from ..engine.criteria import CRITERIA, Criterion, Needs
 from ..errors import CheckpointError
-from ..granularity import GRANULARITIES, Granularity
+from ..engine.granularity import GRANULARITIES, Granularity
 from ..registry import Registry
-from ..selection import SELECTORS, Selector
+from ..engine.selection import SELECTORS, Selector
 
 if TYPE_CHECKING:
-    from ..channels import ChannelGraph
-    from ..criteria import Context
+    from ..structure.channels import ChannelGraph
+    from ..engine.criteria import Context
     from ..masks import Masks
     from ..targets import Layout
 
@@ -85,9 +85,9 @@ class Method:
     hatch, for decisions that are not a ranking under a count). After an event: :meth:`after_prune` (a record
     and weight values), :meth:`rewind_point` (what runners do with the survivors after a round).
 
-    ``channels=True`` makes the pruner trace channel coupling (:mod:`prunelab.channels`; the Pruner then
+    ``channels=True`` makes the pruner trace channel coupling (:mod:`prunelab.structure.channels`; the Pruner then
     needs ``example_inputs``) and hold the bias and BatchNorm entries of removed channels at zero, so the
-    masked model equals its shrunk version (:func:`prunelab.export.shrink`).
+    masked model equals its shrunk version (:func:`prunelab.structure.surgery`).
     """
 
     criterion: Any = "magnitude"
@@ -144,10 +144,10 @@ class Method:
         weight). Such a method's event sparsity is an outcome when it says so.
 
         The default runs the pipeline (None), except under an N:M granularity with ``permute``, whose channel
-        moves are weight values (:func:`prunelab.permutation.permuted_decision`).
+        moves are weight values (:func:`prunelab.engine.permutation.permuted_decision`).
         """
         if getattr(self.granularity_, "permute", "none") != "none":
-            from ..permutation import permuted_decision
+            from ..engine.permutation import permuted_decision
             return permuted_decision(self, view, ctx)
         return None
 

@@ -6,7 +6,7 @@
 N:M); no weight update, and no retraining needed. In a run, the calibration inputs are training inputs.
 
 ``sparsegpt`` (Frantar & Alistarh, ICML 2023): every target's mask and surviving weights from its inputs' Gram
-matrix X^T X (:func:`prunelab.reconstruction.sparsegpt`: blocks of ``blocksize`` columns, dampening
+matrix X^T X (:func:`prunelab.engine.reconstruction.sparsegpt`: blocks of ``blocksize`` columns, dampening
 ``percdamp``; ``granularity: nm`` for N:M, otherwise the event's sparsity in every block, over all rows or,
 ``per_row: true``, in every row). ``allocation`` splits the budget over layers: ``uniform`` (the paper: the
 event's sparsity in every layer), or any other allocation ranked by the method's ``criterion`` on the weights
@@ -32,14 +32,14 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 
-from ..allocation import LayerGroups, Uniform
+from ..engine.allocation import LayerGroups, Uniform
 from ..calibration.observers import column_view
 from ..calibration.request import Calibration
-from ..criteria import Needs
+from ..engine.criteria import Needs
 from ..errors import ConfigError
-from ..granularity import NM, Element
-from ..reconstruction import sparsegpt
-from ..selection import TopK
+from ..engine.granularity import NM, Element
+from ..engine.reconstruction import sparsegpt
+from ..engine.selection import TopK
 from .base import METHODS, Decision, Method
 
 

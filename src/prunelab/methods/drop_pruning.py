@@ -4,7 +4,7 @@ Jia, Xiao, Chen, Yan, "DropPruning for Model Compression" (arXiv 1812.02035; v2 
 via Weight Dropping Away and Back"). The paper's abstract fixes the idea (an iterative prune-retrain loop
 whose pruning steps stochastically delete some unimportant weights and recover some pruned ones); it has no
 public code, so the process below is a documented reconstruction (``../shared/papers.md`` section 1, [C]):
-the :class:`~prunelab.selection.Drop` selector at every round, a deterministic clean-up to exactly the target
+the :class:`~prunelab.engine.selection.Drop` selector at every round, a deterministic clean-up to exactly the target
 at the final round, retraining in between by whatever loop drives the Pruner.
 
 Options beyond the selector's: ``scope`` ``"layer"`` (candidates and clean-up per tensor) or ``"global"``
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, ConfigError
-from ..selection import Drop
-from ..topk import kth_largest
+from ..engine.selection import Drop
+from ..engine.topk import kth_largest
 from .base import METHODS, Method, Outcome
 
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..analysis.activations import pca_width, unit_contributions
 from ..calibration.request import Calibration
-from ..criteria import Needs
+from ..engine.criteria import Needs
 from ..errors import ConfigError
 from ..registry import check_fraction
 from .base import METHODS, Decision, Method

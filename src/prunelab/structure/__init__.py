@@ -1,7 +1,7 @@
 """Units of structure: what must go together across tensors for a model to get smaller.
 
 Convolutional networks (and any model without a known block layout): coupled output channels from
-Torch-Pruning's dependency graph (:mod:`prunelab.channels`, :mod:`prunelab.coupling`). Hugging Face
+Torch-Pruning's dependency graph (:mod:`prunelab.structure.channels`, :mod:`prunelab.structure.coupling`). Hugging Face
 transformers of a known layout (:mod:`.families`): MLP channels, key-value groups, the hidden size and whole
 blocks read from the blocks' modules (:mod:`.units`), checked on one batch, built once per Pruner and reused by
 every round, the summary and the export, which writes the same transformers class with a smaller config
@@ -44,7 +44,7 @@ class TransformerUnits:
     def select(self, params, layouts, gran, scores, masks, allocation, selector, sparsity, final_sparsity,
                ctx) -> dict[str, Tensor]:
         """New target masks (see :func:`.units.select_units`; the same call as the traced
-        :meth:`prunelab.channels.ChannelGraph.select`, units summing the per-weight scores themselves)."""
+        :meth:`prunelab.structure.channels.ChannelGraph.select`, units summing the per-weight scores themselves)."""
         return select_units(self.groups, params, scores, masks, allocation, selector, sparsity, final_sparsity, ctx,
                             self.family.layers)
 
@@ -87,9 +87,9 @@ def transformer_units(model: nn.Module, params: Mapping[str, Tensor], kinds: Seq
 
 def structure_for(model: nn.Module, params: Mapping[str, Tensor], method, example_inputs: Inputs):
     """The units of structure a channel method chooses from: :class:`TransformerUnits` for a transformer of a
-    known layout, else the traced :class:`~prunelab.channels.ChannelGraph`. Built once per Pruner."""
-    from ..allocation import Uniform
-    from ..channels import ChannelGraph
+    known layout, else the traced :class:`~prunelab.structure.channels.ChannelGraph`. Built once per Pruner."""
+    from ..engine.allocation import Uniform
+    from .channels import ChannelGraph
     from ..errors import ConfigError
 
     kinds = getattr(method, "unit_kinds", None)

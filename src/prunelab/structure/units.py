@@ -4,7 +4,7 @@ Each unit kind is a set of :class:`UnitGroup`, a group being what the allocation
 chooses from (one per block for ``mlp`` and ``heads``, one for the model for ``hidden`` and ``depth``). A unit
 owns entries of several tensors (:class:`Part`: along one dimension of one parameter); dropping it sets all of
 them to zero: the target weights through their masks, the rest (biases, norm entries, embeddings) as
-*companions* held at zero, as :mod:`prunelab.channels` holds a removed channel's bias. With every entry of a
+*companions* held at zero, as :mod:`prunelab.structure.channels` holds a removed channel's bias. With every entry of a
 unit at zero the masked model computes exactly what the model without it computes:
 
 - ``mlp``: channel j of a block's MLP: row j of each up-side projection with its bias, column j of the down one;
@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..allocation import Allocation, LayerGroups
+from ..engine.allocation import Allocation, LayerGroups
 from ..errors import ConfigError
 from ..targets import is_hf_conv1d
 from .families import Family, attention_shape, has_module

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .analysis.robustness import accuracy_under_attack
-from .errors import ConfigError
-from .io import atomic_write_json
+from ..analysis.robustness import accuracy_under_attack
+from ..errors import ConfigError
+from ..io import atomic_write_json
 
 
 def attack_run(run_dir: str | Path, eps: list[float], attacks: list[str], samples: int | None = 1000,
@@ -17,8 +17,8 @@ def attack_run(run_dir: str | Path, eps: list[float], attacks: list[str], sample
     ``dense_run`` (for sparse training from scratch, give a run of the same recipe with sparsity 0).
     Writes ``attack.json`` in the run folder and returns its content.
     """
-    from .experiment import RunContext, load_final
-    from .experiment.paths import DENSE
+    from . import RunContext, load_final
+    from .paths import DENSE
 
     ctx = RunContext.open_finished(run_dir, data_root)
     if ctx.spec.task != "classification":

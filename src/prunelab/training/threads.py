@@ -18,8 +18,8 @@ import os
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .limits import MAX_THREADS
+from ..errors import ConfigError
+from ..limits import MAX_THREADS
 
 SMALL_MACS = 1e9
 
@@ -48,7 +48,7 @@ def set_threads(model: nn.Module | None = None, input_shape: tuple[int, ...] | N
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if device.type != "cpu":
         return torch.get_num_threads(), f"the model runs on {device}"
-    from .analysis import count_flops
+    from ..analysis import count_flops
 
     macs = count_flops(model, tuple(input_shape), str(device), dtype)["dense"] * int(batch_size)
     n, why = for_work(macs)

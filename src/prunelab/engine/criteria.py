@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 from torch import Tensor
 
-from .calibration.observers import column_view, per_row
-from .errors import ConfigError
-from .registry import Registry
-from .targets import Layout
+from ..calibration.observers import column_view, per_row
+from ..errors import ConfigError
+from ..registry import Registry
+from ..targets import Layout
 
 if TYPE_CHECKING:
-    from .calibration import Calibration
+    from ..calibration import Calibration
 
 
 @dataclass(frozen=True)
@@ -233,7 +233,7 @@ class _Calibrated(Criterion):
             raise ConfigError(f"{self.registered_name} samples must be a positive integer, got {self.samples!r}")
 
     def needs(self) -> Needs:
-        from .calibration.request import Calibration
+        from ..calibration.request import Calibration
 
         return Needs(calibration=Calibration(self.samples, (self.kind,)))
 

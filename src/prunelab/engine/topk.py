@@ -1,7 +1,7 @@
 """Exact top-k over one or many large score tensors without concatenating or sorting them.
 
 :func:`streamed_topk_masks` does it without the score tensors at all, scoring slices of the weights as it
-goes (see :mod:`prunelab.streaming`); the other functions work on scores already computed.
+goes (see :mod:`prunelab.engine.streaming`); the other functions work on scores already computed.
 
 ``torch.topk`` and ``torch.kthvalue`` on a 100M-element tensor cost seconds and extra copies, and a global
 threshold over a whole model would need one concatenated copy of every score. Here the k-th largest value

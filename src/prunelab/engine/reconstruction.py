@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m: int = 0,

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
-from .registry import Registry, check_fraction
+from ..errors import ConfigError
+from ..registry import Registry, check_fraction
 from .topk import topk_counts
 
 

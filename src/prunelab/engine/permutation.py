@@ -26,7 +26,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MODES = ("none", "heuristic", "lsa")
 
@@ -92,10 +92,10 @@ def permuted_decision(method, view, ctx):
     """The Decision of ``ctx.group`` under an N:M granularity with ``permute``: each permutable MLP's channels
     reordered by :func:`search` on its down projection's scores (scores, statistics and weights moved alike),
     the pipeline's selection on the moved scores, and the moved weights as the Decision's values."""
-    from .methods.base import Decision
-    from .ranking import select_tensors
-    from .structure.families import family_of
-    from .structure.units import build_groups
+    from ..methods.base import Decision
+    from .loop import select_tensors
+    from ..structure.families import family_of
+    from ..structure.units import build_groups
     from .topk import all_true
 
     gran = method.granularity_

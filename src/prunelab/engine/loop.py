@@ -1,5 +1,5 @@
 """One pass of granularity -> allocation -> selector over independent tensors (the Pruner's pipeline after the
-criterion; coupled channels go through :mod:`prunelab.coupling` instead)."""
+criterion; coupled channels go through :mod:`prunelab.structure.coupling` instead)."""
 from __future__ import annotations
 
 from typing import Mapping
@@ -9,8 +9,8 @@ from torch import Tensor, nn
 
 from .allocation import LayerGroups
 from .criteria import Context
-from .errors import ConfigError
-from .targets import Layout
+from ..errors import ConfigError
+from ..targets import Layout
 
 
 def select_tensors(method, gran, params: Mapping[str, nn.Parameter], layouts: Mapping[str, Layout],

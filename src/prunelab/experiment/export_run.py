@@ -29,17 +29,17 @@ import torch
 from ..analysis import count_flops
 from ..errors import ConfigError
 from ..io import atomic_write_bytes, state_bytes, write_state
-from .compact import save_compact
-from .onnx import export_onnx
-from .shrink import load_shrunk
-from .sparse_linear import choose_linear_kernels, sparsify_linear
+from ..export.compact import save_compact
+from ..export.onnx import export_onnx
+from ..export.shrunk import load_shrunk
+from ..export.sparse_linear import choose_linear_kernels, sparsify_linear
 
 FORMATS = ("dense", "sparse", "shrunk", "onnx", "hf")
 
 
 def _open_run(run_dir: str | Path, data_root: str | None = None):
     """(context, final pruned model, masks) of a finished run with masks."""
-    from ..experiment import RunContext, load_final
+    from . import RunContext, load_final
 
     ctx = RunContext.open_finished(run_dir, data_root)
     model, masks = load_final(ctx)
@@ -75,7 +75,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
         from ..models.hf import save_pretrained
 
         if ctx.paths.shrunk_config.is_file():
-            from ..experiment.controls import load_shrunk_run
+            from .controls import load_shrunk_run
 
             model = load_shrunk_run(ctx)
         save_pretrained(model, path, force=force)
@@ -139,7 +139,7 @@ def bench_run(run_dir: str | Path, repeats: int = 30, data_root: str | None = No
     dt = ctx.spec.input_dtype
     vocab = ctx.spec.num_classes if not dt.is_floating_point else None  # token ids
     torch.set_num_threads(1)
-    from ..experiment.paths import DENSE
+    from .paths import DENSE
 
     dense = ctx.build_model(checkpoint=ctx.paths.stage(DENSE)).eval()
     dense_bytes = len(state_bytes(dense.state_dict()))
@@ -153,7 +153,7 @@ def bench_run(run_dir: str | Path, repeats: int = 30, data_root: str | None = No
     if src is not None:
         arts.append(("shrunk", load_shrunk(src)[0].eval(), src.stat().st_size))
     elif ctx.paths.shrunk_config.is_file():
-        from ..experiment.controls import load_shrunk_run
+        from .controls import load_shrunk_run
 
         small = load_shrunk_run(ctx).eval()
         arts.append(("shrunk", small, len(state_bytes(small.state_dict()))))

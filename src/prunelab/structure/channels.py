@@ -18,12 +18,12 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .inputs import Inputs, call, output_layers, shared_layers, tensors
-from .recurrent_units import (RecurrentLayer, reads_final_state, recurrent_layers, recurrent_modules, stand_in_pruner,
+from ..errors import ConfigError
+from ..inputs import Inputs, call, output_layers, shared_layers, tensors
+from .recurrent import (RecurrentLayer, reads_final_state, recurrent_layers, recurrent_modules, stand_in_pruner,
                               swap_in, swap_out)
-from .targets import is_hf_conv1d
-from .topk import any_rows
+from ..targets import is_hf_conv1d
+from ..engine.topk import any_rows
 from .trace_budget import trace_budget
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
@@ -66,7 +66,7 @@ class ChannelGraph:
     architecture once (``reuse``) and gives later models of it (the next round's, the summary's) the groups
     without a trace; those graphs have no Torch-Pruning graph (``dg`` None), which only :func:`shrink` needs,
     and shrink traces for itself (``reuse=False``). ``probe``: shrink every removable group once on a copy after
-    the trace and block those that fail (:mod:`prunelab.channel_probe`); shrink's own graph needs no probe.
+    the trace and block those that fail (:mod:`prunelab.structure.probe`); shrink's own graph needs no probe.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Inputs, ignored: list[str] | None = None,
@@ -101,7 +101,7 @@ class ChannelGraph:
         with trace_budget(model):  # minutes on some models, or out of memory: one sentence past the budget
             self._trace(tp, model, example_inputs, hf, ignored)
         if probe:  # each removable group shrunk once on a copy: those that fail are blocked before any selection
-            from .channel_probe import probe_groups
+            from .probe import probe_groups
 
             probe_groups(self, model, example_inputs)
             _TRACED[key] = (self.groups, self.norm_after, self.recurrent)  # only probed groups are reused
@@ -202,14 +202,14 @@ class ChannelGraph:
 
     def select(self, params, layouts, gran, scores, masks, allocation, selector, sparsity: float,
                final_sparsity: float, ctx) -> dict[str, Tensor]:
-        """New masks of the producers of coupled channels and heads (:func:`prunelab.coupling.select_coupled`)."""
+        """New masks of the producers of coupled channels and heads (:func:`prunelab.structure.coupling.select_coupled`)."""
         from .coupling import select_coupled
 
         return select_coupled(self, params, layouts, gran, scores, masks, allocation, selector, sparsity,
                               final_sparsity, ctx)
 
     def report(self, params, masks) -> dict:
-        """The summary's channels (:func:`prunelab.coupling.channel_report`)."""
+        """The summary's channels (:func:`prunelab.structure.coupling.channel_report`)."""
         from .coupling import channel_report
 
         return channel_report(self, params, masks)

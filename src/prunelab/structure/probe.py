@@ -5,7 +5,7 @@ mapping holds for one channel and not for many (timm's LeViT-128S: a stage's res
 stage's subsampling attention, and removing half of it left a Linear of the wrong width, "mat1 and mat2 shapes
 cannot be multiplied", found only by shrink after pruning). So each group is probed as selection uses it: half
 of its channels (half its heads where it splits into heads) are masked, with their companions, on a copy of the
-model, which :func:`prunelab.export.shrink` must shrink to the same outputs in float64. All groups go at once;
+model, which :func:`prunelab.structure.surgery` must shrink to the same outputs in float64. All groups go at once;
 when that fails the groups are split in two and each half probed again, down to the groups that fail alone,
 which are then blocked with the reason. The cost is one shrink of a copy when every group holds (a trace and
 two float64 forward passes), about 2 log2(groups) more per group that fails.
@@ -41,8 +41,8 @@ def _failing(graph, model, example_inputs, groups: list) -> list:
 
 
 def _holds(graph, model: nn.Module, example_inputs, groups: list) -> bool:
-    from .export.shrink import _apply, shrink
-    from .inputs import copy_model
+    from .surgery import _apply, shrink
+    from ..inputs import copy_model
 
     params = dict(model.named_parameters())
     masks = {}

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .errors import ConfigError
-from .registry import Registry
+from ..errors import ConfigError
+from ..registry import Registry
 from .topk import any_rows
 
 
@@ -237,7 +237,7 @@ class NM(Granularity):
     N:M fixes the density at n/m; a requested sparsity other than 1 - n/m is a ConfigError. ``permute``
     (``heuristic`` or ``lsa``) first reorders the channels a transformer MLP's down projection reads, moving the
     up-side rows with them, so that its blocks keep more score (RIA's channel permutation,
-    :mod:`prunelab.permutation`; ``window`` blocks per assignment).
+    :mod:`prunelab.engine.permutation`; ``window`` blocks per assignment).
     """
 
     n: int = 2

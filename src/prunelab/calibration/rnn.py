@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _NAME = re.compile(r"weight_(ih|hh)_l(\d+)(_reverse)?$")
 

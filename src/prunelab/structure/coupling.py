@@ -8,7 +8,7 @@ allocation counts channels per group (a group plays the part a tensor plays else
 root layer's weight), the selector picks channels, and every producer's row of a dropped channel is pruned.
 
 Only groups whose every producer is a prunable target and whose channels are removable (no LayerNorm,
-GroupNorm or free parameter in the way: :attr:`prunelab.channels.ChannelGroup.blockers`) take part; the other
+GroupNorm or free parameter in the way: :attr:`prunelab.structure.channels.ChannelGroup.blockers`) take part; the other
 targets keep their masks, and :func:`channel_report` says how many channels were out of reach and why.
 """
 from __future__ import annotations
@@ -19,15 +19,15 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from .allocation import Allocation, LayerGroups
-from .attention import AttentionHeads, attention_heads
+from ..engine.allocation import Allocation, LayerGroups
+from .heads import AttentionHeads, attention_heads
 from .channels import ChannelGraph
-from .recurrent_units import RecurrentLayer
-from .criteria import Context
-from .errors import ConfigError
-from .selection import Selector
-from .targets import Layout
-from .topk import any_rows
+from .recurrent import RecurrentLayer
+from ..engine.criteria import Context
+from ..errors import ConfigError
+from ..engine.selection import Selector
+from ..targets import Layout
+from ..engine.topk import any_rows
 
 
 @dataclass(frozen=True)

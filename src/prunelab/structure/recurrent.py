@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
 
@@ -191,7 +191,7 @@ def swap_out(model: nn.Module, stand_ins: Mapping[nn.Module, str]) -> None:
 def reads_final_state(model: nn.Module, inputs) -> set[str]:
     """The recurrent modules whose final state (h_n, or an LSTM's (h_n, c_n)) the model's outputs depend on:
     one forward pass with each state replaced by a fresh leaf, and autograd asked which leaves it reached."""
-    from .inputs import call, tensors
+    from ..inputs import call, tensors
 
     leaves: dict[str, list[Tensor]] = {}
 
@@ -266,7 +266,7 @@ def shrink_recurrent(model: nn.Module, layer: RecurrentLayer, kept: Tensor) -> n
 def kept_units(layer: RecurrentLayer, kept: Tensor) -> list[list[int]]:
     """The kept unit indices of every block, from the (blocks, hidden) decisions; ShrinkError unless every block
     keeps the same number, at least one."""
-    from .export.shrink import ShrinkError
+    from .surgery import ShrinkError
 
     idx = [kept[b].nonzero().flatten().tolist() for b in range(layer.blocks)]
     counts = [len(i) for i in idx]

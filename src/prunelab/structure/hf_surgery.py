@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..export.shrink import ShrinkError
+from .surgery import ShrinkError
 from ..inputs import Inputs, max_output_diff, random_like, to_double
 from . import TransformerUnits
 from .units import removed_units

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from .errors import ConfigError
-from .limits import MAX_EVENTS
-from .registry import Registry, check_fraction
+from ..errors import ConfigError
+from ..limits import MAX_EVENTS
+from ..registry import Registry, check_fraction
 
 
 class Schedule:

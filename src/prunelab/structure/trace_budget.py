@@ -19,7 +19,7 @@ from types import FrameType, TracebackType
 
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DEFAULT_SECONDS = 120.0
 

@@ -1,4 +1,4 @@
-"""How many torch threads a run uses: the policy of :mod:`prunelab.threads` (one thread for small work, else
+"""How many torch threads a run uses: the policy of :mod:`prunelab.training.threads` (one thread for small work, else
 torch's default) applied to the recipe's model and training batch. ``--threads`` or the recipe's ``threads`` decide
 instead, and so does an ``OMP_NUM_THREADS`` set in the environment.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from ..limits import MAX_THREADS  # noqa: F401  (re-exported: the bound of --threads and recipe.threads)
-from ..threads import for_work
+from ..training.threads import for_work
 
 
 def choose_threads(ctx, requested: int | None = None) -> tuple[int | None, str]:

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .training.tasks import Classification, get_task, logits_of
+from ..errors import ConfigError
+from .tasks import Classification, get_task, logits_of
 
 
 def match_layers(model: nn.Module, patterns: list[str]) -> list[str]:

@@ -3,7 +3,7 @@
 The pipeline's general path holds every score tensor at once (as large as the weights) and then searches
 them. When the scores are elementwise (:attr:`Criterion.elementwise`: magnitude, l2), the granularity is
 the single weight, the allocation one global threshold over elements and the selector a plain top-k, the
-same masks come from one streamed pass over the weights (:func:`prunelab.topk.streamed_topk_masks`):
+same masks come from one streamed pass over the weights (:func:`prunelab.engine.topk.streamed_topk_masks`):
 no score tensor exists beyond a cache-sized slice. The result is bit-identical to the general path's
 (tests/test_streaming.py), so this is a speed and memory choice the engine makes, not a different method.
 """
@@ -17,7 +17,7 @@ from torch import Tensor
 from .allocation import Global, round_keep
 from .granularity import Element
 from .selection import TopK
-from .targets import Layout
+from ..targets import Layout
 from .topk import SMALL, streamed_topk_masks
 
 

@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .calibration.observers import column_view, per_row
-from .calibration.request import Calibration
+from ..calibration.observers import column_view, per_row
+from ..calibration.request import Calibration
 from .criteria import Needs
-from .errors import ConfigError
+from ..errors import ConfigError
 from .selection import SELECTORS, Selector, TopK
-from .targets import Layout
+from ..targets import Layout
 
 
 @SELECTORS.register("dsnot")

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .criteria import Context, Needs
-from .registry import Registry
+from ..registry import Registry
 from .topk import all_true, topk_mask
 
 
@@ -141,8 +141,8 @@ class Drop(Selector):
     revives = True
 
     def __post_init__(self):
-        from .errors import ConfigError
-        from .registry import check_fraction
+        from ..errors import ConfigError
+        from ..registry import check_fraction
 
         if self.q is not None and not (isinstance(self.q, (int, float)) and 0 < self.q <= 1):
             raise ConfigError(f"drop q must be in (0, 1] (or null to derive it), got {self.q!r}")
@@ -161,7 +161,7 @@ class Drop(Selector):
         if self.q is not None:
             return float(self.q)
         if not ctx.total_events or ctx.total_events < 2 or self.p_out == 0:
-            from .errors import ConfigError
+            from ..errors import ConfigError
             raise ConfigError("drop q=null needs a positive p_out and a known number of pruning rounds (at least 2)")
         d = 1.0 - ctx.final_sparsity
         if d >= 1.0:
@@ -181,7 +181,7 @@ class Drop(Selector):
 
     def select(self, scores, alive, keep, per_block, ctx, name="", hint=None, data=None):
         if per_block:
-            from .errors import ConfigError
+            from ..errors import ConfigError
             raise ConfigError("the drop selector does not support per-block granularities (N:M, window)")
         gen = ctx.generator("drop", name)
         n_alive = int(torch.count_nonzero(alive))
@@ -205,5 +205,3 @@ class Drop(Selector):
         revived = ~alive & (u < self.p_in_at(ctx))  # disjoint from the candidates, so one draw serves both
         return (alive & ~dropped) | revived
 
-
-from . import dsnot  # noqa: E402,F401  registers "dsnot" (its own module: it builds on TopK above)

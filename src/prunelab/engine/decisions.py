@@ -13,9 +13,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .masks import zero_pruned
-from .methods.base import Decision
+from ..errors import ConfigError
+from ..masks import zero_pruned
+from ..methods.base import Decision
 
 
 def as_decision(method: str, out: Any, names: tuple[str, ...], params: Mapping[str, nn.Parameter]) -> Decision:
