@@ -26,7 +26,7 @@ def test_a_group_whose_trial_shrink_fails_is_blocked_before_pruning():
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 10, 10)
-    trusted = ChannelGraph(Fixed(), x, reuse=False, probe=False)
+    trusted = ChannelGraph(Fixed(), x)
     assert all(g.removable for g in trusted.groups)  # the trace alone sees nothing wrong
     p = Pruner(Fixed(), "l1_filter", sparsity=0.5, example_inputs=x)
     blocked = {g.root: g.blockers for g in p.channels.groups if not g.removable}

@@ -256,10 +256,10 @@ def test_an_architecture_is_traced_once_per_process_and_the_masks_are_the_same(m
     shrink still traces for itself."""
     import torch_pruning as tp
 
-    from prunelab.structure import channels
+    from prunelab.structure import build
     from prunelab.export import shrink
 
-    monkeypatch.setattr(channels, "_TRACED", {})
+    monkeypatch.setattr(build, "_TRACED", {})
     calls = []
     build = tp.DependencyGraph.build_dependency
 
@@ -305,7 +305,7 @@ def test_every_layer_that_makes_an_output_stays_whole():
 
     torch.manual_seed(0)
     model, x = _TwoHeads(), torch.randn(3, 6)
-    assert ChannelGraph(model, x, reuse=False).ignored == ["cls_score", "bbox_pred"]
+    assert ChannelGraph(model, x).ignored == ["cls_score", "bbox_pred"]
     p = Pruner(model, {"name": "l1_filter"}, sparsity=0.5, schedule="manual", example_inputs=x)
     p.prune(0.5)
     assert "cls_score.weight" in p.masks  # a target (only the registration-last layer is kept dense by targets)
@@ -341,7 +341,7 @@ def test_a_layer_called_on_several_inputs_keeps_the_channels_it_ties():
 
     torch.manual_seed(0)
     model, x = _SharedHead(), torch.randn(2, 3, 8, 8)
-    graph = ChannelGraph(model, x, reuse=False)
+    graph = ChannelGraph(model, x)
     blocked = {n for g in graph.groups if "a layer called several times" in g.blockers for n in g.producers}
     assert {"level1", "level2", "head"} <= blocked and "stem" not in blocked
     p = Pruner(model, {"name": "l1_filter"}, sparsity=0.5, schedule="manual", example_inputs=x)

@@ -27,3 +27,7 @@ class CheckpointError(PrunelabError):
 
 class TrainingDiverged(PrunelabError):
     """The loss became NaN or infinite; nothing of the diverged stage is saved."""
+
+
+class ShrinkError(PrunelabError):
+    """The shrunk model does not compute what the masked model computes."""

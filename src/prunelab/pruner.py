@@ -27,7 +27,6 @@ from torch import Tensor, nn
 from .engine.allocation import Uniform
 from . import calibration
 from .engine.decisions import as_decision, merge, versions, write
-from .structure.channels import ChannelGraph
 from .engine.granularity import Filter
 from .engine.criteria import Context, Needs
 from .inputs import Inputs
@@ -39,10 +38,10 @@ from .methods.base import PruneView
 from .registry import check_fraction
 from .engine.schedules import build_schedule
 from .engine.streaming import can_stream, streamed_masks
-from .structure import structure_for
+from .structure import Units, structure_for
 from .targets import Targets, accounting, build_targets, check_current
 from .engine.topk import all_true
-from .engine.loop import select_tensors
+from .engine.loop import Selection, select_tensors
 
 
 class Pruner:
@@ -85,12 +84,13 @@ class Pruner:
         # {name: parameter}, how each maps to (out, in, *kernel), and the weights left out with the reason
         self.params, self.layouts, self.skipped = spec.for_method(model, gran, self.method)
         self.masks = Masks.dense(self.params)
-        self.channels: ChannelGraph | None = None
+        #: the units of structure a channel method chooses from (:class:`prunelab.structure.Units`), else None
+        self.structure: Units | None = None
         if self.method.channels:
             if example_inputs is None:
                 raise ConfigError(f"method {self.method.name} removes whole channels: give the Pruner "
                                   "example_inputs (a batch of model inputs) so channel coupling can be traced")
-            self.channels = structure_for(model, self.params, self.method, example_inputs)
+            self.structure = structure_for(model, self.params, self.method, example_inputs)
         self._companions: dict[str, tuple[nn.Parameter, Tensor]] = {}
         self.step_count = 0
         self.events = 0
@@ -112,6 +112,11 @@ class Pruner:
                               "or iterative (or a later start_epoch); in your own loop build the Pruner with "
                               "schedule='manual', call pruner.calibrate(batches), then pruner.prune(sparsity)")
         self._maybe_prune(None)
+
+    @property
+    def channels(self) -> Units | None:
+        """Read-only alias of :attr:`structure` (its name before unit kinds other than channels), kept one release."""
+        return self.structure
 
     @property
     def planned_events(self) -> int | None:
@@ -228,9 +233,9 @@ class Pruner:
         record: dict = {}
         custom = False
         companions = None
-        if self.channels is not None:
+        if self.structure is not None:
             named = dict(self.model.named_parameters())
-            companions = lambda new: self.channels.companion_masks({**self.masks, **decided, **new})  # noqa: E731
+            companions = lambda new: self.structure.companion_masks({**self.masks, **decided, **new})  # noqa: E731
         t0 = time.perf_counter()
         for group in calibration.groups(self.model, self.params, request, self._chunks, self._options):
             gctx = replace(ctx, input_stats=group.stats, group=group.names, calibration_pass=group.index,
@@ -258,7 +263,7 @@ class Pruner:
         return as_decision(self.method.name, out, names, self.params), True
 
     def _view(self) -> PruneView:
-        return PruneView(self.model, self.params, self.masks, self.channels, self.layouts)
+        return PruneView(self.model, self.params, self.masks, self.structure, self.layouts)
 
     def _set_values(self, values: dict[str, tuple[Tensor, Tensor]]) -> None:
         """Weights a method's after_prune sets (e.g. revived weights restarting at their pruned value)."""
@@ -272,7 +277,7 @@ class Pruner:
         all of them), one pass per granularity step."""
         m = self.method
         params = self.params if len(names) == len(self.params) else {n: self.params[n] for n in names}
-        if params is not self.params and self.channels is not None:
+        if params is not self.params and self.structure is not None:
             raise ConfigError(f"method {m.name} couples channels across layers: it cannot be decided block by "
                               "block (sequential: false)")
         masks, dense = Masks({n: self.masks[n] for n in params}), self._dense & set(params)
@@ -293,14 +298,13 @@ class Pruner:
                 ctx: Context, params: dict[str, nn.Parameter]) -> dict[str, Tensor]:
         """One pass of granularity -> allocation -> selector over every tensor; returns the new masks.
 
-        Output channels of a channel method are chosen per group of coupled channels (:mod:`prunelab.structure.coupling`).
+        Output channels of a channel method are chosen by its units of structure (:class:`prunelab.structure.Units`).
         """
-        m = self.method
-        if self.channels is not None and isinstance(gran, Filter):  # traced channels or transformer units
-            new = self.channels.select(self.params, self.layouts, gran, scores, masks, m.allocation_, m.selector_,
-                                       sparsity, final_sparsity, ctx)
+        how = Selection(self.method.allocation_, self.method.selector_, sparsity, final_sparsity, ctx)
+        if self.structure is not None and isinstance(gran, Filter):  # traced channels or transformer units
+            new = self.structure.select(self.params, self.layouts, gran, scores, masks, how)
             return {n: new.get(n, masks[n]) for n in self.params}
-        return select_tensors(m, gran, params, self.layouts, scores, masks, dense, sparsity, final_sparsity, ctx)
+        return select_tensors(gran, params, self.layouts, scores, masks, dense, how)
 
     def enforce(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Set pruned weights, and their optimizer state, to exactly zero (the per-step hot path).
@@ -361,8 +365,8 @@ class Pruner:
         """:func:`prunelab.targets.accounting` of the current masks, plus ``skipped``: the targets the
         granularity could not apply to, with the reason."""
         out = {**accounting(self.model, self.masks), "skipped": dict(self.skipped)}
-        if self.channels is not None:
-            out["channels"] = self.channels.report(self.params, self.masks)
+        if self.structure is not None:
+            out["channels"] = self.structure.report(self.params, self.masks)
         return out
 
     def state(self) -> dict:
@@ -385,9 +389,9 @@ class Pruner:
     # -- internals ------------------------------------------------------------------------------
     def _refresh(self) -> None:
         self._dense = {n for n, m in self.masks.items() if all_true(m)}
-        if self.channels is not None:
+        if self.structure is not None:
             named = dict(self.model.named_parameters())
-            self._companions = {n: (named[n], keep) for n, keep in self.channels.companion_masks(self.masks).items()}
+            self._companions = {n: (named[n], keep) for n, keep in self.structure.companion_masks(self.masks).items()}
         self._mul = None  # rebuilt lazily by enforce()
 
     def _maybe_prune(self, optimizer) -> bool:

@@ -1,4 +1,4 @@
-"""What the Pruner does with a method's :class:`~prunelab.methods.base.Decision`: check it, write it, record it.
+"""What a method returns (:class:`Decision`, :class:`Outcome`) and what the Pruner does with it: check, write, record.
 
 The Pruner is the only writer of the model. A calibrated event is decided group by group
 (:mod:`prunelab.calibration`): each group's decision is checked here before anything of it is written (every
@@ -8,6 +8,7 @@ is measured on the model as the decisions so far leave it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
@@ -15,7 +16,28 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..masks import zero_pruned
-from ..methods.base import Decision
+
+
+@dataclass
+class Decision:
+    """What a method's :meth:`Method.decide` returns for the targets it was asked about (``ctx.group``):
+    ``masks`` {name: bool tensor}; ``values`` {name: new full-shape weight} for methods that also update the
+    survivors (SparseGPT), written by the Pruner with the pruned entries zeroed; ``record`` joins the event's
+    entry in ``pruner.history`` (dicts merged, numbers summed over the groups of an event)."""
+
+    masks: dict[str, Tensor]
+    values: dict[str, Tensor] = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What a method's ``after_prune`` hands back: ``record`` joins the event's entry in ``pruner.history``;
+    ``values`` are weights to set, ``{name: (where, value)}`` with a bool mask and a full-shape tensor (e.g.
+    DropPruning's revived weights restarting at their pruned value). The Pruner applies them."""
+
+    record: dict = field(default_factory=dict)
+    values: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
 def as_decision(method: str, out: Any, names: tuple[str, ...], params: Mapping[str, nn.Parameter]) -> Decision:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
 from torch import Tensor, nn
 
 from ..engine.allocation import ALLOCATIONS, Allocation
+from ..engine.decisions import Decision, Outcome  # noqa: F401  (re-exported: methods return them)
 from ..engine.criteria import CRITERIA, Criterion, Needs
 from ..errors import CheckpointError
 from ..engine.granularity import GRANULARITIES, Granularity
@@ -20,7 +21,7 @@ from ..registry import Registry
 from ..engine.selection import SELECTORS, Selector
 
 if TYPE_CHECKING:
-    from ..structure.channels import ChannelGraph
+    from ..structure import Units
     from ..engine.criteria import Context
     from ..masks import Masks
     from ..targets import Layout
@@ -29,41 +30,25 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class PruneView:
     """What a method's hooks may see of the pruning state: the model, its targets, the masks in force before
-    this event, the traced channel coupling (None unless the method removes channels) and each target's layout
+    this event, the units of structure (:class:`prunelab.structure.Units`; None unless the method removes
+    channels) and each target's layout
     (:meth:`canonical` gives the (out, in, *kernel) view granularities use)."""
 
     model: nn.Module
     params: Mapping[str, nn.Parameter]
     masks: "Masks"
-    channels: "ChannelGraph | None" = None
+    structure: "Units | None" = None
     layouts: Mapping[str, "Layout"] = field(default_factory=dict)
+
+    @property
+    def channels(self) -> "Units | None":
+        """Read-only alias of :attr:`structure`, kept one release."""
+        return self.structure
 
     def canonical(self, name: str, t: Tensor) -> Tensor:
         """``t`` (the weight ``name``, its scores or its mask) viewed as (out, in, *kernel)."""
         layout = self.layouts.get(name)
         return layout.canonical(t) if layout is not None else t
-
-
-@dataclass
-class Decision:
-    """What a method's :meth:`Method.decide` returns for the targets it was asked about (``ctx.group``):
-    ``masks`` {name: bool tensor}; ``values`` {name: new full-shape weight} for methods that also update the
-    survivors (SparseGPT), written by the Pruner with the pruned entries zeroed; ``record`` joins the event's
-    entry in ``pruner.history`` (dicts merged, numbers summed over the groups of an event)."""
-
-    masks: dict[str, Tensor]
-    values: dict[str, Tensor] = field(default_factory=dict)
-    record: dict = field(default_factory=dict)
-
-
-@dataclass
-class Outcome:
-    """What a method's ``after_prune`` hands back: ``record`` joins the event's entry in ``pruner.history``;
-    ``values`` are weights to set, ``{name: (where, value)}`` with a bool mask and a full-shape tensor (e.g.
-    DropPruning's revived weights restarting at their pruned value). The Pruner applies them."""
-
-    record: dict = field(default_factory=dict)
-    values: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -144,10 +129,10 @@ class Method:
         weight). Such a method's event sparsity is an outcome when it says so.
 
         The default runs the pipeline (None), except under an N:M granularity with ``permute``, whose channel
-        moves are weight values (:func:`prunelab.engine.permutation.permuted_decision`).
+        moves are weight values (:func:`prunelab.methods.permuted.permuted_decision`).
         """
         if getattr(self.granularity_, "permute", "none") != "none":
-            from ..engine.permutation import permuted_decision
+            from .permuted import permuted_decision  # a sibling that builds on this module
             return permuted_decision(self, view, ctx)
         return None
 

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 
 from ..engine.allocation import LayerGroups, Uniform
+from ..engine.loop import Selection, budget
 from ..calibration.observers import column_view
 from ..calibration.request import Calibration
 from ..engine.criteria import Needs
@@ -179,5 +180,5 @@ class SparseGPTMethod(Method):
             s = scores.pop(name).float().reshape(1, -1).masked_fill(~view.masks[name].reshape(1, -1), float("-inf"))
             layers.append(LayerGroups(name, tuple(p.shape), 1, p.numel(), 1, False,
                                       s if self.allocation_.needs_scores else None))
-        keep = self.allocation_.keep_counts(layers, ctx.sparsity, ctx.final_sparsity)
+        keep = budget(layers, Selection(self.allocation_, self.selector_, ctx.sparsity, ctx.final_sparsity, ctx))
         return {n: 1 - keep[n] / view.params[n].numel() for n in view.params}

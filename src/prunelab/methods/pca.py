@@ -95,7 +95,7 @@ class PCAPruning(Method):
     def decide(self, view, ctx) -> Decision:
         """Step A (the units) on the pass of output moments, step B (the connections) on the pass of input
         moments measured after step A's units were removed (the Pruner wrote them), for the group ``ctx.group``."""
-        classifier = view.channels.ignored if view.channels is not None else []
+        classifier = view.structure.ignored if view.structure is not None else []
         units_pass = self.units and ctx.calibration_pass == 0
         masks, plan = {}, {}
         for name in ctx.group:  # every weight as (out, in, *kernel); masks back in its own layout

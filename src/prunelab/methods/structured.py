@@ -106,7 +106,7 @@ class Slimming(Method):
 
     def before_prune(self, view, ctx) -> dict:
         """The scale of the BatchNorm after each pruned layer, for the ``bn_scale`` criterion."""
-        graph = view.channels
+        graph = view.structure
         gammas = {}
         for name in view.params:
             layer = name.rsplit(".", 1)[0]

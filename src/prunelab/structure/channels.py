@@ -62,19 +62,15 @@ class ChannelGraph:
     a segmentation head and its auxiliary one), found from the autograd graph, not by name; else the last
     Conv/Linear layer in registration order.
 
-    The groups are names and indices, the same for every model of one architecture: a process traces an
-    architecture once (``reuse``) and gives later models of it (the next round's, the summary's) the groups
-    without a trace; those graphs have no Torch-Pruning graph (``dg`` None), which only :func:`shrink` needs,
-    and shrink traces for itself (``reuse=False``). ``probe``: shrink every removable group once on a copy after
-    the trace and block those that fail (:mod:`prunelab.structure.probe`); shrink's own graph needs no probe.
+    ``trace=False`` finds the ignored layers only; :meth:`adopt` then gives the graph groups found on another
+    model of the same architecture (names and indices: the same for every model of it), without Torch-Pruning's
+    graph (``dg`` None), which only :func:`~prunelab.structure.surgery.shrink` needs and traces for itself.
+    The graph reads the model; it never changes it.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Inputs, ignored: list[str] | None = None,
-                 reuse: bool = True, probe: bool = True) -> None:
-        import torch_pruning as tp
-
+                 trace: bool = True) -> None:
         self.model = model
-        self.coupled: dict = {}  # {target names: (coupled groups, attention heads)}, found at first selection
         self.names = {m: n for n, m in model.named_modules()}
         self.modules = dict(model.named_modules())
         hf = {type(m) for m in model.modules() if is_hf_conv1d(m)}
@@ -93,20 +89,22 @@ class ChannelGraph:
         unknown = [n for n in ignored if n not in self.modules]
         if unknown:
             raise ConfigError(f"ignored layers not in the model: {', '.join(unknown)}")
-        key = _architecture(model, example_inputs, ignored)
-        if reuse and key in _TRACED:
-            self.dg = None
-            self.groups, self.norm_after, self.recurrent = _TRACED[key]
-            return
-        with trace_budget(model):  # minutes on some models, or out of memory: one sentence past the budget
-            self._trace(tp, model, example_inputs, hf, ignored)
-        if probe:  # each removable group shrunk once on a copy: those that fail are blocked before any selection
-            from .probe import probe_groups
+        self.dg = None
+        if trace:
+            self.trace(example_inputs)
 
-            probe_groups(self, model, example_inputs)
-            _TRACED[key] = (self.groups, self.norm_after, self.recurrent)  # only probed groups are reused
-            while len(_TRACED) > 8:
-                _TRACED.pop(next(iter(_TRACED)))
+    def trace(self, example_inputs: Inputs) -> None:
+        """Trace the model with Torch-Pruning and find its groups (within the trace budget)."""
+        import torch_pruning as tp
+
+        hf = {type(m) for m in self.model.modules() if is_hf_conv1d(m)}
+        with trace_budget(self.model):  # minutes on some models, or out of memory: one sentence past the budget
+            self._trace(tp, self.model, example_inputs, hf, self.ignored)
+
+    def adopt(self, groups: list[ChannelGroup], norm_after: dict[str, str], recurrent: list[RecurrentLayer]) -> None:
+        """Take the groups traced on another model of this architecture (no Torch-Pruning graph: ``dg`` None)."""
+        self.dg = None
+        self.groups, self.norm_after, self.recurrent = groups, norm_after, recurrent
 
     def _trace(self, tp, model: nn.Module, example_inputs: Inputs, hf: set, ignored: list[str]) -> None:
         was = model.training
@@ -200,20 +198,6 @@ class ChannelGraph:
                      if isinstance(v, int) and v > 0), None)  # plain attributes of the module, not submodules
         return size if size and group.size % size == 0 else None
 
-    def select(self, params, layouts, gran, scores, masks, allocation, selector, sparsity: float,
-               final_sparsity: float, ctx) -> dict[str, Tensor]:
-        """New masks of the producers of coupled channels and heads (:func:`prunelab.structure.coupling.select_coupled`)."""
-        from .coupling import select_coupled
-
-        return select_coupled(self, params, layouts, gran, scores, masks, allocation, selector, sparsity,
-                              final_sparsity, ctx)
-
-    def report(self, params, masks) -> dict:
-        """The summary's channels (:func:`prunelab.structure.coupling.channel_report`)."""
-        from .coupling import channel_report
-
-        return channel_report(self, params, masks)
-
     @staticmethod
     def _row_alive(mask: Tensor) -> Tensor:
         return any_rows(mask)
@@ -262,21 +246,6 @@ class ChannelGraph:
         among ``targets``."""
         return [r for r in self.recurrent if not r.blockers
                 and all(n in targets for b in range(r.blocks) for n in r.weights(b))]
-
-
-# {architecture key: (groups, norm_after, recurrent)} of the architectures this process traced, most recent last
-_TRACED: dict[str, tuple[list[ChannelGroup], dict[str, str], list[RecurrentLayer]]] = {}
-
-
-def _architecture(model: nn.Module, example_inputs: Inputs, ignored: list[str]) -> str:
-    """What a trace depends on: every module's name and class, every parameter's name and shape, the example
-    inputs' shapes and dtypes, the ignored layers."""
-    import hashlib
-
-    lines = [f"{n}:{type(m).__module__}.{type(m).__qualname__}" for n, m in model.named_modules()]
-    lines += [f"{n}:{tuple(p.shape)}" for n, p in model.named_parameters()]
-    lines += [f"{tuple(t.shape)}:{t.dtype}" for t in tensors(example_inputs)] + ignored
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 @functools.cache

@@ -19,15 +19,14 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from ..engine.allocation import Allocation, LayerGroups
-from .heads import AttentionHeads, attention_heads
-from .channels import ChannelGraph
-from .recurrent import RecurrentLayer
-from ..engine.criteria import Context
-from ..errors import ConfigError
-from ..engine.selection import Selector
-from ..targets import Layout
+from ..engine.allocation import LayerGroups
+from ..engine.loop import Candidates, Selection, choose
 from ..engine.topk import any_rows
+from ..errors import ConfigError
+from ..targets import Layout
+from .channels import ChannelGraph
+from .heads import AttentionHeads, attention_heads
+from .recurrent import RecurrentLayer
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,7 @@ def _conv_group_order(g: CoupledChannels) -> tuple[Tensor, int, int]:
 
 
 def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor], layouts: Mapping[str, Layout],
-                    row_scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], allocation: Allocation,
-                    selector: Selector, sparsity: float, final_sparsity: float, ctx: Context,
+                    row_scores: Mapping[str, Tensor], masks: Mapping[str, Tensor], how: Selection,
                     heads: list[AttentionHeads] = (), head_scores: Mapping[str, Tensor] | None = None,
                     recurrent: list[RecurrentLayer] = ()) -> dict[str, Tensor]:
     """New masks of the producers after one pass over the coupled channels and attention heads (other targets:
@@ -96,90 +94,108 @@ def select_channels(groups: list[CoupledChannels], params: Mapping[str, Tensor],
     by the sum of their gate rows' scores; the count the allocation gives a module is split evenly over its
     layers and directions (one hidden size for all of them).
     """
-    layers, views = [], {}
-    for g in groups:
-        score = sum(row_scores[n][idx].double() for n, idx in g.rows.items())
-        alive = torch.zeros(g.size, dtype=torch.bool, device=score.device)
-        for n, idx in g.rows.items():
-            canon = layouts[n].canonical(masks[n])
-            alive |= any_rows(canon)[idx.to(canon.device)]
-        score = score.float().masked_fill(~alive, float("-inf"))
-        per_channel = sum(layouts[n].canonical(params[n])[0].numel() for n in g.rows)
-        shape = layouts[g.name].canonical_shape(tuple(params[g.name].shape))
-        members = tuple(n for n in g.rows if n != g.name)
-        if g.head_dim is not None:  # attention: choose whole heads, scored by the sum over their channels
-            head = _heads_of(g)
-            score = torch.zeros(g.size // g.head_dim, dtype=score.dtype).index_add_(0, head, score)
-            alive = torch.zeros(g.size // g.head_dim, dtype=torch.long).index_add_(0, head, alive.long()) > 0
-            per_channel *= g.head_dim
-        elif g.grouped is not None and g.grouped[0] == "consumer":  # choose positions, shared by every conv group
-            order, positions, blocks = _conv_group_order(g)
-            score = score[order].reshape(positions, blocks).sum(1)
-            alive = alive[order].reshape(positions, blocks).any(1)
-            per_channel *= blocks
-        views[g.name] = (score[None], alive[None])
-        layers.append(LayerGroups(g.name, shape, 1, score.numel(), per_channel, False,
-                                  score[None] if allocation.needs_scores else None, members=members))
-    for a in heads:
-        score, alive = _head_view(a, head_scores, masks)
-        views[a.in_proj] = (score[None], alive[None])
-        layers.append(LayerGroups(a.in_proj, (a.heads, a.head_dim), 1, a.heads, 4 * a.head_dim * a.width,
-                                  False, score[None] if allocation.needs_scores else None, members=(a.out_proj,)))
-    for r in recurrent:
-        score = r.scores(row_scores)
-        alive = r.alive(masks)
-        score = score.masked_fill(~alive, float("-inf")).reshape(1, -1)
-        name = r.weights(0)[0]
-        per_unit = sum(params[n][0].numel() for n in r.weights(0))  # one row of each weight per gate
-        views[name] = (score, alive)
-        layers.append(LayerGroups(name, tuple(alive.shape), 1, alive.numel(), per_unit * r.gates, False,
-                                  score if allocation.needs_scores else None,
-                                  members=tuple(n for b in range(r.blocks) for n in r.weights(b) if n != name)))
-    keep = allocation.keep_counts(layers, sparsity, final_sparsity)
-    new = {}
-    for r in recurrent:
-        name = r.weights(0)[0]
-        score, alive = views.pop(name)
-        per = max(0, min(r.hidden, round(keep[name] / r.blocks)))
-        kept = selector.select(score.reshape(r.blocks, r.hidden).clone(), alive, per * r.blocks, True, ctx, name)
-        new.update(r.without(masks, kept.cpu(), selector.revives))
-    for a, layer in zip(heads, layers[len(groups):]):
-        score, alive = views.pop(a.in_proj)
-        kept = selector.select(score.clone(), alive, keep[a.in_proj], False, ctx, a.in_proj, layer.threshold)[0]
-        in_mask, out_mask = masks[a.in_proj].clone(), masks[a.out_proj].clone()
-        if selector.revives:
-            in_mask.fill_(True), out_mask.fill_(True)
-        for h in (~kept).nonzero().flatten().tolist():
-            in_mask[a.rows(h)] = False
-            out_mask[:, a.columns(h)] = False
-        new[a.in_proj], new[a.out_proj] = in_mask, out_mask
-    for g, layer in zip(groups, layers):
-        score, alive = views.pop(g.name)
-        k = keep[g.name]
-        if g.grouped is not None and g.grouped[0] == "producer":  # the same count in every conv group
-            order, blocks, per = _conv_group_order(g)
-            k_per = max(0, min(per, round(k / blocks)))
-            chosen = selector.select(score[0][order].reshape(blocks, per).clone(),
-                                     alive[0][order].reshape(blocks, per), k_per * blocks, True, ctx, g.name)
-            kept = torch.empty(g.size, dtype=torch.bool, device=chosen.device)
-            kept[order] = chosen.reshape(-1)
+    sets = [_channel_set(g, params, layouts, row_scores, masks) for g in groups]
+    sets += [_head_set(a, head_scores, masks) for a in heads]
+    sets += [_recurrent_set(r, params, row_scores, masks) for r in recurrent]
+    new, revives = {}, how.selector.revives
+    for c, kept in choose(sets, how):
+        what = c.of
+        if isinstance(what, RecurrentLayer):
+            new.update(what.without(masks, kept.cpu(), revives))
+        elif isinstance(what, AttentionHeads):
+            new.update(_without_heads(what, masks, kept[0], revives))
         else:
-            kept = selector.select(score.clone(), alive, k, False, ctx, g.name, layer.threshold)[0]
-            if g.head_dim is not None:  # a kept head keeps all its channels
-                kept = kept[_heads_of(g).to(kept.device)]
-            elif g.grouped is not None:  # consumer: a kept position keeps its channel in every conv group
-                order, positions, blocks = _conv_group_order(g)
-                expanded = torch.empty(g.size, dtype=torch.bool, device=kept.device)
-                expanded[order] = kept[:, None].expand(positions, blocks).reshape(-1)
-                kept = expanded
-        for n, idx in g.rows.items():
-            canon = layouts[n].canonical(masks[n])
-            rows = torch.ones(canon.shape[0], dtype=torch.bool, device=canon.device)
-            rows[idx.to(canon.device)] = kept.to(canon.device)
-            whole = rows.reshape(-1, *([1] * (canon.dim() - 1))).expand_as(canon)
-            m = whole if selector.revives else canon & whole  # a revived channel comes back whole
-            new[n] = layouts[n].stored(m).contiguous()
+            new.update(_without_channels(what, layouts, masks, _channels_kept(what, kept), revives))
     return new
+
+
+@dataclass
+class _Set(Candidates):
+    of: object = None  # the coupled group, attention or recurrent module the set stands for
+
+
+def _channel_set(g: CoupledChannels, params, layouts, row_scores, masks) -> _Set:
+    score = sum(row_scores[n][idx].double() for n, idx in g.rows.items())
+    alive = torch.zeros(g.size, dtype=torch.bool, device=score.device)
+    for n, idx in g.rows.items():
+        canon = layouts[n].canonical(masks[n])
+        alive |= any_rows(canon)[idx.to(canon.device)]
+    score = score.float().masked_fill(~alive, float("-inf"))
+    per_channel = sum(layouts[n].canonical(params[n])[0].numel() for n in g.rows)
+    shape = layouts[g.name].canonical_shape(tuple(params[g.name].shape))
+    members = tuple(n for n in g.rows if n != g.name)
+    if g.head_dim is not None:  # attention: choose whole heads, scored by the sum over their channels
+        head = _heads_of(g)
+        score = torch.zeros(g.size // g.head_dim, dtype=score.dtype).index_add_(0, head, score)
+        alive = torch.zeros(g.size // g.head_dim, dtype=torch.long).index_add_(0, head, alive.long()) > 0
+        per_channel *= g.head_dim
+    elif g.grouped is not None and g.grouped[0] == "consumer":  # choose positions, shared by every conv group
+        order, positions, blocks = _conv_group_order(g)
+        score = score[order].reshape(positions, blocks).sum(1)
+        alive = alive[order].reshape(positions, blocks).any(1)
+        per_channel *= blocks
+    layer = LayerGroups(g.name, shape, 1, score.numel(), per_channel, False, members=members)
+    if g.grouped is not None and g.grouped[0] == "producer":  # the same count in every conv group
+        order, blocks, per = _conv_group_order(g)
+        return _Set(layer, score[None], alive[None], split=(blocks, per), order=order, of=g)
+    return _Set(layer, score[None], alive[None], of=g)
+
+
+def _channels_kept(g: CoupledChannels, kept: Tensor) -> Tensor:
+    """(size,) kept channels of a group from the selector's choice over its heads, positions or channels."""
+    if g.grouped is not None and g.grouped[0] == "producer":
+        order, _, _ = _conv_group_order(g)
+        out = torch.empty(g.size, dtype=torch.bool, device=kept.device)
+        out[order] = kept.reshape(-1)
+        return out
+    kept = kept[0]
+    if g.head_dim is not None:  # a kept head keeps all its channels
+        return kept[_heads_of(g).to(kept.device)]
+    if g.grouped is not None:  # consumer: a kept position keeps its channel in every conv group
+        order, positions, blocks = _conv_group_order(g)
+        expanded = torch.empty(g.size, dtype=torch.bool, device=kept.device)
+        expanded[order] = kept[:, None].expand(positions, blocks).reshape(-1)
+        return expanded
+    return kept
+
+
+def _without_channels(g: CoupledChannels, layouts, masks, kept: Tensor, revives: bool) -> dict[str, Tensor]:
+    out = {}
+    for n, idx in g.rows.items():
+        canon = layouts[n].canonical(masks[n])
+        rows = torch.ones(canon.shape[0], dtype=torch.bool, device=canon.device)
+        rows[idx.to(canon.device)] = kept.to(canon.device)
+        whole = rows.reshape(-1, *([1] * (canon.dim() - 1))).expand_as(canon)
+        m = whole if revives else canon & whole  # a revived channel comes back whole
+        out[n] = layouts[n].stored(m).contiguous()
+    return out
+
+
+def _head_set(a: AttentionHeads, head_scores, masks) -> _Set:
+    score, alive = _head_view(a, head_scores, masks)
+    layer = LayerGroups(a.in_proj, (a.heads, a.head_dim), 1, a.heads, 4 * a.head_dim * a.width, False,
+                        members=(a.out_proj,))
+    return _Set(layer, score[None], alive[None], of=a)
+
+
+def _without_heads(a: AttentionHeads, masks, kept: Tensor, revives: bool) -> dict[str, Tensor]:
+    in_mask, out_mask = masks[a.in_proj].clone(), masks[a.out_proj].clone()
+    if revives:
+        in_mask.fill_(True), out_mask.fill_(True)
+    for h in (~kept).nonzero().flatten().tolist():
+        in_mask[a.rows(h)] = False
+        out_mask[:, a.columns(h)] = False
+    return {a.in_proj: in_mask, a.out_proj: out_mask}
+
+
+def _recurrent_set(r: RecurrentLayer, params, row_scores, masks) -> _Set:
+    alive = r.alive(masks)
+    score = r.scores(row_scores).masked_fill(~alive, float("-inf")).reshape(1, -1)
+    name = r.weights(0)[0]
+    per_unit = sum(params[n][0].numel() for n in r.weights(0))  # one row of each weight per gate
+    layer = LayerGroups(name, tuple(alive.shape), 1, alive.numel(), per_unit * r.gates, False,
+                        members=tuple(n for b in range(r.blocks) for n in r.weights(b) if n != name))
+    return _Set(layer, score, alive, split=(r.blocks, r.hidden), of=r)
 
 
 def channel_report(graph: ChannelGraph, params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict:
@@ -214,24 +230,38 @@ def channel_report(graph: ChannelGraph, params: Mapping[str, Tensor], masks: Map
     return out
 
 
-def select_coupled(graph: ChannelGraph, params: Mapping[str, Tensor], layouts: Mapping[str, Layout], gran,
-                   scores: dict[str, Tensor], masks: Mapping[str, Tensor], allocation: Allocation, selector: Selector,
-                   sparsity: float, final_sparsity: float, ctx: Context) -> dict[str, Tensor]:
-    """:func:`select_channels` over the graph's coupled groups and attention heads whose producers are all in
-    ``params`` (found once per target set and kept on the graph), from per-weight ``scores`` reduced to rows by
-    ``gran`` (consumed). ConfigError when there is nothing to remove whole."""
-    key = tuple(params)
-    if key not in graph.coupled:
-        graph.coupled[key] = (coupled_groups(graph, params), attention_heads(graph.model, params),
-                              graph.recurrent_layers(params))
-        if not any(graph.coupled[key]):
-            blocked = "; ".join(f"{r.module}: {', '.join(r.blockers)}" for r in graph.recurrent if r.blockers)
-            raise ConfigError("no group of coupled channels has all its producers among the targets (or every one "
-                              "feeds a normalization over channels), and no attention's heads or recurrent units "
-                              "are: this model has nothing to remove whole"
-                              + (f" (recurrent units kept: {blocked})" if blocked else ""))
-    groups, heads, recurrent = graph.coupled[key]
-    head_scores = {n: scores[n] for a in heads for n in (a.in_proj, a.out_proj)}
-    rows = {n: gran.group_scores(layouts[n].canonical(scores.pop(n)).float())[0] for n in params}
-    return select_channels(groups, params, layouts, rows, masks, allocation, selector, sparsity, final_sparsity, ctx,
-                           heads, head_scores, recurrent)
+class ChannelUnits(ChannelGraph):
+    """Traced channels as units of structure (:class:`prunelab.structure.protocol.Units`): the coupled channel
+    groups, ``nn.MultiheadAttention`` heads and recurrent hidden units of a :class:`ChannelGraph`, chosen through
+    the one selection loop."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._sets: dict = {}  # {target names: (coupled groups, attention heads, recurrent)}, found at first selection
+
+    def select(self, params: Mapping[str, Tensor], layouts: Mapping[str, Layout], gran, scores: dict[str, Tensor],
+               masks: Mapping[str, Tensor], how: Selection) -> dict[str, Tensor]:
+        """:func:`select_channels` over the coupled groups, attention heads and recurrent units whose producers are
+        all in ``params`` (found once per target set), from per-weight ``scores`` reduced to rows by ``gran``
+        (consumed). ConfigError when there is nothing to remove whole."""
+        groups, heads, recurrent = self._sets_for(params)
+        head_scores = {n: scores[n] for a in heads for n in (a.in_proj, a.out_proj)}
+        rows = {n: gran.group_scores(layouts[n].canonical(scores.pop(n)).float())[0] for n in params}
+        return select_channels(groups, params, layouts, rows, masks, how, heads, head_scores, recurrent)
+
+    def report(self, params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict:
+        """The summary's channels (:func:`channel_report`)."""
+        return channel_report(self, params, masks)
+
+    def _sets_for(self, params: Mapping[str, Tensor]) -> tuple:
+        key = tuple(params)
+        if key not in self._sets:
+            found = (coupled_groups(self, params), attention_heads(self.model, params), self.recurrent_layers(params))
+            if not any(found):
+                blocked = "; ".join(f"{r.module}: {', '.join(r.blockers)}" for r in self.recurrent if r.blockers)
+                raise ConfigError("no group of coupled channels has all its producers among the targets (or every "
+                                  "one feeds a normalization over channels), and no attention's heads or recurrent "
+                                  "units are: this model has nothing to remove whole"
+                                  + (f" (recurrent units kept: {blocked})" if blocked else ""))
+            self._sets[key] = found
+        return self._sets[key]

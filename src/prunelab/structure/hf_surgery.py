@@ -18,10 +18,10 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
-from .surgery import ShrinkError
-from ..inputs import Inputs, max_output_diff, random_like, to_double
-from . import TransformerUnits
+from ..errors import ConfigError, ShrinkError
+from ..inputs import Inputs
+from .equivalence import check_same_outputs, masked_reference
+from .transformer import TransformerUnits
 from .units import removed_units
 
 
@@ -103,11 +103,7 @@ def shrink_hf(model: nn.Module, masks: Mapping[str, Tensor], units: TransformerU
     it is: a removed unit whose bias or embedding column was not held at zero (a Pruner holds them) changes the
     outputs, and the check says so."""
     kept, widths, blocks = _kept(units, masks)
-    masked = copy.deepcopy(model).eval()
-    named = dict(masked.named_parameters(remove_duplicate=False))
-    with torch.no_grad():
-        for n, m in masks.items():
-            named[n].mul_(m.to(named[n].dtype))
+    masked = masked_reference(model, masks)
     config = small_config(model, units, widths, blocks)
     dtype = next(model.parameters()).dtype
     try:
@@ -141,7 +137,9 @@ def shrink_hf(model: nn.Module, masks: Mapping[str, Tensor], units: TransformerU
     if getattr(model, "generation_config", None) is not None:  # built from a config whose use_cache may be off:
         small.generation_config = copy.deepcopy(model.generation_config)  # generate would then run without a cache
     small.eval()
-    _check(masked, small, example_inputs, atol)
+    check_same_outputs(masked, small, example_inputs, atol, lambda diff: (
+        f"the smaller {type(small).__name__}'s logits differ from the masked model's by {diff:.3g} (> {atol:g}) "
+        "in float64: the removed units were not all at zero"))
     changed = {k: v for k, v in config.to_diff_dict().items()
                if getattr(model.config, k, None) != v and k != "transformers_version"}
     return small, changed
@@ -168,16 +166,3 @@ def _norm_scale(units: TransformerUnits, widths: dict[str, int], model: nn.Modul
     names = ([f"{fam.final_norm}.weight"] if fam.final_norm else []) + [f"{fam.layers}.{i}.{n}.weight"
                                              for i in range(len(model.get_submodule(fam.layers))) for n in fam.norms]
     return {n: s for n in names}
-
-
-def _check(masked: nn.Module, small: nn.Module, example_inputs: Inputs, atol: float) -> None:
-    masked64, small64 = copy.deepcopy(masked).double(), copy.deepcopy(small).double()
-    for m in (masked64, small64):  # transformers' grouped-matmul experts have no float64 kernel; its loop has
-        if getattr(m.config, "_experts_implementation", None) not in (None, "eager"):
-            m.config._experts_implementation = "eager"
-    diff = max(max_output_diff(masked64, small64, to_double(x))
-               for x in (example_inputs, random_like(example_inputs, torch.Generator().manual_seed(0))))
-    if not diff <= atol:
-        raise ShrinkError(f"the smaller {type(small).__name__}'s logits differ from the masked model's by "
-                          f"{diff:.3g} (> {atol:g}) in float64: the removed units were not all at zero")
-

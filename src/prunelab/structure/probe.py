@@ -15,6 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..inputs import copy_model
+from .equivalence import zero_masked
+from .surgery import shrink
+
 _REASON = "shrinking it changes the outputs (found by a trial shrink)"
 
 
@@ -41,9 +45,6 @@ def _failing(graph, model, example_inputs, groups: list) -> list:
 
 
 def _holds(graph, model: nn.Module, example_inputs, groups: list) -> bool:
-    from .surgery import _apply, shrink
-    from ..inputs import copy_model
-
     params = dict(model.named_parameters())
     masks = {}
     for g in groups:
@@ -64,7 +65,7 @@ def _holds(graph, model: nn.Module, example_inputs, groups: list) -> bool:
             else:
                 keep[rows] = False
     trial = copy_model(model).eval()
-    _apply(trial, masks, graph)  # pruned rows and their companions at zero, as a channel method holds them
+    zero_masked(trial, masks, graph.companion_masks(masks))  # pruned rows and their companions at zero, as a channel method holds them
     try:
         shrink(trial, masks, example_inputs)
     except Exception:  # a shape error, outputs that differ, a trace that fails: the groups cannot be trusted

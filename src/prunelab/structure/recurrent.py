@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ShrinkError
 
 _GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
 
@@ -266,8 +266,6 @@ def shrink_recurrent(model: nn.Module, layer: RecurrentLayer, kept: Tensor) -> n
 def kept_units(layer: RecurrentLayer, kept: Tensor) -> list[list[int]]:
     """The kept unit indices of every block, from the (blocks, hidden) decisions; ShrinkError unless every block
     keeps the same number, at least one."""
-    from .surgery import ShrinkError
-
     idx = [kept[b].nonzero().flatten().tolist() for b in range(layer.blocks)]
     counts = [len(i) for i in idx]
     if len(set(counts)) != 1:

@@ -15,34 +15,19 @@ unpickled. Resizable module classes: Conv1d/2d/3d, Linear, BatchNorm1d/2d/3d, Hu
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 import torch
 from torch import nn
 
 from .heads import HeadPrunedAttention, attention_heads
 from .channels import ChannelGraph
 from ..masks import Masks
-from ..errors import PrunelabError
-from ..inputs import Inputs, copy_model, max_output_diff, random_like, to_double
+from ..errors import ShrinkError
+from ..inputs import Inputs, copy_model
+from .families import family_of
+from .transformer import TransformerUnits
+from .units import supported_kinds
+from .equivalence import check_same_outputs, masked_reference, zero_masked
 from ..targets import is_hf_conv1d
-
-class ShrinkError(PrunelabError):
-    """The shrunk model does not compute what the masked model computes."""
-
-
-def _apply(model: nn.Module, masks, graph: ChannelGraph | None = None) -> None:
-    """Zero the pruned weights (and, with ``graph``, their channel companions) of ``model`` in place; a mask may
-    name any alias of a tied weight."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    with torch.no_grad():
-        for name, m in masks.items():
-            params[name].mul_(m.to(params[name].dtype))
-        for name, keep in (graph.companion_masks(masks) if graph is not None else {}).items():
-            params[name].mul_(keep.to(params[name].dtype))
-
 
 def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
            check_inputs: Inputs | None = None, check: bool = True,
@@ -62,26 +47,22 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
     ``model`` itself is shrunk in place and returned, with no copy and no second trace, as Torch-Pruning
     prunes; the pruner and its masks no longer fit the model afterwards.
     """
-    from . import TransformerUnits, family_of
-
     if isinstance(graph, TransformerUnits) or (graph is None and family_of(model) is not None):
         return _shrink_transformer(model, masks, example_inputs, atol, graph)
     if graph is not None and graph.model is not model:
         raise ShrinkError("the channel graph given to shrink was traced on another model (pass pruner.channels "
                           "of the pruner that pruned this model)")
     (masks if isinstance(masks, Masks) else Masks(masks)).check_fits(model)  # another model's masks: one sentence
-    masked = copy_model(model).eval() if check else None
+    masked = masked_reference(model, masks) if check else None  # the trained model's companions untouched
     if graph is None:
         small = copy_model(model).eval()
-        graph = ChannelGraph(small, example_inputs, reuse=False, probe=False)
+        graph = ChannelGraph(small, example_inputs)
     else:
         small = model.eval()
         if graph.dg is None:  # groups reused from an earlier trace: the pruning itself needs Torch-Pruning's graph
-            graph = ChannelGraph(small, example_inputs, graph.ignored, reuse=False, probe=False)
+            graph = ChannelGraph(small, example_inputs, graph.ignored)
     removed = graph.removed(masks)
-    if masked is not None:  # the masked reference: pruned weights zero, companions untouched (the trained model)
-        _apply(masked, masks)
-    _apply(small, masks, graph)
+    zero_masked(small, masks, graph.companion_masks(masks))
     before = widths_of(small)
     sizes = {g.root: g.size for g in graph.groups}
     for root, chans in removed.items():
@@ -102,7 +83,7 @@ def shrink(model: nn.Module, masks, example_inputs: Inputs, atol: float = 1e-5,
             setattr(small.get_submodule(parent) if parent else small, child,
                     HeadPrunedAttention.from_attention(attn, kept.nonzero().flatten()))
     if masked is not None:
-        _check(masked, small, example_inputs, check_inputs, atol)
+        check_same_outputs(masked, small, example_inputs, atol, _differs(atol), _cannot_run, check_inputs)
     after = widths_of(small)
     widths = {n: s for n, s in after.items() if before.get(n) != s}
     return small, widths
@@ -129,9 +110,7 @@ def _shrink_recurrent(small: nn.Module, masks, graph: ChannelGraph) -> None:
 def _shrink_transformer(model: nn.Module, masks, example_inputs, atol: float, units) -> tuple[nn.Module, dict]:
     """A Hugging Face transformer of a known layout: the same class with a smaller config
     (:mod:`prunelab.structure.hf_surgery`); ``widths`` are the config fields that changed."""
-    from . import TransformerUnits, family_of
-    from .hf_surgery import shrink_hf
-    from .units import supported_kinds
+    from .hf_surgery import shrink_hf  # transformers' own classes: imported only where a transformer is cut
 
     (masks if isinstance(masks, Masks) else Masks(masks)).check_fits(model)
     if units is None:
@@ -143,26 +122,18 @@ def _shrink_transformer(model: nn.Module, masks, example_inputs, atol: float, un
     return shrink_hf(model, masks, units, example_inputs, atol)
 
 
-def _check(masked: nn.Module, small: nn.Module, example_inputs, check_inputs, atol: float) -> None:
-    """ShrinkError unless the shrunk model computes what the masked one does (float64, to ``atol``)."""
-    checks = [example_inputs, random_like(example_inputs, torch.Generator().manual_seed(0))]
-    if check_inputs is not None:
-        checks.append(check_inputs)
-    # compared in float64: a deep net's float32 outputs differ by summation order alone (1e-4 at outputs of
-    # ~400 for an untrained ResNet-56), which would hide nothing but make the tolerance scale-dependent
-    masked64, small64 = masked.double(), copy_model(small).double()
-    try:
-        diff = max(max_output_diff(masked64, small64, to_double(x)) for x in checks)
-    except (RuntimeError, ValueError, IndexError) as exc:  # widths that no longer fit each other
-        raise ShrinkError(f"the shrunk model cannot run ({str(exc).splitlines()[0][:200]}): the channel graph "
-                          "missed a coupling; exclude that layer from the targets") from None
-    if not diff <= atol:
-        raise ShrinkError(
-            f"the shrunk model's outputs differ from the masked model's by {diff:.3g} (> {atol:g}): removed "
-            "channels still carry a bias or normalization shift, or feed a normalization over channels "
-            "(LayerNorm, GroupNorm) whose statistics change when a channel goes; prune with a channel method "
-            "(l1_filter, slimming, or method option channels: true), which holds removable channels' companions "
-            "at zero and leaves channels under such norms in place")
+def _cannot_run(error: str) -> str:
+    return (f"the shrunk model cannot run ({error}): the channel graph missed a coupling; exclude that layer from "
+            "the targets")
+
+
+def _differs(atol: float):
+    return lambda diff: (
+        f"the shrunk model's outputs differ from the masked model's by {diff:.3g} (> {atol:g}): removed "
+        "channels still carry a bias or normalization shift, or feed a normalization over channels "
+        "(LayerNorm, GroupNorm) whose statistics change when a channel goes; prune with a channel method "
+        "(l1_filter, slimming, or method option channels: true), which holds removable channels' companions "
+        "at zero and leaves channels under such norms in place")
 
 
 def widths_of(model: nn.Module) -> dict[str, dict]:

@@ -31,7 +31,8 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..engine.allocation import Allocation, LayerGroups
+from ..engine.allocation import LayerGroups
+from ..engine.loop import Candidates, Selection, choose
 from ..errors import ConfigError
 from ..targets import is_hf_conv1d
 from .families import Family, attention_shape, has_module
@@ -228,28 +229,24 @@ def block_influence(layers: str, size: int, stats) -> Tensor | None:
 
 
 def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: Mapping[str, Tensor],
-                 masks: Mapping[str, Tensor], allocation: Allocation, selector, sparsity: float,
-                 final_sparsity: float, ctx, layers: str = "") -> dict[str, Tensor]:
+                 masks: Mapping[str, Tensor], how: Selection, layers: str = "") -> dict[str, Tensor]:
     """New masks of the targets after one pass over the unit groups: the allocation counts units per group,
     the selector keeps the highest-scoring alive ones, and every target entry of a dropped unit is pruned
     (masks only shrink: a pruned unit stays pruned). Blocks (``depth``) are ranked by their influence when
     the calibration measured it (``ctx.input_stats``, blocks named ``layers.i``), else by their summed scores."""
-    layers_, views = [], []
+    sets = []
     for g in groups:
         score, alive = unit_scores(g, scores, masks)
-        bi = block_influence(layers, g.size, ctx.input_stats) if g.kind == "depth" else None
+        bi = block_influence(layers, g.size, how.ctx.input_stats) if g.kind == "depth" else None
         if bi is not None:
             score = bi.masked_fill(~alive, float("-inf"))
         per_unit = sum(params[p.param].numel() // params[p.param].shape[p.dim] * p.index.shape[1]
                        for p in g.parts if p.param in params) // max(g.size, 1)
-        views.append((score, alive))
-        layers_.append(LayerGroups(g.name, (g.size,), 1, g.size, max(per_unit, 1), False,
-                                   score[None] if allocation.needs_scores else None))
-    keep = allocation.keep_counts(layers_, sparsity, final_sparsity)
+        sets.append(Candidates(LayerGroups(g.name, (g.size,), 1, g.size, max(per_unit, 1), False),
+                               score[None], alive[None]))
     new = {n: m for n, m in masks.items()}
-    for g, (score, alive) in zip(groups, views):
-        kept = selector.select(score[None].clone(), alive[None], keep[g.name], False, ctx, g.name)[0].cpu()
-        dropped = ~kept
+    for g, (_, kept) in zip(groups, choose(sets, how)):
+        dropped = ~kept[0].cpu()
         if not dropped.any():
             continue
         for p in g.parts:
