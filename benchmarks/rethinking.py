@@ -77,7 +77,7 @@ def latency_rows(run_dirs: dict, repeats: int) -> list[str]:
 
     torch.set_num_threads(1)
     from prunelab.analysis import count_flops
-    from prunelab.experiment import RunContext
+    from prunelab.experiment import open_finished
     from prunelab.experiment.paths import DENSE, MODEL
     from prunelab.export.shrunk import load_shrunk
 
@@ -85,7 +85,7 @@ def latency_rows(run_dirs: dict, repeats: int) -> list[str]:
              "latency b=1 ms (unpruned -> shrunk) | latency b=64 ms | speedup b=1 / b=64 | "
              "speedup / FLOP reduction (b=64) |", "|---|---|---|---|---|---|---|---|"]
     for label, dirs in run_dirs.items():
-        ctx = RunContext.open_finished(dirs[0])
+        ctx = open_finished(dirs[0])
         shrunk_file = ctx.paths.shrunk_model
         if not shrunk_file.is_file():
             continue

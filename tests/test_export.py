@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 from prunelab import Pruner
 from prunelab.cli import main
 from prunelab.errors import CheckpointError, ConfigError
-from prunelab.experiment import RunContext, Runner, load_final, load_recipe
+from prunelab.experiment import Runner, load_final, load_recipe, open_finished
 from prunelab.export import load_compact
 from prunelab.experiment.export_run import bench_run, diagnose, export_run
 from prunelab.export.compact import encode_tensor, decode_tensor
@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
 
 
 def _final(run):
-    return load_final(RunContext.open_finished(run))
+    return load_final(open_finished(run))
 
 
 def test_csr_format_round_trip_and_choice():

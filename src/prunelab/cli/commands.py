@@ -84,10 +84,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from ..experiment import RunContext, load_summary
+    from ..experiment import load_summary, open_finished
 
     summary = load_summary(args.run_dir)
-    RunContext.open_finished(args.run_dir)  # the summary describes artifacts that are still there, unchanged
+    open_finished(args.run_dir)  # the summary describes artifacts that are still there, unchanged
     print_summary(summary, console(), layers=True)
     return 0
 
@@ -95,10 +95,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Perplexity of a finished language-model run's dense and pruned models at context lengths; lm-eval tasks."""
     from ..errors import ConfigError
-    from ..experiment import RunContext
+    from ..experiment import open_finished
     from ..experiment import paths as run_paths
     from ..experiment.evaluation import CONVENTION, default_lengths, lm_eval_tasks, perplexity_at
-    from ..experiment.runner import load_final
+    from ..experiment.finished import load_final
 
     if args.tasks and importlib.util.find_spec("lm_eval") is None:  # refused before any work
         lm_eval_tasks(None, None, [])  # its one sentence
@@ -106,7 +106,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         lengths = [int(v) for v in args.lengths.split(",")] if args.lengths else None
     except ValueError:
         raise ConfigError(f"--lengths takes comma-separated whole numbers of tokens, got {args.lengths!r}") from None
-    ctx = RunContext.open_finished(args.run_dir, args.data_root)
+    ctx = open_finished(args.run_dir, args.data_root)
     if ctx.data.task != "causal_lm":
         raise ConfigError(f"prunelab eval measures language models; {args.run_dir} is a {ctx.data.task} run "
                           "(its accuracy is in prunelab show)")

@@ -17,10 +17,10 @@ def attack_run(run_dir: str | Path, eps: list[float], attacks: list[str], sample
     ``dense_run`` (for sparse training from scratch, give a run of the same recipe with sparsity 0).
     Writes ``attack.json`` in the run folder and returns its content.
     """
-    from . import RunContext, load_final
+    from .finished import load_final, open_finished
     from .paths import DENSE
 
-    ctx = RunContext.open_finished(run_dir, data_root)
+    ctx = open_finished(run_dir, data_root)
     if ctx.spec.task != "classification":
         raise ConfigError(f"{run_dir} is a {ctx.spec.task} run: adversarial attacks need an image classifier")
     bad = [a for a in attacks if a not in ("fgsm", "pgd")]
@@ -33,7 +33,7 @@ def attack_run(run_dir: str | Path, eps: list[float], attacks: list[str], sample
     if recipe.train.epochs > 0:
         models["dense"] = ctx.build_model(checkpoint=ctx.paths.stage(DENSE))
     elif dense_run is not None:
-        models["dense"] = load_final(RunContext.open_finished(dense_run, data_root))[0]
+        models["dense"] = load_final(open_finished(dense_run, data_root))[0]
     results = []
     for label, model in models.items():
         row = {"model": label, "clean": accuracy_under_attack(model, data.test, "none", 0.0, data.mean, data.std,

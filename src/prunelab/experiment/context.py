@@ -68,20 +68,6 @@ class RunContext:
             recipe = recipe.model_copy(update={"data": recipe.data.model_copy(update={"root": root})})
         return cls(recipe, paths.root, log=lambda m: None, progress=False)
 
-    @classmethod
-    def open_finished(cls, run_dir: str | Path, data_root: str | None = None) -> "RunContext":
-        """The context of a finished run folder whose artifacts are intact: CheckpointError, saying what to run,
-        if it is unfinished or any checkpoint's files (or its summary and recipe) differ from what was written
-        (see :mod:`.verify`)."""
-        from .runner import plan
-        from .verify import require_intact
-
-        paths = RunPaths(Path(run_dir))
-        paths.require_finished()
-        ctx = cls.from_folder(paths.root, data_root)
-        require_intact(ctx, plan(ctx))
-        return ctx
-
     def resolved_recipe(self) -> Recipe:
         """The recipe as a run folder records it: the data root made absolute, so the commands that read the run
         later find its data from any working folder (the root is not part of the run's identity)."""

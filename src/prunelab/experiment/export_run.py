@@ -39,9 +39,9 @@ FORMATS = ("dense", "sparse", "shrunk", "onnx", "hf")
 
 def _open_run(run_dir: str | Path, data_root: str | None = None):
     """(context, final pruned model, masks) of a finished run with masks."""
-    from . import RunContext, load_final
+    from .finished import load_final, open_finished
 
-    ctx = RunContext.open_finished(run_dir, data_root)
+    ctx = open_finished(run_dir, data_root)
     model, masks = load_final(ctx)
     if masks is None:
         raise ConfigError(f"{run_dir} has no masks (a dense run): there is nothing pruned to export")

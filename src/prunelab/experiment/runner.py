@@ -16,14 +16,12 @@ from torch import nn
 from ..calibration.pipeline import check_named_blocks
 from ..errors import CheckpointError, ConfigError
 from ..io import atomic_write_text
-from ..masks import Masks
 from . import paths
-from .checkpoint import load_checkpoint
 from .context import RunContext
-from .controls import Shrunk
 from .distributed import barrier
 from .schema import Recipe
-from .stages import STAGES, Dense, Stage, prepare_event
+from .plan import plan
+from .stages import Stage, prepare_event
 from .records import load_summary
 from .lock import RunLock
 from .verify import invalidate_damaged
@@ -34,28 +32,6 @@ def run_dir_for(recipe: Recipe, runs_root: str | Path) -> Path:
     """``RUNS_ROOT/NAME-HASH``: the same resolved recipe always maps to the same folder, inside ``runs_root``
     whatever the name (see :func:`~prunelab.experiment.paths.run_folder`)."""
     return paths.run_folder(runs_root, recipe.name, recipe.fingerprint())
-
-
-def plan(ctx: RunContext) -> list[Stage]:
-    """The run's stages, in order, from the recipe and its engine schedule (one round per event)."""
-    method = ctx.method
-    point = method.rewind_point() if method is not None else None
-    stages: list[Stage] = [Dense(rewind_step=point.step if point is not None and point.to == "step" else 0)]
-    p = ctx.recipe.prune
-    if p is None:
-        return stages
-    if p.schedule.name == "cubic":
-        stages.append(STAGES.build("gradual"))
-    else:
-        events = len(ctx.schedule.events())  # not cubic: the schedule needs no data
-        for i in range(1, events + 1):
-            stages.append(STAGES.build({"name": "round", "index": i, "final": i == events,
-                                        "source": stages[-1].name}))
-    final = stages[-1].name
-    if method.channels:
-        stages.append(Shrunk(final=final))
-    controls = [c for c in dict.fromkeys(p.controls) if c != "finetune"]  # finetune: the pruning stages themselves
-    return stages + [STAGES.build({"name": c, "final": final}) for c in controls]
 
 
 def check_runs(model: nn.Module, ctx: RunContext) -> None:
@@ -70,18 +46,6 @@ def check_runs(model: nn.Module, ctx: RunContext) -> None:
                           f"(shape {tuple(ctx.spec.input_shape)}): {type(exc).__name__}: {first}") from None
     finally:
         model.train()
-
-
-def final_stage(stages: list[Stage]) -> str:
-    """The name of the last stage of the dense -> pruned progression (the run's pruned model)."""
-    return [s.name for s in stages if s.pruning][-1]
-
-
-def load_final(ctx: RunContext) -> tuple[nn.Module, Masks | None]:
-    """The run's final model (the last pruning stage's weights) and its masks (None for a dense run)."""
-    model = ctx.build_model()
-    masks, _ = load_checkpoint(ctx.paths.stage(final_stage(plan(ctx))), model, restore_rng=False)
-    return model, masks
 
 
 class Runner:
@@ -200,4 +164,4 @@ def trained_dense(recipe: Recipe, runs_root: str | Path) -> tuple[RunContext, nn
     return ctx, ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE))
 
 
-__all__ = ["Runner", "run_dir_for", "load_summary", "plan", "final_stage", "load_final", "trained_dense"]
+__all__ = ["Runner", "run_dir_for", "load_summary", "trained_dense"]

@@ -16,6 +16,8 @@ from typing import Callable
 from ..errors import CheckpointError
 from . import paths
 from .checkpoint import verify_checkpoint
+from .context import RunContext
+from .plan import plan
 from .records import SummaryRecord, read_record, seal_problems
 
 
@@ -48,9 +50,6 @@ def _started(ctx, stage) -> bool:
 
 def check_run(run_dir: str | Path) -> list[tuple[str, list[str]]]:
     """Every problem of a finished run folder: (what, problems) per stage folder and for the summary."""
-    from .context import RunContext
-    from .runner import plan
-
     run = paths.RunPaths(Path(run_dir))
     if not run.recipe.is_file():
         raise CheckpointError(f"{run.root} is not a run folder (no {run.recipe.name})")

@@ -6,12 +6,6 @@ Each method is a dataclass whose fields are part specs, so any part can be overr
 from __future__ import annotations
 
 from .base import METHODS, Decision, Method, Outcome, PruneView, Rewind, build_method
-from . import basic
-from . import calibrated
-from . import campfire
-from . import drop_pruning
-from . import imp
-from . import pca
-from . import structured  # noqa: F401  (registers the built-ins)
+from . import basic, calibrated, campfire, drop_pruning, imp, pca, structured  # noqa: F401  (registers the built-ins)
 
 __all__ = ["METHODS", "Decision", "Method", "Outcome", "PruneView", "Rewind", "build_method"]

@@ -15,7 +15,7 @@ from .coupling import ChannelUnits
 from .families import FAMILIES
 from .probe import probe_groups
 from .recurrent import RecurrentLayer
-from .transformer import TransformerUnits, transformer_units
+from .transformer import transformer_units
 
 # {architecture key: (groups, norm_after, recurrent)} of the architectures this process traced, most recent last
 _TRACED: dict[str, tuple[list[ChannelGroup], dict[str, str], list[RecurrentLayer]]] = {}

@@ -15,7 +15,6 @@ unpickled. Resizable module classes: Conv1d/2d/3d, Linear, BatchNorm1d/2d/3d, Hu
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .heads import HeadPrunedAttention, attention_heads
