@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .engine.allocation import Uniform
 from . import calibration
-from .engine.decisions import as_decision, merge, versions, write
+from .engine.decisions import as_decision, merge, set_values, versions, write
 from .engine.granularity import Filter
 from .engine.criteria import Context, Needs
 from .inputs import Inputs
@@ -213,7 +213,7 @@ class Pruner:
         record = {"step": self.step_count, "target_sparsity": None if custom else sparsity,
                   "sparsity": self.masks.sparsity(), **decided_record}
         outcome = m.after_prune(self._view(), old, self.masks, ctx)
-        self._set_values(outcome.values)
+        set_values(self.params, outcome.values)
         record.update(outcome.record)
         self.history.append(record)
         return self.masks
@@ -264,13 +264,6 @@ class Pruner:
 
     def _view(self) -> PruneView:
         return PruneView(self.model, self.params, self.masks, self.structure, self.layouts)
-
-    def _set_values(self, values: dict[str, tuple[Tensor, Tensor]]) -> None:
-        """Weights a method's after_prune sets (e.g. revived weights restarting at their pruned value)."""
-        with torch.no_grad():
-            for name, (where, value) in values.items():
-                p = self.params[name]
-                p[where] = value.to(device=p.device, dtype=p.dtype)[where]
 
     def _pipeline(self, sparsity: float, ctx: Context, names: tuple[str, ...]) -> Masks:
         """criterion -> granularity -> allocation -> selector over the targets ``names`` (a calibrated group, or

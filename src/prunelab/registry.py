@@ -128,3 +128,12 @@ def check_fraction(name: str, value: float, *, allow_one: bool = False) -> float
     if not ok:
         raise ConfigError(f"{name} must be in [0, 1{']' if allow_one else ')'}, got {value}")
     return value
+
+
+def check_count(name: str, value: int, low: int = 1, why: str = "") -> int:
+    """Validate a count (samples, batches, rounds, a window ...): an int, not a bool, at least ``low``; ConfigError
+    in one sentence otherwise (``why`` says what the count is, after the bound). The one check of its kind."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+        raise ConfigError(f"{name} must be {kind}{f' ({why})' if why else ''}, got {value!r}")
+    return value

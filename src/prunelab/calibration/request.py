@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..registry import check_count
 from ..errors import ConfigError
 from .observers import KINDS
 
@@ -31,8 +32,7 @@ class Calibration:
     sequential: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ConfigError(f"a calibration request needs a positive sample count, got {self.samples!r}")
+        check_count("a calibration request's samples", self.samples)
         passes = tuple(frozenset([p] if isinstance(p, str) else p) for p in self.passes)
         bad = sorted(k for p in passes for k in p if k not in KINDS)
         if bad or not passes or not all(passes):
@@ -66,8 +66,8 @@ class Options:
 def options(samples: Any = None, device: Any = None, cache_dtype: Any = None, precision: Any = "float32",
             sequential_targets: Any = None, distributed: Any = None) -> Options:
     """:class:`Options` from a caller's arguments, each checked: ConfigError in one sentence on a bad one."""
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
-        raise ConfigError(f"calibration samples must be a positive integer, got {samples!r}")
+    if samples is not None:
+        check_count("calibration samples", samples)
     if precision not in PRECISIONS:
         raise ConfigError(f"calibration precision is float32 or float64, got {precision!r}")
     if isinstance(cache_dtype, str):

@@ -51,9 +51,21 @@ def _uniform_keep(layer: LayerGroups, density: float) -> int:
 
 
 class Allocation:
+    """How many groups survive in each set: the allocation's one question.
+
+    ``keep_counts(layers, sparsity, final_sparsity)`` gets every set of one pass (a tensor, a coupled channel
+    group, a block's units: :class:`LayerGroups`) and returns ``{name: groups kept}``, integers within
+    [0, groups] by the module's rounding rule, the total matching ``sparsity`` over the sets' weights where the
+    allocation is global. ``needs_scores``: True when it reads the sets' group scores (a global threshold);
+    otherwise they are not built. It may record a score threshold on a set (``threshold``, a selector's hint)
+    and must not change anything else of its input. The engine asks it in one place
+    (:func:`prunelab.engine.loop.budget`); a new allocation is registered with ``@ALLOCATIONS.register(name)``
+    and tested by ``tests/engine/test_contracts.py`` without a line added."""
+
     needs_scores = False
 
     def keep_counts(self, layers: list[LayerGroups], sparsity: float, final_sparsity: float) -> dict[str, int]:
+        """``{set name: groups kept}`` for this pass (see the class docstring)."""
         raise NotImplementedError
 
 

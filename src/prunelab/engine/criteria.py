@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..calibration.observers import column_view, per_row
 from ..errors import ConfigError
-from ..registry import Registry
+from ..registry import Registry, check_count
 from ..targets import Layout
 
 if TYPE_CHECKING:
@@ -195,8 +195,7 @@ class Taylor(Criterion):
     _acc: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
-        if not isinstance(self.batches, int) or isinstance(self.batches, bool) or self.batches < 1:
-            raise ConfigError(f"taylor batches must be a positive integer, got {self.batches!r}")
+        check_count("taylor batches", self.batches)
 
     def needs(self) -> Needs:
         return Needs(gradient_batches=self.batches)
@@ -229,8 +228,7 @@ class _Calibrated(Criterion):
     kind = "norms"
 
     def __post_init__(self):
-        if not isinstance(self.samples, int) or isinstance(self.samples, bool) or self.samples < 1:
-            raise ConfigError(f"{self.registered_name} samples must be a positive integer, got {self.samples!r}")
+        check_count(f"{self.registered_name} samples", self.samples)
 
     def needs(self) -> Needs:
         from ..calibration.request import Calibration

@@ -97,3 +97,12 @@ def merge(into: dict, record: Mapping) -> dict:
 def versions(params: Mapping[str, nn.Parameter]) -> list[int]:
     """The in-place write counters of the targets: a method that writes a weight changes one."""
     return [p._version for p in params.values()]
+
+
+def set_values(params: Mapping[str, nn.Parameter], values: Mapping[str, tuple[Tensor, Tensor]]) -> None:
+    """Write the weights a method's ``after_prune`` sets (an :class:`Outcome`'s ``{name: (where, value)}``, e.g.
+    revived weights restarting at their pruned value)."""
+    with torch.no_grad():
+        for name, (where, value) in values.items():
+            p = params[name]
+            p[where] = value.to(device=p.device, dtype=p.dtype)[where]

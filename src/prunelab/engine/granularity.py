@@ -17,11 +17,21 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..registry import Registry
+from ..registry import Registry, check_count
 from .topk import any_rows
 
 
 class Granularity:
+    """What is removed together: how a weight's scores become (B, G) group scores and a kept choice a mask.
+
+    A granularity views every weight as (out, in, *kernel) and answers: ``group_scores(scores)`` (B blocks x G
+    groups, each the sum of its elements' scores), ``alive(mask)`` (a group is alive while any element is),
+    ``group_size(shape)`` and ``expand(kept, shape)`` back to a mask; ``check(name, shape)`` refuses shapes it
+    cannot apply to (the target is then skipped with the reason). ``per_block``: the selector keeps the same
+    count in every block (N:M, window); ``fixed_density``: the density the pattern itself fixes, if any.
+    ``steps(sparsity, final)``: the passes of one event (one, unless a pattern prunes in stages). Registered with
+    ``@GRANULARITIES.register(name)``; ``tests/engine/test_contracts.py`` tests a new one without a line added."""
+
     per_block = False
     fixed_density: float | None = None  # set by patterns that fix the density (N:M)
 
@@ -253,8 +263,7 @@ class NM(Granularity):
             raise ConfigError(f"N:M needs integers 0 < n <= m, got n={self.n}, m={self.m}")
         if self.permute not in MODES:
             raise ConfigError(f"N:M permute is one of {', '.join(MODES)}, got {self.permute!r}")
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 2:
-            raise ConfigError(f"N:M window must be an integer >= 2 (blocks per assignment), got {self.window!r}")
+        check_count("N:M window", self.window, low=2, why="blocks per assignment")
         self.fixed_density = self.n / self.m
 
     def check(self, name, shape):

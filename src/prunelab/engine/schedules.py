@@ -11,13 +11,21 @@ from functools import cached_property
 
 from ..errors import ConfigError
 from ..limits import MAX_EVENTS
-from ..registry import Registry, check_fraction
+from ..registry import Registry, check_count, check_fraction
 
 
 class Schedule:
+    """When to prune, and to what sparsity: the schedule's one question.
+
+    ``events()`` returns the planned ``(step, sparsity)`` pairs in step order (steps counted in calls to
+    :meth:`prunelab.Pruner.step`; step 0 prunes at construction), the last at the final ``sparsity``; an empty
+    list for a manual schedule the caller drives. ``frozen(step)``: whether the masks no longer change after it.
+    Registered with ``@SCHEDULES.register(name)``."""
+
     sparsity: float = 0.0
 
     def events(self) -> list[tuple[int, float]]:
+        """The planned ``(step, sparsity)`` pruning events, in step order."""
         raise NotImplementedError
 
     @cached_property
@@ -111,8 +119,7 @@ class Cubic(Schedule):
         _check_step("end", self.end)
         if self.end <= self.start:
             raise ConfigError(f"cubic schedule needs end > start, got start={self.start}, end={self.end}")
-        if not isinstance(self.frequency, int) or isinstance(self.frequency, bool) or self.frequency < 1:
-            raise ConfigError(f"frequency must be a positive integer, got {self.frequency!r}")
+        check_count("frequency", self.frequency)
         if (self.end - self.start) // self.frequency > MAX_EVENTS:
             raise ConfigError(f"this cubic schedule plans {(self.end - self.start) // self.frequency + 1:,} pruning "
                               f"events, more than {MAX_EVENTS:,}: prune less often (a larger frequency)")

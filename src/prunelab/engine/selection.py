@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .criteria import Context, Needs
-from ..registry import Registry
+from ..registry import Registry, check_count
 from .topk import all_true, topk_mask
 
 
@@ -153,8 +153,7 @@ class Drop(Selector):
             raise ConfigError(f"drop candidates must be 'lowest' or 'std', got {self.candidates!r}")
         if not (isinstance(self.lam, (int, float)) and self.lam > 0):
             raise ConfigError(f"drop lam must be positive, got {self.lam!r}")
-        if not isinstance(self.anneal_rounds, int) or self.anneal_rounds < 0:
-            raise ConfigError(f"drop anneal_rounds must be a non-negative integer, got {self.anneal_rounds!r}")
+        check_count("drop anneal_rounds", self.anneal_rounds, low=0)
 
     def q_at(self, ctx: Context) -> float:
         """The candidate fraction at this event (``q``, or derived when ``q`` is None)."""

@@ -15,10 +15,14 @@ from .base import METHODS, Method
 @METHODS.register("magnitude")
 @dataclass
 class MagnitudeMethod(Method):
+    """Magnitude pruning: which weights survive, by |w|, under any granularity, allocation and selector."""
+
     criterion: Any = "magnitude"
 
 
 @METHODS.register("random")
 @dataclass
 class RandomMethod(Method):
+    """Random pruning (the control): which weights survive, drawn at random from the run's seed."""
+
     criterion: Any = "random"

@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 
+from ..registry import check_count
 from ..engine.allocation import LayerGroups, Uniform
 from ..engine.loop import Selection, budget
 from ..calibration.observers import column_view
@@ -47,6 +48,11 @@ from .base import METHODS, Decision, Method
 @METHODS.register("wanda")
 @dataclass
 class WandaMethod(Method):
+    """Wanda (Sun et al. 2024): which weights go, by |w| times the norm of their input over calibration samples.
+
+    Compared within each output row (granularity ``row``), the same sparsity per layer, statistics gathered
+    block by block when ``sequential``."""
+
     one_shot: ClassVar[bool] = True
     output_layer: ClassVar[bool] = False
     criterion: Any = None  # {"name": "wanda", "samples": samples}
@@ -73,6 +79,12 @@ class WandaMethod(Method):
 @METHODS.register("sparsegpt")
 @dataclass
 class SparseGPTMethod(Method):
+    """SparseGPT (Frantar & Alistarh 2023): which weights go and what the survivors become, from calibration.
+
+    Per layer, the mask and the reconstructed weights from the inputs' Gram matrix (blocked OBS updates of
+    ``blocksize`` columns, dampened by ``percdamp``), block by block when ``sequential``; see the module
+    docstring."""
+
     one_shot: ClassVar[bool] = True
     output_layer: ClassVar[bool] = False
     criterion: Any = "magnitude"  # not used for the decision (see the module docstring); kept for reports
@@ -85,8 +97,7 @@ class SparseGPTMethod(Method):
 
     def __post_init__(self) -> None:
         for label, v in (("samples", self.samples), ("blocksize", self.blocksize)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"sparsegpt {label} must be a positive integer, got {v!r}")
+            check_count(f"sparsegpt {label}", v)
         if not (isinstance(self.percdamp, (int, float)) and self.percdamp >= 0):
             raise ConfigError(f"sparsegpt percdamp must be a non-negative number, got {self.percdamp!r}")
         if not isinstance(self.sequential, bool):

@@ -20,6 +20,11 @@ from .base import METHODS, Method
 @METHODS.register("campfire")
 @dataclass
 class Campfire(Method):
+    """Campfire (kernel-level window pruning): which weights of each k x k kernel survive.
+
+    Magnitude scores under the ``window`` granularity (a fixed count per kernel), the same sparsity in every
+    layer, the first and last layers dense by default (``keep_first_dense`` / ``keep_last_dense``)."""
+
     criterion: Any = "magnitude"
     granularity: Any = "window"
     allocation: Any = "uniform"

@@ -30,6 +30,12 @@ from .base import METHODS, Method, Outcome
 @METHODS.register("drop_pruning")
 @dataclass
 class DropPruning(Method):
+    """DropPruning (Jia et al. 2018): which weights survive a stochastic drop-out / drop-in process over the rounds.
+
+    The ``drop`` selector built from ``q``, ``p_out``, ``p_in``, ``candidates``, ``lam`` and ``anneal_rounds``
+    (see :class:`prunelab.engine.selection.Drop`), per layer or under one global candidate threshold (``scope``);
+    revived weights restart at ``revive_value``, with fresh optimizer state."""
+
     criterion: Any = "magnitude"
     granularity: Any = "element"
     allocation: Any = None  # from scope: uniform (layer) or global

@@ -26,6 +26,11 @@ REWINDS = ("none", "init", "step", "reinit")
 @METHODS.register("imp")
 @dataclass
 class IterativeMagnitude(Method):
+    """Iterative magnitude pruning with rewinding: which weights survive, and what the survivors restart from.
+
+    Magnitude top-k per layer each round; after each round the survivors are rewound (``rewind``: ``init``, the
+    weights after ``rewind_step`` steps with ``step``, or a fresh draw with ``reinit``) before retraining."""
+
     criterion: Any = "magnitude"
     granularity: Any = "element"
     allocation: Any = "uniform"

@@ -61,6 +61,12 @@ def relative_importance(weight: Tensor, mean_abs_input: Tensor) -> Tensor:
 @METHODS.register("pca")
 @dataclass
 class PCAPruning(Method):
+    """(Pen-)Ultimate PCA pruning: how wide each layer should be, from the spectrum of its activations.
+
+    Each layer keeps as many units as principal components explain ``tau`` of its activations' variance
+    (``tau_c`` for convolutions), measured on ``samples`` calibration inputs; the widths are decided by the
+    method itself (see the module docstring)."""
+
     one_shot: ClassVar[bool] = True
     criterion: Any = "magnitude"  # not used for the decision (see the module docstring); kept for reports
     granularity: Any = "element"

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..registry import check_count
 from ..errors import ConfigError
 from .base import METHODS, Method
 
@@ -67,6 +68,11 @@ PRESETS = {
 @METHODS.register("l1_filter")
 @dataclass
 class L1Filter(Method):
+    """L1-norm filter pruning (Li et al. 2017): which output channels go, coupled channels together.
+
+    Filters ranked by the L1 norm of their weights, the same fraction per layer, chosen per group of coupled
+    channels (:mod:`prunelab.structure.coupling`); ``preset`` names the paper's per-network layer choices."""
+
     criterion: Any = "magnitude"
     granularity: Any = "filter"
     allocation: Any = "uniform"
@@ -89,6 +95,11 @@ class L1Filter(Method):
 @METHODS.register("slimming")
 @dataclass
 class Slimming(Method):
+    """Network Slimming (Liu et al. 2017): which channels go, by the |gamma| of the BatchNorm after each layer.
+
+    One global threshold over the channels' BatchNorm scales (allocation ``global`` counting groups, at least
+    one channel kept per layer), chosen per group of coupled channels."""
+
     criterion: Any = "bn_scale"
     granularity: Any = "filter"
     allocation: Any = "global_groups"
@@ -154,8 +165,7 @@ class TransformerUnits(Method):
                               f"got {self.granularity!r}")
         if self.depth_score not in ("influence", "criterion"):
             raise ConfigError(f"transformer_units depth_score is influence or criterion, got {self.depth_score!r}")
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
-            raise ConfigError(f"transformer_units samples must be a positive integer, got {self.samples!r}")
+        check_count("transformer_units samples", self.samples)
         super().__post_init__()
 
     def needs(self):

@@ -8,7 +8,7 @@ from prunelab.data import load_data
 from prunelab.data.loader import TensorLoader
 from prunelab.models import build_model
 
-SHARED_MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "MNIST", "raw")
+SHARED_MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "MNIST", "raw")
 
 
 @pytest.mark.parametrize("name,shape,count", [
