@@ -128,10 +128,10 @@ class Pruner:
         """What the method needs handed over before each event: gradient batches, calibration samples."""
         return self.method.requirements()
 
-    def calibrate(self, batches: Iterable, samples: int | None = None, *, device: Any = None,
-                  cache_dtype: Any = None, precision: str = "float32", sequential_targets: Any = None,
-                  distributed: bool | None = None, progress: Callable[[str], None] | None = None,
-                  targets: bool | None = None) -> None:
+    def calibrate(self, batches: Iterable, samples: int | None = None, *, options: calibration.Options | None = None,
+                  device: Any = None, cache_dtype: Any = None, precision: str = "float32",
+                  sequential_targets: Any = None, distributed: bool | None = None,
+                  progress: Callable[[str], None] | None = None, targets: bool | None = None) -> None:
         """Hand over calibration data for the following pruning events of a method that needs it (``pca``,
         ``wanda``, ``sparsegpt``; others ignore it): an iterable of model inputs (a tensor, a tuple of
         positional inputs, a dict of keyword inputs) or of ``(inputs, targets)`` pairs, read here once, so a
@@ -146,8 +146,10 @@ class Pruner:
         ``distributed``: under torchrun each rank takes its share of the samples and the statistics are summed
         across ranks (default whenever torch.distributed is initialised; False: every rank all samples).
         ``progress``: called with one line per block decided (a long calibration says where it is).
+        ``options``: all of these at once, as one :class:`prunelab.calibration.Options` (a recipe's
+        ``prune.calibration`` makes one), instead of the separate keywords.
         """
-        opts = calibration.options(samples, device, cache_dtype, precision, sequential_targets, distributed)
+        opts = calibration.options(samples, device, cache_dtype, precision, sequential_targets, distributed, options)
         request = self.needs.calibration
         self._chunks = calibration.materialise(batches, opts.resolve_samples(request), targets,
                                                self.model.forward) if request else None

@@ -64,8 +64,15 @@ class Options:
 
 
 def options(samples: Any = None, device: Any = None, cache_dtype: Any = None, precision: Any = "float32",
-            sequential_targets: Any = None, distributed: Any = None) -> Options:
-    """:class:`Options` from a caller's arguments, each checked: ConfigError in one sentence on a bad one."""
+            sequential_targets: Any = None, distributed: Any = None, given: Options | None = None) -> Options:
+    """:class:`Options` from a caller's arguments, each checked: ConfigError in one sentence on a bad one.
+    ``given``: an Options made before (a recipe's), returned as it is; then the other arguments must be unset."""
+    if given is not None:
+        if (samples, device, cache_dtype, sequential_targets, distributed) != (None,) * 5 or precision != "float32":
+            raise ConfigError("calibration takes options=Options(...) or the separate keywords, not both")
+        if not isinstance(given, Options):
+            raise ConfigError(f"calibration options are a prunelab.calibration.Options, got {type(given).__name__}")
+        return given
     if samples is not None:
         check_count("calibration samples", samples)
     if precision not in PRECISIONS:

@@ -73,13 +73,24 @@ class CalibrationConfig(_Strict):
     """Calibration data of calibrated methods (pca, wanda, sparsegpt): the first ``samples`` training inputs (in
     the training order at that point; default: the method's own count), in batches of ``batch_size`` (default:
     the training batch size); ``precision`` of norms, Gram matrices and SparseGPT's solve; ``cache_dtype`` of the
-    cached block inputs; ``sequential_targets`` globs naming the blocks (default: found)."""
+    cached block inputs; ``sequential_targets`` globs naming the blocks (default: found); ``device`` where blocks
+    compute, the model staying where it is (default: the model's device); ``distributed`` whether ranks under
+    torchrun share the samples (default: whenever torch.distributed is initialised)."""
 
     samples: int | None = Field(None, ge=1, le=10 ** 9)
     batch_size: int | None = Field(None, ge=1)
     precision: Literal["float32", "float64"] = "float32"
     cache_dtype: Literal["float32", "float16", "bfloat16"] | None = None
     sequential_targets: list[str] | None = Field(None, min_length=1)
+    device: str | None = None
+    distributed: bool | None = None
+
+    def options(self):
+        """The one :class:`prunelab.calibration.Options` these settings make (each checked there)."""
+        from ..calibration.request import options
+
+        return options(self.samples, self.device, self.cache_dtype, self.precision, self.sequential_targets,
+                       self.distributed)
 
 
 class DistillConfig(_Strict):

@@ -212,9 +212,8 @@ def prepare_event(ctx: RunContext, model, pruner: Pruner) -> None:
     needs = pruner.needs
     if needs.calibration is not None:
         cal = ctx.recipe.prune.calibration
-        opts = {} if cal is None else {"samples": cal.samples, "precision": cal.precision,
-                                       "cache_dtype": cal.cache_dtype, "sequential_targets": cal.sequential_targets}
-        pruner.calibrate(ctx.calibration_batches(), progress=ctx.log, targets=True, **opts)  # data sets yield pairs
+        pruner.calibrate(ctx.calibration_batches(), options=None if cal is None else cal.options(), progress=ctx.log,
+                         targets=True)  # data sets yield pairs
     if not needs.gradient_batches:
         return
     model.train()
