@@ -17,7 +17,9 @@ from .probe import probe_groups
 from .recurrent import RecurrentLayer
 from .transformer import transformer_units
 
-# {architecture key: (groups, norm_after, recurrent)} of the architectures this process traced, most recent last
+# {architecture key: (groups, norm_after, recurrent)} of the architectures this process traced, most recent last.
+# Why process-wide: every stage of a run builds its own Pruner on a fresh model (round k, the summary), and a trace
+# plus its probe is most of a channel method's set-up. Passing the structure from stage to stage would retire it.
 _TRACED: dict[str, tuple[list[ChannelGroup], dict[str, str], list[RecurrentLayer]]] = {}
 
 
