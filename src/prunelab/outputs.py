@@ -72,18 +72,110 @@ def check_replaceable(path: str | Path) -> None:
                           "written; choose another path")
 
 
+def _check_not_inside(path: Path) -> None:
+    owner = owner_of(path)
+    if owner is not None:
+        raise OutputError(f"{path} is inside {owner}, which prunelab wrote (a run or an output folder) and keeps "
+                          "its own records in; choose a path outside it")
+
+
 def check_output_file(path: str | Path, force: bool) -> Path:
     """The checks of a user-named output file: absent, or a regular file and ``force``."""
     path = Path(path)
     check_replaceable(path)
+    _check_not_inside(path)
     if path.exists() and not force:
         raise OutputError(f"{path} already exists; add --force to replace it")
     return path
 
 
+#: The largest manifest prunelab reads (one line per file of an output folder).
+_MAX_MANIFEST_BYTES = 4 << 20
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def _walk(folder: Path):
+    """(relative name, lstat) of everything under ``folder`` but the manifest, links not followed."""
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in sorted(dirs) + sorted(files):
+            full = Path(root) / name
+            rel = full.relative_to(folder).as_posix()
+            if rel != MARKER:
+                yield rel, full, os.lstat(full)
+
+
+def _manifest(folder: Path) -> dict | None:
+    """The file table of ``folder``'s marker, or None when there is no readable one (absent, a link, not a
+    regular file, oversized, not prunelab's JSON)."""
+    marker = folder / MARKER
+    try:
+        st = os.lstat(marker)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_MANIFEST_BYTES:
+            return None
+        record = json.loads(marker.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    files = record.get("files") if isinstance(record, dict) and record.get("written_by") == "prunelab" else None
+    if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+        return None
+    return files
+
+
+def not_owned(folder: str | Path, limit: int = 3) -> list[str]:
+    """What in ``folder`` prunelab cannot prove it wrote (empty when the whole folder is its output).
+
+    Proof is the manifest in the :data:`MARKER` file: every regular file under the folder must be listed
+    there with the same size and SHA-256 (a file the user added or edited is not prunelab's; a listed file
+    the user deleted is no obstacle). A folder without a readable manifest, a marker that is a link, and
+    anything that is neither a folder nor a regular file (a link, a device) fail the proof. At most
+    ``limit`` problems are returned (the refusal names them)."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        return [f"{folder} is not a folder"]
+    files = _manifest(folder)
+    if files is None:
+        return [f"no readable {MARKER} manifest"]
+    problems = []
+    for rel, full, st in _walk(folder):
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        entry = files.get(rel)
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(f"{rel} ({_kind(st)})")
+        elif entry is None:
+            problems.append(f"{rel} (not written by prunelab)")
+        elif entry.get("bytes") != st.st_size or entry.get("sha256") != _digest(full):
+            problems.append(f"{rel} (changed since prunelab wrote it)")
+        if len(problems) >= limit:
+            break
+    return problems
+
+
 def is_owned(folder: str | Path) -> bool:
-    """A folder prunelab wrote as an output: it holds the :data:`MARKER` file."""
-    return (Path(folder) / MARKER).is_file() and not Path(folder).is_symlink()
+    """A folder prunelab wrote as an output, unchanged since: see :func:`not_owned`."""
+    return not not_owned(folder, limit=1)
+
+
+def owner_of(path: str | Path) -> Path | None:
+    """The run folder or prunelab output folder that holds ``path`` (its nearest such parent), or None.
+
+    A run folder holds its ``recipe.yaml`` and ``stages/``; an output folder holds the :data:`MARKER`. A path
+    inside one is prunelab's bookkeeping, which a user-named output never replaces (``--out RUN/summary.json``
+    would overwrite the run's own record)."""
+    path = Path(os.path.abspath(path))
+    for parent in path.parents:
+        if (parent / MARKER).exists() or ((parent / "recipe.yaml").is_file() and (parent / "stages").is_dir()):
+            return parent
+    return None
 
 
 def prepare_folder(path: str | Path, force: bool, empty_ok: bool = True) -> Path:
@@ -101,17 +193,29 @@ def prepare_folder(path: str | Path, force: bool, empty_ok: bool = True) -> Path
         raise OutputError(f"{path} is {what}, where a folder is written; choose another path")
     if empty_ok and not any(path.iterdir()):
         return path
-    if not is_owned(path):
-        raise OutputError(f"{path} is a folder with files that prunelab did not write (no {MARKER} in it); "
-                          "prunelab never replaces a user's folder: choose a new or empty one")
+    problems = not_owned(path)
+    if problems:
+        raise OutputError(f"{path} is a folder prunelab cannot prove it wrote ({'; '.join(problems)}); prunelab "
+                          "never replaces a user's folder: choose a new or empty one")
     if not force:
         raise OutputError(f"{path} holds an earlier prunelab output; add --force to replace it")
     return path
 
 
+def check_output_folder(path: str | Path, force: bool) -> Path:
+    """The checks of a user-named output folder: not inside a run or output folder, then :func:`prepare_folder`."""
+    _check_not_inside(Path(path))
+    return prepare_folder(path, force)
+
+
 def mark(folder: str | Path, what: str) -> None:
-    """Write the :data:`MARKER` into a folder prunelab made (saying what it holds)."""
-    atomic_write_text(Path(folder) / MARKER, json.dumps({"written_by": "prunelab", "holds": what}) + "\n")
+    """Write the :data:`MARKER` manifest into a folder prunelab made: what it holds and, for every file in it,
+    its size and SHA-256 (the proof :func:`not_owned` checks before the folder may be replaced)."""
+    folder = Path(folder)
+    files = {rel: {"bytes": st.st_size, "sha256": _digest(full)}
+             for rel, full, st in _walk(folder) if stat.S_ISREG(st.st_mode)}
+    record = {"written_by": "prunelab", "holds": what, "files": files}
+    atomic_write_text(folder / MARKER, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 def temp_folder_beside(path: str | Path) -> Path:

@@ -110,9 +110,16 @@ def test_a_hugging_face_folder_is_replaced_only_if_prunelab_wrote_it(tmp_path):
     assert (out / MARKER).is_file() and (out / "config.json").is_file()
     with pytest.raises(OutputError, match="add --force"):
         save_pretrained(model, out)
-    (out / "extra.txt").write_text("x")
-    save_pretrained(model, out, force=True)  # ours: replaced whole
-    assert not (out / "extra.txt").exists() and (out / "config.json").is_file()
+    old = os.umask(0o022)
+    try:
+        save_pretrained(model, out, force=True)  # ours and unchanged: replaced whole
+    finally:
+        os.umask(old)
+    assert {f.stat().st_mode & 0o777 for f in out.iterdir()} == {0o644}  # the weights file too (not 0600)
+    (out / "extra.txt").write_text("x")  # the user's file in it: the folder is no longer provably prunelab's
+    with pytest.raises(OutputError, match=r"extra.txt \(not written by prunelab\)"):
+        save_pretrained(model, out, force=True)
+    assert (out / "extra.txt").read_text() == "x"
     (tmp_path / "users").mkdir()
     (tmp_path / "users" / "a").write_text("a")
     with pytest.raises(OutputError, match="never replaces a user's folder"):
@@ -145,10 +152,73 @@ def test_a_full_disk_is_one_sentence_and_leaves_nothing_behind(run, tmp_path, ca
         _refused(["export", str(run), "--format", "dense", "--out", str(mnt / "m.safetensors")], capsys,
                  "No space left on device")
         _refused(["compare", str(run), "--out", str(mnt / "report")], capsys, "No space left on device")
-        assert sorted(p.name for p in mnt.iterdir()) in (["keep.txt"], ["keep.txt", "report"])
+        assert sorted(p.name for p in mnt.iterdir()) == ["keep.txt"]  # compare writes beside, then moves in
         assert not [p for p in mnt.rglob("*") if p.is_file() and p.stat().st_size == 0]  # no empty figure
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("forge", ["old marker", "manifest", "link", "edited"])
+def test_a_forged_or_stale_marker_never_lets_force_empty_a_folder(run, user, capsys, forge):
+    """Ownership is proven by the manifest's digests, not by a file anyone can write (or link)."""
+    import json
+
+    from prunelab.outputs import MARKER
+
+    mine = user / "mine"
+    if forge == "old marker":
+        (mine / MARKER).write_text(json.dumps({"written_by": "prunelab", "holds": "x"}))
+    elif forge == "manifest":
+        (mine / MARKER).write_text(json.dumps({"written_by": "prunelab", "holds": "x", "files": {}}))
+    elif forge == "link":
+        (mine / MARKER).symlink_to(user / "target.txt")
+    else:  # a real prunelab output the user then wrote into
+        assert main(["compare", str(run), "--out", str(mine / "report")]) == 0
+        mine = mine / "report"
+        (mine / "rethinking.md").write_text("my edits")
+    before = _snapshot(user)
+    needle = "rethinking.md (changed since prunelab wrote it)" if forge == "edited" else "never replaces a user's"
+    for fmt in ("hf", "compare"):
+        argv = (["export", str(run), "--format", "hf"] if fmt == "hf" else ["compare", str(run)])
+        _refused([*argv, "--out", str(mine), "--force"], capsys, needle if fmt == "compare" else "")
+    assert _snapshot(user) == before
+
+
+@pytest.mark.parametrize("where", ["summary.json", "stages/x.bin", "export/model.safetensors/inner"])
+def test_an_output_inside_a_run_folder_is_refused(run, capsys, where):
+    before = _snapshot(run)
+    _refused(["export", str(run), "--format", "dense", "--out", str(run / where), "--force"], capsys,
+             "which prunelab wrote (a run or an output folder)")
+    assert _snapshot(run) == before
+
+
+def test_an_interrupted_compare_leaves_nothing_and_a_hf_write_error_is_an_os_error(run, tmp_path, monkeypatch,
+                                                                                  capsys):
+    import prunelab.experiment.mask_report as mask_report
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mask_report, "mask_report", interrupted)
+    assert main(["compare", str(run), "--out", str(tmp_path / "report")]) == 130
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert main(["compare", str(run), "--out", str(tmp_path / "report")]) == 0  # not refused afterwards
+
+    transformers = pytest.importorskip("transformers")
+    from prunelab.models.hf import save_pretrained
+
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16,
+                                                                 n_positions=8))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(OSError) as err:
+            save_pretrained(model, tmp_path / "hf")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert err.value.errno == 27 and "hf" in str(err.value.filename)  # EFBIG: the CLI says it in one sentence
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
 
 @pytest.mark.parametrize("name", ["../../outside", "/abs/elsewhere", "two\nlines", "x" * 300, ".."])

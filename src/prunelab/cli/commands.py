@@ -164,26 +164,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..experiment.compare import compare_runs, heading, table_lines, write_table
 
     if args.out:  # refused before any work: a file, a link, a user's folder, or an earlier output without --force
-        from ..outputs import prepare_folder
+        from ..outputs import check_output_folder
 
-        prepare_folder(args.out, args.force)
+        check_output_folder(args.out, args.force)
     rows = compare_runs(args.run_dirs)
     lines, _ = table_lines(rows)
     print(heading(rows) + "\n")
     print("\n".join(lines))
-    if args.out:
+    if args.out:  # written in a folder beside, then moved into place: an interrupted compare leaves nothing
         from ..experiment.mask_report import mask_report
+        from ..outputs import install_folder, temp_folder_beside
 
-        from ..outputs import mark
+        out, tmp = Path(args.out), temp_folder_beside(args.out)
+        try:
+            written = [out / Path(p).relative_to(tmp) for p in write_table(rows, tmp)]
+            sim = mask_report(args.run_dirs, tmp)
+        except BaseException:
+            import shutil
 
-        for path in write_table(rows, args.out):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        install_folder(tmp, out, "the tables and figures of prunelab compare", args.force)
+        for path in written:
             print(f"wrote {path}")
-        sim = mask_report(args.run_dirs, args.out)
-        mark(args.out, "the tables and figures of prunelab compare")
         if sim:
             print("\nJaccard similarity of final masks (mean over pairs of runs), against random masks:\n")
             print("\n".join(sim))
-            print(f"\nwrote jaccard, similarity, accuracy, structure and stability tables and figures to {args.out}")
+            print(f"\nwrote jaccard, similarity, accuracy, structure and stability tables and figures to {out}")
     return 0
 
 

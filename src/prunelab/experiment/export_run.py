@@ -58,12 +58,12 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
     """Write the artifact ``fmt`` of the run (default path: RUN_DIR/export/model.FMT..., which a new export
     replaces); returns its path. An ``out`` that exists is replaced only with ``force``, and only if it is a
     regular file (a folder for ``hf``: one prunelab wrote); see :mod:`prunelab.outputs`."""
-    from ..outputs import check_output_file, prepare_folder
+    from ..outputs import check_output_file, check_output_folder
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     if out is not None:  # refused before any work
-        (prepare_folder if fmt == "hf" else check_output_file)(out, force)
+        (check_output_folder if fmt == "hf" else check_output_file)(out, force)
     ctx, model, masks = _open_run(run_dir, data_root)
     path = Path(out) if out else ctx.paths.export(fmt)
     force = force or out is None  # the run's own export folder is prunelab's: a new export replaces it

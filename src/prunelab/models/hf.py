@@ -81,14 +81,24 @@ def save_pretrained(model: nn.Module, folder: str | Path, force: bool = False) -
     """``model.save_pretrained(folder)`` (safetensors), written into a new folder beside ``folder`` and moved
     into place, so an interrupted export never leaves a half-written model folder. An existing ``folder`` is
     replaced only if prunelab wrote it and ``force`` (see :mod:`prunelab.outputs`); a user's folder never is."""
-    from ..outputs import install_folder, prepare_folder, temp_folder_beside
+    from ..outputs import error_from_safetensors, install_folder, prepare_folder, temp_folder_beside, user_mode
 
     if not hasattr(model, "save_pretrained"):
         raise ConfigError("this run's model is not a Hugging Face model: export it as dense, sparse or onnx")
     prepare_folder(folder, force)  # before the work: refuse early
     tmp = temp_folder_beside(folder)
     try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        try:
+            model.save_pretrained(str(tmp), safe_serialization=True)
+        except (OSError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # safetensors reports a full disk or a file-size limit as its own error type
+            os_error = error_from_safetensors(exc, Path(folder) / "model.safetensors")
+            if os_error is None:
+                raise
+            raise os_error from None
+        for f in tmp.rglob("*"):  # safetensors makes its file private (0600); an export is meant to be shared
+            user_mode(f, folder=f.is_dir())
     except BaseException:
         import shutil
 
