@@ -33,6 +33,22 @@ def zero_pruned(t: Tensor, mask: Tensor, slice_len: int = 1 << 18) -> None:
         torch.where(flat_m[start:start + slice_len], part, zero, out=part)
 
 
+def as_keep_mask(name: str, mask: Tensor, shape: torch.Size | None = None) -> Tensor:
+    """``mask`` as a boolean keep-mask of ``shape`` (its parameter's): booleans as they are; numbers only when
+    every one is 0 or 1 (a float mask of scores or probabilities cast to bool would keep every nonzero entry);
+    ConfigError otherwise."""
+    if not isinstance(mask, Tensor):
+        raise ConfigError(f"mask {name!r} is a {type(mask).__name__}, not a tensor")
+    if shape is not None and mask.shape != shape:
+        raise ConfigError(f"mask {name!r} has shape {tuple(mask.shape)}, parameter {tuple(shape)}")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+        raise ConfigError(f"mask {name!r} ({mask.dtype}) holds values other than 0 and 1; a keep-mask is boolean "
+                          "(True: kept): threshold scores yourself, e.g. scores > t")
+    return mask != 0
+
+
 def keep_multiplier(p: Tensor, mask: Tensor) -> Tensor:
     """What :meth:`Pruner.enforce` keeps per target: the mask in the parameter's dtype where a product is
     exact and fastest (float32/64 on the CPU), else the boolean mask itself (see :func:`keep_only`)."""

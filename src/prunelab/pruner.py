@@ -32,7 +32,7 @@ from .engine.criteria import Context, Needs
 from .inputs import Inputs
 from .limits import MAX_SEED
 from .errors import CheckpointError, ConfigError
-from .masks import Masks, keep_multiplier, keep_only, zero_pruned
+from .masks import Masks, as_keep_mask, keep_multiplier, keep_only, zero_pruned
 from .methods import Method, build_method
 from .methods.base import PruneView
 from .registry import check_fraction
@@ -338,10 +338,7 @@ class Pruner:
         """Install masks (e.g. from a checkpoint); names and shapes must match the prunable parameters."""
         if list(masks) != list(self.params):
             raise ConfigError("the masks name other parameters than this pruner's targets")
-        for n, p in self.params.items():
-            if masks[n].shape != p.shape:
-                raise ConfigError(f"mask {n!r} has shape {tuple(masks[n].shape)}, parameter {tuple(p.shape)}")
-        self.masks = Masks({n: masks[n].to(p.device) for n, p in self.params.items()})
+        self.masks = Masks({n: as_keep_mask(n, masks[n], p.shape).to(p.device) for n, p in self.params.items()})
         self._refresh()
         self._zero_pruned(optimizer)
 

@@ -130,10 +130,13 @@ def check_fraction(name: str, value: float, *, allow_one: bool = False) -> float
     return value
 
 
-def check_count(name: str, value: int, low: int = 1, why: str = "") -> int:
-    """Validate a count (samples, batches, rounds, a window ...): an int, not a bool, at least ``low``; ConfigError
-    in one sentence otherwise (``why`` says what the count is, after the bound). The one check of its kind."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+def check_count(name: str, value: int, low: int = 1, why: str = "", high: int | None = None) -> int:
+    """Validate a count (samples, batches, rounds, a window ...): an int, not a bool, at least ``low`` (and at
+    most ``high`` when given); ConfigError in one sentence otherwise (``why`` says what the count is, after the
+    bound). The one check of its kind."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
         kind = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+        if high is not None:
+            kind += f" at most {high:,}"
         raise ConfigError(f"{name} must be {kind}{f' ({why})' if why else ''}, got {value!r}")
     return value

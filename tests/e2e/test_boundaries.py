@@ -302,3 +302,8 @@ def test_import_and_help_do_not_import_torch():
             "print(sorted(m for m in ('torch', 'torch_pruning', 'transformers', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+    code = ("import sys, contextlib, io, prunelab.cli; f = io.StringIO(); r = contextlib.redirect_stdout(f); "
+            "r.__enter__(); prunelab.cli.main(['recipes']); r.__exit__(None, None, None); "
+            "print('quickstart' in f.getvalue(), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True False"  # the list of recipes does not wait 2 s for torch

@@ -195,12 +195,22 @@ def test_api_arguments_are_one_sentence(tmp_path):
         shrink(model, other, torch.zeros(1, 4))
 
 
-def test_set_threads_picks_one_thread_for_small_work_and_honours_a_count():
+def test_set_threads_picks_one_thread_for_small_work_and_honours_a_count(monkeypatch):
+    from prunelab.errors import ConfigError
+
     before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the policy is what is tested; the variable would rule
     try:
         n, why = prunelab.set_threads(nn.Linear(64, 64), input_shape=(64,), batch_size=32)
         assert n == 1 == torch.get_num_threads() and "small work" in why
         assert prunelab.set_threads(threads=2) == (2, "as asked") and torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert prunelab.set_threads(nn.Linear(64, 64), input_shape=(64,)) == (2, "OMP_NUM_THREADS is set")
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        for shape, batch, needle in [((-3,), 1, "positive integers"), ((10 ** 6, 10 ** 6), 1, "pass threads=N"),
+                                     ((64,), 0, "batch_size must be a positive integer"), ((), 1, "positive")]:
+            with pytest.raises(ConfigError, match=needle):
+                prunelab.set_threads(nn.Linear(64, 64), input_shape=shape, batch_size=batch)
     finally:
         torch.set_num_threads(before)
 

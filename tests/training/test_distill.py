@@ -159,7 +159,7 @@ def test_a_recipe_recovers_by_distillation(tmp_path, capsys):
 
     lines, shown = table_lines(compare_runs([run]))  # the Rethinking table in perplexity
     assert shown == ["Unpruned", "Fine-tuned", "Scratch-E", "Scratch-B", "Lottery reset"]
-    assert f"{scratch['test_ppl']:.2f} +- 0.00" in lines[2]
+    assert f"| {scratch['test_ppl']:.2f} |" in lines[2]
     lottery = summary["controls"]["lottery_reset"]  # the shrunk architecture from the run's own initial weights
     assert lottery["tokens"] == 2048 and 1 < lottery["test_ppl"] < 256
     ratio = longer["flops_full"] / longer["flops_pruned"]  # Scratch-B: tokens x the FLOP ratio, whole steps

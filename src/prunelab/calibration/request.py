@@ -105,4 +105,7 @@ def check_device(device: Any) -> torch.device:
     except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise ConfigError(f"calibration device {device!r} is not available here ({reason})") from None
+    if dev.type == "meta":  # holds shapes, no values: every statistic would be empty and every score equal
+        raise ConfigError("calibration device 'meta' holds no values, so nothing can be measured on it; use "
+                          "'cpu' or an accelerator")
     return dev

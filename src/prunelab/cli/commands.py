@@ -74,12 +74,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from ..experiment import builtin_recipes
-    from ..experiment.yaml_input import read_yaml_file
+    # read here rather than through prunelab.experiment, which imports torch (2 s for a list of names); the
+    # packaged recipes are prunelab's own files, so a plain safe_load serves
+    from importlib import resources
 
-    for name, path in sorted(builtin_recipes().items()):
-        desc = (read_yaml_file(path) or {}).get("description", "")
-        print(f"{name:34s} {desc}")
+    import yaml
+
+    folder = resources.files("prunelab") / "recipes"
+    for path in sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name):
+        desc = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description", "")
+        print(f"{path.name.removesuffix('.yaml'):34s} {desc}")
     return 0
 
 

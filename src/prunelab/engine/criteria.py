@@ -289,8 +289,11 @@ class RIA(_Calibrated):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not (isinstance(self.a, (int, float)) and math.isfinite(self.a) and self.a >= 0):
-            raise ConfigError(f"ria a must be a number >= 0, got {self.a!r}")
+        # the authors search a in [0, 1]; beyond 4 the factor ||X_j||^a overflows float32 for norms above 1e10
+        # (and already decides the order alone), so a larger exponent is a typo, not a setting
+        if not (isinstance(self.a, (int, float)) and not isinstance(self.a, bool) and math.isfinite(self.a)
+                and 0 <= self.a <= 4):
+            raise ConfigError(f"ria a must be a number from 0 to 4 (the authors use 0.5), got {self.a!r}")
 
     def scores(self, params, ctx):
         def ria(w, norms):

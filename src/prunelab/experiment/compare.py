@@ -48,12 +48,14 @@ def _setting(run_dir: Path) -> tuple[str, str]:
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    """``"mean +- std"`` of ``values x scale`` (sample std; 0 for one value; "-" for none)."""
+    """``"mean +- std"`` of ``values x scale`` (sample std); one value alone (one seed has no spread, and
+    "+- 0.00" would claim one); "-" for none."""
     if not values:
         return "-"
     m = statistics.mean(values) * scale
-    sd = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{m:.{digits}f} +- {sd:.{digits}f}"
+    if len(values) == 1:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} +- {statistics.stdev(values) * scale:.{digits}f}"
 
 
 def compare_runs(run_dirs: list[str | Path]) -> list[dict]:

@@ -30,6 +30,18 @@ from .schema import Recipe, load_recipe
 SCRATCH_SEED = 10_007  # added to the run's seed: a fresh init, different from the one the large model had
 
 
+class EpochLine:
+    """A trainer hook writing one line per finished epoch (what the progress bar shows, for a log file)."""
+
+    def __init__(self, log) -> None:
+        self.log = log
+
+    def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None:
+        parts = [f"{k.removeprefix('test_')} {v:.4g}" for k, v in metrics.items()
+                 if k in ("train_loss", "test_acc", "test_ppl", "test_loss", "sparsity") and isinstance(v, float)]
+        self.log(f"stage {metrics['stage']}: epoch {metrics['epoch']} in {metrics['seconds']:.1f}s, " + ", ".join(parts))
+
+
 class RunContext:
     """One run's shared resources. Only rank 0 logs and writes (``main``); data is loaded on first use.
 
@@ -226,6 +238,8 @@ class RunContext:
             if pruner is not None:
                 hooks = list(hooks or []) + [MaskSync(pruner, stage)]
         metrics = self.paths.stage_metrics(stage) if self.main else None
+        if not self.progress and self.main:  # no bar (a pipe, a log file, --no-progress): a line per epoch instead
+            hooks = list(hooks or []) + [EpochLine(self.log)]
         return Trainer(net, opt, cfg, self.data.train, self.data.test, pruner=pruner, metrics_path=metrics,
                        progress=self.progress, device=self.recipe.device, stage=stage, hooks=hooks,
                        task=self.data.task, loss_fn=loss_fn, world=self.dist.world)

@@ -47,6 +47,10 @@ def max_context(model: nn.Module) -> int | None:
     return None
 
 
+#: The most context lengths one ``prunelab eval`` measures.
+MAX_LENGTHS = 32
+
+
 def perplexity_at(models: dict[str, nn.Module], loader, lengths: list[int], device: str = "cpu",
                   batch_size: int = 16) -> dict[str, dict[str, float]]:
     """{str(L): {name: held-out perplexity}} of each model at each context length ``L`` (see the module
@@ -55,15 +59,21 @@ def perplexity_at(models: dict[str, nn.Module], loader, lengths: list[int], devi
     from ..data.text import windows
     from ..training import evaluate
 
-    stream = stream_of(loader)
-    out: dict[str, dict[str, float]] = {}
-    for n in lengths:
+    if not 1 <= len(lengths) <= MAX_LENGTHS:
+        raise ConfigError(f"give 1 to {MAX_LENGTHS} context lengths (each is a pass over the held-out text), "
+                          f"got {len(lengths)}")
+    if len(set(lengths)) != len(lengths):
+        raise ConfigError(f"context lengths repeat: {', '.join(str(n) for n in lengths)}")
+    for n in lengths:  # every length checked before the first pass
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ConfigError(f"a context length is a whole number of tokens >= 1, got {n!r}")
         for name, m in models.items():
             limit = max_context(m)
             if limit is not None and n > limit:
                 raise ConfigError(f"context length {n} is longer than the {limit} positions the {name} model has")
+    stream = stream_of(loader)
+    out: dict[str, dict[str, float]] = {}
+    for n in lengths:
         x, y = windows(stream, n)
         held = TensorLoader(x, y, batch_size)
         out[str(n)] = {name: evaluate(m, held, device, "causal_lm")["ppl"] for name, m in models.items()}

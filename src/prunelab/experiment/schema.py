@@ -255,4 +255,10 @@ def load_recipe(source: str | None, overrides: list[str] = ()) -> Recipe:
     raw.setdefault("name", path.stem)
     for item in overrides:
         apply_override(raw, item)
-    return _validate(Recipe, raw)
+    recipe = _validate(Recipe, raw)
+    prune = recipe.prune
+    if prune is not None and prune.distill is not None and not (
+            recipe.retrain_config().trains or recipe.retrain_config(final=True).trains):
+        raise ConfigError("recipe key prune.distill: distillation is the loss of retraining, and no stage retrains "
+                          "(prune.retrain.epochs and prune.final_epochs are 0); set one, or remove prune.distill")
+    return recipe

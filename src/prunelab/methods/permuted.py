@@ -31,6 +31,10 @@ def permuted_decision(method, view, ctx):
     params = {n: view.params[n].detach() for n in names}
     scores = method.criterion_.scores(params, ctx)
     fam = family_of(view.model)
+    if fam is None:  # refused at the first group, before any weight is written; otherwise plain N:M, silently
+        raise ConfigError(f"permute: {gran.permute} moves the MLP channels of a transformer of a known layout "
+                          f"(the only channels whose producers can move with them); {type(view.model).__name__} "
+                          "has none: drop permute for plain N:M")
     groups = []
     if fam is not None:
         try:

@@ -31,6 +31,26 @@ def for_work(macs: float) -> tuple[int | None, str]:
     return None, f"{macs / 1e9:,.1f}G multiply-accumulates per batch: torch's default"
 
 
+#: The most values one sample may hold for the thread policy's one trial pass (a 4096x4096 image in 3 channels).
+MAX_SAMPLE_VALUES = 3 * 4096 * 4096
+
+
+def _check_work(input_shape, batch_size) -> None:
+    """ConfigError unless the shape is positive integers of a sample prunelab could hold and the batch positive."""
+    from ..registry import check_count
+
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+    if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+        raise ConfigError(f"input_shape must be a tuple of positive integers (one sample), got {input_shape!r}")
+    values = 1
+    for d in shape:
+        values *= d
+    if values > MAX_SAMPLE_VALUES:
+        raise ConfigError(f"input_shape {shape} holds {values:,} values per sample, more than any input the "
+                          f"thread policy measures ({MAX_SAMPLE_VALUES:,}); pass threads=N instead")
+    check_count("batch_size", batch_size, high=1 << 20)
+
+
 def set_threads(model: nn.Module | None = None, input_shape: tuple[int, ...] | None = None, batch_size: int = 1,
                 threads: int | None = None, dtype: torch.dtype = torch.float32) -> tuple[int, str]:
     """Set torch's intra-op thread count for work on ``model`` (inputs of ``input_shape`` per sample, in batches
@@ -45,6 +65,7 @@ def set_threads(model: nn.Module | None = None, input_shape: tuple[int, ...] | N
         return torch.get_num_threads(), "OMP_NUM_THREADS is set"
     if model is None or input_shape is None:
         raise ConfigError("set_threads needs the model and its input_shape (or threads=N)")
+    _check_work(input_shape, batch_size)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if device.type != "cpu":
         return torch.get_num_threads(), f"the model runs on {device}"
