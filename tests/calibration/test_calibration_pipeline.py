@@ -290,6 +290,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.subprocess
 def test_two_gloo_ranks_with_half_the_samples_each_decide_the_masks_of_one_process(tmp_path):
     import os
     import subprocess

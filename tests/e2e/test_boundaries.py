@@ -142,6 +142,7 @@ def test_a_file_size_limit_is_one_sentence_and_leaves_no_partial_file(run, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.subprocess
 def test_a_full_disk_is_one_sentence_and_leaves_nothing_behind(run, tmp_path, capsys):
     mnt = tmp_path / "small"
     mnt.mkdir()
@@ -297,6 +298,7 @@ def test_command_flags_out_of_range_are_one_sentence(run, tmp_path, capsys, argv
     assert _snapshot(run) == before
 
 
+@pytest.mark.subprocess
 def test_import_and_help_do_not_import_torch():
     code = ("import sys, prunelab, prunelab.cli; prunelab.cli.build_parser().format_help(); "
             "print(sorted(m for m in ('torch', 'torch_pruning', 'transformers', 'matplotlib') if m in sys.modules))")

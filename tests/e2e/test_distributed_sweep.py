@@ -22,6 +22,7 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("method", ["{name: drop_pruning, p_out: 0.9}", "{name: magnitude, allocation: global}",
                                     "{name: sparsegpt, samples: 64}"])  # calibrated: the same data on both ranks
+@pytest.mark.subprocess
 def test_two_gloo_processes_hold_identical_masks_and_rank0_writes(tmp_path, method):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", "-m", "prunelab", "run", "quickstart", f"prune.method={method}", *TINY,

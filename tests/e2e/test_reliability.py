@@ -23,6 +23,7 @@ def _cli(runs: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "prunelab", "run", *TINY, "--runs-dir", str(runs), "--no-progress", *extra]
 
 
+@pytest.mark.subprocess
 def test_killed_at_random_moments_a_run_resumes_to_the_same_bytes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t0 = time.time()
@@ -54,6 +55,7 @@ def test_killed_at_random_moments_a_run_resumes_to_the_same_bytes(tmp_path):
     assert got == artifacts(ref)
 
 
+@pytest.mark.subprocess
 def test_interrupted_run_says_one_line_exits_130_and_resumes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     argv = _cli(tmp_path, "train.epochs=150")
@@ -74,6 +76,7 @@ def test_interrupted_run_says_one_line_exits_130_and_resumes(tmp_path):
     assert subprocess.run(argv, capture_output=True, env=env).returncode == 0
 
 
+@pytest.mark.subprocess
 def test_one_process_per_run_folder_and_a_dead_holder_is_no_obstacle(tmp_path):
     recipe = load_recipe("quickstart", TINY)
     run = tmp_path / "run"
@@ -120,6 +123,7 @@ def test_a_full_or_read_only_runs_folder_is_one_sentence_and_loses_nothing(tmp_p
     assert main(["run", *TINY, "--runs-dir", str(runs), "--no-progress"]) == 0
 
 
+@pytest.mark.subprocess
 def test_two_runs_sharing_a_dense_training_take_turns(tmp_path):
     """Started together, two recipes that differ only in pruning: one trains the dense model, the other waits
     for it and reuses it; both finish."""

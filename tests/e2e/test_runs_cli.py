@@ -130,6 +130,7 @@ def test_corrupt_checkpoint_is_recomputed_or_refused(tmp_path, capsys):
     assert "summary.json was changed after the run wrote it" in _err_line(capsys)
 
 
+@pytest.mark.subprocess
 def test_console_script_error_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "prunelab", "run", "prune.sparsity=2"], capture_output=True,
                           text=True, cwd=tmp_path)

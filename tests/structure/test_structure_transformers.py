@@ -83,6 +83,7 @@ FIELDS = {"mlp": ("intermediate_size", 48), "heads": ("num_key_value_heads", 2),
           ("opt", "mlp"): ("ffn_dim", 48)}
 
 
+@pytest.mark.subprocess
 def test_each_unit_at_half_shrinks_saves_and_loads_without_prunelab(tmp_path):
     expected = {}
     for kind, units in CASES:
