@@ -69,15 +69,24 @@ def byte_stream(files: list[Path], limit: int | None, encode=None) -> Tensor:
     return torch.cat(chunks)[:limit] if chunks else torch.zeros(0, dtype=torch.int64)
 
 
-def tokenizer_encoder(folder: str) -> tuple[Any, int]:
-    """(text -> token ids, vocabulary size) of the tokenizer saved in a local Hugging Face model folder."""
+def load_tokenizer(folder: str) -> Any:
+    """The tokenizer saved in a local Hugging Face folder (no download, no code from the folder run), or one
+    sentence: its files are someone else's data, and transformers' parsers raise KeyError, TypeError and
+    others on malformed ones."""
     from ..models.hf import _transformers
 
     tf = _transformers()
     try:
-        tok = tf.AutoTokenizer.from_pretrained(str(Path(folder).expanduser()), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"no tokenizer could be loaded from {folder}: {str(exc).splitlines()[0][:160]}") from None
+        return tf.AutoTokenizer.from_pretrained(str(Path(folder).expanduser()), local_files_only=True,
+                                                trust_remote_code=False)
+    except Exception as exc:  # KeyboardInterrupt is not an Exception: it still stops the run
+        reason = str(exc).splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"no tokenizer could be loaded from {folder}: {type(exc).__name__} {reason}") from None
+
+
+def tokenizer_encoder(folder: str) -> tuple[Any, int]:
+    """(text -> token ids, vocabulary size) of the tokenizer saved in a local Hugging Face model folder."""
+    tok = load_tokenizer(folder)
     return (lambda text: tok(text, add_special_tokens=False)["input_ids"]), len(tok)
 
 

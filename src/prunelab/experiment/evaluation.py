@@ -94,9 +94,9 @@ def lm_eval_tasks(model: nn.Module, tokenizer_folder: str | None, tasks: list[st
     if tokenizer_folder is None:
         raise ConfigError("lm-eval's tasks are text, and this run's model reads bytes (its recipe has no "
                           "data.tokenizer); evaluate a run trained with a tokenizer, or use --lengths")
-    import transformers
+    from ..data.text import load_tokenizer
 
-    tok = transformers.AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
+    tok = load_tokenizer(tokenizer_folder)
     lm = HFLM(pretrained=model.to(device).eval(), tokenizer=tok, batch_size=batch_size, device=device)
     results = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit)
     return {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

@@ -69,14 +69,37 @@ def load_shrunk(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]
     from ..models import build_model
 
     tensors, manifest = read_tagged_safetensors(path, FORMAT, "shrunk model", "manifest")
-    spec = manifest["model"]
-    model = build_model(spec["name"], tuple(spec["input_shape"]), int(spec["num_classes"]), **spec.get("kwargs", {}))
-    apply_widths(model, manifest["widths"])
+    try:
+        spec = manifest["model"]
+        args = (str(spec["name"]), tuple(int(d) for d in spec["input_shape"]), int(spec["num_classes"]))
+        kwargs, widths = dict(spec.get("kwargs", {})), dict(manifest["widths"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CheckpointError(f"{path} has a width manifest without a readable model (name, input_shape, "
+                              f"num_classes, widths)") from None
+    # The manifest is data from a file: the architecture it names is built on the meta device first (no
+    # memory) and must hold exactly the file's tensors, so a manifest naming a huge model is refused before
+    # a byte of it is allocated.
+    with torch.device("meta"):
+        meta = apply_widths(build_model(*args, **kwargs), widths)
+    _check_shapes(path, {k: tuple(v.shape) for k, v in meta.state_dict().items()},
+                  {k: tuple(v.shape) for k, v in tensors.items()})
+    del meta
+    model = apply_widths(build_model(*args, **kwargs), widths)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not match its width manifest: {str(exc).splitlines()[0]}") from None
     return model.to(device), manifest
+
+
+def _check_shapes(path, expected: dict[str, tuple], found: dict[str, tuple]) -> None:
+    """Refuse a file whose tensors are not exactly the ones its manifest's model holds (one sentence)."""
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    wrong = [k for k in expected if k in found and expected[k] != found[k]]
+    if missing or extra or wrong:
+        what = (f"lacks {missing[0]}" if missing else f"holds {extra[0]}, which its model does not have" if extra
+                else f"holds {wrong[0]} of shape {list(found[wrong[0]])} where its model has {list(expected[wrong[0]])}")
+        raise CheckpointError(f"{path} does not match its width manifest: it {what}")
 
 
 def model_spec(name: str, kwargs: dict[str, Any], input_shape, num_classes: int) -> dict:

@@ -3,11 +3,13 @@
 ``hf:TYPE`` (e.g. ``hf:gpt2``, ``hf:llama``) builds a randomly initialised model of that ``model_type`` from a
 config whose fields are the recipe's ``model.kwargs`` (``vocab_size`` defaults to the data set's vocabulary);
 ``hf:PATH`` (a local folder, absolute or starting with ``.``) loads it with ``local_files_only=True``: nothing is
-ever downloaded. The model is returned as transformers builds it, unwrapped, so its parameter names, its
+ever downloaded, and the folder passes :mod:`.folder`'s checks (config ranges, weights that fill the model,
+safetensors or a pickle of tensors only, no code run) before anything is built. The model is returned as transformers builds it, unwrapped, so its parameter names, its
 ``save_pretrained`` and its tied weights are its own; tasks read its ``logits``.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +54,23 @@ def build_hf(spec: str, vocab_size: int, **kwargs: Any) -> nn.Module:
     """The causal LM of ``spec`` (a model type or a local folder), see the module docstring."""
     tf = _transformers()
     if is_local(spec):
+        from .folder import check_folder, check_loaded
+
         folder = Path(spec).expanduser()
-        if not (folder / "config.json").is_file():
-            raise ConfigError(f"{folder} is not a Hugging Face model folder (no config.json)")
+        check_folder(tf, folder, **kwargs)  # before anything is built
         try:
-            model = tf.AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
-        except (OSError, ValueError) as exc:
+            model, info = tf.AutoModelForCausalLM.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=False, output_loading_info=True, **kwargs)
+        except pickle.UnpicklingError:  # torch.load(weights_only=True) met something other than tensors
+            raise ConfigError(f"{folder}'s PyTorch pickle holds more than weights, so it was not loaded (nothing "
+                              f"in it ran); convert the weights to safetensors") from None
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+            if "ignore_mismatched_sizes" in str(exc):  # its "report above" is not shown at error verbosity
+                given = f" with model.kwargs {', '.join(sorted(kwargs))} applied" if kwargs else ""
+                raise ConfigError(f"the weights in {folder} do not have the shapes its config{given} asks "
+                                  f"for") from None
             raise ConfigError(f"transformers could not load {folder}: {str(exc).splitlines()[0][:200]}") from None
+        check_loaded(folder, info)
     else:
         try:
             unknown = sorted(set(kwargs) - _config_keys(tf, spec))
