@@ -59,7 +59,8 @@ def structure_for(model: nn.Module, params: Mapping[str, Tensor], method, exampl
     if found is None:
         if kinds is not None:
             raise ConfigError(f"units {', '.join(kinds)} are read from the blocks of Hugging Face transformers of a "
-                              f"known layout ({', '.join(sorted(FAMILIES))}); this model is not one: use a channel "
+                              f"known layout ({', '.join(sorted(FAMILIES))}) or LLaMA-shaped ones (q/k/v/o and "
+                              "gate/up/down projections in model.layers); this model is neither: use a channel "
                               "method without units")
         return channel_units(model, example_inputs)
     if not isinstance(method.allocation_, Uniform) and any(g.kind in ("mlp", "heads") for g in found.groups):

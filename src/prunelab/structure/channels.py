@@ -18,7 +18,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PrunelabError
 from ..inputs import Inputs, call, output_layers, shared_layers, tensors
 from .recurrent import (RecurrentLayer, reads_final_state, recurrent_layers, recurrent_modules, stand_in_pruner,
                               swap_in, swap_out)
@@ -99,7 +99,16 @@ class ChannelGraph:
 
         hf = {type(m) for m in self.model.modules() if is_hf_conv1d(m)}
         with trace_budget(self.model):  # minutes on some models, or out of memory: one sentence past the budget
-            self._trace(tp, self.model, example_inputs, hf, self.ignored)
+            try:
+                self._trace(tp, self.model, example_inputs, hf, self.ignored)
+            except (PrunelabError, MemoryError):
+                raise
+            except Exception as exc:  # Torch-Pruning's index mapping on layers it does not know (Mamba-2's
+                # fused in_proj: "Overflow when unpacking long long", Jamba: IndexError): one sentence
+                raise ConfigError(f"Torch-Pruning traced this model, but its channel groups could not be read "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+                                  f"prune it with an unstructured method, or name the layers it stops at in "
+                                  f"ignored_layers") from None
 
     def adopt(self, groups: list[ChannelGroup], norm_after: dict[str, str], recurrent: list[RecurrentLayer]) -> None:
         """Take the groups traced on another model of this architecture (no Torch-Pruning graph: ``dg`` None)."""

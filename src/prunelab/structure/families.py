@@ -51,6 +51,9 @@ class Family:
     # norms): the hidden-size cut scales that eps, which would change them (measured: 1.0e-5 on the logits of
     # a 2-block Qwen3 at half the width), so the cut is refused
     shared_eps: tuple[str, ...] = ()
+    # unit kinds this layout cannot lose exactly, with the reason (a layout read from the modules, :mod:`.recognize`)
+    refused: tuple[tuple[str, str], ...] = ()
+    recognized: bool = False          # read from the modules, not listed in FAMILIES
 
     @property
     def no_hidden(self) -> str | None:
@@ -124,11 +127,14 @@ FAMILIES: dict[str, Family] = {
 
 def family_of(model: nn.Module) -> Family | None:
     """The model's :class:`Family` when it is a Hugging Face model of a known layout with every named module
-    present, else None (the caller falls back to a generic trace)."""
+    present, or of an unlisted type whose blocks are LLaMA-shaped (:func:`.recognize.recognize`), else None
+    (the caller falls back to a generic trace)."""
     config = getattr(model, "config", None)
     fam = FAMILIES.get(getattr(config, "model_type", None))
     if fam is None:
-        return None
+        from .recognize import recognize
+
+        return recognize(model) if config is not None else None
     prefix = getattr(model, "base_model_prefix", "")
     if prefix and not has_module(model, fam.layers) and has_module(model, f"{prefix}.{fam.layers}"):
         fam = _prefixed(fam, prefix + ".")

@@ -139,7 +139,9 @@ def shrink_hf(model: nn.Module, masks: Mapping[str, Tensor], units: TransformerU
     small.eval()
     check_same_outputs(masked, small, example_inputs, atol, lambda diff: (
         f"the smaller {type(small).__name__}'s logits differ from the masked model's by {diff:.3g} (> {atol:g}) "
-        "in float64: the removed units were not all at zero"))
+        "in float64: " + (f"this {units.family.name} block does not compute what its LLaMA-shaped modules suggest "
+                          f"(its layout was read from its modules), so {', '.join(sorted(widths))} cannot be cut "
+                          "exactly" if units.family.recognized else "the removed units were not all at zero")))
     changed = {k: v for k, v in config.to_diff_dict().items()
                if getattr(model.config, k, None) != v and k != "transformers_version"}
     return small, changed

@@ -142,6 +142,8 @@ def build_groups(model: nn.Module, fam: Family, kinds: Sequence[str]) -> list[Un
 
 def why_not(model: nn.Module, fam: Family, kind: str) -> str | None:
     """Why ``model`` (of layout ``fam``) cannot lose units of ``kind`` exactly into its own config (None: it can)."""
+    if kind in dict(fam.refused):
+        return f"a {fam.name} model cannot lose {kind} units exactly: {dict(fam.refused)[kind]}"
     if kind == "mlp" and fam.experts:
         return f"the MLP of a {fam.name} block is its experts, which are not a unit of structure yet"
     if kind == "hidden" and fam.no_hidden:
