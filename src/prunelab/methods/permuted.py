@@ -18,7 +18,7 @@ from ..engine.loop import Selection, select_tensors
 from ..engine.permutation import kept_score, search
 from ..engine.topk import all_true
 from ..errors import ConfigError
-from ..structure.families import family_of
+from ..structure.recognize import family_of
 from ..structure.units import build_groups
 
 

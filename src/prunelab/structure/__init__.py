@@ -16,7 +16,8 @@ same transformers class with a smaller config), both checked by the one float64 
 from __future__ import annotations
 
 from .build import channel_units, structure_for
-from .families import FAMILIES, family_of
+from .families import FAMILIES
+from .recognize import family_of
 from .protocol import Units
 from .transformer import TransformerUnits, transformer_units
 from .units import KINDS

@@ -125,31 +125,6 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def family_of(model: nn.Module) -> Family | None:
-    """The model's :class:`Family` when it is a Hugging Face model of a known layout with every named module
-    present, or of an unlisted type whose blocks are LLaMA-shaped (:func:`.recognize.recognize`), else None
-    (the caller falls back to a generic trace)."""
-    config = getattr(model, "config", None)
-    fam = FAMILIES.get(getattr(config, "model_type", None))
-    if fam is None:
-        from .recognize import recognize
-
-        return recognize(model) if config is not None else None
-    prefix = getattr(model, "base_model_prefix", "")
-    if prefix and not has_module(model, fam.layers) and has_module(model, f"{prefix}.{fam.layers}"):
-        fam = _prefixed(fam, prefix + ".")
-    try:
-        blocks = model.get_submodule(fam.layers)
-        for n in fam.embeds:
-            model.get_submodule(n)
-        for block in blocks:
-            for n in _block_modules(fam):
-                block.get_submodule(n)
-    except (AttributeError, TypeError):
-        return None
-    return fam
-
-
 def has_module(model: nn.Module, name: str) -> bool:
     """Whether ``model`` has a submodule of that dotted name."""
     try:

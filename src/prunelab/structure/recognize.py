@@ -2,6 +2,8 @@
 not name (Granite, OLMo-2/3, SmolLM3, Cohere2, EXAONE-4, Ernie-4.5, Helium, SEED-OSS and the rest of 2026's
 LLaMA-shaped decoders).
 
+:func:`family_of` answers which layout a model has: its entry in FAMILIES, else the one read here.
+
 A model is LLaMA-shaped when its config states ``hidden_size``, ``intermediate_size``, ``num_attention_heads`` and
 ``num_hidden_layers``, ``model.layers`` holds that many blocks, and every block has ``self_attn.{q,k,v,o}_proj`` and
 ``mlp.{gate,up,down}_proj`` as ``nn.Linear``. What each unit kind needs is then checked from the modules, and a
@@ -27,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .families import _LLAMA, Family, has_module
+from .families import _LLAMA, FAMILIES, Family, _block_modules, _prefixed, has_module
 
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
@@ -52,6 +54,29 @@ def _rms_like(norm: nn.Module, width: int, eps: float | None) -> bool:
             return False
         want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
     return isinstance(y, torch.Tensor) and y.shape == x.shape and torch.allclose(y, want, rtol=1e-4, atol=1e-5)
+
+
+def family_of(model: nn.Module) -> Family | None:
+    """The model's :class:`Family` when it is a Hugging Face model of a known layout with every named module
+    present, or of an unlisted type whose blocks are LLaMA-shaped (:func:`.recognize.recognize`), else None
+    (the caller falls back to a generic trace)."""
+    config = getattr(model, "config", None)
+    fam = FAMILIES.get(getattr(config, "model_type", None))
+    if fam is None:
+        return recognize(model) if config is not None else None
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and not has_module(model, fam.layers) and has_module(model, f"{prefix}.{fam.layers}"):
+        fam = _prefixed(fam, prefix + ".")
+    try:
+        blocks = model.get_submodule(fam.layers)
+        for n in fam.embeds:
+            model.get_submodule(n)
+        for block in blocks:
+            for n in _block_modules(fam):
+                block.get_submodule(n)
+    except (AttributeError, TypeError):
+        return None
+    return fam
 
 
 def recognize(model: nn.Module, layers: str = "model.layers") -> Family | None:

@@ -22,7 +22,7 @@ from .channels import ChannelGraph
 from ..masks import Masks
 from ..errors import ShrinkError
 from ..inputs import Inputs, copy_model
-from .families import family_of
+from .recognize import family_of
 from .transformer import TransformerUnits
 from .units import supported_kinds
 from .equivalence import check_same_outputs, masked_reference, zero_masked

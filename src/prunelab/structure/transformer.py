@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from ..engine.loop import Selection
 from ..inputs import Inputs
-from .families import Family, check_layout, family_of
+from .families import Family, check_layout
+from .recognize import family_of
 from .units import build_groups, check_targets, companion_masks, removed_units, select_units, supported_kinds, UnitGroup
 
 DEFAULT_UNITS = ("mlp", "heads")
