@@ -448,3 +448,26 @@ def test_a_weight_read_by_a_functional_call_is_named_with_the_glob_to_exclude():
     q.calibrate([x])
     q.prune(0.5)
     assert sorted(q.masks) == ["blocks.0.out.weight", "blocks.1.out.weight"]
+
+
+@pytest.mark.parametrize("conv", [
+    lambda: nn.Conv2d(3, 4, 3, padding="valid"), lambda: nn.Conv2d(3, 4, 4, padding="same", dilation=2),
+    lambda: nn.Conv2d(3, 4, (2, 3), padding="same"), lambda: nn.Conv1d(3, 4, 4, padding="same"),
+    lambda: nn.Conv2d(4, 4, 3, padding=(1, 2), stride=2, groups=2)], ids=["valid", "same-even-dilated",
+                                                                           "same-2x3", "conv1d-same", "grouped"])
+def test_the_rows_calibration_observes_are_the_ones_the_convolution_multiplies(conv):
+    """Whatever the padding ("valid", "same" with an even kernel, numbers): the observed input rows times the
+    flattened weight give the layer's output, so Wanda's norms and SparseGPT's Gram matrix are of its real inputs."""
+    from prunelab.calibration.observers import _rows
+
+    torch.manual_seed(0)
+    m = conv()
+    x = torch.randn(2, m.in_channels, *(7,) * (m.weight.dim() - 2))
+    with torch.no_grad():
+        y = m(x) - m.bias.view(1, -1, *(1,) * (m.weight.dim() - 2))
+        rows = _rows(m, x)
+        g = m.groups
+        w = m.weight.flatten(1).view(g, m.out_channels // g, -1)
+        out = torch.einsum("grc,gnc->gnr", w, rows if g > 1 else rows[None])  # (groups, N * L, rows per group)
+    want = y.flatten(2).permute(0, 2, 1).reshape(-1, g, m.out_channels // g).permute(1, 0, 2)
+    assert torch.allclose(out, want, atol=1e-5)

@@ -431,3 +431,19 @@ def test_grouped_and_depthwise_convolutions_calibrate_per_group():
         assert p.masks.sparsity() == pytest.approx(0.5, abs=0.02), method
         with torch.no_grad():
             assert torch.isfinite(m(x)).all()
+
+
+def test_sparsegpt_on_a_depthwise_1x1_convolution_prunes_the_asked_share_by_the_closed_form():
+    """Eight one-weight groups: H_g = sum of x_g^2 (dampened by 1 % of itself), so SparseGPT's score w^2 / [H^-1]^2
+    is w_g^2 * H_g and the layer's round(0.5 * 8) = 4 lowest go (rounded per group, each pruned its one weight)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 1, groups=8)
+    x = torch.randn(6, 8, 5, 5) * torch.linspace(0.2, 2.0, 8)[None, :, None, None]
+    p = Pruner(nn.Sequential(conv), "sparsegpt", sparsity=0.5, schedule="manual")
+    w = conv.weight.detach().flatten().clone()
+    p.calibrate([x])
+    p.prune(0.5)
+    h = x.double().square().sum((0, 2, 3)) * 1.01
+    want = torch.zeros(8, dtype=torch.bool)
+    want[(w.double().square() * h).argsort()[:4]] = True
+    assert torch.equal(~p.masks["0.weight"].flatten(), want)

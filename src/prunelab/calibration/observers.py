@@ -127,10 +127,11 @@ def _rows(module: nn.Module, x: Tensor) -> Tensor:
     """The module's input as rows of its weight's (in * kernel) columns; a grouped (or depthwise) convolution's
     as (groups, rows, in / groups * kernel): each group of output channels sees only its group's inputs."""
     if isinstance(module, nn.Conv2d):
-        cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # (N, C k k, L)
+        x = F.pad(x, _pads(module))  # explicitly: "same" pads an even kernel unevenly, which unfold cannot
+        cols = F.unfold(x, module.kernel_size, module.dilation, 0, module.stride)  # (N, C k k, L)
     elif isinstance(module, nn.Conv1d):
-        cols = F.unfold(x.unsqueeze(2), (1, module.kernel_size[0]), (1, module.dilation[0]),
-                        (0, module.padding[0]), (1, module.stride[0]))
+        cols = F.unfold(F.pad(x, _pads(module)).unsqueeze(2), (1, module.kernel_size[0]), (1, module.dilation[0]),
+                        0, (1, module.stride[0]))
     else:
         return x.reshape(-1, x.shape[-1])  # Linear, HF Conv1D: features last
     g = module.groups
@@ -138,6 +139,20 @@ def _rows(module: nn.Module, x: Tensor) -> Tensor:
         return cols.transpose(1, 2).reshape(-1, cols.shape[1])
     n, c, length = cols.shape  # unfold orders columns (channel, kernel position): a group's channels are contiguous
     return cols.reshape(n, g, c // g, length).permute(1, 0, 3, 2).reshape(g, n * length, c // g)
+
+
+def _pads(module: nn.Module) -> tuple[int, ...]:
+    """F.pad's (last dim left, right, then the one before ...) of a zero-padded convolution, its ``padding``
+    given as numbers, "valid" (none) or "same" (total dilation * (kernel - 1), the extra one on the right, as
+    torch pads it)."""
+    k, d = module.kernel_size, module.dilation
+    if module.padding == "valid":
+        per_dim = [(0, 0)] * len(k)
+    elif module.padding == "same":
+        per_dim = [(t // 2, t - t // 2) for t in (di * (ki - 1) for ki, di in zip(k, d))]
+    else:
+        per_dim = [(p, p) for p in module.padding]
+    return tuple(v for pair in reversed(per_dim) for v in pair)
 
 
 def per_row(stat: Tensor, rows: int) -> Tensor:
@@ -150,7 +165,7 @@ def _observable(module: nn.Module, attr: str) -> bool:
     if attr != "weight" or isinstance(module, nn.modules.conv._ConvTransposeNd):
         return False
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return isinstance(module.padding, tuple) and module.padding_mode == "zeros"
+        return module.padding_mode == "zeros"  # numbers, "valid" or "same" (see _pads)
     return isinstance(module, nn.Linear) or is_hf_conv1d(module)
 
 

@@ -71,10 +71,20 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
             # the layer's count, rounded once (nearest, halves up) and shared out over the blocks by cumulative
             # rounding, so the whole layer meets the engine's rounding rule rather than a floor per block
             per = 1 if per_row else rows
-            k = torch.clamp(_share(sparsity, cols * per, 0, i2 * per) - done, min=0)
-            k = torch.minimum(torch.maximum(k, per * dead_b.sum(1)), _share(sparsity, cols * per, 0, cols * per) - done)
-            pruned[..., i1:i2] = _lowest(score if per_row else score.flatten(1)[:, None], k).reshape(score.shape)
-            done += k
+            if groups > 1 and not per_row:
+                # a grouped convolution is one layer: its count is rounded once over all groups and each block's
+                # lowest scores (the same unit, the output error a weight's removal adds) chosen across them.
+                # Rounded per group, a depthwise 1x1 layer's one-weight groups each pruned round(0.5) = 1: all
+                total = groups * rows * cols
+                k = max(_share(sparsity, total, 0, groups * rows * i2) - int(done[0]), 0)
+                k = min(max(k, rows * int(dead_b.sum())), _share(sparsity, total, 0, total) - int(done[0]))
+                pruned[..., i1:i2] = _lowest(score.reshape(1, 1, -1), torch.tensor([k])).reshape(score.shape)
+                done[0] += k
+            else:
+                k = torch.clamp(_share(sparsity, cols * per, 0, i2 * per) - done, min=0)
+                k = torch.minimum(torch.maximum(k, per * dead_b.sum(1)), _share(sparsity, cols * per, 0, cols * per) - done)
+                pruned[..., i1:i2] = _lowest(score if per_row else score.flatten(1)[:, None], k).reshape(score.shape)
+                done += k
         p1 = pruned[..., i1:i2]  # a view: N:M's choices below write through it
         for i in range(i2 - i1):
             col = w1[..., i]
