@@ -129,3 +129,27 @@ def test_a_shrunk_file_naming_a_huge_model_is_refused_before_building_it(tmp_pat
     save_shrunk(forged, small, {}, model_spec("vgg19", {}, (3, 2048, 2048), 100_000))
     with pytest.raises(CheckpointError, match="does not match its width manifest"):
         load_shrunk(forged)
+
+
+def test_a_model_cut_outside_its_config_is_refused_before_a_folder_is_written(tmp_path):
+    """ModernBERT's channels cut by the generic trace: its config cannot state the new widths, so a saved folder
+    would not load; refused in one sentence, nothing written. A model cut into its own config saves."""
+    from prunelab import Pruner
+    from prunelab.export import shrink
+    from prunelab.models.hf import save_pretrained
+
+    config = transformers.ModernBertConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                           num_attention_heads=4, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                           cls_token_id=1, sep_token_id=2, local_attention=8)
+    torch.manual_seed(0)
+    model = transformers.ModernBertForMaskedLM(config).eval()
+    x = torch.randint(3, 64, (1, 8))
+    pruner = Pruner(model, "l1_filter", schedule="manual", sparsity=0.5, example_inputs=x)
+    pruner.prune(0.5, final=True)
+    small = shrink(model, pruner.masks, example_inputs=x)[0]
+    with pytest.raises(ConfigError, match="--format shrunk") as err:
+        save_pretrained(small, tmp_path / "out")
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
+    llama = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**CONFIG))
+    save_pretrained(llama, tmp_path / "llama")
+    assert (tmp_path / "llama" / "config.json").is_file()

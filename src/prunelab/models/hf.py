@@ -97,6 +97,7 @@ def save_pretrained(model: nn.Module, folder: str | Path, force: bool = False) -
 
     if not hasattr(model, "save_pretrained"):
         raise ConfigError("this run's model is not a Hugging Face model: export it as dense, sparse or onnx")
+    check_config_holds(model)
     prepare_folder(folder, force)  # before the work: refuse early
     tmp = temp_folder_beside(folder)
     try:
@@ -117,3 +118,25 @@ def save_pretrained(model: nn.Module, folder: str | Path, force: bool = False) -
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return install_folder(tmp, folder, "a Hugging Face model folder (prunelab export --format hf)", force)
+
+
+def check_config_holds(model: nn.Module) -> None:
+    """ConfigError unless ``type(model)(model.config)`` has the model's parameter shapes: a model whose layers
+    were resized outside its config (channel surgery on ModernBERT, whose per-layer widths its config cannot
+    state) would be saved as a folder transformers refuses to load. Built on the meta device: no memory."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            fresh = type(model)(model.config)
+    except Exception as exc:  # the family's own config checks
+        raise ConfigError(f"transformers cannot rebuild this {type(model).__name__} from its config "
+                          f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}), so a saved "
+                          f"folder would not load") from None
+    want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    wrong = [(k, tuple(v.shape)) for k, v in model.state_dict().items() if k in want and want[k] != tuple(v.shape)]
+    if wrong:
+        k, shape = wrong[0]
+        raise ConfigError(f"{k} is {list(shape)} but this {type(model).__name__}'s config builds it as "
+                          f"{list(want[k])} ({len(wrong)} tensors differ: widths cut outside the config), so "
+                          "transformers could not load the folder; export it with --format shrunk or onnx")
