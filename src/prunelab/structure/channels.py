@@ -183,6 +183,9 @@ class ChannelGraph:
                     group.norms[name] = idx
             if len(group.grouped) > 1 or any(len(idx) != ch for _, idx, _, ch in group.grouped):
                 group.blockers.append("grouped Conv (several, or partly coupled)")
+            beyond = [n for n, idx in group.producers.items() if len(idx) and int(idx.max()) >= _rows_of(self.modules[n])]
+            if beyond:  # Torch-Pruning's mapping through a concatenation it does not follow (YOLOv8's C2f)
+                group.blockers.append(f"channel indices beyond {beyond[0]}'s outputs")
             if split_heads:
                 group.head_dim = None if split_outputs else self._head_dim(group)
                 if group.head_dim is None:
@@ -319,3 +322,11 @@ def _drop(out: dict[str, Tensor], params: dict[str, nn.Parameter], name: str, id
     if keep is None:
         keep = out[name] = torch.ones(p.shape, dtype=torch.bool, device=p.device)
     keep[idx.to(p.device)] = False
+
+
+def _rows_of(module: nn.Module) -> int:
+    """A producer's output channels: out_channels / out_features, else its weight's first (HF Conv1D: last) dim."""
+    for attr in ("out_channels", "out_features", "nf", "embedding_dim", "num_features"):
+        if isinstance(getattr(module, attr, None), int):
+            return getattr(module, attr)
+    return int(module.weight.shape[0])

@@ -45,6 +45,21 @@ def _failing(graph, model, example_inputs, groups: list) -> list:
 
 
 def _holds(graph, model: nn.Module, example_inputs, groups: list) -> bool:
+    try:
+        masks = _half_masks(graph, model, groups)
+    except (IndexError, RuntimeError, KeyError, ValueError):  # indices Torch-Pruning mapped beyond a layer (seen
+        return False  # on detectors' heads): a group whose channels cannot even be masked is not trusted
+    trial = copy_model(model).eval()
+    zero_masked(trial, masks, graph.companion_masks(masks))  # pruned rows and their companions at zero, as a channel method holds them
+    try:
+        shrink(trial, masks, example_inputs)
+    except Exception:  # a shape error, outputs that differ, a trace that fails: the groups cannot be trusted
+        return False
+    return True
+
+
+def _half_masks(graph, model: nn.Module, groups: list) -> dict:
+    """Keep-masks with half of each group's channels (half its heads) removed, over its producers' weights."""
     params = dict(model.named_parameters())
     masks = {}
     for g in groups:
@@ -64,10 +79,4 @@ def _holds(graph, model: nn.Module, example_inputs, groups: list) -> bool:
                 keep[:, rows] = False
             else:
                 keep[rows] = False
-    trial = copy_model(model).eval()
-    zero_masked(trial, masks, graph.companion_masks(masks))  # pruned rows and their companions at zero, as a channel method holds them
-    try:
-        shrink(trial, masks, example_inputs)
-    except Exception:  # a shape error, outputs that differ, a trace that fails: the groups cannot be trusted
-        return False
-    return True
+    return masks
