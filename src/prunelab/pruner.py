@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .engine.allocation import Uniform
 from . import calibration
+from .calibration.reach import reachable
 from .engine.decisions import as_decision, merge, set_values, versions, write
 from .engine.granularity import Filter
 from .engine.criteria import Context, Needs
@@ -83,6 +84,8 @@ class Pruner:
         spec = build_targets(targets if targets is not None else self.method.default_targets)
         # {name: parameter}, how each maps to (out, in, *kernel), and the weights left out with the reason
         self.params, self.layouts, self.skipped = spec.for_method(model, gran, self.method)
+        if example_inputs is not None and self.method.requirements().calibration is not None and spec.include == ["*"]:
+            self.params, self.skipped = reachable(model, self.params, self.skipped, example_inputs, self.method.name)
         self.masks = Masks.dense(self.params)
         #: the units of structure a channel method chooses from (:class:`prunelab.structure.Units`), else None
         self.structure: Units | None = None

@@ -471,3 +471,36 @@ def test_the_rows_calibration_observes_are_the_ones_the_convolution_multiplies(c
         out = torch.einsum("grc,gnc->gnr", w, rows if g > 1 else rows[None])  # (groups, N * L, rows per group)
     want = y.flatten(2).permute(0, 2, 1).reshape(-1, g, m.out_channels // g).permute(1, 0, 2)
     assert torch.allclose(out, want, atol=1e-5)
+
+
+class _Mixer(nn.Module):
+    """A Mamba-style mixer: its forward passes conv1d.weight to F.conv1d itself, so no hook on conv1d ever fires."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.out = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.conv1d = nn.Conv1d(16, 16, 3, groups=16, padding=2)
+
+    def forward(self, x):
+        h = self.inp(x).transpose(1, 2)
+        h = torch.nn.functional.conv1d(h, self.conv1d.weight, self.conv1d.bias, padding=2, groups=16)
+        return self.out(h[..., :x.shape[1]].transpose(1, 2))
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_a_weight_its_parent_reads_itself_is_left_dense_and_said_so_unless_named(method):
+    torch.manual_seed(0)
+    model = _Mixer()
+    x = torch.randn(2, 5, 8)
+    before = model.conv1d.weight.detach().clone()
+    pruner = Pruner(model, method, sparsity=0.5, schedule="manual", example_inputs=x)
+    assert "conv1d.weight" not in pruner.params and "parent's forward" in pruner.skipped["conv1d.weight"]
+    pruner.calibrate([x])
+    pruner.prune(0.5)
+    assert torch.equal(model.conv1d.weight, before) and pruner.masks.sparsity() == pytest.approx(0.5)
+    assert "conv1d.weight" in pruner.accounting()["skipped"]
+    named = Pruner(_Mixer(), method, sparsity=0.5, schedule="manual", example_inputs=x,
+                   targets={"include": ["inp.weight", "conv1d.weight"]})  # asked for on purpose: refused
+    with pytest.raises(ConfigError, match="never reached conv1d.weight"):
+        named.calibrate([x])
+        named.prune(0.5)
