@@ -253,7 +253,7 @@ def run_model(model: nn.Module, x: Any) -> Any:
     """``model`` called on calibration inputs; what it raises on them is the user's inputs' fault: ConfigError."""
     try:
         return call(model, x)
-    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+    except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as exc:
         raise ConfigError(f"the model rejected the calibration inputs: {str(exc).splitlines()[0][:200]}") from None
 
 

@@ -188,7 +188,8 @@ def _replay(block: nn.Module, args: tuple, kwargs: dict, name: str | None):
     """``block`` called alone on a cached call; what it raises is one sentence saying how to avoid the replay."""
     try:
         return block(*args, **kwargs)
-    except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        first_line = (str(exc).splitlines() or [""])[0][:160]
+    except (RuntimeError, TypeError, ValueError, IndexError, AttributeError, KeyError) as exc:
+        # KeyError: Zamba2's shared block looks its caller's layer index up in a table the replay does not fill
+        first_line = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
         raise ConfigError(f"{name or 'a block'} cannot run alone on the inputs the model gave it ({first_line}): name "
                           "other blocks with sequential_targets, or calibrate with sequential: false") from None
