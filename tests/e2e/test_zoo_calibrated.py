@@ -112,7 +112,9 @@ def test_groups_solved_in_one_batch_equal_each_group_solved_alone(mode):
     bw, bk, ok = sparsegpt(w, h, 0.5, blocksize=16, **mode)
     assert ok and bw.shape == w.shape and bk.shape == w.shape
     for i in range(5):
-        ow, ok_i, _ = sparsegpt(w[i], h[i], 0.5, blocksize=16, **mode)
+        # unstructured, the layer's count is chosen across its groups (see the next test): each group's update
+        # is still its own, given its mask; per row and N:M, each group is the same problem alone
+        ow, ok_i, _ = sparsegpt(w[i], h[i], 0.5, blocksize=16, keep=bk[i] if not mode else None, **mode)
         assert torch.equal(bk[i], ok_i)
         torch.testing.assert_close(bw[i], ow, rtol=1e-5, atol=1e-6)
     # dead columns go first and count towards the budget (half of group 3 is dead: nothing else of it goes)
@@ -124,6 +126,25 @@ def test_groups_solved_in_one_batch_equal_each_group_solved_alone(mode):
     assert int((~keep).sum()) == 32 and torch.equal(nw[keep], over[keep])
 
 
+def test_a_grouped_layers_count_is_chosen_across_its_groups_by_the_closed_form():
+    """One block: SparseGPT prunes the lowest w^2 / [U]_jj^2, U the upper Cholesky factor of the dampened H^-1,
+    and a grouped layer's round(0.5 * all) lowest are taken over all its groups together (one-weight depthwise
+    groups, rounded one by one, each lost its weight)."""
+    g = torch.Generator().manual_seed(1)
+    w, x = torch.randn(4, 3, 12, generator=g), torch.randn(4, 30, 12, generator=g) * torch.tensor([.2, 1, 3, 9])[:, None, None]
+    h = x.transpose(1, 2) @ x
+    _, keep, ok = sparsegpt(w, h, 0.5, blocksize=12)
+    scores = []
+    for i in range(4):
+        hd = h[i].double() + 0.01 * h[i].double().diagonal().mean() * torch.eye(12, dtype=torch.float64)
+        u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hd)), upper=True)
+        scores.append(w[i].double().square() / u.diagonal().square())
+    want = torch.zeros(4 * 3 * 12, dtype=torch.bool)
+    want[torch.stack(scores).flatten().argsort()[:72]] = True
+    assert ok and torch.equal(~keep.flatten(), want)
+    assert sorted(int((~keep[i]).sum()) for i in range(4)) != [18] * 4  # not the same count in every group
+
+
 def test_a_group_whose_gram_matrix_is_not_positive_definite_falls_back_alone():
     g = torch.Generator().manual_seed(0)
     w, x = torch.randn(3, 4, 24, generator=g), torch.randn(3, 48, 24, generator=g)
@@ -131,11 +152,11 @@ def test_a_group_whose_gram_matrix_is_not_positive_definite_falls_back_alone():
     h[1] = -torch.eye(24)  # not positive definite even after dampening
     h[2, 0, 0] = float("nan")
     bw, bk, ok = sparsegpt(w, h, 0.5, blocksize=8)
-    assert not ok
-    alone, keep0, ok0 = sparsegpt(w[0], h[0], 0.5, blocksize=8)
+    assert not ok and int((~bk).sum()) == 144
+    alone, keep0, ok0 = sparsegpt(w[0], h[0], 0.5, blocksize=8, keep=bk[0])
     assert ok0 and torch.equal(bk[0], keep0) and torch.allclose(bw[0], alone, atol=1e-6)
     for i in (1, 2):  # magnitude pruning without an update: the kept weights are the weights
-        assert torch.equal(bw[i][bk[i]], w[i][bk[i]]) and int((~bk[i]).sum()) == 48
+        assert torch.equal(bw[i][bk[i]], w[i][bk[i]])
 
 
 def test_a_detectors_list_of_images_is_one_batch_of_as_many_samples():

@@ -35,7 +35,9 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
     torchvision's DeepLabV3-MobileNetV3 calibrated on two 64 px images, whose dilated taps read only padding,
     that pruned 0.736 of the targets at sparsity 0.5, weights the taps use at full size. When H is not
     positive definite even after dampening, H^-1 is taken as the identity (as llm-compressor falls back): the weights are pruned by
-    magnitude with no update, and the flag (False if any group fell back) says so."""
+    magnitude with no update, and the flag (False if any group fell back) says so. Unstructured, a grouped
+    layer's count is rounded once and chosen across its groups (each block's lowest scores over all of them, as
+    over all rows of a plain layer); a group that fell back then competes with w^2 for its score."""
     batched = weight.dim() == 3
     w3, h3 = (weight, gram) if batched else (weight[None], gram[None])
     if w3.dim() != 3 or h3.shape != (w3.shape[0], w3.shape[2], w3.shape[2]):
