@@ -10,8 +10,8 @@ matrix of:
 - Hugging Face ``Conv1D`` (GPT-2's layers; matched by name, transformers is never imported): ``weight``,
   stored transposed as (in, out);
 - a mixture of experts' fused expert tensors (transformers 5: a module whose class name ends in ``Experts``,
-  e.g. ``MixtralExperts``, holding ``gate_up_proj`` (experts, out, in) and ``down_proj``): each 3-D weight,
-  viewed as (experts x out, in), so a row is one expert's output row. Methods that calibrate or remove
+  e.g. ``MixtralExperts``, holding ``gate_up_proj`` (experts, out, in) and ``down_proj``; GPT-OSS and Llama-4
+  store (experts, in, out)): each 3-D weight viewed as (experts x out, in), so a row is one expert's output row. Methods that calibrate or remove
   channels leave them out, with the reason (no module hook sees an expert's inputs; experts are not yet a
   unit of structure).
 
@@ -47,23 +47,27 @@ class Layout:
     kind: str = "linear"
     transposed: bool = False
     blocks: int = 1
-    experts: int = 0  # fused expert tensors (experts, out, in): viewed as (experts x out, in)
+    # fused expert tensors (experts, out, in), or (experts, in, out) with ``transposed`` (GPT-OSS, Llama-4):
+    # viewed as (experts x out, in), so a row is one expert's output row either way
+    experts: int = 0
 
     def canonical(self, t: Tensor) -> Tensor:
-        """A view of ``t`` (the weight, its scores or its mask) as (out, in, *kernel)."""
+        """``t`` (the weight, its scores or its mask) as (out, in, *kernel): a view, except for transposed expert
+        tensors (a copy; callers write back through :meth:`stored`)."""
         if self.experts:
-            return t.reshape(-1, t.shape[-1])
+            return (t.transpose(1, 2) if self.transposed else t).reshape(-1, t.shape[1 if self.transposed else -1])
         return t.transpose(0, 1) if self.transposed else t
 
     def stored(self, t: Tensor) -> Tensor:
         """The inverse of :meth:`canonical`: a canonical tensor back in the weight's storage layout."""
         if self.experts:
-            return t.reshape(self.experts, -1, t.shape[-1])
+            e = t.reshape(self.experts, -1, t.shape[-1])
+            return e.transpose(1, 2) if self.transposed else e
         return t.transpose(0, 1) if self.transposed else t
 
     def canonical_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         if self.experts:
-            return (shape[0] * shape[1], shape[2])
+            return (shape[0] * shape[2], shape[1]) if self.transposed else (shape[0] * shape[1], shape[2])
         return (shape[1], shape[0], *shape[2:]) if self.transposed else tuple(shape)
 
 
@@ -106,13 +110,34 @@ def _weights(module: nn.Module) -> Iterator[tuple[str, Layout]]:
     elif isinstance(module, nn.Embedding):
         yield "weight", Layout("embedding")
     elif type(module).__name__.endswith("Experts"):
+        transposed = _experts_transposed(module)
         for attr, p in module.named_parameters(recurse=False):
             if p.dim() == 3:
-                yield attr, Layout("experts", experts=p.shape[0])
+                yield attr, Layout("experts", transposed=transposed, experts=p.shape[0])
     elif is_hf_conv1d(module):
         yield "weight", Layout("linear", transposed=True)  # Hugging Face Conv1D: y = x @ W + b, W is (in, out)
     else:
         yield "weight", Layout("linear")
+
+
+def _experts_transposed(module: nn.Module) -> bool:
+    """Whether a fused experts module stores its tensors (experts, in, out): transformers' own flag where its
+    ``use_experts_implementation`` set one (GPT-OSS), else read from the shapes: gate_up_proj (or up_proj) takes
+    the hidden size in, down_proj gives it out (Llama-4's text experts: (E, H, 2I) and (E, I, H))."""
+    flag = getattr(module, "is_transposed", None)
+    if isinstance(flag, bool):
+        return flag
+    hidden = next((v for v in (getattr(module, "hidden_size", None), getattr(module, "hidden_dim", None))
+                   if isinstance(v, int)), None)
+    up = getattr(module, "gate_up_proj", getattr(module, "up_proj", None))
+    down = getattr(module, "down_proj", None)
+    if hidden is None:
+        return False
+    if isinstance(up, Tensor) and up.dim() == 3 and (up.shape[1] == hidden) != (up.shape[2] == hidden):
+        return bool(up.shape[1] == hidden)
+    if isinstance(down, Tensor) and down.dim() == 3 and (down.shape[1] == hidden) != (down.shape[2] == hidden):
+        return bool(down.shape[2] == hidden)
+    return False
 
 
 @dataclass

@@ -178,3 +178,26 @@ def test_a_detectors_list_of_images_is_one_batch_of_as_many_samples():
     p.prune(0.5)
     assert seen[:2] == [(1, 3, 12, 16), (1, 3, 10, 10)] and (1, 3, 8, 8) not in seen
     assert p.summary()["sparsity"] == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("kind", ["gpt_oss", "llama4_text", "mixtral"])
+def test_fused_expert_tensors_are_read_along_each_layouts_own_input_axis(kind):
+    """GPT-OSS and Llama-4 store experts (experts, in, out), Mixtral (experts, out, in): 2:4 groups run along the
+    input axis of each, checked in the stored tensors (before, GPT-OSS and Llama-4 were grouped along outputs)."""
+    extra = {"gpt_oss": {"head_dim": 8, "sliding_window": 8}, "llama4_text": {"head_dim": 8,
+                                                                             "intermediate_size_mlp": 64}}
+    config = transformers.AutoConfig.for_model(kind, vocab_size=48, hidden_size=32, intermediate_size=48,
+                                               num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=1,
+                                               num_local_experts=4, num_experts_per_tok=2, **extra.get(kind, {}))
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    p = Pruner(model, {"name": "magnitude", "granularity": {"name": "nm", "n": 2, "m": 4}}, sparsity=0.5,
+               schedule="manual")
+    p.prune(0.5)
+    names = [n for n in p.params if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]
+    assert len(names) == 2
+    for name in names:
+        mask = p.masks[name]
+        inputs_axis = 1 if kind != "mixtral" else 2
+        groups = mask.movedim(inputs_axis, -1).reshape(-1, 4).sum(-1)
+        assert bool((groups == 2).all()), name
