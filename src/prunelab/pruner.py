@@ -40,7 +40,7 @@ from .registry import check_fraction
 from .engine.schedules import build_schedule
 from .engine.streaming import can_stream, streamed_masks
 from .structure import Units, structure_for
-from .targets import Targets, accounting, build_targets, check_current
+from .targets import Targets, accounting, build_targets, check_current, check_finite
 from .engine.topk import all_true
 from .engine.loop import Selection, select_tensors
 
@@ -95,9 +95,7 @@ class Pruner:
                                   "example_inputs (a batch of model inputs) so channel coupling can be traced")
             self.structure = structure_for(model, self.params, self.method, example_inputs)
         self._companions: dict[str, tuple[nn.Parameter, Tensor]] = {}
-        self.step_count = 0
-        self.events = 0
-        self.history: list[dict] = []
+        self.step_count, self.events, self.history = 0, 0, []
         self._mul: list[tuple[nn.Parameter, Tensor]] | None = []
         self._dense: set[str] = set(self.params)  # names whose masks are all alive
         self.auto_prune = bool(auto_prune)
@@ -203,8 +201,9 @@ class Pruner:
 
     def _prune(self, sparsity: float, optimizer: torch.optim.Optimizer | None, final: bool) -> Masks:
         check_current(self.model, self.params)
-        m = self.method
-        request = self.needs.calibration
+        m, request = self.method, self.needs.calibration
+        if request is not None or type(m).decide is not Method.decide:  # the pipeline checks its own pass
+            check_finite(self.params)
         ctx = Context(seed=self.seed, event=self.events, sparsity=sparsity, final_sparsity=self.schedule.sparsity,
                       final=final, total_events=self.planned_events, layouts=self.layouts,
                       calibration_samples=self._options.resolve_samples(request) if request else None)
@@ -284,6 +283,7 @@ class Pruner:
             new = streamed_masks(m.criterion_, params, masks, dense, steps[0][1], m.allocation_.floor)
             if new is not None:
                 return Masks(new)
+        check_finite(params)  # (a streamed pass checks its slices itself)
         scores = m.criterion_.scores(params, ctx)
         for i, (gran, s, s_final) in enumerate(steps):
             last = i == len(steps) - 1

@@ -311,8 +311,7 @@ def build_targets(spec: "Targets | dict | None") -> Targets:
 
 
 def check_current(model: nn.Module, params: dict[str, nn.Parameter]) -> None:
-    """ConfigError when a target is no longer the model's (its layer was replaced after the Pruner was built),
-    or holds NaN or infinite values (a NaN has no rank: global allocation would prune every layer whole)."""
+    """ConfigError when a target is no longer the model's (its layer was replaced after the Pruner was built)."""
     for n, p in params.items():
         try:
             current = model.get_parameter(n)
@@ -321,10 +320,21 @@ def check_current(model: nn.Module, params: dict[str, nn.Parameter]) -> None:
         if current is not p:
             raise ConfigError(f"{n} is not the parameter this Pruner was built on (the layer was replaced or "
                               "removed after): build the Pruner again on the model as it is now")
+
+
+def not_finite_error(name: str) -> ConfigError:
+    """The sentence for a target holding NaN or infinite values (a NaN has no rank: global allocation would
+    prune every layer whole)."""
+    return ConfigError(f"weight {name} holds NaN or infinite values: training diverged or the weights are "
+                       "damaged; prune finite weights")
+
+
+def check_finite(params: dict[str, Tensor]) -> None:
+    """:func:`not_finite_error` for the first target holding NaN or infinite values. A streamed selection pass
+    checks its slices itself instead (this is a second read of every weight, half a global pass's time)."""
     bad = first_not_finite({n: [p] for n, p in params.items()})
     if bad is not None:
-        raise ConfigError(f"weight {bad} holds NaN or infinite values: training diverged or the weights are "
-                          "damaged; prune finite weights")
+        raise not_finite_error(bad)
 
 
 def first_not_finite(named: dict[str, list[Tensor]]) -> str | None:

@@ -95,3 +95,23 @@ def test_a_streamed_pass_keeps_the_floor():
     p.prune(0.99)
     assert p.masks["1.weight"].sum(1).tolist() == [1, 1, 1, 1]
     assert bool(p.masks["0.weight"].any(1).all())
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_weight_that_is_not_finite_is_named_by_the_streamed_pass_and_the_general_path(stream, bad, monkeypatch):
+    """The streamed pass checks each slice while it is in cache (no separate read of every weight); the general
+    path checks before scoring: either way one sentence naming the tensor, and no mask or weight changed."""
+    import prunelab.pruner as pr
+
+    model = _model(0)
+    with torch.no_grad():
+        model[2].weight[5, 7] = bad
+    if not stream:
+        monkeypatch.setattr(pr, "can_stream", lambda *a: False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pruner = prunelab.Pruner(model, {"name": "magnitude", "allocation": "global"}, sparsity=0.5, schedule="manual")
+    with pytest.raises(prunelab.ConfigError, match="weight 2.weight holds NaN or infinite values"):
+        pruner.prune(0.5)
+    assert all(torch.equal(p, before[n]) or n == "2.weight" for n, p in model.named_parameters())
+    assert pruner.masks.sparsity() == 0.0
