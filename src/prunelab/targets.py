@@ -222,7 +222,9 @@ class Targets:
         (its ``output_layer``) and fused expert tensors where it calibrates or removes channels. ConfigError
         when nothing is left."""
         output_layer = method.output_layer
-        experts_out = method.channels or method.requirements().calibration is not None
+        # experts are targets of a method that removes them whole (units: [experts]) and needs no calibration
+        removes_experts = "experts" in (getattr(method, "unit_kinds", None) or ())
+        experts_out = not removes_experts and (method.channels or method.requirements().calibration is not None)
         method = method.name
         params, layouts, skipped = {}, {}, {}
         found = self.find(model, output_layer=output_layer)

@@ -11,7 +11,9 @@ computes X W^T. One observer, six kinds of statistic (:class:`InputStats`):
 - ``outputs``: moments of the owner module's output features, with their covariance (PCA's widths);
 - ``mean_abs``: first moments of its input features, E|a| per input channel (PCA's connections);
 - ``influence``: on each block of the model (not a target), the sum over tokens of the cosine between the
-  block's input and output hidden states (ShortGPT's block influence is one minus its mean).
+  block's input and output hidden states (ShortGPT's block influence is one minus its mean);
+- ``routing``: on each fused experts module (not a target), per expert the tokens routed to it and REAP's sum
+  of router weight x expert output norm (:func:`routing_hooks`).
 
 Norms and Gram matrices are summed in float32 by default, as the authors' Wanda and SparseGPT accumulate them
 (float64 on request or for float64 inputs); moments always in float64 (see :class:`Moments`).
@@ -100,6 +102,8 @@ class InputStats:
     outputs: Moments | None = None  # the owner module's output features, with covariance ("outputs")
     inputs: Moments | None = None   # its input features, first moments ("mean_abs")
     cos: Tensor | None = None       # (1,): a block's sum over tokens of cos(input, output) ("influence")
+    routed: Tensor | None = None    # (experts,): tokens routed to each expert of an experts module ("routing")
+    reap: Tensor | None = None      # (experts,): sum over them of router weight x ||expert output|| ("routing")
 
     def norms(self) -> Tensor:
         """||X_j||_2 per column."""
@@ -116,7 +120,7 @@ class InputStats:
 
     def tensors(self) -> list[Tensor]:
         """Every accumulated sum, in a fixed order (summed across ranks by :mod:`.distributed`)."""
-        out = [t for t in (self.sq, self.gram, self.sum, self.cos) if t is not None]
+        out = [t for t in (self.sq, self.gram, self.sum, self.cos, self.routed, self.reap) if t is not None]
         for m in (self.outputs, self.inputs):
             if m is not None:
                 out += [t for t in (m.s, m.ss, m.sabs) if t is not None]
@@ -276,27 +280,7 @@ def hooked(model: nn.Module, hooks: Mapping[nn.Module, Callable]) -> Iterator[No
 
 
 ROW_KINDS = frozenset({"norms", "gram", "sums"})
-KINDS = ROW_KINDS | {"outputs", "mean_abs", "influence"}
-
-
-def influence_hooks(blocks: Mapping[str, nn.Module], stats: dict[str, InputStats]) -> dict[nn.Module, Callable]:
-    """Forward hooks summing, per block (by name), cos(input, output) over tokens of its hidden states: the
-    block's first tensor input (or ``hidden_states``) and its first tensor output (Men et al., "ShortGPT:
-    Layers in Large Language Models are More Redundant Than You Expect", 2024, score a block by one minus
-    the mean of this cosine)."""
-    def hook(name):
-        def fn(module, args, kwargs, output):
-            x = args[0] if args and isinstance(args[0], Tensor) else kwargs.get("hidden_states")
-            y = output if isinstance(output, Tensor) else output[0]
-            if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.shape != y.shape:
-                raise ConfigError(f"block {name}'s input and output hidden states are not two tensors of one "
-                                  "shape: its influence cannot be measured")
-            c = F.cosine_similarity(x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double(), dim=1)
-            s = stats.setdefault(name, InputStats(cos=torch.zeros(1, dtype=torch.float64, device=c.device)))
-            s.rows += c.numel()
-            s.cos += c.sum()
-        return fn
-    return {m: hook(n) for n, m in blocks.items()}
+KINDS = ROW_KINDS | {"outputs", "mean_abs", "influence", "routing"}
 
 
 def stat_hooks(mods: Mapping[str, tuple[nn.Module, Rows]], kinds: frozenset[str], precision: str = "float32"

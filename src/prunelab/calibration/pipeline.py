@@ -28,7 +28,8 @@ from ..errors import ConfigError
 from .batches import Chunk, share
 from .blocks import Call, catch, chained, find_blocks, first, load, on_device, onloaded, passing, store, to, home
 from .distributed import reduce, world
-from .observers import InputStats, check_reached, hooked, influence_hooks, owners, run_model, stat_hooks
+from .module_stats import influence_hooks, routing_hooks
+from .observers import InputStats, check_reached, hooked, owners, run_model, stat_hooks
 from .request import Calibration, Options
 
 
@@ -152,9 +153,15 @@ class _Run:
     def full(self, model: nn.Module, targets: Mapping[str, Tensor], i: int, chunks: list[Chunk],
              device: torch.device) -> dict[str, InputStats]:
         """Statistics of pass ``i`` over ``targets`` from full forward passes of ``model``."""
-        kinds = self.passes[i] - {"influence"}
+        kinds = self.passes[i] - {"influence", "routing"}
         mods = owners(model, targets) if kinds else {}
         hooks, stats = stat_hooks(mods, kinds, self.precision)
+        if "routing" in self.passes[i]:  # per experts module, keyed by its name
+            experts = {n: m for n, m in model.named_modules() if type(m).__name__.endswith("Experts")
+                       and isinstance(getattr(m, "gate_up_proj", None), Tensor)}
+            if not experts:
+                raise ConfigError("expert routing needs fused experts modules, and this model has none")
+            hooks.update(routing_hooks(experts, stats))
         if "influence" in self.passes[i]:  # per block, not per target: keyed by the block's module name
             names = {id(m): n for n, m in model.named_modules()}
             blocks = {names[id(b)]: b for b in find_blocks(model, targets, None)[0]}

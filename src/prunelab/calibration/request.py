@@ -37,8 +37,8 @@ class Calibration:
         bad = sorted(k for p in passes for k in p if k not in KINDS)
         if bad or not passes or not all(passes):
             raise ConfigError(f"calibration statistics are {', '.join(sorted(KINDS))}; got {bad or list(passes)}")
-        if self.sequential and any("influence" in p for p in passes):
-            raise ConfigError("block influence compares each block's input with its output in one full pass: it "
+        if self.sequential and any(p & {"influence", "routing"} for p in passes):
+            raise ConfigError("block influence and expert routing are measured over whole forward passes: they "
                               "cannot be measured sequentially")
         object.__setattr__(self, "passes", passes)
 

@@ -139,7 +139,10 @@ class TransformerUnits(Method):
     |w dL/dw| summed, as LLM-Pruner's element-wise estimate) or ``magnitude`` (L1, as Li et al.'s filters).
     Blocks (``depth``) are ranked by ``depth_score``: ``influence`` (default; ShortGPT's 1 - cos(input, output)
     of each block over the calibration tokens, which then come to the method whatever its criterion) or
-    ``criterion`` (the summed scores of the block's weights).
+    ``criterion`` (the summed scores of the block's weights). Experts (``units: [experts]``, mixture-of-experts
+    layouts) are ranked by ``expert_score``: ``reap`` (default; Lasby et al. 2025: router weight x expert output
+    norm, summed over the calibration tokens routed to each expert), ``frequency`` (tokens routed to it) or
+    ``criterion`` (``magnitude`` of its tensors); a removed expert is never routed to (:mod:`prunelab.structure.experts`).
     ``prunelab export RUN --format hf`` writes the smaller model as the same transformers class."""
 
     criterion: Any = "activation"
@@ -149,7 +152,8 @@ class TransformerUnits(Method):
     channels: bool = True
     units: Any = ("mlp", "heads")
     depth_score: str = "influence"
-    samples: int = 128  # calibration windows for block influence (the activation criterion has its own)
+    expert_score: str = "reap"
+    samples: int = 128  # calibration windows for block influence and expert routing (activation has its own)
     output_layer: ClassVar[bool] = False  # the output layer's rows are the vocabulary: never a unit
 
     def __post_init__(self) -> None:
@@ -165,8 +169,16 @@ class TransformerUnits(Method):
                               f"got {self.granularity!r}")
         if self.depth_score not in ("influence", "criterion"):
             raise ConfigError(f"transformer_units depth_score is influence or criterion, got {self.depth_score!r}")
+        if self.expert_score not in ("reap", "frequency", "criterion"):
+            raise ConfigError(f"transformer_units expert_score is reap, frequency or criterion, got {self.expert_score!r}")
         check_count("transformer_units samples", self.samples)
+        if self.units == ("experts",) and self.criterion == "activation":
+            self.criterion = "magnitude"  # the default criterion reads inputs no hook sees for fused experts
         super().__post_init__()
+        if "experts" in self.units and self.criterion_.needs().calibration is not None:
+            raise ConfigError(f"criterion {self.criterion_.registered_name} reads every target's inputs, which no "
+                              "hook sees for fused experts: with units experts use criterion magnitude (experts are "
+                              "ranked by expert_score)")
 
     def needs(self):
         """The criterion's needs; with depth ranked by influence, one calibration pass that measures it too."""
@@ -175,12 +187,14 @@ class TransformerUnits(Method):
         from ..calibration.request import Calibration
 
         need = self.criterion_.needs()
-        if "depth" not in self.units or self.depth_score != "influence":
+        extra = ({"influence"} if "depth" in self.units and self.depth_score == "influence" else set()) | \
+            ({"routing"} if "experts" in self.units and self.expert_score != "criterion" else set())
+        if not extra:
             return need
         cal = need.calibration
         if cal is None:
-            return replace(need, calibration=Calibration(self.samples, ("influence",)))
-        return replace(need, calibration=Calibration(cal.samples, (cal.passes[0] | {"influence"},) + cal.passes[1:],
+            return replace(need, calibration=Calibration(self.samples, (frozenset(extra),)))
+        return replace(need, calibration=Calibration(cal.samples, (cal.passes[0] | extra,) + cal.passes[1:],
                                                      cal.sequential))
 
     @property

@@ -86,13 +86,15 @@ FAMILIES: dict[str, Family] = {
     "gemma": Family("gemma", **{**_LLAMA, "norm": "gemma"}),
     "phi3": Family("phi3", **{**_LLAMA, "q": None, "k": None, "v": None, "qkv": "self_attn.qkv_proj",
                               "up": ("mlp.gate_up_proj",), "up_chunks": 2}),
-    # Mixtral: attention, hidden size and depth; the experts themselves (and their MLP channels) are not a unit
-    "mixtral": Family("mixtral", **{**_LLAMA, "up": ("mlp.gate",), "down": None, "experts": "mlp.experts"}),
+    # Mixtral: attention, hidden size, depth and whole experts (:mod:`.experts`); an expert's channels are not a unit
+    "mixtral": Family("mixtral", **{**_LLAMA, "up": ("mlp.gate",), "down": None, "experts": "mlp.experts",
+                                    "fields": _LLAMA["fields"] + (("experts", "num_local_experts"),)}),
     # Qwen2-MoE: routed experts as Mixtral's, plus a shared expert (an MLP, gated by a 1-row Linear) that reads
     # and writes the stream; every block sparse (decoder_sparse_step 1, no mlp_only_layers), else no layout
     "qwen2_moe": Family("qwen2_moe", **{**_LLAMA, "up": ("mlp.gate", "mlp.shared_expert.gate_proj",
                                                          "mlp.shared_expert.up_proj", "mlp.shared_expert_gate"),
-                                        "down": "mlp.shared_expert.down_proj", "experts": "mlp.experts"}),
+                                        "down": "mlp.shared_expert.down_proj", "experts": "mlp.experts",
+                                        "fields": _LLAMA["fields"] + (("experts", "num_experts"),)}),
     "gpt2": Family("gpt2", layers="transformer.h", embeds=("transformer.wte", "transformer.wpe"),
                    final_norm="transformer.ln_f", qkv="attn.c_attn", o="attn.c_proj", up=("mlp.c_fc",),
                    down="mlp.c_proj", norms=("ln_1", "ln_2"), norm="layer", transposed=True,

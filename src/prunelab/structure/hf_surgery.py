@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ShrinkError
 from ..inputs import Inputs
 from .equivalence import check_same_outputs, masked_reference
+from .experts import Routing
 from .transformer import TransformerUnits
 from .units import removed_units
 
@@ -72,6 +73,8 @@ def small_config(model: nn.Module, units: TransformerUnits, widths: dict[str, in
         setattr(config, fam.field("heads"), widths["heads"] * heads // kv)
         setattr(config, fam.field("kv"), widths["heads"])
         config.head_dim = d  # stated: the default hidden_size / heads would change it
+    if "experts" in widths:  # the top-k a token is routed to was checked against it when experts were chosen
+        setattr(config, fam.field("experts"), widths["experts"])
     if "hidden" in widths:
         n_old, n = getattr(model.config, fam.field("hidden")), widths["hidden"]
         if fam.head_dim_field and getattr(config, "head_dim", None) is None:
@@ -104,6 +107,7 @@ def shrink_hf(model: nn.Module, masks: Mapping[str, Tensor], units: TransformerU
     outputs, and the check says so."""
     kept, widths, blocks = _kept(units, masks)
     masked = masked_reference(model, masks)
+    Routing().update(masked, units.removed_experts(masks))  # removed experts never chosen (:mod:`.experts`)
     config = small_config(model, units, widths, blocks)
     dtype = next(model.parameters()).dtype
     try:

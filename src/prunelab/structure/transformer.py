@@ -7,7 +7,9 @@ from typing import Mapping, Sequence
 from torch import Tensor, nn
 
 from ..engine.loop import Selection
+from ..errors import ConfigError
 from ..inputs import Inputs
+from .experts import Routing, router_name, top_k
 from .families import Family, check_layout
 from .recognize import family_of
 from .units import build_groups, check_targets, companion_masks, removed_units, select_units, supported_kinds, UnitGroup
@@ -24,20 +26,30 @@ class TransformerUnits:
     """
 
     def __init__(self, model: nn.Module, family: Family, params: Mapping[str, Tensor],
-                 kinds: Sequence[str] | None = None, example_inputs: Inputs | None = None) -> None:
+                 kinds: Sequence[str] | None = None, example_inputs: Inputs | None = None,
+                 expert_score: str = "criterion") -> None:
         if kinds is None:  # of mlp and heads, what the layout can lose exactly
             kinds = tuple(k for k in DEFAULT_UNITS if k in supported_kinds(model, family))
-        self.model, self.family, self.kinds = model, family, tuple(kinds)
+        self.model, self.family, self.kinds, self.expert_score = model, family, tuple(kinds), expert_score
         if example_inputs is not None:
             check_layout(model, family, example_inputs)
         self.all_groups = build_groups(model, family, self.kinds)
         self.groups: list[UnitGroup] = check_targets(self.all_groups, params, model)
+        self.routing = Routing()  # hooks only once experts are removed
 
     def select(self, params: Mapping[str, Tensor], layouts, gran, scores: dict[str, Tensor],
                masks: Mapping[str, Tensor], how: Selection) -> dict[str, Tensor]:
         """New target masks (see :func:`.units.select_units`; the units sum the per-weight scores themselves, so
-        ``layouts`` and ``gran`` are not needed)."""
-        return select_units(self.groups, params, scores, masks, how, self.family.layers)
+        ``layouts`` and ``gran`` are not needed). ConfigError when a block would keep fewer experts than a token
+        is routed to (top-k)."""
+        new = select_units(self.groups, params, scores, masks, how, self.family.layers, self.expert_score)
+        k = top_k(self.model)
+        short = [(g, int((~removed_units(g, new)).sum())) for g in self.groups if g.kind == "experts"]
+        short = [(g, kept) for g, kept in short if k is not None and kept < k]
+        if short:
+            raise ConfigError(f"{short[0][0].name} would keep {short[0][1]} experts, fewer than the {k} each token "
+                              f"is routed to (num_experts_per_tok): prune a smaller share of the experts")
+        return new
 
     def removed(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``{group name: removed unit indices}`` of the groups that lost units."""
@@ -49,8 +61,16 @@ class TransformerUnits:
         return out
 
     def companion_masks(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Keep-masks of removed units' biases, norm entries and embedding columns (False: held at zero)."""
+        """Keep-masks of removed units' biases, norm entries and embedding columns (False: held at zero); the
+        routers route around removed experts from now on (:class:`.experts.Routing`)."""
+        self.routing.update(self.model, self.removed_experts(masks))
         return companion_masks(self.groups, masks, masks, dict(self.model.named_parameters()))
+
+    def removed_experts(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``{router name: removed expert indices}`` of the blocks that lost experts."""
+        out = {f"{self.family.layers}.{g.block}.{router_name(self.family)}": removed_units(g, masks).nonzero().flatten()
+               for g in self.groups if g.kind == "experts"}
+        return {k: v for k, v in out.items() if len(v)}
 
     def report(self, params: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> dict:
         """Per unit kind: units that could go (``prunable``), ``removed``, and the width each block keeps;
@@ -70,7 +90,7 @@ class TransformerUnits:
 
 
 def transformer_units(model: nn.Module, params: Mapping[str, Tensor], kinds: Sequence[str] | None = None,
-                      example_inputs: Inputs | None = None) -> TransformerUnits | None:
+                      example_inputs: Inputs | None = None, expert_score: str = "criterion") -> TransformerUnits | None:
     """:class:`TransformerUnits` of ``model`` when it is a transformer of a known layout, else None."""
     fam = family_of(model)
-    return None if fam is None else TransformerUnits(model, fam, params, kinds, example_inputs)
+    return None if fam is None else TransformerUnits(model, fam, params, kinds, example_inputs, expert_score)

@@ -19,6 +19,8 @@ unit at zero the masked model computes exactly what the model without it compute
   gain is scaled by sqrt(N / n) and its eps by N / n:
   g_c x_c / sqrt(S / N + eps) = g_c sqrt(N / n) x_c / sqrt(S / n + eps N / n), S the sum over kept channels.
   A LayerNorm's mean and variance do change (the zeros count), so ``hidden`` is refused through LayerNorm;
+- ``experts``: expert e of a mixture-of-experts block: slab e of its fused expert tensors and row e of its
+  router (:mod:`.experts`, whose routing-aware routers give a removed expert logit -inf, never chosen);
 - ``depth``: block l: every weight in it. With its output and down projections (and biases) at zero a pre-norm
   block returns its input, so the block can go; post-norm blocks (OPT with ``do_layer_norm_before`` false)
   refuse it.
@@ -35,9 +37,10 @@ from ..engine.allocation import LayerGroups
 from ..engine.loop import Candidates, Selection, choose
 from ..errors import ConfigError
 from ..targets import is_hf_conv1d
+from .experts import expert_count, expert_parts
 from .families import Family, attention_shape, has_module
 
-KINDS = ("mlp", "heads", "hidden", "depth")
+KINDS = ("mlp", "heads", "hidden", "depth", "experts")
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,9 @@ def build_groups(model: nn.Module, fam: Family, kinds: Sequence[str]) -> list[Un
                      for p in _weight_parts(model, pre + u, True, (j + c * width)[:, None], j, tp)]
             parts += _weight_parts(model, pre + fam.down, False, j[:, None], j, tp)
             out.append(UnitGroup("mlp", f"{pre}{fam.up[0].rpartition('.')[0] or fam.up[0]}", width, tuple(parts), i))
+        if "experts" in kinds:  # slab e of the fused expert tensors with router row e (:mod:`.experts`)
+            parts = expert_parts(model, fam, pre, Part)
+            out.append(UnitGroup("experts", f"{pre}{fam.experts}", expert_count(model, fam, pre), tuple(parts), i))
     if "hidden" in kinds:
         out.append(_hidden_group(model, fam, blocks))
     if "depth" in kinds:
@@ -144,6 +150,8 @@ def why_not(model: nn.Module, fam: Family, kind: str) -> str | None:
     """Why ``model`` (of layout ``fam``) cannot lose units of ``kind`` exactly into its own config (None: it can)."""
     if kind in dict(fam.refused):
         return f"a {fam.name} model cannot lose {kind} units exactly: {dict(fam.refused)[kind]}"
+    if kind == "experts" and not fam.experts:
+        return f"a {fam.name} model has no mixture-of-experts blocks, so it has no experts to remove"
     if kind == "mlp" and fam.experts:
         return f"the MLP of a {fam.name} block is its experts, which are not a unit of structure yet"
     if kind == "hidden" and fam.no_hidden:
@@ -230,16 +238,32 @@ def block_influence(layers: str, size: int, stats) -> Tensor | None:
     return torch.stack([1 - s.cos.cpu()[0] / max(s.rows, 1) for s in found]).float()
 
 
+def expert_scores(g: UnitGroup, stats, how: str) -> Tensor:
+    """(experts,) scores of one experts module from the calibration's routing statistics: ``reap``, the mean over
+    the tokens routed to an expert of router weight x ||expert output|| (Lasby et al. 2025, "REAP the Experts:
+    Why Pruning Prevails for One-Shot MoE Compression"; an expert no token reached scores 0), or ``frequency``,
+    how many tokens were routed to it."""
+    s = (stats or {}).get(g.name)
+    if s is None or getattr(s, "reap", None) is None:
+        raise ConfigError(f"{g.name} has no routing statistics: calibrate before pruning experts by {how}")
+    routed = s.routed.cpu()
+    return (s.reap.cpu() / routed.clamp_min(1) if how == "reap" else routed).float()
+
+
 def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: Mapping[str, Tensor],
-                 masks: Mapping[str, Tensor], how: Selection, layers: str = "") -> dict[str, Tensor]:
+                 masks: Mapping[str, Tensor], how: Selection, layers: str = "",
+                 expert_score: str = "criterion") -> dict[str, Tensor]:
     """New masks of the targets after one pass over the unit groups: the allocation counts units per group,
     the selector keeps the highest-scoring alive ones, and every target entry of a dropped unit is pruned
     (masks only shrink: a pruned unit stays pruned). Blocks (``depth``) are ranked by their influence when
-    the calibration measured it (``ctx.input_stats``, blocks named ``layers.i``), else by their summed scores."""
+    the calibration measured it (``ctx.input_stats``, blocks named ``layers.i``), else by their summed scores;
+    experts by ``expert_score`` (:func:`expert_scores`) unless it is ``criterion``."""
     sets = []
     for g in groups:
         score, alive = unit_scores(g, scores, masks)
         bi = block_influence(layers, g.size, how.ctx.input_stats) if g.kind == "depth" else None
+        if g.kind == "experts" and expert_score != "criterion":
+            bi = expert_scores(g, how.ctx.input_stats, expert_score)
         if bi is not None:
             score = bi.masked_fill(~alive, float("-inf"))
         per_unit = sum(params[p.param].numel() // params[p.param].shape[p.dim] * p.index.shape[1]

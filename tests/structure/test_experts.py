@@ -1,0 +1,132 @@
+"""Experts as a unit of structure: a mixture-of-experts block loses whole experts with their router rows, the
+masked model never routes to them, and the smaller model of the same class (fewer experts) computes the same."""
+import copy
+
+import pytest
+import torch
+
+from prunelab import ConfigError, Pruner
+from prunelab.export import shrink
+
+transformers = pytest.importorskip("transformers")
+
+V = 48
+FAMILIES = {"mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+            "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 24,
+                          "shared_expert_intermediate_size": 24}}
+
+
+def _model(kind: str, **kw):
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(kind, **{
+        "vocab_size": V, "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "num_hidden_layers": 2, **FAMILIES.get(kind, {}), **kw})
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model.config.use_cache = False
+    return model
+
+
+def _x(n=2, seed=0):
+    return torch.randint(0, V, (n, 10), generator=torch.Generator().manual_seed(seed))
+
+
+def _pruned(model, score: str, sparsity: float = 0.5):
+    p = Pruner(model, {"name": "transformer_units", "units": ["experts"], "expert_score": score},
+               schedule="manual", sparsity=sparsity, example_inputs=_x(1))
+    if p.needs.calibration is not None:
+        p.calibrate([_x(4, s) for s in range(1, 3)])
+    p.prune(sparsity, final=True)
+    return p
+
+
+def _routed(model, x) -> dict[int, set[int]]:
+    """{block: the experts any token of ``x`` was routed to}, read from what each experts module is given."""
+    seen, handles = {}, []
+    for i, layer in enumerate(model.model.layers):
+        def hook(module, args, i=i):
+            seen.setdefault(i, set()).update(args[1].unique().tolist())
+        handles.append(layer.mlp.experts.register_forward_pre_hook(hook))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("kind", sorted(FAMILIES))
+@pytest.mark.parametrize("score", ["reap", "frequency", "criterion"])
+def test_half_the_experts_go_never_chosen_and_the_smaller_model_reloads_with_the_same_logits(kind, score, tmp_path):
+    model = _model(kind)
+    p = _pruned(model, score)
+    removed = p.structure.removed(p.masks)
+    assert sorted(len(v) for v in removed.values()) == [2, 2]
+    routed = _routed(model, _x(4, 7))
+    for i in range(2):  # a removed expert is never chosen: its logit is -inf, not 0
+        assert not routed[i] & set(removed[f"model.layers.{i}.mlp.experts"].tolist())
+    small = shrink(model, p.masks, example_inputs=_x(1))[0]  # float64 check against the routing-masked model
+    experts = small.model.layers[0].mlp.experts
+    assert experts.gate_up_proj.shape[0] == 2 and small.model.layers[0].mlp.gate.weight.shape[0] == 2
+    small.save_pretrained(tmp_path)
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(again(_x(3, 9)).logits, model(_x(3, 9)).logits, atol=1e-5)
+
+
+def test_without_routing_around_them_zeroed_experts_would_still_be_chosen():
+    """The reason for routing-aware routers: the model with the removed experts' weights merely zeroed (router
+    rows at zero: logit 0) routes tokens to them and computes something else than the smaller model."""
+    model = _model("mixtral")
+    p = _pruned(model, "criterion")
+    plain = copy.deepcopy(model)
+    for layer in plain.model.layers:  # the copy carries the routing hooks: drop them
+        layer.mlp.gate._forward_pre_hooks.clear()
+        layer.mlp.gate._forward_hooks.clear()
+    gone = set(p.structure.removed(p.masks)["model.layers.0.mlp.experts"].tolist())
+    assert _routed(plain, _x(4, 7))[0] & gone
+    with torch.no_grad():
+        assert not torch.allclose(plain(_x(2, 5)).logits, model(_x(2, 5)).logits, atol=1e-4)
+
+
+def test_reap_and_frequency_by_hand_on_four_experts():
+    """One Mixtral block: softmax over the router's logits, the top 2 renormalised; REAP of expert e is the mean
+    over the tokens routed to it of its weight times ||down_e(silu(gate_e h) * up_e h)||."""
+    from prunelab.calibration.module_stats import routing_hooks
+    from prunelab.calibration.observers import hooked
+
+    model = _model("mixtral", num_hidden_layers=1)
+    block = model.model.layers[0].mlp
+    seen = []
+    block.register_forward_pre_hook(lambda m, args: seen.append(args[0].reshape(-1, 32).double()))
+    stats = {}
+    x = _x(3, 4)
+    with hooked(model, routing_hooks({"e": block.experts}, stats)):
+        model(x)
+    h = seen[0]
+    probs = torch.softmax(h @ block.gate.weight.double().T, -1)
+    top, idx = probs.topk(2, -1)
+    top = top / top.sum(-1, keepdim=True)
+    reap, routed = torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+    gu, down = block.experts.gate_up_proj.double(), block.experts.down_proj.double()
+    for t in range(h.shape[0]):
+        for slot in range(2):
+            e = int(idx[t, slot])
+            g, u = (gu[e] @ h[t]).chunk(2)
+            out = down[e] @ (torch.nn.functional.silu(g) * u)
+            reap[e] += top[t, slot] * out.norm()
+            routed[e] += 1
+    assert torch.equal(stats["e"].routed.cpu(), routed)
+    assert torch.allclose(stats["e"].reap.cpu(), reap, rtol=1e-5)
+
+
+def test_bad_expert_requests_are_one_sentence():
+    with pytest.raises(ConfigError, match="no experts"):  # a dense model
+        Pruner(_model("llama"), {"name": "transformer_units", "units": ["experts"], "expert_score": "criterion"},
+               schedule="manual", sparsity=0.5, example_inputs=_x(1))
+    model = _model("mixtral")  # 4 experts, top-2: keeping 1 cannot route a token to 2
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    with pytest.raises(ConfigError, match="fewer than the 2 each token"):
+        _pruned(model, "criterion", sparsity=0.75)
+    assert all(torch.equal(t, before[n]) for n, t in model.state_dict().items())
+    with pytest.raises(ConfigError, match="expert_score"):
+        Pruner(_model("mixtral"), {"name": "transformer_units", "units": ["experts"], "expert_score": "loud"},
+               schedule="manual", sparsity=0.5)
