@@ -78,9 +78,19 @@ def test_a_family_nobody_listed_is_cut_by_what_its_modules_allow_saved_and_reloa
     assert type(again) is type(model) and torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
 
 
-def test_a_family_whose_later_blocks_are_experts_is_not_read_as_llama_shaped():
-    model = _model("flint")  # block 2 of 3 is a mixture of experts: no MLP channels to cut there
-    assert family_of(model) is None
-    with pytest.raises(ConfigError, match="LLaMA-shaped"):
+def test_a_family_whose_later_blocks_are_experts_is_read_from_its_experts_only(tmp_path):
+    model = _model("flint")  # block 2 of 3 is a mixture of experts: not LLaMA-shaped, read by its experts
+    fam = family_of(model)
+    assert fam is not None and fam.experts_only and supported_kinds(model, fam) == ("experts",)
+    with pytest.raises(ConfigError, match="heads units"):
         Pruner(model, {"name": "transformer_units", "units": ["heads"]}, schedule="manual", sparsity=0.5,
                example_inputs=_x(1))
+    pruner = Pruner(model, {"name": "transformer_units", "units": ["experts"], "expert_score": "criterion"},
+                    schedule="manual", sparsity=0.5, example_inputs=_x(1))
+    pruner.prune(0.5, final=True)
+    assert list(pruner.structure.removed(pruner.masks)) == ["model.layers.2.mlp.experts"]
+    small = shrink(model, pruner.masks, example_inputs=_x(1))[0]
+    small.save_pretrained(tmp_path)
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(again(_x(2, 9)).logits, model(_x(2, 9)).logits, atol=1e-4)

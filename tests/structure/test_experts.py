@@ -130,3 +130,39 @@ def test_bad_expert_requests_are_one_sentence():
     with pytest.raises(ConfigError, match="expert_score"):
         Pruner(_model("mixtral"), {"name": "transformer_units", "units": ["experts"], "expert_score": "loud"},
                schedule="manual", sparsity=0.5)
+
+
+# mixtures of experts transformers ships with no entry in FAMILIES, read from their experts (recognize_moe)
+ZOO = {"qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 24, "head_dim": 8},
+       "olmoe": {"num_experts": 4, "num_experts_per_tok": 2, "eos_token_id": 2, "pad_token_id": 1},
+       "gpt_oss": {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 8, "sliding_window": 8},
+       "phimoe": {"num_local_experts": 4, "num_experts_per_tok": 2},
+       "deepseek_v3": {"n_routed_experts": 4, "num_experts_per_tok": 2, "n_group": 1, "topk_group": 1,
+                       "moe_intermediate_size": 24, "first_k_dense_replace": 1, "q_lora_rank": 16,
+                       "kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 4, "v_head_dim": 8,
+                       "num_hidden_layers": 3, "rope_scaling": None},
+       "llama4_text": {"num_local_experts": 4, "num_experts_per_tok": 1, "intermediate_size_mlp": 64, "head_dim": 8},
+       "granitemoe": {"num_local_experts": 4, "num_experts_per_tok": 2},
+       "minimax": {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 8}}
+
+
+@pytest.mark.parametrize("kind", sorted(ZOO))
+def test_an_unlisted_mixture_of_experts_loses_half_its_experts_and_reloads(kind, tmp_path):
+    """GPT-OSS (router bias, transposed experts), DeepSeek-V3 (a dense first block, a per-expert correction
+    bias, routing in float32), Llama-4 (sigmoid of the top scores; its experts take pre-sorted tokens, so REAP
+    is refused and the criterion ranks them) and the rest: routing-masked == shrunk == reloaded."""
+    if kind not in transformers.models.auto.configuration_auto.CONFIG_MAPPING:
+        pytest.skip(f"this transformers has no {kind}")
+    model = _model(kind, **ZOO[kind])
+    score = "criterion" if kind == "llama4_text" else "reap"
+    if kind == "llama4_text":
+        with pytest.raises(ConfigError, match="expert_score criterion"):
+            _pruned(_model(kind, **ZOO[kind]), "reap")
+    p = _pruned(model, score)
+    moe = [n for n in p.structure.removed(p.masks)]
+    assert moe and all(len(v) == 2 for v in p.structure.removed(p.masks).values())
+    small = shrink(model, p.masks, example_inputs=_x(1))[0]
+    small.save_pretrained(tmp_path)
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(again(_x(3, 9)).logits, model(_x(3, 9)).logits, atol=1e-5)

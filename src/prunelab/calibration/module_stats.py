@@ -44,7 +44,7 @@ def routing_hooks(experts: Mapping[str, nn.Module], stats: dict[str, InputStats]
             x, index, weight = got
             if not all(isinstance(t, Tensor) for t in got):
                 raise ConfigError(f"{name} is not called as experts(hidden_states, top_k_index, top_k_weights): "
-                                  "its routing cannot be measured")
+                                  "its routing cannot be measured: rank its experts with expert_score criterion")
             n = int(module.gate_up_proj.shape[0])
             s = stats.setdefault(name, InputStats(routed=torch.zeros(n, dtype=torch.float64, device=x.device),
                                                   reap=torch.zeros(n, dtype=torch.float64, device=x.device)))

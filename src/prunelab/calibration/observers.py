@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PrunelabError
 from ..inputs import call
 from .rnn import is_rnn_weight, rnn_rows
 from ..targets import Layout, first_not_finite, is_hf_conv1d
@@ -257,6 +257,8 @@ def run_model(model: nn.Module, x: Any) -> Any:
     """``model`` called on calibration inputs; what it raises on them is the user's inputs' fault: ConfigError."""
     try:
         return call(model, x)
+    except PrunelabError:  # a hook's own sentence
+        raise
     except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as exc:
         raise ConfigError(f"the model rejected the calibration inputs: {str(exc).splitlines()[0][:200]}") from None
 

@@ -47,6 +47,9 @@ def expert_parts(model: nn.Module, fam: Family, pre: str, part_cls) -> list:
     router = model.get_submodule(pre + router_name(fam))
     parts += [part_cls(f"{pre}{router_name(fam)}.{name}", 0, e[:, None], e)
               for name in ("weight", "bias") if isinstance(getattr(router, name, None), Tensor)]
+    # per-expert buffers of the router (DeepSeek-V3's e_score_correction_bias) go with their experts
+    parts += [part_cls(f"{pre}{router_name(fam)}.{name}", 0, e[:, None], e)
+              for name, b in router.named_buffers(recurse=False) if b.dim() >= 1 and b.shape[0] == n]
     return parts
 
 
@@ -60,7 +63,8 @@ class _MaskLogits(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         w = args[1] if len(args) > 1 else (kwargs or {}).get("weight")
-        if func is F.linear and w is self.weight:
+        # the router's weight, or a cast of it (DeepSeek-V3 multiplies by weight.type(float32)): same shape
+        if func is F.linear and isinstance(w, Tensor) and (w is self.weight or w.shape == self.weight.shape):
             out = out.index_fill(-1, self.removed.to(out.device), float("-inf"))
         return out
 

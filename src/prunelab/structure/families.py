@@ -54,6 +54,8 @@ class Family:
     # unit kinds this layout cannot lose exactly, with the reason (a layout read from the modules, :mod:`.recognize`)
     refused: tuple[tuple[str, str], ...] = ()
     recognized: bool = False          # read from the modules, not listed in FAMILIES
+    experts_only: bool = False        # only the router and experts are read (:func:`.recognize.recognize_moe`);
+    # blocks without them (DeepSeek-V3's first dense blocks, Llama-4's interleaved ones) have no units
 
     @property
     def no_hidden(self) -> str | None:
@@ -145,6 +147,8 @@ def _prefixed(fam: Family, pre: str) -> Family:
 
 
 def _block_modules(fam: Family) -> tuple[str, ...]:
+    if fam.experts_only:
+        return (fam.up[0], fam.experts)
     attn = (fam.qkv,) if fam.qkv else (fam.q, fam.k, fam.v)
     return attn + (fam.o,) + fam.up + tuple(m for m in (fam.down, fam.experts) if m) + fam.norms
 
@@ -168,8 +172,9 @@ def check_layout(model: nn.Module, fam: Family, example_inputs: Inputs) -> None:
     readers = ((fam.qkv,) if fam.qkv else (fam.q, fam.k, fam.v)) + fam.up
     seen: dict[str, Any] = {}
     handles = []
+    present = [[n for n in _block_modules(fam) if not fam.experts_only or has_module(b, n)] for b in blocks]
     for i, block in enumerate(blocks):
-        for n in _block_modules(fam):
+        for n in present[i]:
             def hook(m, args, _n=f"{fam.layers}.{i}.{n}", _r=n in readers):
                 x = args[0] if args and isinstance(args[0], torch.Tensor) else None
                 seen[_n] = x.shape[-1] if (x is not None and _r) else None
@@ -187,8 +192,7 @@ def check_layout(model: nn.Module, fam: Family, example_inputs: Inputs) -> None:
             h.remove()
         model.train(was)
         model.config.use_cache = cache
-    missing = [n for i in range(len(blocks)) for n in (f"{fam.layers}.{i}.{m}" for m in _block_modules(fam))
-               if n not in seen]
+    missing = [n for i in range(len(blocks)) for n in (f"{fam.layers}.{i}.{m}" for m in present[i]) if n not in seen]
     if missing:
         raise ConfigError(f"this {fam.name} model does not run as its layout says: {missing[0]} was never called "
                           "(a modified block?); its units of structure cannot be read from its modules")

@@ -29,7 +29,7 @@ from .units import removed_units
 def _kept(units: TransformerUnits, masks: Mapping[str, Tensor]) -> tuple[dict, dict, list[int]]:
     """({(param, dim): kept indices}, {kind: kept width}, kept blocks) from the removed units; ConfigError when
     blocks would keep different widths (transformers builds one width for every block of these configs)."""
-    named = dict(units.model.named_parameters(remove_duplicate=False))
+    named = {**dict(units.model.named_buffers()), **dict(units.model.named_parameters(remove_duplicate=False))}
     drop: dict[tuple[str, int], set[int]] = {}
     widths: dict[str, set[int]] = {}
     blocks = list(range(len(units.model.get_submodule(units.family.layers))))
@@ -143,7 +143,7 @@ def shrink_hf(model: nn.Module, masks: Mapping[str, Tensor], units: TransformerU
     small.eval()
     check_same_outputs(masked, small, example_inputs, atol, lambda diff: (
         f"the smaller {type(small).__name__}'s logits differ from the masked model's by {diff:.3g} (> {atol:g}) "
-        "in float64: " + (f"this {units.family.name} block does not compute what its LLaMA-shaped modules suggest "
+        "in float64: " + (f"this {units.family.name} block does not compute what its modules suggest "
                           f"(its layout was read from its modules), so {', '.join(sorted(widths))} cannot be cut "
                           "exactly" if units.family.recognized else "the removed units were not all at zero")))
     changed = {k: v for k, v in config.to_diff_dict().items()

@@ -63,7 +63,7 @@ def family_of(model: nn.Module) -> Family | None:
     config = getattr(model, "config", None)
     fam = FAMILIES.get(getattr(config, "model_type", None))
     if fam is None:
-        return recognize(model) if config is not None else None
+        return (recognize(model) or recognize_moe(model)) if config is not None else None
     prefix = getattr(model, "base_model_prefix", "")
     if prefix and not has_module(model, fam.layers) and has_module(model, f"{prefix}.{fam.layers}"):
         fam = _prefixed(fam, prefix + ".")
@@ -191,3 +191,50 @@ def _trial(model: nn.Module, kind: str, head_dim: int | None) -> str | None:
         return (f"with fewer {kind} units its class builds {wrong[0]} as {list(got[wrong[0]])}, not "
                 f"{list(want[wrong[0]])} (it derives that width from another field)")
     return None
+
+
+_MOE = ("mlp", "feed_forward", "block_sparse_moe")
+_COUNT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts")
+
+
+def recognize_moe(model: nn.Module, layers: str = "model.layers") -> Family | None:
+    """An experts-only :class:`Family` for a Hugging Face mixture of experts of an unlisted type (Qwen3-MoE, OLMoE,
+    GPT-OSS, PhiMoE, DeepSeek-V3, Llama-4, GraniteMoE, MiniMax, ...): blocks under ``model.layers`` whose
+    ``mlp`` / ``feed_forward`` / ``block_sparse_moe`` holds a fused ``experts`` module (3-D ``gate_up_proj``) and
+    a router (``gate`` or ``router``) with one weight row per expert, the same names in every MoE block (dense
+    blocks among them have no units), and a config field stating the expert count. Only ``experts`` are offered;
+    the other kinds are refused by reason. None when the model is not such a mixture of experts."""
+    config = getattr(model, "config", None)
+    try:
+        blocks = model.get_submodule(layers)
+    except AttributeError:
+        return None
+    if config is None or not isinstance(blocks, nn.ModuleList) or not isinstance(getattr(config, "hidden_size", None), int):
+        return None
+    found = set()
+    for block in blocks:
+        for moe in _MOE:
+            for router in ("gate", "router"):
+                e, r = f"{moe}.experts", f"{moe}.{router}"
+                if has_module(block, e) and has_module(block, r) and isinstance(
+                        getattr(block.get_submodule(e), "gate_up_proj", None), torch.Tensor):
+                    found.add((r, e))
+    if len(found) != 1:
+        return None
+    router, experts = found.pop()
+    n = next(int(b.get_submodule(experts).gate_up_proj.shape[0]) for b in blocks if has_module(b, experts))
+    field = next((f for f in _COUNT_FIELDS if getattr(config, f, None) == n), None)
+    if field is None:
+        return None
+    name = str(getattr(config, "model_type", type(model).__name__))
+    refused = {k: f"its layout was read from its experts only, so {k} units are not read yet"
+               for k in ("mlp", "heads", "hidden", "depth")}
+    if (getattr(config, "n_group", None) or 1) > 1:  # DeepSeek-V3's group-limited routing
+        refused["experts"] = (f"it routes within {config.n_group} groups of experts (n_group), which removing "
+                              "experts would unbalance")
+    root = layers.partition(".")[0]
+    return Family(name, layers=layers, embeds=(f"{root}.embed_tokens",),
+                  final_norm=f"{root}.norm" if has_module(model, f"{root}.norm") else None, up=(router,), down=None,
+                  norms=(), o="", experts=experts, experts_only=True,
+                  fields=(("experts", field), ("hidden", "hidden_size"), ("depth", "num_hidden_layers")),
+                  refused=tuple(refused.items()), recognized=True)

@@ -132,7 +132,8 @@ def build_groups(model: nn.Module, fam: Family, kinds: Sequence[str]) -> list[Un
                      for p in _weight_parts(model, pre + u, True, (j + c * width)[:, None], j, tp)]
             parts += _weight_parts(model, pre + fam.down, False, j[:, None], j, tp)
             out.append(UnitGroup("mlp", f"{pre}{fam.up[0].rpartition('.')[0] or fam.up[0]}", width, tuple(parts), i))
-        if "experts" in kinds:  # slab e of the fused expert tensors with router row e (:mod:`.experts`)
+        if "experts" in kinds and has_module(block, fam.experts):  # slab e of the fused expert tensors with
+            # router row e (:mod:`.experts`); a dense block among MoE ones has none
             parts = expert_parts(model, fam, pre, Part)
             out.append(UnitGroup("experts", f"{pre}{fam.experts}", expert_count(model, fam, pre), tuple(parts), i))
     if "hidden" in kinds:
