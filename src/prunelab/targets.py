@@ -11,9 +11,10 @@ matrix of:
   stored transposed as (in, out);
 - a mixture of experts' fused expert tensors (transformers 5: a module whose class name ends in ``Experts``,
   e.g. ``MixtralExperts``, holding ``gate_up_proj`` (experts, out, in) and ``down_proj``; GPT-OSS and Llama-4
-  store (experts, in, out)): each 3-D weight viewed as (experts x out, in), so a row is one expert's output row. Methods that calibrate or remove
-  channels leave them out, with the reason (no module hook sees an expert's inputs; experts are not yet a
-  unit of structure).
+  store (experts, in, out)): each 3-D weight viewed as (experts x out, in), so a row is one expert's output row.
+  Wanda and SparseGPT calibrate them per expert (norms and Gram matrices of the tokens routed to each) where
+  the layout is the standard one; other calibrated methods, other layouts and channel methods leave them out
+  with the reason (channel methods remove experts whole with ``units: [experts]``).
 
 ``Embedding`` tables, and any weight tied to one (a language model's output layer sharing the token
 embedding), are targets only with ``embeddings=True``. ``ConvTranspose`` weights are targets when their class
@@ -120,6 +121,18 @@ def _weights(module: nn.Module) -> Iterator[tuple[str, Layout]]:
         yield "weight", Layout("linear")
 
 
+def experts_calibrate(module: nn.Module) -> bool:
+    """Whether a fused experts module has the standard layout whose per-expert inputs calibration can rebuild
+    (:func:`prunelab.calibration.observers.expert_rows`): gate_up_proj (E, 2I, H) with gate then up, down_proj
+    (E, H, I), an ``act_fn``, no biases, not transposed (Mixtral, Qwen-MoE, OLMoE, DeepSeek-V3, ...)."""
+    gu, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
+    return (isinstance(gu, Tensor) and isinstance(down, Tensor) and gu.dim() == 3 and down.dim() == 3
+            and callable(getattr(module, "act_fn", None)) and not _experts_transposed(module)
+            and getattr(module, "is_concatenated", True) is True and not getattr(module, "has_bias", False)
+            and gu.shape[1] == 2 * down.shape[2] and gu.shape[2] == down.shape[1]
+            and not any(p.dim() == 2 for p in module.parameters(recurse=False)))
+
+
 def _experts_transposed(module: nn.Module) -> bool:
     """Whether a fused experts module stores its tensors (experts, in, out): transformers' own flag where its
     ``use_experts_implementation`` set one (GPT-OSS), else read from the shapes: gate_up_proj (or up_proj) takes
@@ -224,7 +237,11 @@ class Targets:
         output_layer = method.output_layer
         # experts are targets of a method that removes them whole (units: [experts]) and needs no calibration
         removes_experts = "experts" in (getattr(method, "unit_kinds", None) or ())
-        experts_out = not removes_experts and (method.channels or method.requirements().calibration is not None)
+        cal = method.requirements().calibration
+        # calibrated per expert from the tokens routed to it (norms, Gram matrices) where the layout is the
+        # standard one (:func:`experts_calibrate`); other statistics, or other layouts, leave them dense
+        per_expert = cal is not None and all(p <= {"norms", "gram"} for p in cal.passes)
+        experts_out = not removes_experts and (method.channels or (cal is not None and not per_expert))
         method = method.name
         params, layouts, skipped = {}, {}, {}
         found = self.find(model, output_layer=output_layer)
@@ -235,9 +252,15 @@ class Targets:
             skipped[name] = (f"{name} is the output layer of a language model, left dense by {method} as its "
                              "authors do (targets.output_layer: true prunes it)")
         for t in found:
+            if t.layout.experts and not experts_out and cal is not None and not removes_experts and \
+                    not experts_calibrate(model.get_submodule(t.name.rpartition(".")[0])):
+                skipped[t.name] = (f"{t.name} holds fused expert weights of a layout {method} cannot give per-expert "
+                                   "statistics (transposed, interleaved or biased experts), so it leaves them dense")
+                continue
             if t.layout.experts and experts_out:
-                skipped[t.name] = (f"{t.name} holds fused expert weights, which {method} leaves dense: no module "
-                                   "hook sees an expert's inputs, and experts are not yet a unit of structure")
+                skipped[t.name] = (f"{t.name} holds fused expert weights, which {method} leaves dense: its "
+                                   "statistics are gathered per expert only as norms and Gram matrices (Wanda, "
+                                   "SparseGPT), and channel methods remove experts whole (units: [experts])")
                 continue
             if t.param.numel() == 0:  # nothing to prune (nn.Linear(0, 5)); no granularity can say anything of it
                 skipped[t.name] = f"{t.name} has no elements (shape {tuple(t.param.shape)})"

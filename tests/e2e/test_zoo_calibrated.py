@@ -96,7 +96,10 @@ def test_fused_expert_tensors_are_targets_of_element_methods():
     kept = rows.masks[name].reshape(-1, experts.shape[-1])
     assert bool((kept.all(1) | ~kept.any(1)).all())
     w = Pruner(_model("mixtral", False), "wanda", sparsity=0.5, schedule="manual")
-    assert name not in w.params and "fused expert weights, which wanda leaves dense" in w.skipped[name]
+    assert name in w.params  # calibrated per expert (tests/structure/test_experts.py)
+    d = Pruner(_model("mixtral", False), {"name": "wanda", "selector": "dsnot"}, sparsity=0.5,
+               schedule="manual")  # DSnoT's means and variances per expert: not built
+    assert name not in d.params and "fused expert weights, which wanda leaves dense" in d.skipped[name]
 
 
 @pytest.mark.parametrize("mode", [{}, {"per_row": True}, {"n": 2, "m": 4}])

@@ -166,3 +166,34 @@ def test_an_unlisted_mixture_of_experts_loses_half_its_experts_and_reloads(kind,
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.allclose(again(_x(3, 9)).logits, model(_x(3, 9)).logits, atol=1e-5)
+
+
+def test_wanda_scores_each_expert_by_the_tokens_routed_to_it():
+    """Wanda on fused experts: |W_e| times the input norms of the tokens routed to expert e (gate_up_proj: their
+    hidden states; down_proj: act(gate) * up of them), half of every row, by hand for block 0; GPT-OSS's
+    transposed, biased experts get no such statistics and stay dense with the reason."""
+    model = _model("mixtral")
+    experts = model.model.layers[0].mlp.experts
+    seen = []
+    handle = experts.register_forward_pre_hook(lambda m, args: seen.append((args[0].double(), args[1])))
+    batches = [_x(4, s) for s in range(1, 3)]
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    handle.remove()
+    gu, down = experts.gate_up_proj.detach().double().clone(), experts.down_proj.detach().double().clone()
+    p = Pruner(model, "wanda", sparsity=0.5, schedule="manual")
+    p.calibrate(batches)
+    p.prune(0.5)
+    for e in range(4):
+        x = torch.cat([h[(i == e).any(-1)] for h, i in seen])
+        g, u = (x @ gu[e].T).chunk(2, dim=-1)
+        mid = torch.nn.functional.silu(g) * u
+        for w, inputs, name in ((gu[e], x, "gate_up_proj"), (down[e], mid, "down_proj")):
+            score = w.abs() * inputs.norm(dim=0)
+            want = torch.ones_like(w, dtype=torch.bool)
+            want.scatter_(1, score.argsort(dim=1)[:, : w.shape[1] // 2], False)
+            assert torch.equal(p.masks[f"model.layers.0.mlp.experts.{name}"][e], want), (e, name)
+    oss = _model("gpt_oss", **ZOO["gpt_oss"])
+    q = Pruner(oss, "wanda", sparsity=0.5, schedule="manual")
+    assert "per-expert statistics" in q.skipped["model.layers.0.mlp.experts.gate_up_proj"]

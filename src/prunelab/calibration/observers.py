@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, PrunelabError
 from ..inputs import call
 from .rnn import is_rnn_weight, rnn_rows
-from ..targets import Layout, first_not_finite, is_hf_conv1d
+from ..targets import Layout, experts_calibrate, first_not_finite, is_hf_conv1d
 
 
 @dataclass
@@ -226,6 +226,27 @@ def _mha_out_rows(module, args, kwargs, output) -> Tensor:
     return out.reshape(-1, e)
 
 
+def expert_rows(attr: str) -> Rows:
+    """Rows of a fused experts module's ``gate_up_proj`` (the hidden states of the tokens routed to each expert)
+    or ``down_proj`` (each expert's act(gate) * up on them), as (experts, rows, columns) like a grouped
+    convolution's groups, zero-padded to the busiest expert (zeros add nothing to norms or Gram matrices)."""
+    def rows(module, args, kwargs, output) -> Tensor:
+        x, index = (args[0] if args else kwargs["hidden_states"]), (args[1] if len(args) > 1 else kwargs["top_k_index"])
+        n = int(module.gate_up_proj.shape[0])
+        chosen = [(index == e).any(-1).nonzero().flatten() for e in range(n)]
+        cols = module.gate_up_proj.shape[-1] if attr == "gate_up_proj" else module.down_proj.shape[-1]
+        out = x.new_zeros(n, max(len(c) for c in chosen), cols)
+        for e, tok in enumerate(chosen):
+            if len(tok):
+                xe = x[tok]
+                if attr == "down_proj":
+                    gate, up = F.linear(xe, module.gate_up_proj[e]).chunk(2, dim=-1)
+                    xe = module.act_fn(gate) * up
+                out[e, :len(tok)] = xe
+        return out
+    return rows
+
+
 def owners(model: nn.Module, targets: Mapping[str, Tensor]) -> dict[str, tuple[nn.Module, Rows]]:
     """For each target, the module whose forward call shows its inputs and how to read them as rows of its
     columns; ConfigError naming the targets without one."""
@@ -241,6 +262,8 @@ def owners(model: nn.Module, targets: Mapping[str, Tensor]) -> dict[str, tuple[n
             out[name] = attention[id(module)], _mha_out_rows  # out_proj is never called: its parent reads it
         elif is_rnn_weight(module, attr):
             out[name] = module, rnn_rows(attr)
+        elif attr in ("gate_up_proj", "down_proj") and experts_calibrate(module):
+            out[name] = module, expert_rows(attr)
         elif module is None or not _observable(module, attr):
             missing.append(name)
         else:

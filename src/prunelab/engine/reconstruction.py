@@ -25,7 +25,7 @@ from ..errors import ConfigError
 
 def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m: int = 0,
               keep: Tensor | None = None, blocksize: int = 128, percdamp: float = 0.01,
-              per_row: bool = False) -> tuple[Tensor, Tensor, bool]:
+              per_row: bool = False, joint: bool = True) -> tuple[Tensor, Tensor, bool]:
     """(updated weight, keep mask, whether H was invertible) of one layer, weight and mask (rows, columns), the
     weight's dtype out; or of G independent ones at once, weight (G, rows, columns) and Gram matrices (G,
     columns, columns) (a grouped convolution's groups: one pass of the column loop for all of them, since a
@@ -37,7 +37,9 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
     positive definite even after dampening, H^-1 is taken as the identity (as llm-compressor falls back): the weights are pruned by
     magnitude with no update, and the flag (False if any group fell back) says so. Unstructured, a grouped
     layer's count is rounded once and chosen across its groups (each block's lowest scores over all of them, as
-    over all rows of a plain layer); a group that fell back then competes with w^2 for its score."""
+    over all rows of a plain layer); a group that fell back then competes with w^2 for its score. ``joint=False``:
+    each group at ``sparsity`` on its own (the experts of a mixture, each a layer of its own as its authors'
+    per-Linear SparseGPT treats it)."""
     batched = weight.dim() == 3
     w3, h3 = (weight, gram) if batched else (weight[None], gram[None])
     if w3.dim() != 3 or h3.shape != (w3.shape[0], w3.shape[2], w3.shape[2]):
@@ -73,7 +75,7 @@ def sparsegpt(weight: Tensor, gram: Tensor, sparsity: float = 0.5, n: int = 0, m
             # the layer's count, rounded once (nearest, halves up) and shared out over the blocks by cumulative
             # rounding, so the whole layer meets the engine's rounding rule rather than a floor per block
             per = 1 if per_row else rows
-            if groups > 1 and not per_row:
+            if groups > 1 and not per_row and joint:
                 # a grouped convolution is one layer: its count is rounded once over all groups and each block's
                 # lowest scores (the same unit, the output error a weight's removal adds) chosen across them.
                 # Rounded per group, a depthwise 1x1 layer's one-weight groups each pruned round(0.5) = 1: all
