@@ -137,13 +137,13 @@ class SparseGPTMethod(Method):
         return {"layer_sparsity": self.layer_sparsities(view, ctx)}
 
     def _solve(self, w, gram, sparsity: float, nm: tuple[int, int], experts: bool = False):
-        """:func:`sparsegpt` of one weight; a grouped convolution's (groups, columns, columns) Gram matrices
+        """:func:`sparsegpt` of one weight (its Gram matrix spent); a grouped convolution's (groups, columns, columns) Gram matrices
         solve each group's output rows in one batched call, the layer's count chosen across them; a fused
         experts tensor's, each expert at ``sparsity`` on its own."""
         if gram.dim() == 3:
             w = w.reshape(gram.shape[0], -1, w.shape[-1])
         new, keep, ok = sparsegpt(w, gram, sparsity, *nm, blocksize=self.blocksize, percdamp=self.percdamp,
-                                  per_row=self.per_row, joint=not experts)
+                                  per_row=self.per_row, joint=not experts, consume=True)
         return new.reshape(-1, new.shape[-1]), keep.reshape(-1, keep.shape[-1]), ok
 
     def decide(self, view, ctx) -> Decision:
@@ -157,10 +157,11 @@ class SparseGPTMethod(Method):
         for name in ctx.group:
             p, layout, st = view.params[name], view.layouts[name], ctx.input_stats[name]
             sparsity = ctx.sparsity if ctx.layer_sparsity is None else ctx.layer_sparsity[name]
+            unreached = st.gram.diagonal(dim1=-2, dim2=-1) == 0  # (columns,) or per conv group (groups, columns)
+            # the solve factors the Gram matrix in place: it is spent (one (n, n) copy less at the peak)
             w, keep, ok = self._solve(column_view(layout, p.detach()), st.gram, sparsity, nm, bool(layout.experts))
             if not ok:
                 singular.append(name)
-            unreached = st.gram.diagonal(dim1=-2, dim2=-1) == 0  # (columns,) or per conv group (groups, columns)
             if bool((keep.reshape(unreached.numel() // unreached.shape[-1], -1, keep.shape[-1])
                      & unreached.reshape(-1, 1, unreached.shape[-1])).any()):  # more than the budget could take
                 dead[name] = round(float(unreached.float().mean()), 4)
