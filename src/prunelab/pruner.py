@@ -95,10 +95,9 @@ class Pruner:
                                   "example_inputs (a batch of model inputs) so channel coupling can be traced")
             self.structure = structure_for(model, self.params, self.method, example_inputs)
         self._companions: dict[str, tuple[nn.Parameter, Tensor]] = {}
-        self.step_count, self.events, self.history = 0, 0, []
+        self.step_count, self.events, self.history, self.auto_prune = 0, 0, [], bool(auto_prune)
         self._mul: list[tuple[nn.Parameter, Tensor]] | None = []
         self._dense: set[str] = set(self.params)  # names whose masks are all alive
-        self.auto_prune = bool(auto_prune)
         # the calibration inputs (read once by calibrate()), their options, and where progress lines go
         self._chunks, self._options, self._progress = None, calibration.Options(), None
         request = self.needs.calibration
@@ -277,6 +276,8 @@ class Pruner:
         if params is not self.params and self.structure is not None:
             raise ConfigError(f"method {m.name} couples channels across layers: it cannot be decided block by "
                               "block (sequential: false)")
+        if type(m.allocation_) is Uniform and len(params) > 1 and self.structure is None:  # one layer's scores
+            return Masks({n: self._pipeline(sparsity, ctx, (n,))[n] for n in params})  # at a time: same masks
         masks, dense = Masks({n: self.masks[n] for n in params}), self._dense & set(params)
         steps = m.granularity_.steps(sparsity, self.schedule.sparsity)
         if can_stream(m, steps, params, self.layouts):  # the same masks, without a copy of the weights
