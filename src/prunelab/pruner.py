@@ -269,8 +269,7 @@ class Pruner:
         return PruneView(self.model, self.params, self.masks, self.structure, self.layouts)
 
     def _pipeline(self, sparsity: float, ctx: Context, names: tuple[str, ...]) -> Masks:
-        """criterion -> granularity -> allocation -> selector over the targets ``names`` (a calibrated group, or
-        all of them), one pass per granularity step."""
+        """criterion -> granularity -> allocation -> selector over targets ``names``, one pass per granularity step."""
         m = self.method
         params = self.params if len(names) == len(self.params) else {n: self.params[n] for n in names}
         if params is not self.params and self.structure is not None:
