@@ -63,8 +63,9 @@ def structure_for(model: nn.Module, params: Mapping[str, Tensor], method, exampl
                               "gate/up/down projections in model.layers); this model is neither: use a channel "
                               "method without units")
         return channel_units(model, example_inputs)
-    if not isinstance(method.allocation_, Uniform) and any(g.kind in ("mlp", "heads") for g in found.groups):
-        raise ConfigError(f"allocation {method.allocation_.registered_name} would give blocks different widths, and "
-                          f"transformers builds a {found.family.name} model with one MLP width and one head count "
+    per_block = sorted({g.kind for g in found.groups} & {"mlp", "heads", "experts"})
+    if not isinstance(method.allocation_, Uniform) and per_block:
+        raise ConfigError(f"allocation {method.allocation_.registered_name} would give blocks different counts of "
+                          f"{per_block[0]} units, and transformers builds a {found.family.name} model with one count "
                           "for every block: use allocation uniform")
     return found

@@ -154,7 +154,8 @@ def why_not(model: nn.Module, fam: Family, kind: str) -> str | None:
     if kind == "experts" and not fam.experts:
         return f"a {fam.name} model has no mixture-of-experts blocks, so it has no experts to remove"
     if kind == "mlp" and fam.experts:
-        return f"the MLP of a {fam.name} block is its experts, which are not a unit of structure yet"
+        return (f"the MLP of a {fam.name} block is its experts: remove whole experts with units [experts] (an "
+                "expert's own channels are not a unit)")
     if kind == "hidden" and fam.no_hidden:
         return f"the hidden size of a {fam.name} model cannot be cut exactly: {fam.no_hidden}"
     if kind == "heads" and not fam.head_dim_field:
