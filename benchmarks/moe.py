@@ -6,7 +6,9 @@ then each side removes a share of every block's experts with ``transformer_units
 
 - ``reap``: router weight x expert output norm, mean over the calibration tokens routed to each expert;
 - ``frequency``: tokens routed to each expert;
-- ``magnitude``: the L1 norm of the expert's tensors (``expert_score: criterion``).
+- ``magnitude``: the L1 norm of the expert's tensors (``expert_score: criterion``);
+- ``reap+distill``: REAP, then one epoch over a quarter of the training tokens distilling the dense model
+  (``prune.distill``; the removed experts stay removed and unrouted while it trains).
 
 Printed per side: held-out perplexity of the pruned model (no retraining), parameters of the shrunk model (the
 same class with fewer experts) against the dense one, and the wall time of the run (the first run's includes the
@@ -29,6 +31,8 @@ from pathlib import Path
 
 SIDES = {"reap": ["prune.method.expert_score=reap"], "frequency": ["prune.method.expert_score=frequency"],
          "magnitude": ["prune.method.expert_score=criterion"]}
+# REAP, then a short recovery by distillation from the dense model (a quarter of the training tokens, one epoch)
+DISTILL = ["prune.method.expert_score=reap", "prune.retrain.epochs=1", "prune.distill={alpha: 0.5, temperature: 2}"]
 
 
 def _run(a, overrides: list[str]) -> dict:
@@ -68,7 +72,8 @@ def main() -> None:
     print("| experts removed | side | perplexity | x dense | parameters (shrunk / dense) | run time (s) |")
     print("|---|---|---|---|---|---|")
     for share in a.shares.split(","):
-        for side, overrides in SIDES.items():
+        sides = {**SIDES, "reap+distill": DISTILL + [f"prune.retrain.train_tokens={a.tokens // 4}"]}
+        for side, overrides in sides.items():
             r = _run(a, [f"prune.sparsity={share}", *overrides])
             dense = dense or r["dense_ppl"]
             small = r.get("shrunk", {}).get("params", r["params_nonzero"])

@@ -197,3 +197,24 @@ def test_wanda_scores_each_expert_by_the_tokens_routed_to_it():
     oss = _model("gpt_oss", **ZOO["gpt_oss"])
     q = Pruner(oss, "wanda", sparsity=0.5, schedule="manual")
     assert "per-expert statistics" in q.skipped["model.layers.0.mlp.experts.gate_up_proj"]
+
+
+def test_a_run_removes_experts_recovers_by_distillation_and_still_shrinks(tmp_path):
+    """The command line end to end: a small Mixtral trained, half its experts removed by REAP, retrained by
+    distilling the dense model (the removed experts stay zero and unrouted while it trains), then shrunk."""
+    import json
+
+    from prunelab.cli import main
+
+    over = ["model.name=hf:mixtral", "model.kwargs={num_hidden_layers: 2, hidden_size: 32, intermediate_size: 48, "
+            "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 16, num_local_experts: 4, "
+            "num_experts_per_tok: 2}", "data.seq_len=16", "data.train_tokens=4000", "data.eval_tokens=2000",
+            "data.calibration_tokens=2000", "train.epochs=1", "train.train_tokens=2000", "prune.method.units=[experts]",
+            "prune.method.criterion=magnitude", "prune.method.samples=16", "prune.retrain.epochs=1",
+            "prune.retrain.train_tokens=1000", "prune.distill={alpha: 0.5, temperature: 2}"]
+    assert main(["run", "llama_pystdlib_units", *over, "--runs-dir", str(tmp_path), "--no-progress"]) == 0
+    run = next(p for p in tmp_path.iterdir() if p.name.startswith("llama_pystdlib_units"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["shrunk"]["config"]["num_local_experts"] == 2
+    assert [r["stage"] for r in summary["stages"]] == ["dense", "round_01"]
+    assert abs(summary["shrunk"]["test_ppl"] - summary["pruned_ppl"]) < 1e-3 * summary["pruned_ppl"]
