@@ -55,3 +55,14 @@ def test_distillation_without_retraining_and_too_many_context_lengths():
         perplexity_at({"m": model}, None, list(range(1, 2001)))  # refused before the first of 2,000 passes
     with pytest.raises(ConfigError, match="context lengths repeat"):
         perplexity_at({"m": model}, None, [4, 4])
+
+
+@pytest.mark.parametrize("key", ["name", "seed"])
+def test_model_kwargs_naming_the_model_or_the_seed_is_one_sentence(key, tmp_path, capsys):
+    """Found by the fuzz test: model.kwargs={name: ...} collided with build_model's own name (a TypeError)."""
+    from prunelab.cli import main
+
+    assert main(["run", "quickstart", f"model.kwargs={{{key}: 3}}", "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{key} is not a model argument here" in err[0]
+    assert not any(tmp_path.iterdir())

@@ -50,6 +50,9 @@ class ModelConfig(_Strict):
         derived = sorted({"num_classes", "input_shape", "vocab_size"} & set(v))
         if derived:
             raise ValueError(f"{', '.join(derived)} comes from the data set; remove it from model.kwargs")
+        own = sorted({"name", "seed"} & set(v))  # the model's name and the recipe's seed have keys of their own
+        if own:
+            raise ValueError(f"{own[0]} is not a model argument here: set it as {'model.name' if own[0] == 'name' else 'seed'}")
         return v
 
 

@@ -37,7 +37,7 @@ def seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int | None = None,
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, /, seed: int | None = None,
                 **kwargs: Any) -> nn.Module:
     """Build a model by name for inputs of ``input_shape`` (C, H, W) and ``num_classes`` outputs.
 
@@ -48,7 +48,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed:
         return _build(name, input_shape, num_classes, **kwargs)
 
 
-def _build(name: str, input_shape: tuple[int, ...], num_classes: int, **kwargs: Any) -> nn.Module:
+def _build(name: str, input_shape: tuple[int, ...], num_classes: int, /, **kwargs: Any) -> nn.Module:
     derived = sorted({"num_classes", "input_shape", "vocab_size"} & set(kwargs))
     if derived:  # these come from the data set: a second value would be a TypeError or a silent mismatch
         raise ConfigError(f"model.kwargs {', '.join(derived)}: this comes from the data set ({num_classes} classes "
