@@ -78,27 +78,6 @@ def test_calibrated_methods_say_what_they_miss():
         assert ok.prune(0.5).sparsity() == pytest.approx(0.5)
 
 
-class _Cross(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.mha = nn.MultiheadAttention(4, 2, batch_first=True)
-
-    def forward(self, q, kv):
-        return self.mha(q, kv, kv)[0]
-
-
-def test_cross_attention_thirds_see_their_own_inputs():
-    """The packed in_proj_weight of a cross-attention: the query third's statistics are the query's, the key and
-    value thirds' the memory's (by hand), though query and memory differ in length."""
-    q, kv = torch.randn(2, 3, 4), torch.randn(2, 5, 4)
-    model = _Cross()
-    stats = input_stats(model, {"w": model.mha.in_proj_weight}, [(q, kv)], samples=2, pairs=False)
-    sq = stats["w"].sq
-    assert sq.shape == (3, 4)
-    assert torch.allclose(sq[0], q.reshape(-1, 4).square().sum(0)) and torch.allclose(sq[1], kv.reshape(-1, 4).square().sum(0))
-    assert torch.allclose(sq[2], sq[1])
-
-
 def test_attention_projections_see_their_own_inputs():
     """in_proj sees the query of a self-attention call; out_proj the concatenated heads, which MHA multiplies
     itself: checked against (output - bias) W_o^-T, computed by hand from the module's own output."""
@@ -347,40 +326,6 @@ def test_curve_reads_a_one_shot_baseline_without_rounds(tmp_path):
     assert not any("schedule" in o for o in over["magnitude"] + over["random"])  # iterative, as the recipe
 
 
-@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
-def test_recurrent_weights_see_their_layer_inputs_and_previous_states(kind):
-    """Checked against the module itself: the last layer's hh rows are its own outputs shifted by one step (the
-    reverse direction backwards, starting from the given initial state), and layer 1's ih rows are the outputs
-    of a one-layer module holding layer 0's weights."""
-    torch.manual_seed(0)
-    rnn = kind(3, 4, num_layers=2, bidirectional=True, batch_first=True).double()
-    x = torch.randn(2, 5, 3, dtype=torch.double)
-    h0 = torch.randn(4, 2, 4, dtype=torch.double)
-    hx = (h0, torch.randn(4, 2, 4, dtype=torch.double)) if kind is nn.LSTM else h0
-    names = ["weight_ih_l0", "weight_ih_l1", "weight_hh_l1", "weight_hh_l1_reverse"]
-    model = _Recurrent(rnn, hx)
-    stats = input_stats(model, {n: getattr(rnn, n) for n in names}, [x], samples=2, gram=True)
-    with torch.no_grad():
-        out = rnn(x, hx)[0].transpose(0, 1)  # (T, N, 2H) of the top layer
-        low = kind(3, 4, num_layers=1, bidirectional=True, batch_first=True).double()
-        low.load_state_dict({k: v for k, v in rnn.state_dict().items() if "_l0" in k})
-        below = low(x, tuple(h[:2] for h in hx) if kind is nn.LSTM else hx[:2])[0].reshape(-1, 8)
-    fwd = torch.cat([h0[2][None], out[:-1, :, :4]]).reshape(-1, 4)
-    bwd = torch.cat([out[1:, :, 4:], h0[3][None]]).reshape(-1, 4)
-    for name, rows in (("weight_ih_l0", x.reshape(-1, 3)), ("weight_ih_l1", below), ("weight_hh_l1", fwd),
-                       ("weight_hh_l1_reverse", bwd)):
-        assert torch.allclose(stats[name].gram, rows.T @ rows, atol=1e-9), name
-
-
-class _Recurrent(nn.Module):
-    def __init__(self, rnn, hx):
-        super().__init__()
-        self.rnn, self.hx = rnn, hx
-
-    def forward(self, x):
-        return self.rnn(x, self.hx)[0]
-
-
 def test_a_method_that_writes_the_model_while_deciding_is_refused():
     from prunelab.methods.base import Method
 
@@ -404,33 +349,6 @@ def test_sparsegpt_breaks_ties_on_a_transposed_weight():
     x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
     new, keep, ok = sparsegpt(stored.T, x.T @ x, 0.55, blocksize=4)  # 13 of each block's 24: a column's tie cut
     assert ok and int((~keep).sum()) == 26 and new.shape == (6, 8)
-
-
-def test_grouped_and_depthwise_convolutions_calibrate_per_group():
-    """A group's output channels see only its input channels: Wanda's column norms and SparseGPT's Gram matrix
-    are per group, by hand from the unfolded inputs of each group; no exclude list is needed."""
-    import torch.nn.functional as F
-
-    torch.manual_seed(0)
-    grouped, depthwise = nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.Conv2d(6, 6, 3, padding=1, groups=6)
-    model = nn.Sequential(grouped, nn.ReLU(), depthwise)
-    x = torch.randn(5, 4, 6, 6)
-    stats = input_stats(model, {"g": grouped.weight, "d": depthwise.weight}, [x], samples=5, gram=True)
-    cols = F.unfold(x, 3, padding=1)  # (N, 4 * 9, L): channel-major columns
-    for gi in range(2):
-        rows = cols[:, gi * 18:(gi + 1) * 18].transpose(1, 2).reshape(-1, 18)
-        assert torch.allclose(stats["g"].sq[gi], rows.square().sum(0), rtol=1e-5)
-        assert torch.allclose(stats["g"].gram[gi], rows.T @ rows, rtol=1e-4, atol=1e-4)
-    assert stats["d"].sq.shape == (6, 9) and stats["d"].gram.shape == (6, 9, 9)
-    for method in ("wanda", "sparsegpt"):
-        m = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1, groups=2), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1, groups=6))
-        m.load_state_dict(model.state_dict())
-        p = Pruner(m, method, sparsity=0.5, schedule="manual")
-        p.calibrate([x])
-        p.prune(0.5)
-        assert p.masks.sparsity() == pytest.approx(0.5, abs=0.02), method
-        with torch.no_grad():
-            assert torch.isfinite(m(x)).all()
 
 
 def test_sparsegpt_on_a_depthwise_1x1_convolution_prunes_the_asked_share_by_the_closed_form():
