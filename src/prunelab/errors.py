@@ -31,3 +31,11 @@ class TrainingDiverged(PrunelabError):
 
 class ShrinkError(PrunelabError):
     """The shrunk model does not compute what the masked model computes."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of ``exc``'s message, at most ``limit`` characters, for a one-sentence error naming a
+    library's failure; its type's name when the message is empty (indexing the lines of an empty message was an
+    IndexError inside the error path)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

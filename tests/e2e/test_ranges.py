@@ -66,3 +66,11 @@ def test_model_kwargs_naming_the_model_or_the_seed_is_one_sentence(key, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{key} is not a model argument here" in err[0]
     assert not any(tmp_path.iterdir())
+
+
+def test_a_library_error_is_named_by_its_first_line_or_its_type():
+    from prunelab.errors import first_line
+
+    assert first_line(RuntimeError("shape mismatch\n  at layer 3")) == "shape mismatch"
+    assert first_line(ValueError("x" * 500), 120) == "x" * 120
+    assert first_line(KeyError()) == "KeyError" and first_line(IndexError("\n")) == "IndexError"

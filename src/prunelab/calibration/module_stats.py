@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .observers import _REENTERED, InputStats
+from .observers import _REENTERED, InputStats, expert_call
 
 
 def influence_hooks(blocks: Mapping[str, nn.Module], stats: dict[str, InputStats]) -> dict[nn.Module, Callable]:
@@ -39,10 +39,8 @@ def routing_hooks(experts: Mapping[str, nn.Module], stats: dict[str, InputStats]
     tokens, each expert's output recomputed by the module itself on its tokens alone (one more expert pass)."""
     def hook(name):
         def fn(module, args, kwargs, output):
-            names = ("hidden_states", "top_k_index", "top_k_weights")
-            got = [args[i] if len(args) > i else kwargs.get(k) for i, k in enumerate(names)]
-            x, index, weight = got
-            if not all(isinstance(t, Tensor) for t in got):
+            x, index, weight = expert_call(args, kwargs)
+            if x is None or index is None or weight is None:
                 raise ConfigError(f"{name} is not called as experts(hidden_states, top_k_index, top_k_weights): "
                                   "its routing cannot be measured: rank its experts with expert_score criterion")
             n = int(module.gate_up_proj.shape[0])

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError, PrunelabError
+from ..errors import ConfigError, PrunelabError, first_line
 from ..inputs import call
 from .rnn import is_rnn_weight, rnn_rows
 from ..targets import Layout, experts_calibrate, first_not_finite, is_hf_conv1d
@@ -226,12 +226,20 @@ def _mha_out_rows(module, args, kwargs, output) -> Tensor:
     return out.reshape(-1, e)
 
 
+def expert_call(args: tuple, kwargs: dict) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(hidden_states, top_k_index, top_k_weights) of a fused experts module's call, positional or by keyword
+    (None where the call did not give one: a layout that routes another way, Llama-4's pre-sorted tokens)."""
+    names = ("hidden_states", "top_k_index", "top_k_weights")
+    got = [args[i] if len(args) > i else kwargs.get(k) for i, k in enumerate(names)]
+    return tuple(t if isinstance(t, Tensor) else None for t in got)
+
+
 def expert_rows(attr: str) -> Rows:
     """Rows of a fused experts module's ``gate_up_proj`` (the hidden states of the tokens routed to each expert)
     or ``down_proj`` (each expert's act(gate) * up on them), as (experts, rows, columns) like a grouped
     convolution's groups, zero-padded to the busiest expert (zeros add nothing to norms or Gram matrices)."""
     def rows(module, args, kwargs, output) -> Tensor:
-        x, index = (args[0] if args else kwargs["hidden_states"]), (args[1] if len(args) > 1 else kwargs["top_k_index"])
+        x, index, _ = expert_call(args, kwargs)  # the standard layout's call (targets.experts_calibrate)
         n = int(module.gate_up_proj.shape[0])
         chosen = [(index == e).any(-1).nonzero().flatten() for e in range(n)]
         cols = module.gate_up_proj.shape[-1] if attr == "gate_up_proj" else module.down_proj.shape[-1]
@@ -283,7 +291,7 @@ def run_model(model: nn.Module, x: Any) -> Any:
     except PrunelabError:  # a hook's own sentence
         raise
     except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as exc:
-        raise ConfigError(f"the model rejected the calibration inputs: {str(exc).splitlines()[0][:200]}") from None
+        raise ConfigError(f"the model rejected the calibration inputs: {first_line(exc, 200)}") from None
 
 
 @contextmanager

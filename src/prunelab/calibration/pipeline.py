@@ -24,7 +24,7 @@ from typing import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from .batches import Chunk, share
 from .blocks import Call, catch, chained, find_blocks, first, load, on_device, onloaded, passing, store, to, home
 from .distributed import reduce, world
@@ -197,6 +197,6 @@ def _replay(block: nn.Module, args: tuple, kwargs: dict, name: str | None):
         return block(*args, **kwargs)
     except (RuntimeError, TypeError, ValueError, IndexError, AttributeError, KeyError) as exc:
         # KeyError: Zamba2's shared block looks its caller's layer index up in a table the replay does not fill
-        first_line = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
-        raise ConfigError(f"{name or 'a block'} cannot run alone on the inputs the model gave it ({first_line}): name "
+        raise ConfigError(f"{name or 'a block'} cannot run alone on the inputs the model gave it "
+                          f"({type(exc).__name__}: {first_line(exc)}): name "
                           "other blocks with sequential_targets, or calibrate with sequential: false") from None

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from ..registry import check_count
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from .observers import KINDS
 
 PRECISIONS = ("float32", "float64")
@@ -103,7 +103,7 @@ def check_device(device: Any) -> torch.device:
         dev = torch.device(device)
         torch.empty(0, device=dev)
     except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
-        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        reason = first_line(exc, 120)
         raise ConfigError(f"calibration device {device!r} is not available here ({reason})") from None
     if dev.type == "meta":  # holds shapes, no values: every statistic would be empty and every score equal
         raise ConfigError("calibration device 'meta' holds no values, so nothing can be measured on it; use "

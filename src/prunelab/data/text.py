@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, DataMissingError
+from ..errors import ConfigError, DataMissingError, first_line
 
 VOCAB = 256
 SPLITS = ("train", "calibration", "heldout")
@@ -80,7 +80,7 @@ def load_tokenizer(folder: str) -> Any:
         return tf.AutoTokenizer.from_pretrained(str(Path(folder).expanduser()), local_files_only=True,
                                                 trust_remote_code=False)
     except Exception as exc:  # KeyboardInterrupt is not an Exception: it still stops the run
-        reason = str(exc).splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc, 160)
         raise ConfigError(f"no tokenizer could be loaded from {folder}: {type(exc).__name__} {reason}") from None
 
 

@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 
 from ..calibration.pipeline import check_named_blocks
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, first_line
 from ..io import atomic_write_text
 from . import paths
 from .context import RunContext
@@ -41,7 +41,7 @@ def check_runs(model: nn.Module, ctx: RunContext) -> None:
         with torch.no_grad():
             model.eval()(ctx.example_inputs())
     except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, AttributeError) as exc:
-        first = (str(exc).splitlines() or [""])[0][:200]
+        first = first_line(exc, 200)
         raise ConfigError(f"model {ctx.recipe.model.name} cannot run on one input of {ctx.recipe.data.name} "
                           f"(shape {tuple(ctx.spec.input_shape)}): {type(exc).__name__}: {first}") from None
     finally:
@@ -69,7 +69,7 @@ class Runner:
         try:  # any other device this torch build or machine lacks (mps, xpu, a typo) is one sentence too
             torch.empty(0, device=dev)
         except (RuntimeError, ValueError, AssertionError) as exc:
-            raise ConfigError(f"device {dev!r} cannot be used here ({(str(exc).splitlines() or [''])[0][:120]}); "
+            raise ConfigError(f"device {dev!r} cannot be used here ({first_line(exc, 120)}); "
                               "add device=cpu") from None
         from ..training import speed
 

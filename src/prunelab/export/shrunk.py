@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from ..io import atomic_write_safetensors, read_tagged_safetensors
 from ..structure.heads import HeadPrunedAttention
 from ..targets import is_hf_conv1d
@@ -88,7 +88,7 @@ def load_shrunk(path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict]
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path} does not match its width manifest: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} does not match its width manifest: {first_line(exc, 300)}") from None
     return model.to(device), manifest
 
 

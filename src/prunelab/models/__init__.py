@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from .lenet import LeNet5, LeNet300100
 from .resnet_cifar import ResNetCifar
 from .vgg import CONFIGS as VGG_CONFIGS, VGG
@@ -67,7 +67,7 @@ def _build(name: str, input_shape: tuple[int, ...], num_classes: int, /, **kwarg
         try:
             return torchvision.models.get_model(tv_name, weights=None, num_classes=num_classes, **kwargs)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"bad parameters for model {name!r}: {str(exc).splitlines()[0][:200]}") from None
+            raise ConfigError(f"bad parameters for model {name!r}: {first_line(exc, 200)}") from None
     if name not in _BUILDERS:
         raise ConfigError(f"unknown model {name!r}; valid: {', '.join(model_names())}")
     try:

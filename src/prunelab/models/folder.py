@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 
 #: config.json larger than this is not a model configuration (the largest in transformers' tests is ~60 KB).
 MAX_CONFIG_BYTES = 4 << 20
@@ -56,7 +56,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+        raise ConfigError(f"{path} is not valid JSON ({first_line(exc, 120)})") from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path} holds a JSON {type(config).__name__}, not an object of settings")
     for key in _LAYER_KEYS:
@@ -87,7 +87,7 @@ def weight_elements(folder: Path) -> tuple[int | None, list[Path]]:
                         n *= int(d)
                     total += n
         except Exception as exc:  # safetensors raises its own error type for bad headers and short files
-            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            reason = first_line(exc, 120)
             raise ConfigError(f"{f} is not a readable safetensors file ({reason})") from None
     return total, files
 
@@ -113,7 +113,7 @@ def check_folder(tf, folder: Path, **kwargs: Any) -> None:
     except (OSError, ValueError, TypeError, KeyError, AttributeError, AssertionError, RuntimeError,
             IndexError, ZeroDivisionError) as exc:
         raise ConfigError(f"transformers cannot build the model of {folder / 'config.json'}: "
-                          f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from None
+                          f"{first_line(exc, 200)}") from None
     needed = sum(p.numel() for p in meta.parameters())  # tied weights counted once, as the files hold them
     if isinstance(dtype, torch.dtype):
         itemsize = dtype.itemsize

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 
 
 def _transformers():
@@ -69,13 +69,13 @@ def build_hf(spec: str, vocab_size: int, **kwargs: Any) -> nn.Module:
                 given = f" with model.kwargs {', '.join(sorted(kwargs))} applied" if kwargs else ""
                 raise ConfigError(f"the weights in {folder} do not have the shapes its config{given} asks "
                                   f"for") from None
-            raise ConfigError(f"transformers could not load {folder}: {str(exc).splitlines()[0][:200]}") from None
+            raise ConfigError(f"transformers could not load {folder}: {first_line(exc, 200)}") from None
         check_loaded(folder, info)
     else:
         try:
             unknown = sorted(set(kwargs) - _config_keys(tf, spec))
         except (ValueError, TypeError, KeyError) as exc:
-            raise ConfigError(f"bad Hugging Face model hf:{spec}: {str(exc).splitlines()[0][:200]}") from None
+            raise ConfigError(f"bad Hugging Face model hf:{spec}: {first_line(exc, 200)}") from None
         if unknown:  # transformers keeps any keyword as an attribute: a typo would silently change nothing
             raise ConfigError(f"hf:{spec} has no config option {', '.join(unknown)} (model.kwargs); see "
                               f"transformers' {type(tf.AutoConfig.for_model(spec)).__name__}")
@@ -84,7 +84,7 @@ def build_hf(spec: str, vocab_size: int, **kwargs: Any) -> nn.Module:
             model = tf.AutoModelForCausalLM.from_config(config)
         except (ValueError, TypeError, KeyError, AssertionError, RuntimeError, IndexError) as exc:
             # AssertionError: a padding index beyond the vocabulary, and other inconsistent configs
-            raise ConfigError(f"bad Hugging Face model hf:{spec}: {str(exc).splitlines()[0][:200]}") from None
+            raise ConfigError(f"bad Hugging Face model hf:{spec}: {first_line(exc, 200)}") from None
     model.config.use_cache = False  # training and evaluation never reuse a key/value cache
     return model
 
@@ -131,7 +131,7 @@ def check_config_holds(model: nn.Module) -> None:
             fresh = type(model)(model.config)
     except Exception as exc:  # the family's own config checks
         raise ConfigError(f"transformers cannot rebuild this {type(model).__name__} from its config "
-                          f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}), so a saved "
+                          f"({first_line(exc, 120)}), so a saved "
                           f"folder would not load") from None
     want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
     wrong = [(k, tuple(v.shape)) for k, v in model.state_dict().items() if k in want and want[k] != tuple(v.shape)]

@@ -18,7 +18,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, PrunelabError
+from ..errors import ConfigError, PrunelabError, first_line
 from ..inputs import Inputs, call, output_layers, shared_layers, tensors
 from .recurrent import (RecurrentLayer, reads_final_state, recurrent_layers, recurrent_modules, stand_in_pruner,
                               swap_in, swap_out)
@@ -106,7 +106,7 @@ class ChannelGraph:
             except Exception as exc:  # Torch-Pruning's index mapping on layers it does not know (Mamba-2's
                 # fused in_proj: "Overflow when unpacking long long", Jamba: IndexError): one sentence
                 raise ConfigError(f"Torch-Pruning traced this model, but its channel groups could not be read "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+                                  f"({type(exc).__name__}: {first_line(exc, 120)}); "
                                   f"prune it with an unstructured method, or name the layers it stops at in "
                                   f"ignored_layers") from None
 
@@ -183,7 +183,8 @@ class ChannelGraph:
                     group.norms[name] = idx
             if len(group.grouped) > 1 or any(len(idx) != ch for _, idx, _, ch in group.grouped):
                 group.blockers.append("grouped Conv (several, or partly coupled)")
-            beyond = [n for n, idx in group.producers.items() if len(idx) and int(idx.max()) >= _rows_of(self.modules[n])]
+            beyond = [n for n, idx in group.producers.items()
+                      if len(idx) and int(idx.max()) >= (self.dg.get_out_channels(self.modules[n]) or len(idx))]
             if beyond:  # Torch-Pruning's mapping through a concatenation it does not follow (YOLOv8's C2f)
                 group.blockers.append(f"channel indices beyond {beyond[0]}'s outputs")
             if split_heads:
@@ -322,11 +323,3 @@ def _drop(out: dict[str, Tensor], params: dict[str, nn.Parameter], name: str, id
     if keep is None:
         keep = out[name] = torch.ones(p.shape, dtype=torch.bool, device=p.device)
     keep[idx.to(p.device)] = False
-
-
-def _rows_of(module: nn.Module) -> int:
-    """A producer's output channels: out_channels / out_features, else its weight's first (HF Conv1D: last) dim."""
-    for attr in ("out_channels", "out_features", "nf", "embedding_dim", "num_features"):
-        if isinstance(getattr(module, attr, None), int):
-            return getattr(module, attr)
-    return int(module.weight.shape[0])

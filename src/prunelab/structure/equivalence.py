@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..errors import ShrinkError
+from ..errors import ShrinkError, first_line
 from ..inputs import Inputs, copy_model, max_output_diff, random_like, to_double
 
 
@@ -58,6 +58,6 @@ def check_same_outputs(masked: nn.Module, small: nn.Module, example_inputs: Inpu
     except (RuntimeError, ValueError, IndexError) as exc:  # widths that no longer fit each other
         if cannot_run is None:
             raise
-        raise ShrinkError(cannot_run(str(exc).splitlines()[0][:200])) from None
+        raise ShrinkError(cannot_run(first_line(exc, 200))) from None
     if not diff <= atol:
         raise ShrinkError(differs(diff))

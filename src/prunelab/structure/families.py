@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..inputs import Inputs, call
 
 
@@ -186,7 +186,7 @@ def check_layout(model: nn.Module, fam: Family, example_inputs: Inputs) -> None:
         with torch.no_grad():
             call(model, example_inputs)
     except Exception as exc:  # a user's inputs; one sentence
-        raise ConfigError(f"the model rejected the example inputs: {(str(exc).splitlines() or [''])[0][:160]}") from None
+        raise ConfigError(f"the model rejected the example inputs: {first_line(exc, 160)}") from None
     finally:
         for h in handles:
             h.remove()

@@ -18,7 +18,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ShrinkError
+from ..errors import ConfigError, ShrinkError, first_line
 from ..inputs import Inputs
 from .equivalence import check_same_outputs, masked_reference
 from .experts import Routing
@@ -115,7 +115,7 @@ def shrink_hf(model: nn.Module, masks: Mapping[str, Tensor], units: TransformerU
             small = type(model)(config).to(dtype)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise ShrinkError(f"transformers cannot build a {type(model).__name__} of the smaller config: "
-                          f"{(str(exc).splitlines() or [''])[0][:160]}") from None
+                          f"{first_line(exc, 160)}") from None
     old = masked.state_dict()
     scale = _norm_scale(units, widths, model)
     # a tied weight's other names (lm_head.weight for the embedding) lose what its first name loses

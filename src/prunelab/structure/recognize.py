@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import first_line
 from .families import _LLAMA, FAMILIES, Family, _block_modules, _prefixed, has_module
 
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -185,7 +186,7 @@ def _trial(model: nn.Module, kind: str, head_dim: int | None) -> str | None:
         block = small.get_submodule("model.layers")[0]
         got = {n: tuple(block.get_submodule(n).weight.shape) for n in want}
     except Exception as exc:  # a config check of the family's own (DiffLlama: an even number of kv heads)
-        return f"transformers cannot build its config with fewer {kind} units ({str(exc).splitlines()[0][:100]})"
+        return f"transformers cannot build its config with fewer {kind} units ({first_line(exc, 100)})"
     wrong = [n for n in want if got[n] != want[n]]
     if wrong:
         return (f"with fewer {kind} units its class builds {wrong[0]} as {list(got[wrong[0]])}, not "
