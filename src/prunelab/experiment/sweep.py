@@ -10,6 +10,7 @@ scheduler's job array (see the README).
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import shlex
 import time
@@ -102,7 +103,9 @@ def run_sweep(recipe_name: str, points: list[dict], runs_dir: str | Path, jobs: 
     log(f"{len(points)} runs: {len(points) - len(todo)} already finished, {len(todo)} to run in {jobs} processes")
     results = {}
     if todo:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # spawned, not forked: a child forked from a process whose torch (OpenMP) threads have run can hang in
+        # its first parallel op (seen: a curve test's workers stuck in a Linear's initialisation under CI)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for res in pool.map(_run_point, [(recipe_name, p["overrides"], str(runs_dir), threads) for p in todo]):
                 results[tuple(res["overrides"])] = res
                 log(f"  {' '.join(res['overrides'][-len(todo[0]['point']) - 1:])}: {res['status']}")
