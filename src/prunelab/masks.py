@@ -9,6 +9,7 @@ parameters / nonzero parameters over the masked (prunable) parameters unless sai
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -31,6 +32,22 @@ def zero_pruned(t: Tensor, mask: Tensor, slice_len: int = 1 << 18) -> None:
     for start in range(0, flat_t.numel(), slice_len):
         part = flat_t[start:start + slice_len]
         torch.where(flat_m[start:start + slice_len], part, zero, out=part)
+
+
+def local(t: Tensor) -> Tensor:
+    """The part of ``t`` this process holds and may write in place: a sharded (DTensor) parameter's, gradient's
+    or optimizer state's local shard (FSDP2, :mod:`prunelab.training.parallel`); any other tensor itself."""
+    dt = sys.modules.get("torch.distributed.tensor")  # a DTensor exists only once its module is imported
+    return t.to_local() if dt is not None and isinstance(t, dt.DTensor) else t
+
+
+def local_mask(p: Tensor, mask: Tensor) -> Tensor:
+    """``mask`` (of ``p``'s whole shape) cut to the part of ``p`` this process holds: each rank cuts its own
+    rows from its own copy (``src_data_rank=None``: no communication; every rank holds the same masks)."""
+    dt = sys.modules.get("torch.distributed.tensor")
+    if dt is None or not isinstance(p, dt.DTensor):
+        return mask
+    return dt.distribute_tensor(mask, p.device_mesh, p.placements, src_data_rank=None).to_local()
 
 
 def as_keep_mask(name: str, mask: Tensor, shape: torch.Size | None = None) -> Tensor:

@@ -33,7 +33,7 @@ from .engine.criteria import Context, Needs
 from .inputs import Inputs
 from .limits import MAX_SEED
 from .errors import CheckpointError, ConfigError
-from .masks import Masks, as_keep_mask, keep_multiplier, keep_only, zero_pruned
+from .masks import Masks, as_keep_mask, keep_multiplier, keep_only, local, local_mask, zero_pruned
 from .methods import Method, build_method
 from .methods.base import PruneView
 from .registry import check_fraction
@@ -162,7 +162,7 @@ class Pruner:
             self.enforce()
         for p, keep in self._mul:
             if p.grad is not None:
-                keep_only(p.grad, keep)
+                keep_only(local(p.grad), keep)
         crit = self.method.criterion_
         if crit.needs_gradients and not (self.auto_prune and self.schedule.frozen(self.step_count)):
             crit.observe(self.params)
@@ -314,28 +314,29 @@ class Pruner:
         zero. In float32 a NaN reaches a pruned weight only from a NaN gradient: divergence, which the trainer
         reports.
         """
-        if self._mul is None:
-            self._mul = [(self.params[n], keep_multiplier(self.params[n], self.masks[n]))
-                         for n in self.masks if n not in self._dense]
-            self._mul += [(p, keep_multiplier(p, keep)) for p, keep in self._companions.values()]
+        if self._mul is None:  # local parts: a sharded parameter's shard and its rows of the mask
+            pairs = [(self.params[n], self.masks[n]) for n in self.masks if n not in self._dense]
+            self._mul = [(p, keep_multiplier(local(p), local_mask(p, m)))
+                         for p, m in pairs + list(self._companions.values())]
         with torch.no_grad():
             for p, keep in self._mul:
-                keep_only(p, keep)
+                keep_only(local(p), keep)
                 if optimizer is not None:
                     for v in optimizer.state.get(p, {}).values():
                         if isinstance(v, Tensor) and v.shape == p.shape:
-                            keep_only(v, keep)
+                            keep_only(local(v), keep)
 
     def _zero_pruned(self, optimizer: torch.optim.Optimizer | None) -> None:
         """One-off zeroing after a mask change, with boolean masks (no multiplier memory needed)."""
         pairs = [(self.params[n], m) for n, m in self.masks.items() if n not in self._dense]
         with torch.no_grad():
             for p, m in pairs + list(self._companions.values()):
-                zero_pruned(p, m)
+                m = local_mask(p, m)
+                zero_pruned(local(p), m)
                 if optimizer is not None:
                     for v in optimizer.state.get(p, {}).values():
                         if isinstance(v, Tensor) and v.shape == p.shape:
-                            zero_pruned(v, m)
+                            zero_pruned(local(v), m)
 
     def set_masks(self, masks: Masks, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Install masks (e.g. from a checkpoint); names and shapes must match the prunable parameters."""
@@ -380,6 +381,13 @@ class Pruner:
         self.history = list(state.get("history", []))
         self.set_masks(masks, optimizer)
         self.method.load_state_tensors(dict(method_state or {}))
+
+    def rebind(self) -> None:
+        """Read the targets' parameters again, by name, after something replaced them in the model (FSDP2's
+        ``fully_shard`` swaps in sharded ones): masks, counters and the method's state stay as they are."""
+        named = dict(self.model.named_parameters())
+        self.params = {n: named[n] for n in self.params}
+        self._refresh()
 
     # -- internals ------------------------------------------------------------------------------
     def _refresh(self) -> None:

@@ -69,3 +69,67 @@ def test_sweep_runs_skips_finished_and_tabulates(tmp_path, capsys):
     cmds = capsys.readouterr().out.strip().splitlines()
     assert len(cmds) == 4 and cmds[0].startswith("prunelab run quickstart train.epochs=1")
     assert main(["sweep", "quickstart", "--grid", "prune.sparsity=1.5", "--runs-dir", str(tmp_path)]) == 2
+
+
+FSDP_RECIPE = """
+name: fsdp
+data: {name: pystdlib, seq_len: 32, batch_size: 8, test_batch_size: 16, train_tokens: 16384,
+       calibration_tokens: 2048, eval_tokens: 2048}
+model: {name: "hf:llama", kwargs: {num_hidden_layers: 2, hidden_size: 32, intermediate_size: 48,
+        num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 32}}
+train: {epochs: 1, optimizer: adamw, lr: 0.003, weight_decay: 0.01}
+prune:
+  method: magnitude
+  sparsity: 0.5
+  schedule: {name: oneshot}
+  retrain: {max_steps: 4, lr: 0.001, parallel: fsdp}
+  distill: {alpha: 0.5, temperature: 2.0}
+"""
+
+
+@pytest.mark.subprocess
+def test_fsdp_retraining_on_two_ranks_matches_one_process(tmp_path):
+    """Distillation under FSDP2 (student and teacher sharded) on 2 gloo ranks, resumed from a dense stage one
+    process wrote, against the same stage in one process: identical masks, weights and Adam state within float
+    rounding, and a checkpoint one process loads with its optimizer."""
+    import shutil
+
+    import torch
+
+    from prunelab.experiment.checkpoint import load_checkpoint
+    from prunelab.experiment.context import RunContext
+    from prunelab.masks import Masks
+
+    pytest.importorskip("transformers")
+    recipe = tmp_path / "fsdp.yaml"
+    recipe.write_text(FSDP_RECIPE)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["run", str(recipe), "--runs-dir", str(one), "--no-progress"]) == 0
+    (run,) = [p for p in one.iterdir() if p.name.startswith("fsdp")]
+    shutil.copytree(run / "stages" / "dense", two / run.name / "stages" / "dense")
+    shutil.copy(run / "recipe.yaml", two / run.name / "recipe.yaml")
+    shutil.copytree(run / "init", two / run.name / "init")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "prunelab", "run", str(recipe), "--runs-dir", str(two),
+           "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[:3000] + "\n...\n" + res.stderr[-1500:]
+    assert "stage dense: done, skipped" in res.stdout
+    ctx = RunContext.from_folder(two / run.name)
+    (stage,) = [p for p in (run / "stages").iterdir() if p.name.startswith("round")]
+    loaded = []
+    for root in (run, two / run.name):
+        model = ctx.build_model()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        masks, state = load_checkpoint(root / "stages" / stage.name, model, opt, restore_rng=False)
+        loaded.append((model.state_dict(), masks, opt.state_dict(), state))
+    (w1, m1, o1, s1), (w2, m2, o2, s2) = loaded
+    assert isinstance(m2, Masks) and all(torch.equal(m1[n], m2[n]) for n in m1)
+    assert s2["distill"] == s1["distill"] and s1["sparsity"] == s2["sparsity"]
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6)
+    for n, m in m2.items():
+        assert not w2[n][~m].any()
+    for i in o1["state"]:
+        torch.testing.assert_close(o2["state"][i]["exp_avg"], o1["state"][i]["exp_avg"], rtol=1e-5, atol=1e-7)
+    assert s2["test_loss"] == pytest.approx(s1["test_loss"], rel=1e-4)

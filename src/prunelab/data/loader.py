@@ -17,7 +17,11 @@ from torch import Tensor
 class TensorLoader:
     """Iterates (x, y) batches; ``set_epoch(e)`` fixes the shuffle and augmentation of epoch ``e``.
 
-    ``shard=(rank, world)`` gives every process a disjoint, equally sized slice of each epoch's order.
+    ``shard=(rank, world)`` gives every process a disjoint, equally sized share of each epoch's order, taken
+    batch by batch: step ``i``'s batches of all ranks together are the one-process batch ``i`` of
+    ``batch_size * world`` samples (rank ``r`` its ``r``-th slice), so ranks that average their gradients train
+    on the same batches as one process (equal up to float rounding where nothing depends on the split, such as
+    BatchNorm statistics).
     """
 
     yields_targets = True  # its batches are (inputs, targets): calibration reads it instead of guessing
@@ -43,9 +47,14 @@ class TensorLoader:
     def _order(self, gen: torch.Generator) -> Tensor:
         n = len(self.x)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        if self.world > 1:
-            per = n // self.world
-            order = order[self.rank * per:(self.rank + 1) * per]
+        if self.world > 1:  # this rank's slice of every global batch (the last one's as cut by world)
+            per, b = n // self.world, self.batch_size
+            parts = []
+            for start in range(0, per, b):
+                k = min(b, per - start)
+                g = start * self.world
+                parts.append(order[g + self.rank * k:g + (self.rank + 1) * k])
+            order = torch.cat(parts) if parts else order[:0]
         return order
 
     def __len__(self) -> int:

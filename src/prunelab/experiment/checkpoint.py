@@ -55,13 +55,15 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
 
 
-def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = None,
-                    optimizer: torch.optim.Optimizer | None = None, extra: dict | None = None,
+def save_checkpoint(folder: str | Path, model: nn.Module | dict, masks: Masks | None = None,
+                    optimizer: torch.optim.Optimizer | dict | None = None, extra: dict | None = None,
                     method_state: dict[str, torch.Tensor] | None = None) -> None:
     """Write a checkpoint; ``extra`` (JSON-serialisable) lands in the state file, ``method_state`` (the pruning
-    method's :meth:`~prunelab.methods.Method.state_tensors`) in its own file."""
+    method's :meth:`~prunelab.methods.Method.state_tensors`) in its own file. ``model`` and ``optimizer`` may be
+    given as their state dicts (a sharded model's, gathered by :func:`prunelab.training.parallel.full_state`)."""
     folder = Path(folder)
-    write_state(folder / MODEL, model.state_dict(), {"format": "prunelab.model/1"})  # streamed, no copy
+    weights = model.state_dict() if isinstance(model, nn.Module) else model
+    write_state(folder / MODEL, weights, {"format": "prunelab.model/1"})  # streamed, no copy
     if masks is not None:
         masks.save(folder / MASKS)
     if method_state:
@@ -70,7 +72,7 @@ def save_checkpoint(folder: str | Path, model: nn.Module, masks: Masks | None = 
                                  {"format": "prunelab.method_state/1"})
     opt_meta = None
     if optimizer is not None:
-        osd = optimizer.state_dict()
+        osd = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
         tensors, scalars = {}, {}
         for idx, st in osd["state"].items():
             for k, v in st.items():

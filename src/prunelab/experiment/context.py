@@ -21,7 +21,7 @@ from ..methods import Method, build_method
 from ..models import build_model
 from ..pruner import Pruner
 from ..engine.schedules import Schedule
-from ..training import Trainer, evaluate
+from ..training import OptimConfig, Trainer, build_optimizer, evaluate
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import check_same, current
 from .paths import RunPaths, folder_fingerprint
@@ -226,15 +226,32 @@ class RunContext:
         pruner.set_masks(masks)
         return pruner
 
+    def sharded(self, cfg: OptimConfig) -> bool:
+        """Whether training under ``cfg`` shards the model (``parallel: fsdp`` with several ranks)."""
+        return self.dist.world > 1 and cfg.parallel == "fsdp"
+
+    def optimizer(self, model: nn.Module, cfg: OptimConfig, pruner: Pruner | None = None,
+                  teacher: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The optimizer of a training stage, built once the model is laid out for ``cfg.parallel``: sharded
+        first under fsdp (with the distillation ``teacher``), the pruner re-bound to the sharded parameters."""
+        if self.sharded(cfg):
+            from ..training.parallel import shard
+
+            shard(model, *([teacher] if teacher is not None else []))
+            if pruner is not None:
+                pruner.rebind()
+        return build_optimizer(model, cfg)
+
     def trainer(self, model: nn.Module, opt, cfg, pruner: Pruner | None, stage: str,
                 hooks: list | None = None, loss_fn=None) -> Trainer:
         """The built-in Trainer for ``model`` in ``stage`` (metrics to the stage's metrics.jsonl), under
-        DistributedDataParallel when there are several ranks."""
+        DistributedDataParallel when there are several ranks (sharded already under fsdp: :meth:`optimizer`)."""
         net = model
         if self.dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
+            if not self.sharded(cfg):
+                from torch.nn.parallel import DistributedDataParallel
 
-            net = DistributedDataParallel(model)
+                net = DistributedDataParallel(model)
             if pruner is not None:
                 hooks = list(hooks or []) + [MaskSync(pruner, stage)]
         metrics = self.paths.stage_metrics(stage) if self.main else None
@@ -247,7 +264,12 @@ class RunContext:
     # -- checkpoints and evaluation -----------------------------------------------------------------------
     def save(self, folder: Path, model: nn.Module, masks: Masks | None = None, optimizer=None,
              extra: dict | None = None, method_state: dict | None = None) -> None:
-        """save_checkpoint on rank 0 only."""
+        """save_checkpoint on rank 0 only; a sharded model's weights and optimizer state are gathered whole
+        first (every rank must call it then), so the checkpoint is the one a single process writes."""
+        from ..training.parallel import full_state, is_sharded
+
+        if self.dist.world > 1 and is_sharded(model):
+            model, optimizer = full_state(model, optimizer)
         if self.main:
             save_checkpoint(folder, model, masks, optimizer, extra=extra, method_state=method_state)
 

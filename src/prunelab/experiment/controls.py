@@ -33,7 +33,6 @@ from ..errors import ConfigError
 from ..export.shrunk import load_shrunk, model_spec, save_shrunk
 from ..structure.surgery import shrink
 from ..models import build_model, reinit
-from ..training import build_optimizer
 from . import paths
 from .checkpoint import load_checkpoint, save_checkpoint
 from .context import SCRATCH_SEED, RunContext
@@ -200,7 +199,7 @@ class Control(Stage):
             flops_pruned = count_flops(model, data.input_shape, r.device, data.input_dtype)["nonzero"]
             cfg = scratch_b_config(cfg, flops_full, flops_pruned, r.prune.scratch_b_cap)
             extra.update(flops_full=flops_full, flops_pruned=flops_pruned)
-        opt = build_optimizer(model, cfg)
+        opt = ctx.optimizer(model, cfg, pruner)
         trained = ctx.trainer(model, opt, cfg, pruner, self.name)
         trained.fit()
         extra.update(ctx.seen(trained))

@@ -48,6 +48,22 @@ def check_runs(model: nn.Module, ctx: RunContext) -> None:
         model.train()
 
 
+def check_sharded_pruning(recipe: Recipe, pruner, stages: list[Stage]) -> None:
+    """ConfigError when a stage trained under ``parallel: fsdp`` would have to decide masks while it trains:
+    sharded ranks hold slices of each weight, and a decision reads whole ones (the cubic schedule prunes
+    during training; a gradient criterion accumulates its scores there). Rounds prune between trainings, on
+    whole weights, and retrain sharded."""
+    if recipe.retrain_config().parallel != "fsdp" and recipe.retrain_config(final=True).parallel != "fsdp":
+        return
+    name = pruner.method.name
+    if any(s.name == paths.GRADUAL for s in stages):
+        raise ConfigError("retraining under parallel fsdp keeps the masks fixed, but the cubic schedule prunes "
+                          "while training: use an iterative or oneshot schedule, or parallel ddp")
+    if pruner.method.criterion_.needs_gradients:
+        raise ConfigError(f"method {name} scores weights by gradients gathered while retraining, which a sharded "
+                          "rank holds only a slice of: retrain with parallel ddp")
+
+
 class Runner:
     """Runs (or resumes) one recipe in ``run_dir``; ``log`` receives one line per event."""
 
@@ -82,6 +98,7 @@ class Runner:
         check_runs(model, ctx)  # an inconsistent model (or one for other inputs) fails here, in one sentence
         if ctx.recipe.prune is not None:  # fail on a bad method or target before any training
             pruner = ctx.build_pruner(model)
+            check_sharded_pruning(ctx.recipe, pruner, stages)
             cal = ctx.recipe.prune.calibration
             if cal is not None and cal.sequential_targets and pruner.needs.calibration is not None:
                 check_named_blocks(model, pruner.params, cal.sequential_targets, ctx.example_inputs(),

@@ -170,6 +170,11 @@ class Recipe(_Strict):
         """What names a run: the recipe without its defaults and without where its data was found (the same
         data under another path, or a relative root seen from another folder, is the same run)."""
         dump = self.model_dump(mode="json", exclude_defaults=True)
+        # how the ranks share the training (ddp or fsdp) changes its results by float rounding only, as the
+        # number of ranks does: a run started one way resumes the other
+        for parent, key in ((dump, "train"), (dump.get("prune") or {}, "retrain")):
+            if isinstance(parent.get(key), dict) and parent[key].pop("parallel", None) and not parent[key]:
+                del parent[key]
         if "data" in dump and not with_root:
             dump["data"].pop("root", None)
             if not dump["data"]:

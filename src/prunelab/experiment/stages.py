@@ -26,7 +26,6 @@ from ..models import reinit
 from ..pruner import Pruner
 from ..registry import Registry
 from ..engine.schedules import Cubic
-from ..training import build_optimizer
 from ..training.tasks import get_task
 from . import paths
 from .checkpoint import load_checkpoint, load_method_state, verify_checkpoint
@@ -105,7 +104,7 @@ class Dense(Stage):
         np.random.seed(r.seed % 2**32)
         model = ctx.build_model()
         ctx.save(ctx.paths.init, model, extra={"note": "initial weights, for rewinding"})
-        opt = build_optimizer(model, r.train)
+        opt = ctx.optimizer(model, r.train)
         hooks = []
         if self.rewind_step:
             hooks.append(SaveAtStep(self.rewind_step, ctx.paths.rewind(self.rewind_step), ctx, model))
@@ -134,16 +133,17 @@ class _Pruning(Stage):
 
     def _train_and_save(self, ctx: RunContext, model, pruner: Pruner, t0: float) -> None:
         cfg = ctx.recipe.retrain_config(final=self.final)
-        opt = build_optimizer(model, cfg)
         pre = ctx.evaluate(model)
         ctx.log(f"stage {self.name}: sparsity {pruner.masks.sparsity():.4f}, "
                 f"accuracy before retraining {pre['acc']:.4f}")
         distill = ctx.recipe.prune.distill
-        loss_fn = None
+        loss_fn = teacher = None
         if distill is not None and cfg.trains:  # the teacher: the run's dense model, from its checkpoint
+            teacher = ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE)).to(ctx.recipe.device)
+        opt = ctx.optimizer(model, cfg, pruner, teacher)
+        if teacher is not None:
             from ..training.distill import Distillation
 
-            teacher = ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE)).to(ctx.recipe.device)
             loss_fn = Distillation(teacher, distill.alpha, distill.temperature, ctx.data.task, distill.hidden,
                                    distill.hidden_weight, student=model)
         trained = ctx.trainer(model, opt, cfg, pruner, self.name, loss_fn=loss_fn)

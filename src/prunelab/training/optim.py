@@ -48,6 +48,9 @@ class OptimConfig(BaseModel):
     channels_last: bool = False  # convolutional models and their image batches in channels-last memory
     compile: bool = False  # torch.compile the model for training (the pruner acts on the same parameters)
     log_every: int = Field(50, ge=1, le=10 ** 6)  # steps between reads of the running loss off the device
+    # under torchrun: every rank holds the whole model (ddp) or a 1/world shard of it (fsdp, FSDP2: models whose
+    # weights, gradients and optimizer state do not fit one device; see prunelab.training.parallel)
+    parallel: Literal["ddp", "fsdp"] = "ddp"
 
     @model_validator(mode="after")
     def _one_budget(self) -> "OptimConfig":
