@@ -34,6 +34,11 @@ def zero_pruned(t: Tensor, mask: Tensor, slice_len: int = 1 << 18) -> None:
         torch.where(flat_m[start:start + slice_len], part, zero, out=part)
 
 
+def mask_device(p: Tensor) -> torch.device:
+    """Where ``p``'s mask lives: beside it, or on the CPU for a weight held on disk (``meta``: no values)."""
+    return torch.device("cpu") if p.is_meta else p.device
+
+
 def local(t: Tensor) -> Tensor:
     """The part of ``t`` this process holds and may write in place: a sharded (DTensor) parameter's, gradient's
     or optimizer state's local shard (FSDP2, :mod:`prunelab.training.parallel`); any other tensor itself."""
@@ -101,7 +106,7 @@ class Masks(Mapping[str, Tensor]):
         They are broadcast views of one True element, so a 138M-weight model's dense masks cost no memory;
         every operation of this class (and ``save``) treats them as ordinary tensors.
         """
-        return cls({n: torch.ones((), dtype=torch.bool, device=p.device).expand(p.shape) for n, p in params.items()})
+        return cls({n: torch.ones((), dtype=torch.bool, device=mask_device(p)).expand(p.shape) for n, p in params.items()})
 
     @classmethod
     def from_model(cls, model: nn.Module, names: list[str] | None = None) -> "Masks":

@@ -33,7 +33,7 @@ from .engine.criteria import Context, Needs
 from .inputs import Inputs
 from .limits import MAX_SEED
 from .errors import CheckpointError, ConfigError
-from .masks import Masks, as_keep_mask, keep_multiplier, keep_only, local, local_mask, zero_pruned
+from .masks import Masks, as_keep_mask, keep_multiplier, keep_only, local, local_mask, mask_device, zero_pruned
 from .methods import Method, build_method
 from .methods.base import PruneView
 from .registry import check_fraction
@@ -70,14 +70,16 @@ class Pruner:
                  example_inputs: Inputs | None = None, auto_prune: bool = True) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Pruner needs an nn.Module, got {type(model).__name__}")
-        meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
-        if meta is not None:
-            raise ConfigError(f"parameter {meta} is on the meta device (it has a shape but no values): load the "
-                              "weights first (model.to_empty(device=...) and load_state_dict)")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
         self.model = model
         self.method: Method = build_method(method)
+        meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
+        request = self.method.requirements().calibration
+        if meta is not None and not (request is not None and request.sequential):  # block by block, from disk
+            raise ConfigError(f"parameter {meta} is on the meta device (it has a shape but no values): load the "
+                              "weights first (model.to_empty(device=...) and load_state_dict), or open the model "
+                              "with prunelab.calibration.disk.open_on_disk and prune it with a sequential method")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
         gran = self.method.granularity_
         self.schedule = build_schedule(schedule, sparsity, gran.fixed_density)
         self.seed = int(seed)
@@ -131,7 +133,8 @@ class Pruner:
     def calibrate(self, batches: Iterable, samples: int | None = None, *, options: calibration.Options | None = None,
                   device: Any = None, cache_dtype: Any = None, precision: str = "float32",
                   sequential_targets: Any = None, distributed: bool | None = None,
-                  progress: Callable[[str], None] | None = None, targets: bool | None = None) -> None:
+                  progress: Callable[[str], None] | None = None, targets: bool | None = None,
+                  offload: Any = None) -> None:
         """Hand over calibration data for the following pruning events of a method that needs it (``pca``,
         ``wanda``, ``sparsegpt``; others ignore it): an iterable of model inputs (a tensor, a tuple of
         positional inputs, a dict of keyword inputs) or of ``(inputs, targets)`` pairs, read here once, so a
@@ -146,10 +149,12 @@ class Pruner:
         ``distributed``: under torchrun each rank takes its share of the samples and the statistics are summed
         across ranks (default whenever torch.distributed is initialised; False: every rank all samples).
         ``progress``: called with one line per block decided (a long calibration says where it is).
+        ``offload``: the DiskWeights of a model opened by :func:`prunelab.calibration.disk.open_on_disk`.
         ``options``: all of these at once, as one :class:`prunelab.calibration.Options` (a recipe's
         ``prune.calibration`` makes one), instead of the separate keywords.
         """
-        opts = calibration.options(samples, device, cache_dtype, precision, sequential_targets, distributed, options)
+        opts = calibration.options(samples, device, cache_dtype, precision, sequential_targets, distributed, options,
+                                   offload)
         request = self.needs.calibration
         self._chunks = calibration.materialise(batches, opts.resolve_samples(request), targets,
                                                self.model.forward) if request else None
@@ -208,7 +213,7 @@ class Pruner:
                       calibration_samples=self._options.resolve_samples(request) if request else None)
         ctx = replace(ctx, **m.before_prune(self._view(), ctx))
         masks, decided_record, custom = self._decide_event(ctx, request)
-        old, self.masks = self.masks, Masks({n: masks[n].to(p.device) for n, p in self.params.items()})
+        old, self.masks = self.masks, Masks({n: masks[n].to(mask_device(p)) for n, p in self.params.items()})
         self._refresh()
         self._zero_pruned(optimizer)
         m.criterion_.reset()
@@ -331,6 +336,8 @@ class Pruner:
         pairs = [(self.params[n], m) for n, m in self.masks.items() if n not in self._dense]
         with torch.no_grad():
             for p, m in pairs + list(self._companions.values()):
+                if p.is_meta:  # on disk: written pruned, block by block, by the calibration pipeline
+                    continue
                 m = local_mask(p, m)
                 zero_pruned(local(p), m)
                 if optimizer is not None:

@@ -309,9 +309,15 @@ def accounting(model: nn.Module, masks) -> dict:
 
     untargeted = {n: p for n, p in weight_matrices(model).items() if n not in masks}
     total = masks.numel() + sum(p.numel() for p in untargeted.values())
-    nonzero = masks.nonzero() + sum(int(torch.count_nonzero(p)) for p in untargeted.values())
-    return {"all_weights": {"params": total, "nonzero": nonzero, "sparsity": 1 - nonzero / max(total, 1)},
-            "untargeted": [{"name": n, "shape": list(p.shape), "numel": p.numel()} for n, p in untargeted.items()]}
+    # an untargeted weight on disk (meta: a model calibrated from disk) is not read to be counted: all nonzero
+    nonzero = masks.nonzero() + sum(p.numel() if p.is_meta else int(torch.count_nonzero(p))
+                                    for p in untargeted.values())
+    out = {"all_weights": {"params": total, "nonzero": nonzero, "sparsity": 1 - nonzero / max(total, 1)},
+           "untargeted": [{"name": n, "shape": list(p.shape), "numel": p.numel()} for n, p in untargeted.items()]}
+    unread = sum(p.numel() for p in untargeted.values() if p.is_meta)
+    if unread:
+        out["all_weights"]["unread_counted_nonzero"] = unread
+    return out
 
 
 def build_targets(spec: "Targets | dict | None") -> Targets:
@@ -357,7 +363,7 @@ def not_finite_error(name: str) -> ConfigError:
 def check_finite(params: dict[str, Tensor]) -> None:
     """:func:`not_finite_error` for the first target holding NaN or infinite values. A streamed selection pass
     checks its slices itself instead (this is a second read of every weight, half a global pass's time)."""
-    bad = first_not_finite({n: [p] for n, p in params.items()})
+    bad = first_not_finite({n: [p] for n, p in params.items() if not p.is_meta})  # on disk: checked as read
     if bad is not None:
         raise not_finite_error(bad)
 

@@ -175,36 +175,61 @@ def _move(module: nn.Module, device: torch.device) -> None:
 
 
 @contextmanager
-def onloaded(model: nn.Module, blocks: list[nn.Module], device: torch.device | None
+def onloaded(model: nn.Module, blocks: list[nn.Module], device: torch.device | None, disk=None
              ) -> Iterator[torch.device | None]:
     """Within the block, every module outside ``blocks`` on ``device`` (the blocks stay where they are: see
     :func:`on_device` and :func:`passing`); yields the model's own device when a device is given, else None.
-    Everything is back where it was on exit, also on an error. Without blocks the whole model moves."""
+    Everything is back where it was on exit, also on an error. Without blocks the whole model moves. With
+    ``disk`` (a :class:`~prunelab.calibration.disk.DiskWeights`) the weights are read from it and go back to it,
+    written where they changed, and the host (where cached inputs wait) is the CPU."""
     if device is None:
         yield None
         return
     where = home(model)  # a device given is honoured even when it is the model's own (the same code path)
     inside = {id(m) for b in blocks for m in b.modules()}
+    outside = [m for m in model.modules() if id(m) not in inside]
     try:
-        for m in model.modules():
-            if id(m) not in inside:
-                _move_own(m, device)
+        if disk is not None:
+            disk.onload(outside, device)
+            yield torch.device("cpu")
+            return
+        for m in outside:
+            _move_own(m, device)
         yield where
     finally:
-        _move(model, where)
+        if disk is not None:
+            disk.offload(outside, "outside")
+            for b in blocks:  # a block left read by an error goes back unwritten only if unchanged
+                disk.offload(list(b.modules()), disk.name(b))
+        else:
+            _move(model, where)
+
+
+def _onto(block: nn.Module, device: torch.device, disk) -> None:
+    if disk is not None:
+        disk.onload(block.modules(), device)
+    else:
+        _move(block, device)
+
+
+def _back(block: nn.Module, where: torch.device, disk) -> None:
+    if disk is not None:
+        disk.offload(list(block.modules()), disk.name(block))
+    else:
+        _move(block, where)
 
 
 @contextmanager
-def passing(blocks: list[nn.Module], device: torch.device, where: torch.device | None) -> Iterator[None]:
+def passing(blocks: list[nn.Module], device: torch.device, where: torch.device | None, disk=None) -> Iterator[None]:
     """Within the block, a forward pass of the whole model moves each block to ``device`` while it runs and
-    back to ``where`` after (no-op when ``where`` is None: nothing is onloaded)."""
+    back to ``where`` (or ``disk``) after (no-op when ``where`` is None: nothing is onloaded)."""
     if where is None:
         yield
         return
     handles = []
     for b in blocks:
-        handles.append(b.register_forward_pre_hook(lambda m, a: _move(m, device)))
-        handles.append(b.register_forward_hook(lambda m, a, o: _move(m, where)))
+        handles.append(b.register_forward_pre_hook(lambda m, a: _onto(m, device, disk)))
+        handles.append(b.register_forward_hook(lambda m, a, o: _back(m, where, disk)))
     try:
         yield
     finally:
@@ -213,13 +238,14 @@ def passing(blocks: list[nn.Module], device: torch.device, where: torch.device |
 
 
 @contextmanager
-def on_device(block: nn.Module, device: torch.device, where: torch.device | None) -> Iterator[None]:
-    """``block`` on ``device`` within the block, back at ``where`` after (no-op when ``where`` is None)."""
+def on_device(block: nn.Module, device: torch.device, where: torch.device | None, disk=None) -> Iterator[None]:
+    """``block`` on ``device`` within the block, back at ``where`` (or ``disk``, written if its weights
+    changed) after; no-op when ``where`` is None."""
     if where is None:
         yield
         return
-    _move(block, device)
+    _onto(block, device, disk)
     try:
         yield
     finally:
-        _move(block, where)
+        _back(block, where, disk)

@@ -75,23 +75,33 @@ def groups(model: nn.Module, targets: Mapping[str, nn.Parameter], request: Calib
                               "per rank")
         chunks = share(chunks, rank, size)
     ctx = _Run(request.passes, opts.precision, size)
+    disk = opts.offload
+    if disk is None and any(p.is_meta for p in targets.values()):
+        raise ConfigError("the weights are on the meta device (no values): calibrate a model opened with "
+                          "prunelab.calibration.disk.open_on_disk with offload=its DiskWeights, or load the weights")
     with calibrating(model):
-        wanted = request.sequential or opts.device is not None
+        wanted = request.sequential or opts.device is not None or disk is not None
         blocks, named = find_blocks(model, targets, opts.sequential_targets) if wanted else ([], False)
-        device = opts.device or home(model)
-        if request.sequential and blocks and not _chained_onloaded(model, blocks, chunks[0][0], opts.device):
+        onto = opts.device or (torch.device("cpu") if disk is not None else None)
+        device = onto or home(model)
+        if request.sequential and blocks and not _chained_onloaded(model, blocks, chunks[0][0], onto, disk):
             if named:
                 raise ConfigError("the blocks sequential_targets names are not a chain: a block's output is not the "
                                   "next block's input")
             blocks = []
-        with onloaded(model, blocks, opts.device) as where:
+        if disk is not None:  # what is outside the blocks is read whole for the event: no targets there
+            inside = {id(p) for b in blocks for p in b.parameters()}
+            if not (request.sequential and blocks) or any(id(p) not in inside for p in targets.values()):
+                raise ConfigError("a model on disk is calibrated block by block: use a sequential method (wanda, "
+                                  "sparsegpt), every target inside the chain of blocks (its decoder layers)")
+        with onloaded(model, blocks, onto, disk) as where:
             if not request.sequential:
-                with passing(blocks, device, where):
+                with passing(blocks, device, where, disk):
                     for i in range(len(request.passes)):
                         yield Group(tuple(targets), ctx.full(model, targets, i, chunks, device), i)
                 return
             if not blocks:
-                with passing(blocks, device, where):
+                with passing(blocks, device, where, disk):
                     yield from ctx.each(model, targets, chunks, device)
                 return
             inside = {id(p) for b in blocks for p in b.parameters()}
@@ -100,11 +110,11 @@ def groups(model: nn.Module, targets: Mapping[str, nn.Parameter], request: Calib
             before = {n: p for n, p in targets.items() if id(p) not in inside and order.get(id(p), 0) < start}
             after = {n: p for n, p in targets.items() if id(p) not in inside and n not in before}
             names = {id(m): n for n, m in model.named_modules()}
-            with passing(blocks, device, where):
+            with passing(blocks, device, where, disk):
                 yield from ctx.each(model, before, chunks, device)
                 cached = catch(model, blocks[0], chunks, device, where, opts.cache_dtype)
             for b, block in enumerate(blocks):
-                with on_device(block, device, where):
+                with on_device(block, device, where, disk):
                     mine = {n: p for n, p in targets.items() if any(p is q for q in block.parameters())}
                     for i in range(len(request.passes) if mine else 0):
                         yield Group(tuple(mine), ctx.block(block, mine, i, cached, device), i, names.get(id(block)),
@@ -116,7 +126,7 @@ def groups(model: nn.Module, targets: Mapping[str, nn.Parameter], request: Calib
                             cached[j] = store(((out,) + tuple(args[1:]), kwargs), where,
                                               opts.cache_dtype)
             del cached
-            with passing(blocks, device, where):
+            with passing(blocks, device, where, disk):
                 yield from ctx.each(model, after, chunks, device)
 
 
@@ -133,9 +143,10 @@ def check_named_blocks(model: nn.Module, targets: Mapping[str, Tensor], globs, x
                               "next block's input")
 
 
-def _chained_onloaded(model: nn.Module, blocks: list[nn.Module], x, device: torch.device | None) -> bool:
+def _chained_onloaded(model: nn.Module, blocks: list[nn.Module], x, device: torch.device | None,
+                      disk=None) -> bool:
     """:func:`chained` on one batch, with the model onloaded to ``device`` as the pipeline will run it."""
-    with onloaded(model, blocks, device) as where, passing(blocks, device or home(model), where):
+    with onloaded(model, blocks, device, disk) as where, passing(blocks, device or home(model), where, disk):
         return chained(model, blocks, to(x, device or home(model)))
 
 

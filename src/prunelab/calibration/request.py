@@ -49,7 +49,8 @@ class Options:
     ``device`` (where blocks compute; None: where the model is), ``cache_dtype`` (the host copy of cached block
     inputs; None: as computed), ``precision`` of norms, Gram matrices and reconstruction, ``sequential_targets``
     (globs naming the blocks; None: the model's ``_no_split_modules`` or the heuristic), ``distributed``
-    (None: share the samples across ranks whenever torch.distributed is initialised)."""
+    (None: share the samples across ranks whenever torch.distributed is initialised), ``offload``: the
+    :class:`~prunelab.calibration.disk.DiskWeights` of a model whose weights are on disk (block by block)."""
 
     samples: int | None = None
     device: torch.device | None = None
@@ -57,6 +58,7 @@ class Options:
     precision: str = "float32"
     sequential_targets: tuple[str, ...] | None = None
     distributed: bool | None = None
+    offload: Any = None
 
     def resolve_samples(self, request: Calibration) -> int:
         """The caller's sample count, else the method's: the one place this is decided."""
@@ -64,11 +66,13 @@ class Options:
 
 
 def options(samples: Any = None, device: Any = None, cache_dtype: Any = None, precision: Any = "float32",
-            sequential_targets: Any = None, distributed: Any = None, given: Options | None = None) -> Options:
+            sequential_targets: Any = None, distributed: Any = None, given: Options | None = None,
+            offload: Any = None) -> Options:
     """:class:`Options` from a caller's arguments, each checked: ConfigError in one sentence on a bad one.
     ``given``: an Options made before (a recipe's), returned as it is; then the other arguments must be unset."""
     if given is not None:
-        if (samples, device, cache_dtype, sequential_targets, distributed) != (None,) * 5 or precision != "float32":
+        if (samples, device, cache_dtype, sequential_targets, distributed, offload) != (None,) * 6 \
+                or precision != "float32":
             raise ConfigError("calibration takes options=Options(...) or the separate keywords, not both")
         if not isinstance(given, Options):
             raise ConfigError(f"calibration options are a prunelab.calibration.Options, got {type(given).__name__}")
@@ -94,7 +98,10 @@ def options(samples: Any = None, device: Any = None, cache_dtype: Any = None, pr
         sequential_targets = tuple(sequential_targets)
     if distributed is not None and not isinstance(distributed, bool):
         raise ConfigError(f"distributed is true, false or null, got {distributed!r}")
-    return Options(samples, device, cache_dtype, precision, sequential_targets, distributed)
+    if offload is not None and not hasattr(offload, "onload"):
+        raise ConfigError(f"offload is the DiskWeights of prunelab.calibration.disk.open_on_disk, got "
+                          f"{type(offload).__name__}")
+    return Options(samples, device, cache_dtype, precision, sequential_targets, distributed, offload)
 
 
 def check_device(device: Any) -> torch.device:

@@ -92,11 +92,11 @@ def weight_elements(folder: Path) -> tuple[int | None, list[Path]]:
     return total, files
 
 
-def check_folder(tf, folder: Path, **kwargs: Any) -> None:
-    """Refuse ``folder`` in one sentence unless it describes a model that fits this machine and that its
-    safetensors weights fill (see the module docstring). ``tf``: the transformers module; ``kwargs``: what
-    ``from_pretrained`` will be given (config overrides apply; ``dtype``: the dtype the model will be loaded
-    at, by default the checkpoint's own)."""
+def check_folder(tf, folder: Path, fit_memory: bool = True, **kwargs: Any) -> None:
+    """Refuse ``folder`` in one sentence unless it describes a model that fits this machine (unless not
+    ``fit_memory``: a model calibrated from disk) and that its safetensors weights fill (see the module
+    docstring). ``tf``: the transformers module; ``kwargs``: what ``from_pretrained`` will be given (config
+    overrides apply; ``dtype``: the dtype the model will be loaded at, by default the checkpoint's own)."""
     import torch
 
     raw = read_config(folder)
@@ -120,7 +120,7 @@ def check_folder(tf, folder: Path, **kwargs: Any) -> None:
     else:
         itemsize = getattr(getattr(config, "dtype", None) or torch.float32, "itemsize", 4)
     memory = memory_bytes()
-    if memory is not None and needed * itemsize > memory:
+    if fit_memory and memory is not None and needed * itemsize > memory:
         raise ConfigError(f"{folder} describes a model of {needed:,} parameters ({_gib(needed * itemsize)}), "
                           f"more than this machine's {_gib(memory)} of memory")
     if elements is not None and "quantization_config" not in raw and elements < needed:
