@@ -92,3 +92,25 @@ def test_disk_refusals(tmp_path):
     with pytest.raises(ConfigError, match="offload is the DiskWeights"):
         p.calibrate(BATCHES, samples=8, offload="disk")
     disk.close()
+
+
+def test_prune_disk_command_writes_a_folder_transformers_loads(tmp_path, capsys):
+    from prunelab.cli import main
+
+    torch.manual_seed(0)
+    src = tmp_path / "src"
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        intermediate_size=48, **{**SMALL, "vocab_size": 256})).save_pretrained(src)
+    out = tmp_path / "out"
+    assert main(["prune-disk", str(src), "--out", str(out), "--method", "sparsegpt", "--samples", "8",
+                 "--seq-len", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "calibrated and pruned model.layers.2 (3/3" in printed and "sparsity 0.5000 over the" in printed
+    back = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert float((back.model.layers[1].mlp.up_proj.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+    for bad, words in ((["--method", "magnitude"], "block by block"), (["--sparsity", "1.5"], "sparsity"),
+                       (["--samples", "0"], "--samples")):
+        assert main(["prune-disk", str(src), "--out", str(tmp_path / "x"), *bad]) == 2
+        assert words in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["prune-disk", str(src), "--out", str(out)]) == 2  # an existing model is never overwritten
+    assert "not an empty folder" in capsys.readouterr().err

@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="output prefix for .md/.csv/.png (default RUNS_DIR/curve_RECIPE)")
     v.add_argument("--force", action="store_true", help=FORCE_HELP)
     v.set_defaults(fn=commands.cmd_curve)
+    from .disk import add_parser as add_prune_disk
+
+    add_prune_disk(sub)
     return p
 
 
