@@ -76,11 +76,15 @@ def test_hugging_face_gpt2_pruned_saved_and_reloaded(spec, tmp_path):
     if spec.get("granularity") == "nm":  # 2:4 along each output's inputs: Conv1D stores (in, out)
         for name, m in p.masks.items():
             assert (p.layouts[name].canonical(m).reshape(-1, 4).sum(-1) == 2).all()
+    model.config.use_cache = model.generation_config.use_cache = False  # as prunelab trains and evaluates
     save_pretrained(model, tmp_path / "hf")
     back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
     with torch.no_grad():
         assert torch.equal(model.eval()(x).logits, back.eval()(x).logits)
     assert back.lm_head.weight.data_ptr() == back.transformer.wte.weight.data_ptr()  # still tied
+    # the folder is for inference: generate() uses the key-value cache; the model in memory is left as it was
+    assert back.config.use_cache and back.generation_config.use_cache
+    assert model.config.use_cache is False and model.generation_config.use_cache is False
 
 
 def test_tied_weights_round_trip_through_a_checkpoint(tmp_path):
