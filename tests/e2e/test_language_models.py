@@ -121,6 +121,13 @@ def test_a_language_model_recipe_end_to_end(tmp_path):
     out = export_run(tmp_path / "run", "hf")
     back = transformers.AutoModelForCausalLM.from_pretrained(str(out), local_files_only=True)
     assert back.config.n_embd == 16 and float((back.transformer.h[0].mlp.c_fc.weight == 0).float().mean()) >= 0.5
+    # the run's byte tokens travel with the model: the folder's tokenizer gives the ids the run trained on
+    tok = transformers.AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    text = "def f(x):\n    return 'héllo'\x00 ✓"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids == list(text.encode("utf-8")) and tok.decode(ids) == text and len(tok) == back.config.vocab_size
+    prompt = tok("import os", return_tensors="pt")["input_ids"]
+    assert back.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0).shape == (1, 13)
     bench = bench_run(tmp_path / "run", repeats=1)  # token-id inputs for the latency runs
     assert [r["artifact"] for r in bench["rows"]][:2] == ["unpruned", "dense with zeros"]
     with pytest.raises(ConfigError, match="adversarial attacks need an image classifier"):
@@ -161,3 +168,7 @@ def test_text_through_a_local_tokenizer(tmp_path):
     assert b.train.x[0].tolist() == ids[:8] and b.train.y[0].tolist() == ids[1:9]  # stored in stream order
     with pytest.raises(ConfigError, match="no tokenizer could be loaded"):
         load_data("pystdlib", seq_len=8, tokens={"train": 50}, tokenizer=str(tmp_path / "none"))
+    from prunelab.data.text import data_tokenizer  # what an export writes beside the model
+
+    assert data_tokenizer(str(tmp_path))(first, add_special_tokens=False)["input_ids"] == ids
+    assert data_tokenizer(None)(first, add_special_tokens=False)["input_ids"] == list(first.encode("utf-8"))

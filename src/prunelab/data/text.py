@@ -84,6 +84,27 @@ def load_tokenizer(folder: str) -> Any:
         raise ConfigError(f"no tokenizer could be loaded from {folder}: {type(exc).__name__} {reason}") from None
 
 
+def byte_tokenizer() -> Any:
+    """The byte-level tokenization as a Hugging Face tokenizer (``tokenizers`` BPE over the 256 byte symbols,
+    no merges): token id = byte value of the UTF-8 text, the ids the data sets here give without
+    ``data.tokenizer``; saved with an exported model so the folder is complete for transformers and the tools
+    that read it. The byte-to-symbol table is the one GPT-2's byte-level tokenizers share (transformers')."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbol = bytes_to_unicode()
+    tok = Tokenizer(models.BPE(vocab={symbol[b]: b for b in range(VOCAB)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def data_tokenizer(folder: str | None) -> Any:
+    """The tokenizer a text data set encodes with: the one saved in ``folder`` (``data.tokenizer``), else bytes."""
+    return load_tokenizer(folder) if folder else byte_tokenizer()
+
+
 def tokenizer_encoder(folder: str) -> tuple[Any, int]:
     """(text -> token ids, vocabulary size) of the tokenizer saved in a local Hugging Face model folder."""
     tok = load_tokenizer(folder)

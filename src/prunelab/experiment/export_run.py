@@ -78,7 +78,12 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
             from .controls import load_shrunk_run
 
             model = load_shrunk_run(ctx)
-        save_pretrained(model, path, force=force)
+        tokenizer = None
+        if ctx.spec.task == "causal_lm":  # the tokens the run trained and evaluated on, for the folder's users
+            from ..data.text import data_tokenizer
+
+            tokenizer = data_tokenizer(ctx.recipe.data.tokenizer)
+        save_pretrained(model, path, force=force, tokenizer=tokenizer)
     elif fmt == "shrunk":
         src = _shrunk_file(ctx)
         if src is None and ctx.paths.shrunk_config.is_file():

@@ -89,10 +89,11 @@ def build_hf(spec: str, vocab_size: int, **kwargs: Any) -> nn.Module:
     return model
 
 
-def save_pretrained(model: nn.Module, folder: str | Path, force: bool = False) -> Path:
-    """``model.save_pretrained(folder)`` (safetensors), written into a new folder beside ``folder`` and moved
-    into place, so an interrupted export never leaves a half-written model folder. An existing ``folder`` is
-    replaced only if prunelab wrote it and ``force`` (see :mod:`prunelab.outputs`); a user's folder never is."""
+def save_pretrained(model: nn.Module, folder: str | Path, force: bool = False, tokenizer: Any = None) -> Path:
+    """``model.save_pretrained(folder)`` (safetensors), with ``tokenizer`` saved beside it when given, written
+    into a new folder beside ``folder`` and moved into place, so an interrupted export never leaves a
+    half-written model folder. An existing ``folder`` is replaced only if prunelab wrote it and ``force`` (see
+    :mod:`prunelab.outputs`); a user's folder never is."""
     from ..outputs import error_from_safetensors, install_folder, prepare_folder, temp_folder_beside, user_mode
 
     if not hasattr(model, "save_pretrained"):
@@ -112,6 +113,8 @@ def save_pretrained(model: nn.Module, folder: str | Path, force: bool = False) -
             if gen_cache is not None:
                 gen.use_cache = True
             model.save_pretrained(str(tmp), safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(tmp))
         except (OSError, KeyboardInterrupt):
             raise
         except Exception as exc:  # safetensors reports a full disk or a file-size limit as its own error type
