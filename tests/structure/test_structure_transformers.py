@@ -145,6 +145,25 @@ def test_tied_embeddings_lose_the_same_hidden_channels():
     assert small.lm_head.weight.shape == (V, 16)
 
 
+@pytest.mark.parametrize("units, sparsity, round_to, want", [
+    (["hidden"], 0.3, 1, {"hidden_size": 20}),  # 32 x 0.7 = 22.4 -> 22, not a multiple of the 4 heads -> 20
+    (["mlp"], 0.3, 8, {"intermediate_size": 32}),  # 48 x 0.7 = 33.6 -> 33 -> 32
+    (["mlp", "hidden"], 0.5, 8, {"intermediate_size": 24, "hidden_size": 16}),
+    (["mlp"], 0.9, 16, {"intermediate_size": 16})])  # never below one multiple
+def test_widths_rounded_so_the_folder_saves_and_runtimes_get_their_multiples(tmp_path, units, sparsity, round_to,
+                                                                              want):
+    model = _model("llama")
+    pruner = _pruned(model, units, sparsity=sparsity, round_to=round_to)
+    small, changed = shrink(model, pruner.masks, _x(1), graph=pruner.channels)
+    assert {k: changed[k] for k in want} == want
+    save_pretrained(small, tmp_path / "m")  # a hidden size the heads do not divide could not be saved
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"), local_files_only=True)
+    with torch.no_grad():
+        assert torch.allclose(back.eval()(_x(2, 5)).logits, small(_x(2, 5)).logits, atol=1e-5)
+    with pytest.raises(ConfigError, match="round_to is a whole number"):
+        _pruned(_model("llama"), ["mlp"], round_to=0)
+
+
 def test_depth_keeps_generate_working_with_its_cache():
     model = _model("llama", layers=4)
     pruner = _pruned(model, ["depth"])

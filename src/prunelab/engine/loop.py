@@ -44,6 +44,8 @@ class Candidates:
     multiple of ``rows`` and chosen per row, the groups taken in ``order`` first when given (the kept flags then
     come back in that order). ``inputs``: made when the set is chosen, what the selector reads
     besides the scores (:meth:`~prunelab.engine.selection.Selector.inputs`), so one set's copy is held at a time.
+    ``multiple``: the keep-count is rounded down to a multiple of it (a width a runtime or a config needs),
+    never below one multiple (or what is alive, when less).
     """
 
     layer: LayerGroups
@@ -52,11 +54,19 @@ class Candidates:
     split: tuple[int, int] | None = None
     order: Tensor | None = None
     inputs: Callable[[], dict | None] | None = None
+    multiple: int = 1
 
 
 def budget(layers: list[LayerGroups], how: Selection) -> dict[str, int]:
     """The allocation's keep-count of every set (the one place the engine asks it)."""
     return how.allocation.keep_counts(layers, how.sparsity, how.final_sparsity)
+
+
+def rounded_keep(k: int, multiple: int, alive: int) -> int:
+    """``k`` rounded down to a multiple of ``multiple``, at least one multiple, at most ``alive``: the count
+    kept never grows past the allocation's unless one multiple is more than it kept (as Torch-Pruning's
+    ``round_to``, which keeps the pruned share at or above the target)."""
+    return min(alive, max(multiple, k - k % multiple))
 
 
 def choose(sets: list[Candidates], how: Selection) -> Iterator[tuple[Candidates, Tensor]]:
@@ -76,6 +86,8 @@ def choose(sets: list[Candidates], how: Selection) -> Iterator[tuple[Candidates,
             if c.order is not None:
                 scores, alive = scores[..., c.order], alive[..., c.order]
             scores, alive, per_block, hint = scores.reshape(rows, per), alive.reshape(rows, per), True, None
+        if c.multiple > 1:
+            k = rounded_keep(k, c.multiple, int(alive.sum()))
         data = c.inputs() if c.inputs is not None else None
         yield c, how.selector.select(scores, alive, k, per_block, how.ctx, layer.name, hint, data)
 

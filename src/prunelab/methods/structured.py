@@ -143,7 +143,12 @@ class TransformerUnits(Method):
     layouts) are ranked by ``expert_score``: ``reap`` (default; Lasby et al. 2025: router weight x expert output
     norm, summed over the calibration tokens routed to each expert), ``frequency`` (tokens routed to it) or
     ``criterion`` (``magnitude`` of its tensors); a removed expert is never routed to (:mod:`prunelab.structure.experts`).
-    ``prunelab export RUN --format hf`` writes the smaller model as the same transformers class."""
+    ``round_to``: every width a multiple of it (MLP channels, hidden size; the keep-count rounded down, as
+    Torch-Pruning's ``round_to``, never below one multiple): 8 for tensor cores, 64-256 for llama.cpp's k-quants,
+    whose blocks are 256 wide (a width of 576 left 26 of 48 tensors in a larger fallback format). The hidden size
+    is always a multiple of the attention heads, which transformers' configs require (a shrunk model whose hidden
+    size is not could not be saved). ``prunelab export RUN --format hf`` writes the smaller model as the same
+    transformers class."""
 
     criterion: Any = "activation"
     granularity: Any = "filter"
@@ -154,6 +159,7 @@ class TransformerUnits(Method):
     depth_score: str = "influence"
     expert_score: str = "reap"
     samples: int = 128  # calibration windows for block influence and expert routing (activation has its own)
+    round_to: int = 1  # widths kept a multiple of this (see above)
     output_layer: ClassVar[bool] = False  # the output layer's rows are the vocabulary: never a unit
 
     def __post_init__(self) -> None:
@@ -172,6 +178,9 @@ class TransformerUnits(Method):
         if self.expert_score not in ("reap", "frequency", "criterion"):
             raise ConfigError(f"transformer_units expert_score is reap, frequency or criterion, got {self.expert_score!r}")
         check_count("transformer_units samples", self.samples)
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or not 1 <= self.round_to <= 4096:
+            raise ConfigError(f"transformer_units round_to is a whole number from 1 to 4096 (8, 64, 128, 256 for "
+                              f"runtimes), got {self.round_to!r}")
         if self.units == ("experts",) and self.criterion == "activation":
             self.criterion = "magnitude"  # the default criterion reads inputs no hook sees for fused experts
         super().__post_init__()

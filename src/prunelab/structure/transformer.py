@@ -2,6 +2,7 @@
 Face transformer of a known layout (:mod:`.families`, :mod:`.units`), behind the one protocol the Pruner drives."""
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 from torch import Tensor, nn
@@ -27,10 +28,11 @@ class TransformerUnits:
 
     def __init__(self, model: nn.Module, family: Family, params: Mapping[str, Tensor],
                  kinds: Sequence[str] | None = None, example_inputs: Inputs | None = None,
-                 expert_score: str = "criterion") -> None:
+                 expert_score: str = "criterion", round_to: int = 1) -> None:
         if kinds is None:  # of mlp and heads, what the layout can lose exactly
             kinds = tuple(k for k in DEFAULT_UNITS if k in supported_kinds(model, family))
         self.model, self.family, self.kinds, self.expert_score = model, family, tuple(kinds), expert_score
+        self.multiples = width_multiples(model, round_to)
         if example_inputs is not None:
             check_layout(model, family, example_inputs)
         self.all_groups = build_groups(model, family, self.kinds)
@@ -42,7 +44,8 @@ class TransformerUnits:
         """New target masks (see :func:`.units.select_units`; the units sum the per-weight scores themselves, so
         ``layouts`` and ``gran`` are not needed). ConfigError when a block would keep fewer experts than a token
         is routed to (top-k)."""
-        new = select_units(self.groups, params, scores, masks, how, self.family.layers, self.expert_score)
+        new = select_units(self.groups, params, scores, masks, how, self.family.layers, self.expert_score,
+                           self.multiples)
         k = top_k(self.model)
         short = [(g, int((~removed_units(g, new)).sum())) for g in self.groups if g.kind == "experts"]
         short = [(g, kept) for g, kept in short if k is not None and kept < k]
@@ -90,7 +93,18 @@ class TransformerUnits:
 
 
 def transformer_units(model: nn.Module, params: Mapping[str, Tensor], kinds: Sequence[str] | None = None,
-                      example_inputs: Inputs | None = None, expert_score: str = "criterion") -> TransformerUnits | None:
+                      example_inputs: Inputs | None = None, expert_score: str = "criterion",
+                      round_to: int = 1) -> TransformerUnits | None:
     """:class:`TransformerUnits` of ``model`` when it is a transformer of a known layout, else None."""
     fam = family_of(model)
-    return None if fam is None else TransformerUnits(model, fam, params, kinds, example_inputs, expert_score)
+    return None if fam is None else TransformerUnits(model, fam, params, kinds, example_inputs, expert_score,
+                                                     round_to)
+
+
+def width_multiples(model: nn.Module, round_to: int = 1) -> dict[str, int]:
+    """The multiple each kind's kept width must be: ``round_to`` for MLP channels; for the hidden size also
+    the attention heads (transformers' configs refuse a hidden size they do not divide: LLaMA's, GPT-2's).
+    Heads, experts and blocks are counts, not widths: 1."""
+    config = getattr(model, "config", None)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or 1
+    return {"mlp": round_to, "hidden": math.lcm(round_to, int(heads))}

@@ -254,12 +254,13 @@ def expert_scores(g: UnitGroup, stats, how: str) -> Tensor:
 
 def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: Mapping[str, Tensor],
                  masks: Mapping[str, Tensor], how: Selection, layers: str = "",
-                 expert_score: str = "criterion") -> dict[str, Tensor]:
+                 expert_score: str = "criterion", multiples: Mapping[str, int] | None = None) -> dict[str, Tensor]:
     """New masks of the targets after one pass over the unit groups: the allocation counts units per group,
     the selector keeps the highest-scoring alive ones, and every target entry of a dropped unit is pruned
     (masks only shrink: a pruned unit stays pruned). Blocks (``depth``) are ranked by their influence when
     the calibration measured it (``ctx.input_stats``, blocks named ``layers.i``), else by their summed scores;
-    experts by ``expert_score`` (:func:`expert_scores`) unless it is ``criterion``."""
+    experts by ``expert_score`` (:func:`expert_scores`) unless it is ``criterion``. ``multiples``: per kind, the
+    multiple its kept count is rounded down to (:func:`~prunelab.structure.transformer.width_multiples`)."""
     sets = []
     for g in groups:
         score, alive = unit_scores(g, scores, masks)
@@ -271,7 +272,7 @@ def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: 
         per_unit = sum(params[p.param].numel() // params[p.param].shape[p.dim] * p.index.shape[1]
                        for p in g.parts if p.param in params) // max(g.size, 1)
         sets.append(Candidates(LayerGroups(g.name, (g.size,), 1, g.size, max(per_unit, 1), False),
-                               score[None], alive[None]))
+                               score[None], alive[None], multiple=(multiples or {}).get(g.kind, 1)))
     new = {n: m for n, m in masks.items()}
     for g, (_, kept) in zip(groups, choose(sets, how)):
         dropped = ~kept[0].cpu()
