@@ -257,9 +257,31 @@ class RunContext:
         metrics = self.paths.stage_metrics(stage) if self.main else None
         if not self.progress and self.main:  # no bar (a pipe, a log file, --no-progress): a line per epoch instead
             hooks = list(hooks or []) + [EpochLine(self.log)]
+        if self.loggers is not None:
+            from ..training.loggers import LogEpochs
+
+            hooks = list(hooks or []) + [LogEpochs(self.loggers)]
         return Trainer(net, opt, cfg, self.data.train, self.data.test, pruner=pruner, metrics_path=metrics,
                        progress=self.progress, device=self.recipe.device, stage=stage, hooks=hooks,
                        task=self.data.task, loss_fn=loss_fn, world=self.dist.world)
+
+    @cached_property
+    def loggers(self):
+        """The recipe's experiment trackers (``train.loggers``, :mod:`prunelab.training.loggers`) writing under
+        the run folder's ``logs/``, on rank 0; None without any. :meth:`close` ends them."""
+        names = list(dict.fromkeys(self.recipe.train.loggers + self.recipe.retrain_config().loggers
+                                   if self.recipe.prune else self.recipe.train.loggers))
+        if not names or not self.main:
+            return None
+        from ..training.loggers import Loggers
+
+        return Loggers(names, self.paths.root / "logs", self.paths.root.name, self.recipe.model_dump(mode="json"))
+
+    def close(self) -> None:
+        """End what the run opened for its whole length (the experiment trackers)."""
+        if "loggers" in self.__dict__ and self.loggers is not None:
+            self.loggers.close()
+            del self.__dict__["loggers"]
 
     # -- checkpoints and evaluation -----------------------------------------------------------------------
     def save(self, folder: Path, model: nn.Module, masks: Masks | None = None, optimizer=None,

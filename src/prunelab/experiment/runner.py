@@ -115,10 +115,14 @@ class Runner:
                 match_layers(model, distill.hidden)
         ctx.paths.root.mkdir(parents=True, exist_ok=True)
         with RunLock(ctx.paths.root) if ctx.main else nullcontext():  # one process writes a run folder
-            return self._run_stages(stages)
+            try:
+                return self._run_stages(stages)
+            finally:
+                ctx.close()
 
     def _run_stages(self, stages: list[Stage]) -> dict:
         ctx = self.ctx
+        ctx.loggers  # noqa: B018 - opened first: a tracker that is not installed stops the run before any stage
         if ctx.main:  # with the lock held, a temporary file is what a killed process left mid-write
             for tmp in ctx.paths.root.rglob(".*.tmp"):
                 tmp.unlink(missing_ok=True)

@@ -171,10 +171,13 @@ class Recipe(_Strict):
         data under another path, or a relative root seen from another folder, is the same run)."""
         dump = self.model_dump(mode="json", exclude_defaults=True)
         # how the ranks share the training (ddp or fsdp) changes its results by float rounding only, as the
-        # number of ranks does: a run started one way resumes the other
+        # number of ranks does: a run started one way resumes the other; where metrics are also sent, not at all
         for parent, key in ((dump, "train"), (dump.get("prune") or {}, "retrain")):
-            if isinstance(parent.get(key), dict) and parent[key].pop("parallel", None) and not parent[key]:
-                del parent[key]
+            section = parent.get(key)
+            if isinstance(section, dict):
+                dropped = [section.pop(k) for k in ("parallel", "loggers") if k in section]
+                if dropped and not section:
+                    del parent[key]
         if "data" in dump and not with_root:
             dump["data"].pop("root", None)
             if not dump["data"]:

@@ -51,6 +51,8 @@ class OptimConfig(BaseModel):
     # under torchrun: every rank holds the whole model (ddp) or a 1/world shard of it (fsdp, FSDP2: models whose
     # weights, gradients and optimizer state do not fit one device; see prunelab.training.parallel)
     parallel: Literal["ddp", "fsdp"] = "ddp"
+    # experiment trackers that get every epoch's metrics (prunelab.training.loggers): tensorboard, wandb, mlflow
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_budget(self) -> "OptimConfig":
