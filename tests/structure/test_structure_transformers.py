@@ -164,6 +164,30 @@ def test_widths_rounded_so_the_folder_saves_and_runtimes_get_their_multiples(tmp
         _pruned(_model("llama"), ["mlp"], round_to=0)
 
 
+def test_a_budget_per_unit_kind():
+    """kind_sparsity: half the MLP channels, none of the key-value groups, where one sparsity would take a group of
+    two from every block; an iterative schedule reaches each kind's share at its last event."""
+    model = _model("llama")
+    pruner = _pruned(model, ["mlp", "heads"], kind_sparsity={"mlp": 0.5, "heads": 0.0})
+    small, changed = shrink(model, pruner.masks, _x(1), graph=pruner.channels)
+    assert changed == {"intermediate_size": 24}
+    model = _model("llama")
+    method = {"name": "transformer_units", "units": ["mlp", "heads"], "criterion": "magnitude",
+              "kind_sparsity": {"mlp": 0.75}}
+    pruner = Pruner(model, method, schedule={"name": "iterative", "rounds": 2, "sparsity": 0.5}, auto_prune=False,
+                    example_inputs=_x(1))
+    widths = []
+    for event in range(2):
+        pruner.prune_event(event)
+        report = pruner.accounting()["channels"]["units"]
+        widths.append((report["mlp"]["kept"][0], report["heads"]["kept"][0]))
+    assert widths[-1] == (12, 1)  # mlp: 48 x 0.25 at the end; heads: the schedule's 0.5 of 2 groups
+    assert widths[0][0] < 48 and widths[0][0] > 12  # the first event takes part of the way
+    for bad in ({"depth": 0.5}, {"mlp": 1.0}, "mlp"):
+        with pytest.raises(ConfigError, match="kind_sparsity"):
+            _pruned(_model("llama"), ["mlp", "heads"], kind_sparsity=bad)
+
+
 def test_depth_keeps_generate_working_with_its_cache():
     model = _model("llama", layers=4)
     pruner = _pruned(model, ["depth"])

@@ -147,8 +147,10 @@ class TransformerUnits(Method):
     Torch-Pruning's ``round_to``, never below one multiple): 8 for tensor cores, 64-256 for llama.cpp's k-quants,
     whose blocks are 256 wide (a width of 576 left 26 of 48 tensors in a larger fallback format). The hidden size
     is always a multiple of the attention heads, which transformers' configs require (a shrunk model whose hidden
-    size is not could not be saved). ``prunelab export RUN --format hf`` writes the smaller model as the same
-    transformers class."""
+    size is not could not be saved). ``kind_sparsity``: a budget per kind, e.g. ``{mlp: 0.5, heads: 0.25}`` (the
+    share of each kind's units removed by the schedule's end; kinds not named take ``sparsity``): one sparsity
+    for every kind removed a key-value group of two from every block. ``prunelab export RUN --format hf``
+    writes the smaller model as the same transformers class."""
 
     criterion: Any = "activation"
     granularity: Any = "filter"
@@ -160,6 +162,7 @@ class TransformerUnits(Method):
     expert_score: str = "reap"
     samples: int = 128  # calibration windows for block influence and expert routing (activation has its own)
     round_to: int = 1  # widths kept a multiple of this (see above)
+    kind_sparsity: Any = None  # {kind: share of its units removed}, e.g. {mlp: 0.5, heads: 0.25}; others: sparsity
     output_layer: ClassVar[bool] = False  # the output layer's rows are the vocabulary: never a unit
 
     def __post_init__(self) -> None:
@@ -178,6 +181,13 @@ class TransformerUnits(Method):
         if self.expert_score not in ("reap", "frequency", "criterion"):
             raise ConfigError(f"transformer_units expert_score is reap, frequency or criterion, got {self.expert_score!r}")
         check_count("transformer_units samples", self.samples)
+        if self.kind_sparsity is not None:
+            ks = self.kind_sparsity
+            if not isinstance(ks, dict) or not all(k in self.units for k in ks) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in ks.values()):
+                raise ConfigError(f"transformer_units kind_sparsity maps some of its units ({', '.join(self.units)}) "
+                                  f"to a share in [0, 1), got {ks!r}")
+            self.kind_sparsity = {k: float(v) for k, v in ks.items()}
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or not 1 <= self.round_to <= 4096:
             raise ConfigError(f"transformer_units round_to is a whole number from 1 to 4096 (8, 64, 128, 256 for "
                               f"runtimes), got {self.round_to!r}")

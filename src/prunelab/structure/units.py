@@ -27,7 +27,7 @@ unit at zero the masked model computes exactly what the model without it compute
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import torch
@@ -254,13 +254,16 @@ def expert_scores(g: UnitGroup, stats, how: str) -> Tensor:
 
 def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: Mapping[str, Tensor],
                  masks: Mapping[str, Tensor], how: Selection, layers: str = "",
-                 expert_score: str = "criterion", multiples: Mapping[str, int] | None = None) -> dict[str, Tensor]:
+                 expert_score: str = "criterion", multiples: Mapping[str, int] | None = None,
+                 kind_sparsity: Mapping[str, float] | None = None) -> dict[str, Tensor]:
     """New masks of the targets after one pass over the unit groups: the allocation counts units per group,
     the selector keeps the highest-scoring alive ones, and every target entry of a dropped unit is pruned
     (masks only shrink: a pruned unit stays pruned). Blocks (``depth``) are ranked by their influence when
     the calibration measured it (``ctx.input_stats``, blocks named ``layers.i``), else by their summed scores;
     experts by ``expert_score`` (:func:`expert_scores`) unless it is ``criterion``. ``multiples``: per kind, the
-    multiple its kept count is rounded down to (:func:`~prunelab.structure.transformer.width_multiples`)."""
+    multiple its kept count is rounded down to (:func:`~prunelab.structure.transformer.width_multiples`).
+    ``kind_sparsity``: per kind, the share of its units removed at the schedule's end (this event: that share
+    scaled by the event's sparsity over the final one); the other kinds take the event's sparsity."""
     sets = []
     for g in groups:
         score, alive = unit_scores(g, scores, masks)
@@ -274,7 +277,12 @@ def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: 
         sets.append(Candidates(LayerGroups(g.name, (g.size,), 1, g.size, max(per_unit, 1), False),
                                score[None], alive[None], multiple=(multiples or {}).get(g.kind, 1)))
     new = {n: m for n, m in masks.items()}
-    for g, (_, kept) in zip(groups, choose(sets, how)):
+    chosen: list = [None] * len(groups)
+    for kind in dict.fromkeys(g.kind for g in groups):  # one budget per kind (the allocation is uniform)
+        at = [i for i, g in enumerate(groups) if g.kind == kind]
+        for i, (_, kept) in zip(at, choose([sets[i] for i in at], _kind_how(how, (kind_sparsity or {}).get(kind)))):
+            chosen[i] = kept
+    for g, kept in zip(groups, chosen):
         dropped = ~kept[0].cpu()
         if not dropped.any():
             continue
@@ -283,6 +291,14 @@ def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: 
                 m = new[p.param]
                 new[p.param] = m & p.keep(tuple(m.shape), dropped).to(m.device)
     return new
+
+
+def _kind_how(how: Selection, share: float | None) -> Selection:
+    """``how`` for a kind removing ``share`` of its units by the schedule's end (None: ``how`` itself)."""
+    if share is None:
+        return how
+    now = share if how.final_sparsity <= 0 else share * min(1.0, how.sparsity / how.final_sparsity)
+    return replace(how, sparsity=now, final_sparsity=share)
 
 
 def companion_masks(groups: list[UnitGroup], params: Mapping[str, Tensor], masks: Mapping[str, Tensor],
