@@ -108,6 +108,19 @@ def test_prune_disk_command_writes_a_folder_transformers_loads(tmp_path, capsys)
     assert "calibrated and pruned model.layers.2 (3/3" in printed and "sparsity 0.5000 over the" in printed
     back = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert float((back.model.layers[1].mlp.up_proj.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+    # prune, then quantize on load (transformers' TorchAoConfig, weight-only int8 / int4): pruned zeros stay zero
+    pytest.importorskip("torchao")
+    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerGroup
+
+    pruned = back.model.layers[1].mlp.up_proj.weight.detach() == 0
+    x = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(3))
+    for config in (Int8WeightOnlyConfig(), IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(16))):
+        q = transformers.AutoModelForCausalLM.from_pretrained(out, quantization_config=transformers.TorchAoConfig(config))
+        w = q.model.layers[1].mlp.up_proj.weight
+        assert type(w).__name__ != "Parameter" and not w.dequantize()[pruned].any()
+        with torch.no_grad():
+            assert (q(x).logits - back(x).logits).abs().max() < 0.05
     for bad, words in ((["--method", "magnitude"], "block by block"), (["--sparsity", "1.5"], "sparsity"),
                        (["--samples", "0"], "--samples")):
         assert main(["prune-disk", str(src), "--out", str(tmp_path / "x"), *bad]) == 2

@@ -128,6 +128,8 @@ def test_a_language_model_recipe_end_to_end(tmp_path):
     assert ids == list(text.encode("utf-8")) and tok.decode(ids) == text and len(tok) == back.config.vocab_size
     prompt = tok("import os", return_tensors="pt")["input_ids"]
     assert back.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0).shape == (1, 13)
+    assert back.config.prunelab["sparsity_targets"] == pytest.approx(0.5)  # the folder says what was pruned
+    assert back.config.prunelab["method"]["name"] == "sparsegpt"
     bench = bench_run(tmp_path / "run", repeats=1)  # token-id inputs for the latency runs
     assert [r["artifact"] for r in bench["rows"]][:2] == ["unpruned", "dense with zeros"]
     with pytest.raises(ConfigError, match="adversarial attacks need an image classifier"):

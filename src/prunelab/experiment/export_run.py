@@ -83,6 +83,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
             from ..data.text import data_tokenizer
 
             tokenizer = data_tokenizer(ctx.recipe.data.tokenizer)
+        model.config.prunelab = pruning_record(ctx)  # in config.json: what was pruned, over which weights
         save_pretrained(model, path, force=force, tokenizer=tokenizer)
     elif fmt == "shrunk":
         src = _shrunk_file(ctx)
@@ -96,6 +97,20 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
         net = load_shrunk(src)[0].eval() if src else model
         export_onnx(net, ctx.example_inputs().expand(4, *ctx.spec.input_shape).clone(), path)
     return path
+
+
+def pruning_record(ctx) -> dict:
+    """What an exported folder says about its pruning (config.json's ``prunelab``): the method, the sparsity
+    over the targeted weights and over every weight matrix, and the widths a shrink changed; a quantizer or a
+    converter reading the folder learns that its zeros are deliberate."""
+    from .records import load_summary
+
+    s = load_summary(ctx.paths.root)
+    out = {"method": (ctx.recipe.prune.method if ctx.recipe.prune else None), "sparsity_targets": s.get("sparsity_prunable"),
+           "sparsity_all_weight_matrices": (s.get("all_weights") or {}).get("sparsity")}
+    if ctx.paths.shrunk_config.is_file():
+        out["shrunk_params"] = (s.get("shrunk") or {}).get("params")
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def latency_ms(model: torch.nn.Module, input_shape, batch: int, repeats: int = 30, warmup: int = 5,
