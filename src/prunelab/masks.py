@@ -39,6 +39,14 @@ def mask_device(p: Tensor) -> torch.device:
     return torch.device("cpu") if p.is_meta else p.device
 
 
+def state_like(optimizer, p: Tensor) -> list[Tensor]:
+    """The optimizer's state tensors of parameter ``p`` shaped like it (momentum, Adam's moments): what must stay
+    zero where ``p`` is pruned. None: no optimizer, no state."""
+    if optimizer is None:
+        return []
+    return [v for v in optimizer.state.get(p, {}).values() if isinstance(v, Tensor) and v.shape == p.shape]
+
+
 def local(t: Tensor) -> Tensor:
     """The part of ``t`` this process holds and may write in place: a sharded (DTensor) parameter's, gradient's
     or optimizer state's local shard (FSDP2, :mod:`prunelab.training.parallel`); any other tensor itself."""

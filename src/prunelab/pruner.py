@@ -33,14 +33,15 @@ from .engine.criteria import Context, Needs
 from .inputs import Inputs
 from .limits import MAX_SEED
 from .errors import CheckpointError, ConfigError
-from .masks import Masks, as_keep_mask, keep_multiplier, keep_only, local, local_mask, mask_device, zero_pruned
+from .masks import (Masks, as_keep_mask, keep_multiplier, keep_only, local, local_mask, mask_device, state_like,
+                    zero_pruned)
 from .methods import Method, build_method
 from .methods.base import PruneView
 from .registry import check_fraction
 from .engine.schedules import build_schedule
 from .engine.streaming import can_stream, streamed_masks
 from .structure import Units, structure_for
-from .targets import Targets, accounting, build_targets, check_current, check_finite
+from .targets import Targets, accounting, build_targets, check_current, check_finite, check_values
 from .engine.topk import all_true
 from .engine.loop import Selection, select_tensors
 
@@ -72,12 +73,7 @@ class Pruner:
             raise ConfigError(f"Pruner needs an nn.Module, got {type(model).__name__}")
         self.model = model
         self.method: Method = build_method(method)
-        meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
-        request = self.method.requirements().calibration
-        if meta is not None and not (request is not None and request.sequential):  # block by block, from disk
-            raise ConfigError(f"parameter {meta} is on the meta device (it has a shape but no values): load the "
-                              "weights first (model.to_empty(device=...) and load_state_dict), or open the model "
-                              "with prunelab.calibration.disk.open_on_disk and prune it with a sequential method")
+        check_values(model, self.method.requirements().calibration)
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
         gran = self.method.granularity_
@@ -326,10 +322,8 @@ class Pruner:
         with torch.no_grad():
             for p, keep in self._mul:
                 keep_only(local(p), keep)
-                if optimizer is not None:
-                    for v in optimizer.state.get(p, {}).values():
-                        if isinstance(v, Tensor) and v.shape == p.shape:
-                            keep_only(local(v), keep)
+                for v in state_like(optimizer, p):
+                    keep_only(local(v), keep)
 
     def _zero_pruned(self, optimizer: torch.optim.Optimizer | None) -> None:
         """One-off zeroing after a mask change, with boolean masks (no multiplier memory needed)."""
@@ -340,10 +334,8 @@ class Pruner:
                     continue
                 m = local_mask(p, m)
                 zero_pruned(local(p), m)
-                if optimizer is not None:
-                    for v in optimizer.state.get(p, {}).values():
-                        if isinstance(v, Tensor) and v.shape == p.shape:
-                            zero_pruned(local(v), m)
+                for v in state_like(optimizer, p):
+                    zero_pruned(local(v), m)
 
     def set_masks(self, masks: Masks, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Install masks (e.g. from a checkpoint); names and shapes must match the prunable parameters."""

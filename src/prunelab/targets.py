@@ -341,6 +341,16 @@ def build_targets(spec: "Targets | dict | None") -> Targets:
     return Targets(**spec)
 
 
+def check_values(model: nn.Module, request) -> None:
+    """ConfigError when a parameter is on the meta device (a shape, no values), unless the method calibrates block
+    by block (``request.sequential``): then the weights may be on disk (:mod:`prunelab.calibration.disk`)."""
+    meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
+    if meta is not None and not (request is not None and request.sequential):
+        raise ConfigError(f"parameter {meta} is on the meta device (it has a shape but no values): load the "
+                          "weights first (model.to_empty(device=...) and load_state_dict), or open the model "
+                          "with prunelab.calibration.disk.open_on_disk and prune it with a sequential method")
+
+
 def check_current(model: nn.Module, params: dict[str, nn.Parameter]) -> None:
     """ConfigError when a target is no longer the model's (its layer was replaced after the Pruner was built)."""
     for n, p in params.items():
