@@ -74,8 +74,13 @@ def open_on_disk(folder: str | Path, out: str | Path, dtype: torch.dtype | None 
         shutil.rmtree(staging, ignore_errors=True)
         raise ConfigError(f"transformers kept {folder}'s weights in memory instead of on disk; prune it in memory")
     remove_hook_from_module(model, recurse=True)
+    try:
+        disk = DiskWeights(model, loader, folder, out, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     _return_freed_memory()
-    return model, DiskWeights(model, loader, folder, out, staging)
+    return model, disk
 
 
 #: allocations from their own mappings above this (glibc's M_MMAP_THRESHOLD); measured on the benchmark below,
