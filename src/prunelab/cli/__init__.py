@@ -6,6 +6,7 @@ the handlers are in :mod:`prunelab.cli.commands` and the tables they print in :m
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -163,6 +164,10 @@ def _run_folder_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers imports torchao where it is installed, and that import makes torch log two deprecation notes
+    # (register_constant on enums) through this logger on every model built: noise on the command line's stderr,
+    # where a user's error is one sentence
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # overrides given after options: `prunelab run R --runs-dir X train.epochs=2`

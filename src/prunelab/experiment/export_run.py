@@ -83,7 +83,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
             from ..data.text import data_tokenizer
 
             tokenizer = data_tokenizer(ctx.recipe.data.tokenizer)
-        model.config.prunelab = pruning_record(ctx)  # in config.json: what was pruned, over which weights
+        if hasattr(model, "save_pretrained"):  # (save_pretrained refuses the others in one sentence)
+            model.config.prunelab = pruning_record(ctx)  # in config.json: what was pruned, over which weights
         save_pretrained(model, path, force=force, tokenizer=tokenizer)
     elif fmt == "shrunk":
         src = _shrunk_file(ctx)
