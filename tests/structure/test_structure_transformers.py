@@ -188,6 +188,35 @@ def test_a_budget_per_unit_kind():
             _pruned(_model("llama"), ["mlp", "heads"], kind_sparsity=bad)
 
 
+def test_flap_fluctuation_scored_by_the_readers_by_hand():
+    """criterion fluctuation, score_from readers: each block keeps the MLP channels with the largest
+    Var(a_j) * ||W_down[:, j]||^2, a_j the down projection's input over every calibration token (FLAP's WIFV)."""
+    model = _model("llama")
+    batches = [_x(4, s) for s in range(3)]
+    seen = {i: [] for i in range(3)}
+    hooks = [layer.mlp.down_proj.register_forward_hook(lambda m, a, o, i=i: seen[i].append(a[0].reshape(-1, 48)))
+             for i, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for h in hooks:
+        h.remove()
+    want = []
+    for i, layer in enumerate(model.model.layers):
+        a = torch.cat(seen[i]).double()
+        score = a.var(0, unbiased=False) * layer.mlp.down_proj.weight.double().square().sum(0)
+        want.append(set(score.topk(24).indices.tolist()))
+    method = {"name": "transformer_units", "units": ["mlp"], "criterion": "fluctuation", "score_from": "readers"}
+    pruner = Pruner(model, method, schedule="manual", sparsity=0.5, example_inputs=_x(1))
+    pruner.calibrate(batches)
+    pruner.prune(0.5, final=True)
+    got = [set((pruner.masks[f"model.layers.{i}.mlp.down_proj.weight"].any(0)).nonzero().flatten().tolist())
+           for i in range(3)]
+    assert got == want
+    with pytest.raises(ConfigError, match="score_from is all or readers"):
+        _pruned(_model("llama"), ["mlp"], score_from="writers")
+
+
 def test_depth_keeps_generate_working_with_its_cache():
     model = _model("llama", layers=4)
     pruner = _pruned(model, ["depth"])

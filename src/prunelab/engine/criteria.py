@@ -303,6 +303,37 @@ class RIA(_Calibrated):
         return self._columns(params, ctx, ria)
 
 
+@CRITERIA.register("fluctuation")
+@dataclass
+class Fluctuation(_Calibrated):
+    """Var(x_j) * W_ij^2: how much the input a weight multiplies fluctuates over the calibration tokens, times the
+    weight's square; summed down a column, FLAP's weighted input feature variance ||W_:j||^2 Var(x_j).
+
+    An, Zhao, Yu, Tang, Wang, "Fluctuation-based Adaptive Structured Pruning for Large Language Models" (FLAP,
+    AAAI 2024): an input channel whose value barely moves can go, its mean being recoverable. Written from the
+    paper and the authors' ``metrics["WIFV"]``; the variance here is the population variance over every
+    calibration token (theirs a running estimate counted in sequences, the same ranking within a layer up to
+    their estimator's bias). For units of structure FLAP scores a unit by the layer that reads it (the down
+    projection's column of an MLP channel, the output projection's of a head): ``transformer_units``
+    ``score_from: readers``.
+    """
+
+    kind = "sums"
+
+    def scores(self, params, ctx):
+        stats = self._stats(ctx)
+        out = {}
+        for n, p in params.items():
+            layout = (ctx.layouts or {}).get(n) or Layout()
+            w = column_view(layout, p.detach()).double()
+            var = stats[n].variance().to(w.device)
+            if var.numel() != w.shape[1]:
+                raise ConfigError(f"the fluctuation criterion reads whole input columns, and {n}'s rows see a part "
+                                  "of them (a grouped convolution); exclude it from the targets")
+            out[n] = layout.stored((w.square() * var).float().reshape(layout.canonical(p).shape))
+        return out
+
+
 @CRITERIA.register("activation")
 @dataclass
 class Activation(_Calibrated):

@@ -150,7 +150,9 @@ class TransformerUnits(Method):
     size is not could not be saved). ``kind_sparsity``: a budget per kind, e.g. ``{mlp: 0.5, heads: 0.25}`` (the
     share of each kind's units removed by the schedule's end; kinds not named take ``sparsity``): one sparsity
     for every kind removed a key-value group of two from every block. ``prunelab export RUN --format hf``
-    writes the smaller model as the same transformers class."""
+    writes the smaller model as the same transformers class. ``criterion: fluctuation`` with ``score_from:
+    readers`` ranks units as FLAP does (An et al. 2024: the variance of the channel the down or output projection
+    reads, times its column's squared norm), without FLAP's bias compensation."""
 
     criterion: Any = "activation"
     granularity: Any = "filter"
@@ -163,6 +165,7 @@ class TransformerUnits(Method):
     samples: int = 128  # calibration windows for block influence and expert routing (activation has its own)
     round_to: int = 1  # widths kept a multiple of this (see above)
     kind_sparsity: Any = None  # {kind: share of its units removed}, e.g. {mlp: 0.5, heads: 0.25}; others: sparsity
+    score_from: str = "all"  # "readers": MLP channels and heads scored by the layers that read them (FLAP)
     output_layer: ClassVar[bool] = False  # the output layer's rows are the vocabulary: never a unit
 
     def __post_init__(self) -> None:
@@ -181,6 +184,8 @@ class TransformerUnits(Method):
         if self.expert_score not in ("reap", "frequency", "criterion"):
             raise ConfigError(f"transformer_units expert_score is reap, frequency or criterion, got {self.expert_score!r}")
         check_count("transformer_units samples", self.samples)
+        if self.score_from not in ("all", "readers"):
+            raise ConfigError(f"transformer_units score_from is all or readers, got {self.score_from!r}")
         if self.kind_sparsity is not None:
             ks = self.kind_sparsity
             if not isinstance(ks, dict) or not all(k in self.units for k in ks) or not all(

@@ -29,11 +29,13 @@ class TransformerUnits:
     def __init__(self, model: nn.Module, family: Family, params: Mapping[str, Tensor],
                  kinds: Sequence[str] | None = None, example_inputs: Inputs | None = None,
                  expert_score: str = "criterion", round_to: int = 1,
-                 kind_sparsity: Mapping[str, float] | None = None) -> None:
+                 kind_sparsity: Mapping[str, float] | None = None, score_from: str = "all") -> None:
         if kinds is None:  # of mlp and heads, what the layout can lose exactly
             kinds = tuple(k for k in DEFAULT_UNITS if k in supported_kinds(model, family))
         self.model, self.family, self.kinds, self.expert_score = model, family, tuple(kinds), expert_score
         self.multiples, self.kind_sparsity = width_multiples(model, round_to), dict(kind_sparsity or {})
+        # the readers' input dimension as stored: 1 for (out, in) weights, 0 for GPT-2's (in, out) Conv1D
+        self.reader_dim = None if score_from == "all" else (0 if family.transposed else 1)
         if example_inputs is not None:
             check_layout(model, family, example_inputs)
         self.all_groups = build_groups(model, family, self.kinds)
@@ -46,7 +48,7 @@ class TransformerUnits:
         ``layouts`` and ``gran`` are not needed). ConfigError when a block would keep fewer experts than a token
         is routed to (top-k)."""
         new = select_units(self.groups, params, scores, masks, how, self.family.layers, self.expert_score,
-                           self.multiples, self.kind_sparsity)
+                           self.multiples, self.kind_sparsity, self.reader_dim)
         k = top_k(self.model)
         short = [(g, int((~removed_units(g, new)).sum())) for g in self.groups if g.kind == "experts"]
         short = [(g, kept) for g, kept in short if k is not None and kept < k]
@@ -95,11 +97,12 @@ class TransformerUnits:
 
 def transformer_units(model: nn.Module, params: Mapping[str, Tensor], kinds: Sequence[str] | None = None,
                       example_inputs: Inputs | None = None, expert_score: str = "criterion",
-                      round_to: int = 1, kind_sparsity: Mapping[str, float] | None = None) -> TransformerUnits | None:
+                      round_to: int = 1, kind_sparsity: Mapping[str, float] | None = None,
+                      score_from: str = "all") -> TransformerUnits | None:
     """:class:`TransformerUnits` of ``model`` when it is a transformer of a known layout, else None."""
     fam = family_of(model)
     return None if fam is None else TransformerUnits(model, fam, params, kinds, example_inputs, expert_score,
-                                                     round_to, kind_sparsity)
+                                                     round_to, kind_sparsity, score_from)
 
 
 def width_multiples(model: nn.Module, round_to: int = 1) -> dict[str, int]:

@@ -204,11 +204,14 @@ def _hidden_group(model: nn.Module, fam: Family, blocks: nn.ModuleList) -> UnitG
     return UnitGroup("hidden", "hidden", n, tuple(parts))
 
 
-def unit_scores(g: UnitGroup, scores: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+def unit_scores(g: UnitGroup, scores: Mapping[str, Tensor], masks: Mapping[str, Tensor],
+                only_dim: int | None = None) -> tuple[Tensor, Tensor]:
     """((size,) score, (size,) alive) of a group's units: the sum of the targets' scores over each unit's
-    entries; a unit is alive while any of its target entries is."""
+    entries (with ``only_dim``, of the parts along that dimension only: the layers that read the unit, when it is
+    their input dimension); a unit is alive while any of its target entries is."""
     score = torch.zeros(g.size, dtype=torch.float64)
-    for p in g.parts:
+    parts = [p for p in g.parts if only_dim is None or p.dim == only_dim]
+    for p in parts or g.parts:  # a kind no layer reads (a block): all its parts
         if p.param in scores:
             score.index_add_(0, p.units, p.per_unit(scores[p.param], "sum").cpu())
     alive = _alive(g, masks)
@@ -255,7 +258,8 @@ def expert_scores(g: UnitGroup, stats, how: str) -> Tensor:
 def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: Mapping[str, Tensor],
                  masks: Mapping[str, Tensor], how: Selection, layers: str = "",
                  expert_score: str = "criterion", multiples: Mapping[str, int] | None = None,
-                 kind_sparsity: Mapping[str, float] | None = None) -> dict[str, Tensor]:
+                 kind_sparsity: Mapping[str, float] | None = None,
+                 reader_dim: int | None = None) -> dict[str, Tensor]:
     """New masks of the targets after one pass over the unit groups: the allocation counts units per group,
     the selector keeps the highest-scoring alive ones, and every target entry of a dropped unit is pruned
     (masks only shrink: a pruned unit stays pruned). Blocks (``depth``) are ranked by their influence when
@@ -263,10 +267,12 @@ def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: 
     experts by ``expert_score`` (:func:`expert_scores`) unless it is ``criterion``. ``multiples``: per kind, the
     multiple its kept count is rounded down to (:func:`~prunelab.structure.transformer.width_multiples`).
     ``kind_sparsity``: per kind, the share of its units removed at the schedule's end (this event: that share
-    scaled by the event's sparsity over the final one); the other kinds take the event's sparsity."""
+    scaled by the event's sparsity over the final one); the other kinds take the event's sparsity.
+    ``reader_dim``: score MLP channels and heads from the layers that read them only (the weights' input
+    dimension; FLAP's way), not from every part."""
     sets = []
     for g in groups:
-        score, alive = unit_scores(g, scores, masks)
+        score, alive = unit_scores(g, scores, masks, reader_dim if g.kind in ("mlp", "heads") else None)
         bi = block_influence(layers, g.size, how.ctx.input_stats) if g.kind == "depth" else None
         if g.kind == "experts" and expert_score != "criterion":
             bi = expert_scores(g, how.ctx.input_stats, expert_score)
