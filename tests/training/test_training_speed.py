@@ -106,3 +106,20 @@ def test_compiled_training_matches_eager_and_keeps_masks_exact(monkeypatch):
         assert bool((p[~pruner.masks[name]] == 0).all())
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-5)
     dynamo.reset()
+
+
+def test_without_a_terminal_long_epochs_say_where_they_are():
+    """EpochLine: a line of the running figures within an epoch (at most every ``every`` seconds, read every
+    log_every steps), then the epoch's line."""
+    from prunelab.experiment.context import EpochLine
+
+    lines = []
+    model = _net()
+    conf = OptimConfig(epochs=1, lr=0.01, log_every=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    Trainer(model, opt, conf, _data(6), progress=False, hooks=[EpochLine(lines.append, every=0.0)]).fit()
+    assert [l.split(",")[1] for l in lines[:3]] == [" step 2", " step 4", " step 6"]
+    assert "loss" in lines[0] and lines[-1].startswith("stage train: epoch 1 in")
+    quiet = []
+    Trainer(model, opt, conf, _data(6), progress=False, hooks=[EpochLine(quiet.append, every=3600.0)]).fit()
+    assert len(quiet) == 1  # a short epoch: its own line only

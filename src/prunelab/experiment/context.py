@@ -31,12 +31,21 @@ SCRATCH_SEED = 10_007  # added to the run's seed: a fresh init, different from t
 
 
 class EpochLine:
-    """A trainer hook writing one line per finished epoch (what the progress bar shows, for a log file)."""
+    """A trainer hook writing one line per finished epoch (what the progress bar shows, for a log file), and
+    within a long epoch a line of the running figures at most every ``every`` seconds (an epoch of a language
+    model can run for many minutes with nothing said)."""
 
-    def __init__(self, log) -> None:
-        self.log = log
+    def __init__(self, log, every: float = 60.0) -> None:
+        self.log, self.every, self._last = log, every, time.monotonic()
+
+    def on_progress(self, trainer, epoch: int, samples: int, info: str) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self.log(f"stage {trainer.stage}: epoch {epoch + 1}, step {trainer.global_step}, {info}")
 
     def on_epoch_end(self, trainer, epoch: int, metrics: dict) -> None:
+        self._last = time.monotonic()
         parts = [f"{k.removeprefix('test_')} {v:.4g}" for k, v in metrics.items()
                  if k in ("train_loss", "test_acc", "test_ppl", "test_loss", "sparsity") and isinstance(v, float)]
         self.log(f"stage {metrics['stage']}: epoch {metrics['epoch']} in {metrics['seconds']:.1f}s, " + ", ".join(parts))

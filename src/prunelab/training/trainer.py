@@ -1,7 +1,8 @@
 """The built-in training loop: epochs of SGD/Adam with evaluation, hooks, a progress bar and JSONL metrics.
 
 Hooks are objects with any of ``on_epoch_begin(trainer, epoch)``, ``on_batch_end(trainer, step, loss)``,
-``on_epoch_end(trainer, epoch, metrics)``; a :class:`~prunelab.Pruner` passed as ``pruner`` is stepped after
+``on_progress(trainer, epoch, samples, info)`` (the running loss and accuracy, every ``log_every`` steps, read
+when the loop reads them anyway), ``on_epoch_end(trainer, epoch, metrics)``; a :class:`~prunelab.Pruner` passed as ``pruner`` is stepped after
 every optimizer step, so the same engine runs in this loop and in a user's own.
 """
 from __future__ import annotations
@@ -192,6 +193,7 @@ class Trainer:
                 if self.pruner is not None:
                     info += f" sparsity {self.pruner.masks.sparsity():.3f}"
                 tick(info)
+                self._call("on_progress", epoch, seen, info)  # the running figures every log_every steps
             else:
                 tick(None)
         if loss_t is not None:
