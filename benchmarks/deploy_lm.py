@@ -11,7 +11,8 @@ speed and size do not depend on their values) three ways:
 Each in float32 and quantized weight-only by torchao (``Int8WeightOnlyConfig``; int4 per group of 32,
 ``IntxWeightOnlyConfig``), as ``from_pretrained(..., quantization_config=TorchAoConfig(...))`` does. Printed:
 the bytes of the weights as stored (a quantized tensor's own), and greedy decode tokens per second at batch 1
-(16-token prompt, ``--new`` new tokens with the key-value cache, the best of ``--repeats``, models interleaved),
+(16-token prompt, ``--new`` new tokens with the key-value cache, each after a warm-up call, the best of
+``--repeats``, models interleaved),
 against the dense float32 model in the same run. Where torchao is not installed only float32 runs.
 
     python benchmarks/deploy_lm.py [--layers 4 --hidden 512] [--repeats 3] [--threads 1]
@@ -22,9 +23,10 @@ import argparse
 import datetime
 import os
 import platform
-import time
 
 import torch
+
+from moe import _decode as decode  # greedy tokens/s at batch 1 (the script's folder is on sys.path)
 
 
 def build(a):
@@ -73,15 +75,6 @@ def weight_bytes(model) -> int:
     return total
 
 
-def decode_rate(model, new: int) -> float:
-    prompt = torch.randint(0, 32000, (1, 16), generator=torch.Generator().manual_seed(0))
-    kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0)
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        model.generate(prompt, **kw)
-    return new / (time.perf_counter() - t0)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=4)
@@ -103,12 +96,10 @@ def main() -> None:
                 models[(name, kind)] = quantized(m, kind)
         except ImportError:
             pass
-    for m in models.values():
-        decode_rate(m, 4)  # warm-up
     rates: dict = {k: [] for k in models}
     for _ in range(a.repeats):
         for k, m in models.items():  # interleaved
-            rates[k].append(decode_rate(m, a.new))
+            rates[k].append(decode(m, 1, a.new))
     base_r, base_b = max(rates[("dense", "fp32")]), weight_bytes(models[("dense", "fp32")])
     print(f"# LLaMA {a.layers} x {a.hidden} (vocabulary 32000) decode, batch 1, {a.threads} thread(s), torch "
           f"{torch.__version__}; {datetime.date.today()}; {platform.machine()}, {os.cpu_count()} cores\n")

@@ -47,6 +47,14 @@ def state_like(optimizer, p: Tensor) -> list[Tensor]:
     return [v for v in optimizer.state.get(p, {}).values() if isinstance(v, Tensor) and v.shape == p.shape]
 
 
+def keep_with_state(p: Tensor, part: Tensor, keep: Tensor, optimizer, fn) -> None:
+    """``fn(tensor, keep)`` on ``part`` (``p`` as this process holds it: :func:`local`) and on the local part of
+    each of the optimizer's state tensors shaped like ``p``: pruned weights and their moments zeroed together."""
+    fn(part, keep)
+    for v in state_like(optimizer, p):
+        fn(local(v), keep)
+
+
 def local(t: Tensor) -> Tensor:
     """The part of ``t`` this process holds and may write in place: a sharded (DTensor) parameter's, gradient's
     or optimizer state's local shard (FSDP2, :mod:`prunelab.training.parallel`); any other tensor itself."""

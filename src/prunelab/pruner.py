@@ -33,8 +33,8 @@ from .engine.criteria import Context, Needs
 from .inputs import Inputs
 from .limits import MAX_SEED
 from .errors import CheckpointError, ConfigError
-from .masks import (Masks, as_keep_mask, keep_multiplier, keep_only, local, local_mask, mask_device, state_like,
-                    zero_pruned)
+from .masks import (Masks, as_keep_mask, keep_multiplier, keep_only, keep_with_state, local, local_mask,
+                    mask_device, zero_pruned)
 from .methods import Method, build_method
 from .methods.base import PruneView
 from .registry import check_fraction
@@ -94,7 +94,7 @@ class Pruner:
             self.structure = structure_for(model, self.params, self.method, example_inputs)
         self._companions: dict[str, tuple[nn.Parameter, Tensor]] = {}
         self.step_count, self.events, self.history, self.auto_prune = 0, 0, [], bool(auto_prune)
-        self._mul: list[tuple[nn.Parameter, Tensor]] | None = []
+        self._mul: list[tuple[nn.Parameter, Tensor, Tensor]] | None = []
         self._dense: set[str] = set(self.params)  # names whose masks are all alive
         # the calibration inputs (read once by calibrate()), their options, and where progress lines go
         self._chunks, self._options, self._progress = None, calibration.Options(), None
@@ -161,7 +161,7 @@ class Pruner:
         """Zero the gradients of pruned weights; feed gradient-based criteria. Call after ``backward()``."""
         if self._mul is None:
             self.enforce()
-        for p, keep in self._mul:
+        for p, _, keep in self._mul:
             if p.grad is not None:
                 keep_only(local(p.grad), keep)
         crit = self.method.criterion_
@@ -315,27 +315,21 @@ class Pruner:
         zero. In float32 a NaN reaches a pruned weight only from a NaN gradient: divergence, which the trainer
         reports.
         """
-        if self._mul is None:  # local parts: a sharded parameter's shard and its rows of the mask
+        if self._mul is None:  # local parts, found once: a sharded parameter's shard and its rows of the mask
             pairs = [(self.params[n], self.masks[n]) for n in self.masks if n not in self._dense]
-            self._mul = [(p, keep_multiplier(local(p), local_mask(p, m)))
+            self._mul = [(p, local(p), keep_multiplier(local(p), local_mask(p, m)))
                          for p, m in pairs + list(self._companions.values())]
         with torch.no_grad():
-            for p, keep in self._mul:
-                keep_only(local(p), keep)
-                for v in state_like(optimizer, p):
-                    keep_only(local(v), keep)
+            for p, part, keep in self._mul:
+                keep_with_state(p, part, keep, optimizer, keep_only)
 
     def _zero_pruned(self, optimizer: torch.optim.Optimizer | None) -> None:
         """One-off zeroing after a mask change, with boolean masks (no multiplier memory needed)."""
         pairs = [(self.params[n], m) for n, m in self.masks.items() if n not in self._dense]
         with torch.no_grad():
             for p, m in pairs + list(self._companions.values()):
-                if p.is_meta:  # on disk: written pruned, block by block, by the calibration pipeline
-                    continue
-                m = local_mask(p, m)
-                zero_pruned(local(p), m)
-                for v in state_like(optimizer, p):
-                    zero_pruned(local(v), m)
+                if not p.is_meta:  # on disk: written pruned, block by block, by the calibration pipeline
+                    keep_with_state(p, local(p), local_mask(p, m), optimizer, zero_pruned)
 
     def set_masks(self, masks: Masks, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Install masks (e.g. from a checkpoint); names and shapes must match the prunable parameters."""

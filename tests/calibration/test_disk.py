@@ -127,3 +127,20 @@ def test_prune_disk_command_writes_a_folder_transformers_loads(tmp_path, capsys)
         assert words in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["prune-disk", str(src), "--out", str(out)]) == 2  # an existing model is never overwritten
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_a_failed_run_takes_back_only_its_own_files(tmp_path):
+    src = _folder(tmp_path)
+    for given in (False, True):  # an output folder this run makes, and an empty one the user made
+        out = tmp_path / f"out-{given}"
+        if given:
+            out.mkdir()
+        model, disk = open_on_disk(src, out)
+        pruner = Pruner(model, "wanda", sparsity=0.5, schedule="manual")
+        pruner.calibrate(BATCHES, samples=8, offload=disk)
+        pruner.prune(0.5)
+        assert list(out.glob("weights-model.layers.*.safetensors"))
+        if given:
+            (out / "notes.txt").write_text("mine")  # a user's file, arrived meanwhile
+        disk.discard()
+        assert (sorted(p.name for p in out.iterdir()) == ["notes.txt"]) if given else not out.exists()

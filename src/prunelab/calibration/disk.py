@@ -117,6 +117,8 @@ class DiskWeights:
         self.names = {id(p): n for n, p in model.named_parameters()}
         self._modules = {id(m): n or "model" for n, m in model.named_modules()}
         self.files: dict[str, str] = {}  # parameter name -> the output file holding its final value
+        self.extra: set[str] = set()  # the other files written to the output folder (config, tokenizer)
+        self.made_out = False  # whether this tier made the output folder (an empty one given is the user's)
         self._read: dict[int, int] = {}  # id(parameter) -> its version when read (a write shows as another)
         missing = [n for n in self.names.values() if n not in loader.index and n not in loader.state_dict]
         if missing:
@@ -141,7 +143,9 @@ class DiskWeights:
         params = [p for m in modules for p in m._parameters.values() if p is not None and not p.is_meta]
         if force or any(p._version != self._read.get(id(p)) for p in params):
             tensors = {self.names[id(p)]: p.detach().cpu().contiguous() for p in params}
-            self.out.mkdir(parents=True, exist_ok=True)
+            if not self.out.exists():
+                self.out.mkdir(parents=True)
+                self.made_out = True
             target = self.out / f"weights-{file}.safetensors"  # not model.safetensors: transformers would read it alone
             atomic_write_safetensors(target, tensors, {"format": "pt"})
             for name, t in tensors.items():
@@ -171,9 +175,11 @@ class DiskWeights:
         weight_map = {n: self.files[n] for n in self.names.values()}
         total = sum((self.out / f).stat().st_size for f in set(weight_map.values()))
         self.model.config.save_pretrained(str(self.out))
+        self.extra.add("config.json")
         for name in COPIED:
             if (self.source / name).is_file():
                 shutil.copyfile(self.source / name, self.out / name)
+                self.extra.add(name)
         atomic_write_text(self.out / INDEX, json.dumps({"metadata": {"total_size": total},
                                                         "weight_map": weight_map}, indent=1))
         self.close()
@@ -186,10 +192,23 @@ class DiskWeights:
         self.close()
 
     def close(self) -> None:
-        """Remove the offload folder transformers wrote converted weights to (if any)."""
+        """Remove the scratch folder transformers wrote converted weights to (made by :func:`open_on_disk` with
+        ``mkdtemp`` for this model alone)."""
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
+
+    def discard(self) -> None:
+        """Delete what this tier wrote to the output folder (a run that failed half way), file by file, and the
+        folder if this tier made it and that leaves it empty; nothing else is touched."""
+        for name in set(self.files.values()) | self.extra | {INDEX}:
+            (self.out / name).unlink(missing_ok=True)
+        if self.made_out:
+            try:
+                self.out.rmdir()
+            except OSError:  # someone else's file arrived meanwhile: the folder stays
+                pass
+        self.close()
 
 
 def _group(name: str) -> str:

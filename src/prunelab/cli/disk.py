@@ -3,7 +3,6 @@ disk, :mod:`prunelab.calibration.disk`), written to a new folder plain transform
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
@@ -51,7 +50,6 @@ def cmd_prune_disk(args: argparse.Namespace) -> int:
         raise ConfigError(f"prune-disk reads one block at a time, so the method must calibrate block by block: "
                           f"wanda or sparsegpt (sequential: true), not {args.method}")
     t0 = time.perf_counter()
-    created = not out.exists()
     model, disk = open_on_disk(folder, out)
     try:
         tokenizer = str(folder) if any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json",
@@ -72,9 +70,7 @@ def cmd_prune_disk(args: argparse.Namespace) -> int:
         acc = pruner.accounting()["all_weights"]
         disk.finish()
     except BaseException:
-        disk.close()
-        if created:  # the folder this command made, half written: nothing of it is a model
-            shutil.rmtree(out, ignore_errors=True)
+        disk.discard()  # the files this command wrote, half a model: removed one by one, nothing else
         raise
     unread = acc.get("unread_counted_nonzero", 0)
     con.print(f"sparsity {pruner.masks.sparsity():.4f} over the {pruner.masks.numel():,} targeted weights; "

@@ -18,6 +18,16 @@ from ..errors import ConfigError
 NAMES = ("tensorboard", "wandb", "mlflow")
 
 
+def _require(module: str, package: str, name: str):
+    """``module`` imported, or one sentence saying which package logger ``name`` needs."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"train.loggers {name} needs the {package} package: pip install {package}") from None
+
+
 def _numbers(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
     return {f"{prefix}/{k}": float(v) for k, v in metrics.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -25,11 +35,8 @@ def _numbers(metrics: Mapping[str, Any], prefix: str) -> dict[str, float]:
 
 class TensorBoard:
     def __init__(self, folder: Path, name: str, config: dict) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("train.loggers tensorboard needs the tensorboard package: pip install tensorboard") from None
-        self.writer = SummaryWriter(log_dir=str(folder / "tensorboard"))
+        tensorboard = _require("torch.utils.tensorboard", "tensorboard", "tensorboard")
+        self.writer = tensorboard.SummaryWriter(log_dir=str(folder / "tensorboard"))
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         for k, v in metrics.items():
@@ -42,10 +49,7 @@ class TensorBoard:
 
 class WandB:
     def __init__(self, folder: Path, name: str, config: dict) -> None:
-        try:
-            import wandb
-        except ImportError:
-            raise ConfigError("train.loggers wandb needs the wandb package: pip install wandb") from None
+        wandb = _require("wandb", "wandb", "wandb")
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "prunelab"), name=name, config=config,
                               dir=str(folder), mode=os.environ.get("WANDB_MODE", "offline"), reinit="finish_previous")
 
@@ -58,11 +62,7 @@ class WandB:
 
 class MLflow:
     def __init__(self, folder: Path, name: str, config: dict) -> None:
-        try:
-            import mlflow
-        except ImportError:
-            raise ConfigError("train.loggers mlflow needs the mlflow package: pip install mlflow-skinny") from None
-        self.mlflow = mlflow
+        self.mlflow = mlflow = _require("mlflow", "mlflow-skinny", "mlflow")
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if uri is None:  # a file store in the run folder: MLflow 3 keeps it (in maintenance) behind this opt-in,
             uri = (folder / "mlruns").resolve().as_uri()  # and its database store needs SQLAlchemy, which

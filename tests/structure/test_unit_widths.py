@@ -1,0 +1,107 @@
+"""How many units of each kind a transformer keeps, and which: widths rounded to a multiple (``round_to``, the
+hidden size to the heads), a budget per kind (``kind_sparsity``), units scored by the layer that reads them
+(``score_from: readers``, FLAP's ranking)."""
+import pytest
+import torch
+
+from prunelab import ConfigError, Pruner
+from prunelab.export import shrink
+from prunelab.models.hf import save_pretrained
+
+transformers = pytest.importorskip("transformers")
+
+V = 48
+
+
+def _model(kind: str = "llama") -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(kind, vocab_size=V, hidden_size=32, intermediate_size=48,
+                                               num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.config.use_cache = False
+    return model.eval()
+
+
+def _x(n=2, seed=0):
+    return torch.randint(0, V, (n, 10), generator=torch.Generator().manual_seed(seed))
+
+
+def _pruned(model, units, criterion="magnitude", sparsity=0.5, **kw):
+    method = {"name": "transformer_units", "units": units, "criterion": criterion, **kw}
+    pruner = Pruner(model, method, schedule="manual", sparsity=sparsity, example_inputs=_x(1))
+    if pruner.needs.calibration is not None:
+        pruner.calibrate([_x(4, s) for s in range(3)])
+    pruner.prune(sparsity, final=True)
+    return pruner
+
+
+@pytest.mark.parametrize("units, sparsity, round_to, want", [
+    (["hidden"], 0.3, 1, {"hidden_size": 20}),  # 32 x 0.7 = 22.4 -> 22, not a multiple of the 4 heads -> 20
+    (["mlp"], 0.3, 8, {"intermediate_size": 32}),  # 48 x 0.7 = 33.6 -> 33 -> 32
+    (["mlp", "hidden"], 0.5, 8, {"intermediate_size": 24, "hidden_size": 16}),
+    (["mlp"], 0.9, 16, {"intermediate_size": 16})])  # never below one multiple
+def test_widths_rounded_so_the_folder_saves_and_runtimes_get_their_multiples(tmp_path, units, sparsity, round_to,
+                                                                              want):
+    model = _model("llama")
+    pruner = _pruned(model, units, sparsity=sparsity, round_to=round_to)
+    small, changed = shrink(model, pruner.masks, _x(1), graph=pruner.channels)
+    assert {k: changed[k] for k in want} == want
+    save_pretrained(small, tmp_path / "m")  # a hidden size the heads do not divide could not be saved
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"), local_files_only=True)
+    with torch.no_grad():
+        assert torch.allclose(back.eval()(_x(2, 5)).logits, small(_x(2, 5)).logits, atol=1e-5)
+    with pytest.raises(ConfigError, match="round_to is a whole number"):
+        _pruned(_model("llama"), ["mlp"], round_to=0)
+
+
+def test_a_budget_per_unit_kind():
+    """kind_sparsity: half the MLP channels, none of the key-value groups, where one sparsity would take a group of
+    two from every block; an iterative schedule reaches each kind's share at its last event."""
+    model = _model("llama")
+    pruner = _pruned(model, ["mlp", "heads"], kind_sparsity={"mlp": 0.5, "heads": 0.0})
+    small, changed = shrink(model, pruner.masks, _x(1), graph=pruner.channels)
+    assert changed == {"intermediate_size": 24}
+    model = _model("llama")
+    method = {"name": "transformer_units", "units": ["mlp", "heads"], "criterion": "magnitude",
+              "kind_sparsity": {"mlp": 0.75}}
+    pruner = Pruner(model, method, schedule={"name": "iterative", "rounds": 2, "sparsity": 0.5}, auto_prune=False,
+                    example_inputs=_x(1))
+    widths = []
+    for event in range(2):
+        pruner.prune_event(event)
+        report = pruner.accounting()["channels"]["units"]
+        widths.append((report["mlp"]["kept"][0], report["heads"]["kept"][0]))
+    assert widths[-1] == (12, 1)  # mlp: 48 x 0.25 at the end; heads: the schedule's 0.5 of 2 groups
+    assert widths[0][0] < 48 and widths[0][0] > 12  # the first event takes part of the way
+    for bad in ({"depth": 0.5}, {"mlp": 1.0}, "mlp"):
+        with pytest.raises(ConfigError, match="kind_sparsity"):
+            _pruned(_model("llama"), ["mlp", "heads"], kind_sparsity=bad)
+
+
+def test_flap_fluctuation_scored_by_the_readers_by_hand():
+    """criterion fluctuation, score_from readers: each block keeps the MLP channels with the largest
+    Var(a_j) * ||W_down[:, j]||^2, a_j the down projection's input over every calibration token (FLAP's WIFV)."""
+    model = _model("llama")
+    batches = [_x(4, s) for s in range(3)]
+    seen = {i: [] for i in range(3)}
+    hooks = [layer.mlp.down_proj.register_forward_hook(lambda m, a, o, i=i: seen[i].append(a[0].reshape(-1, 48)))
+             for i, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for h in hooks:
+        h.remove()
+    want = []
+    for i, layer in enumerate(model.model.layers):
+        a = torch.cat(seen[i]).double()
+        score = a.var(0, unbiased=False) * layer.mlp.down_proj.weight.double().square().sum(0)
+        want.append(set(score.topk(24).indices.tolist()))
+    method = {"name": "transformer_units", "units": ["mlp"], "criterion": "fluctuation", "score_from": "readers"}
+    pruner = Pruner(model, method, schedule="manual", sparsity=0.5, example_inputs=_x(1))
+    pruner.calibrate(batches)
+    pruner.prune(0.5, final=True)
+    got = [set((pruner.masks[f"model.layers.{i}.mlp.down_proj.weight"].any(0)).nonzero().flatten().tolist())
+           for i in range(3)]
+    assert got == want
+    with pytest.raises(ConfigError, match="score_from is all or readers"):
+        _pruned(_model("llama"), ["mlp"], score_from="writers")
