@@ -9,7 +9,8 @@ parameter counted: embeddings, norms and the output layer too), the unit sparsit
 closest is chosen (from the config alone, counted on the meta device); a kind that cannot come within 0.05 of
 the target is marked unreachable. Each variant is pruned by ``transformer_units`` with three scores:
 ``activation`` (Minitron's mean |activation|, from ``--samples`` calibration windows), ``taylor`` (|w dL/dw| over
-8 training batches) and ``magnitude`` (L1), then shrunk into a smaller ``LlamaForCausalLM`` (checked equal to
+8 training batches), ``magnitude`` (L1) and ``flap`` (FLAP's fluctuation scored by the readers, with its bias
+compensation: ``criterion: fluctuation, score_from: readers, compensate: bias``), then shrunk into a smaller ``LlamaForCausalLM`` (checked equal to
 the masked model in float64) whose perplexity is measured on the held-out stream. Torch-Pruning: its
 ``MetaPruner`` as in its ``examples/LLMs/prune_llm.py`` (GroupNormImportance p=2, named GroupMagnitudeImportance in its 1.6 release, heads and kv heads by
 ``num_heads``, hidden size and heads at one ratio, head size kept, output layer ignored, ``round_to=4``), the
@@ -30,7 +31,9 @@ import torch
 
 VARIANTS = {"mlp": ["mlp"], "heads": ["heads"], "hidden": ["hidden"], "depth": ["depth"],
             "mix": ["mlp", "heads", "hidden"]}
-SCORES = ("activation", "taylor", "magnitude")
+SCORES = ("activation", "taylor", "magnitude", "flap")
+# FLAP (An et al. 2024) as prunelab writes it: fluctuation scored by the readers, with its bias compensation
+FLAP = {"criterion": "fluctuation", "score_from": "readers", "compensate": "bias"}
 
 
 def n_params(model) -> int:
@@ -40,7 +43,8 @@ def n_params(model) -> int:
 def sparsity_for(model, kinds, target: float) -> float | None:
     """The unit sparsity whose smaller config removes closest to ``target`` of the parameters (None: > 0.05 off)."""
     from prunelab.engine.allocation import round_keep
-    from prunelab.structure.families import attention_shape, family_of
+    from prunelab.structure import family_of
+    from prunelab.structure.families import attention_shape
     from prunelab.structure.hf_surgery import small_config
     from prunelab.structure import TransformerUnits
 
@@ -73,6 +77,8 @@ def prune_units(dense, ctx, kinds, score, sparsity, samples, seed):
     model = copy.deepcopy(dense)
     x = ctx.example_inputs()
     method = {"name": "transformer_units", "units": kinds, "criterion": score}
+    if score == "flap":
+        method.update(FLAP)
     if score == "activation":
         method["criterion"] = {"name": "activation", "samples": samples}
     t0 = time.perf_counter()

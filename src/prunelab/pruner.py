@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .engine.allocation import Uniform
 from . import calibration
 from .calibration.reach import reachable
-from .engine.decisions import as_decision, merge, set_values, versions, write
+from .engine.decisions import as_decision, check_shifts, merge, set_values, versions, write
 from .engine.granularity import Filter
 from .engine.criteria import Context, Needs
 from .inputs import Inputs
@@ -227,8 +227,8 @@ class Pruner:
         the calibration pipeline, each group's decision written before the next group is measured."""
         if request is None:
             d, custom = self._decide(ctx, tuple(self.params))
-            if d.values:
-                write(self.params, d)
+            if d.values or d.shifts:
+                write(self.params, d, named=dict(self.model.named_parameters()))
             return d.masks, d.record, custom
         if self._chunks is None:
             raise ConfigError(f"method {self.method.name} needs calibration data: call pruner.calibrate(batches) "
@@ -236,16 +236,15 @@ class Pruner:
         decided: dict[str, Tensor] = {}
         record: dict = {}
         custom = False
-        companions = None
+        companions, named = None, dict(self.model.named_parameters())
         if self.structure is not None:
-            named = dict(self.model.named_parameters())
             companions = lambda new: self.structure.companion_masks({**self.masks, **decided, **new})  # noqa: E731
         t0 = time.perf_counter()
         for group in calibration.groups(self.model, self.params, request, self._chunks, self._options):
             gctx = replace(ctx, input_stats=group.stats, group=group.names, calibration_pass=group.index,
                            decided=dict(decided))
             d, custom = self._decide(gctx, group.names)
-            write(self.params, d, companions, named if companions else None)
+            write(self.params, d, companions, named)
             decided.update(d.masks)
             merge(record, d.record)
             if self._progress is not None and group.of and group.index == len(request.passes) - 1:
@@ -262,9 +261,13 @@ class Pruner:
         if versions(self.params) != before:
             raise ConfigError(f"method {self.method.name} wrote the model's weights while deciding: a method "
                               "returns new weights in its Decision and the Pruner writes them")
-        if out is None:
-            return as_decision(self.method.name, self._pipeline(ctx.sparsity, ctx, names), names, self.params), False
-        return as_decision(self.method.name, out, names, self.params), True
+        custom = out is not None
+        out = as_decision(self.method.name, out if custom else self._pipeline(ctx.sparsity, ctx, names), names,
+                          self.params)
+        shifts = self.method.shifts(self._view(), ctx, out.masks)
+        if shifts:
+            out.shifts = check_shifts(self.method.name, shifts, dict(self.model.named_parameters()))
+        return out, custom
 
     def _view(self) -> PruneView:
         return PruneView(self.model, self.params, self.masks, self.structure, self.layouts)

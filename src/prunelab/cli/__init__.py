@@ -109,8 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(fn=commands.cmd_eval)
     e = sub.add_parser("export", help="write a run's pruned model as dense, sparse, shrunk, ONNX or a Hugging Face folder")
     e.add_argument("run_dir", help=RUN_DIR_HELP)
-    e.add_argument("--format", default="sparse", choices=["dense", "sparse", "shrunk", "onnx", "hf"],
-                   help="hf: a folder AutoModelForCausalLM.from_pretrained loads (Hugging Face models only)")
+    e.add_argument("--format", default="sparse", choices=["dense", "sparse", "shrunk", "onnx", "hf", "gguf"],
+                   help="hf: a folder AutoModelForCausalLM.from_pretrained loads (Hugging Face models only); gguf: "
+                        "that folder converted by llama.cpp's convert_hf_to_gguf.py (see --llama-cpp)")
+    e.add_argument("--llama-cpp", metavar="DIR", help="gguf: a llama.cpp checkout (default: $LLAMA_CPP)")
+    e.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"],
+                   help="gguf: the tensors' type (k-quants: llama.cpp's llama-quantize on the file)")
     e.add_argument("--out", help="output file, or folder for hf (default RUN_DIR/export/model.FORMAT)")
     e.add_argument("--force", action="store_true", help=FORCE_HELP)
     e.add_argument("--data-root", help=DATA_HELP)

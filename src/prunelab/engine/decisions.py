@@ -23,11 +23,14 @@ class Decision:
     """What a method's :meth:`Method.decide` returns for the targets it was asked about (``ctx.group``):
     ``masks`` {name: bool tensor}; ``values`` {name: new full-shape weight} for methods that also update the
     survivors (SparseGPT), written by the Pruner with the pruned entries zeroed; ``record`` joins the event's
-    entry in ``pruner.history`` (dicts merged, numbers summed over the groups of an event)."""
+    entry in ``pruner.history`` (dicts merged, numbers summed over the groups of an event); ``shifts`` {name:
+    amount} are added to parameters that are not targets (a reader's bias absorbing the mean of what the removed
+    units gave it: FLAP's bias compensation, :meth:`Method.shifts`)."""
 
     masks: dict[str, Tensor]
     values: dict[str, Tensor] = field(default_factory=dict)
     record: dict = field(default_factory=dict)
+    shifts: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -40,10 +43,12 @@ class Outcome:
     values: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
-def as_decision(method: str, out: Any, names: tuple[str, ...], params: Mapping[str, nn.Parameter]) -> Decision:
+def as_decision(method: str, out: Any, names: tuple[str, ...], params: Mapping[str, nn.Parameter],
+                named: Mapping[str, nn.Parameter] | None = None) -> Decision:
     """``out`` (a Decision, or a mapping of masks as older methods return) cut to ``names`` and checked:
     ConfigError naming the method and the target when a mask is missing, of another shape or not boolean-like,
-    or a new value is of another shape or not finite."""
+    or a new value or shift is of another shape or not finite (shifts checked against ``named``, the model's
+    parameters)."""
     if isinstance(out, Mapping):
         out = Decision(dict(out))
     if not isinstance(out, Decision):
@@ -63,13 +68,26 @@ def as_decision(method: str, out: Any, names: tuple[str, ...], params: Mapping[s
                 raise ConfigError(f"method {method} computed NaN or infinite weights for {n}: nothing of them "
                                   "was written (more calibration samples or stronger dampening may help)")
             values[n] = v
-    return Decision(masks, values, dict(out.record))
+    return Decision(masks, values, dict(out.record), check_shifts(method, out.shifts, named or {}))
+
+
+def check_shifts(method: str, shifts: Mapping[str, Tensor], named: Mapping[str, nn.Parameter]) -> dict[str, Tensor]:
+    """``shifts`` checked against the model's parameters ``named``: each names one of them, is of its shape and
+    finite. ConfigError naming the method otherwise."""
+    for n, t in shifts.items():
+        p = named.get(n)
+        if p is None or not isinstance(t, Tensor) or tuple(t.shape) != tuple(p.shape):
+            raise ConfigError(f"method {method} returned a shift for {n}, which is not a parameter of that shape")
+        if not bool(torch.isfinite(t).all()):
+            raise ConfigError(f"method {method} computed NaN or infinite shifts for {n}: nothing of them was written")
+    return dict(shifts)
 
 
 def write(params: Mapping[str, nn.Parameter], d: Decision, companions: Callable[[dict], dict] | None = None,
           named: Mapping[str, nn.Parameter] | None = None) -> None:
-    """Write a checked decision: new values, then every pruned weight set to exactly zero; ``companions`` maps
-    weight masks to the keep-masks of channel biases and norm entries (``named`` the model's parameters)."""
+    """Write a checked decision: new values, then every pruned weight set to exactly zero, then the shifts
+    added; ``companions`` maps weight masks to the keep-masks of channel biases and norm entries (``named`` the
+    model's parameters, needed with companions or shifts)."""
     with torch.no_grad():
         for n, keep in d.masks.items():
             p = params[n]
@@ -79,6 +97,8 @@ def write(params: Mapping[str, nn.Parameter], d: Decision, companions: Callable[
         if companions is not None:
             for n, keep in companions(d.masks).items():
                 zero_pruned(named[n], keep.to(named[n].device))
+        for n, t in d.shifts.items():
+            named[n].add_(t.to(device=named[n].device, dtype=named[n].dtype))
 
 
 def merge(into: dict, record: Mapping) -> dict:

@@ -143,6 +143,16 @@ def load_method_state(folder: str | Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _adopt_biases(model: nn.Module, extra: set[str]) -> bool:
+    """Whether ``model`` gained the biases FLAP's compensation gave the checkpoint's (``extra``: its keys the
+    model lacks; :func:`prunelab.structure.bias.adopt_biases`): a model rebuilt from the recipe meets them."""
+    from ..structure import family_of
+    from ..structure.bias import adopt_biases
+
+    fam = family_of(model) if all(n.endswith(".bias") for n in extra) else None
+    return fam is not None and bool(adopt_biases(model, fam, extra))
+
+
 def load_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     restore_rng: bool = True) -> tuple[Masks | None, dict]:
     """Load weights (and optimizer state, RNG states) into the given objects; returns (masks, state dict)."""
@@ -150,6 +160,8 @@ def load_checkpoint(folder: str | Path, model: nn.Module, optimizer: torch.optim
     state = read_json(folder / STATE)
     tensors, _ = read_state(folder / MODEL)
     own = model.state_dict()
+    if set(tensors) - set(own) and _adopt_biases(model, set(tensors) - set(own)):
+        own = model.state_dict()
     if set(tensors) != set(own):
         diff = sorted(set(tensors) ^ set(own))[:3]
         raise CheckpointError(f"{folder} holds weights of another model (keys differ: {', '.join(diff)})")

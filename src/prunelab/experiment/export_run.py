@@ -12,6 +12,8 @@
               loads without prunelab: the shrunk model, the same class with a smaller config, when the run
               removed units of structure (:mod:`prunelab.structure`), else the full config with the zeros in
               place.
+  ``gguf``    that folder converted by llama.cpp's own ``convert_hf_to_gguf.py`` (:mod:`prunelab.export.gguf`;
+              ``llama_cpp``: the checkout, or ``LLAMA_CPP``), for llama.cpp, Ollama and LM Studio.
 ``bench_run(run_dir)`` measures file bytes, parameters, FLOPs and CPU latency (batch 1 and 64, median of
 repeats after warm-up) of the dense model, the pruned model with CSR linear layers, with each linear layer's
 kernel chosen by measurement for that batch size (dense, torch CSR or SciPy CSR:
@@ -30,11 +32,12 @@ from ..analysis import count_flops
 from ..errors import ConfigError
 from ..io import atomic_write_bytes, state_bytes, write_state
 from ..export.compact import save_compact
+from ..export.gguf import find_converter
 from ..export.onnx import export_onnx
 from ..export.shrunk import load_shrunk
 from ..export.sparse_linear import choose_linear_kernels, sparsify_linear
 
-FORMATS = ("dense", "sparse", "shrunk", "onnx", "hf")
+FORMATS = ("dense", "sparse", "shrunk", "onnx", "hf", "gguf")
 
 
 def _open_run(run_dir: str | Path, data_root: str | None = None):
@@ -54,7 +57,7 @@ def _shrunk_file(ctx) -> Path | None:
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, force: bool = False,
-               data_root: str | None = None) -> Path:
+               data_root: str | None = None, llama_cpp: str | None = None, outtype: str = "f16") -> Path:
     """Write the artifact ``fmt`` of the run (default path: RUN_DIR/export/model.FMT..., which a new export
     replaces); returns its path. An ``out`` that exists is replaced only with ``force``, and only if it is a
     regular file (a folder for ``hf``: one prunelab wrote); see :mod:`prunelab.outputs`."""
@@ -64,6 +67,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
         raise ConfigError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     if out is not None:  # refused before any work
         (check_output_folder if fmt == "hf" else check_output_file)(out, force)
+    converter = find_converter(llama_cpp) if fmt == "gguf" else None  # (before the run is opened)
     ctx, model, masks = _open_run(run_dir, data_root)
     path = Path(out) if out else ctx.paths.export(fmt)
     force = force or out is None  # the run's own export folder is prunelab's: a new export replaces it
@@ -72,20 +76,17 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
     elif fmt == "sparse":
         save_compact(model, masks, path)
     elif fmt == "hf":
-        from ..models.hf import save_pretrained
+        _write_hf(ctx, model, path, force)
+    elif fmt == "gguf":
+        import tempfile
 
-        if ctx.paths.shrunk_config.is_file():
-            from .controls import load_shrunk_run
+        from ..export.gguf import to_gguf
 
-            model = load_shrunk_run(ctx)
-        tokenizer = None
-        if ctx.spec.task == "causal_lm":  # the tokens the run trained and evaluated on, for the folder's users
-            from ..data.text import data_tokenizer
-
-            tokenizer = data_tokenizer(ctx.recipe.data.tokenizer)
-        if hasattr(model, "save_pretrained"):  # (save_pretrained refuses the others in one sentence)
-            model.config.prunelab = pruning_record(ctx)  # in config.json: what was pruned, over which weights
-        save_pretrained(model, path, force=force, tokenizer=tokenizer)
+        check_output_file(path, force)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{path.name}.hf-", dir=path.parent) as tmp:  # the folder converted
+            _write_hf(ctx, model, Path(tmp) / "hf", False)
+            to_gguf(Path(tmp) / "hf", path, converter, outtype)
     elif fmt == "shrunk":
         src = _shrunk_file(ctx)
         if src is None and ctx.paths.shrunk_config.is_file():
@@ -98,6 +99,25 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
         net = load_shrunk(src)[0].eval() if src else model
         export_onnx(net, ctx.example_inputs().expand(4, *ctx.spec.input_shape).clone(), path)
     return path
+
+
+def _write_hf(ctx, model, path: Path, force: bool) -> None:
+    """The run's Hugging Face folder: the shrunk model when the run removed units, its tokenizer (the data set's
+    or the byte tokens), and its pruning in config.json."""
+    from ..models.hf import save_pretrained
+
+    if ctx.paths.shrunk_config.is_file():
+        from .controls import load_shrunk_run
+
+        model = load_shrunk_run(ctx)
+    tokenizer = None
+    if ctx.spec.task == "causal_lm":  # the tokens the run trained and evaluated on, for the folder's users
+        from ..data.text import data_tokenizer
+
+        tokenizer = data_tokenizer(ctx.recipe.data.tokenizer)
+    if hasattr(model, "save_pretrained"):  # (save_pretrained refuses the others in one sentence)
+        model.config.prunelab = pruning_record(ctx)  # in config.json: what was pruned, over which weights
+    save_pretrained(model, path, force=force, tokenizer=tokenizer)
 
 
 def pruning_record(ctx) -> dict:

@@ -47,7 +47,7 @@ _REWIND = "rewind_"
 
 #: Extension of each ``prunelab export`` format's default file name (``export/model.EXT``).
 EXPORT_EXTENSIONS = {"dense": "safetensors", "sparse": "sparse.safetensors", "shrunk": "shrunk.safetensors",
-                     "onnx": "onnx", "hf": "hf"}  # hf: a folder
+                     "onnx": "onnx", "hf": "hf", "gguf": "gguf"}  # hf: a folder
 
 
 #: The longest name part of a run folder: with "-HASH" it stays far below every file system's 255 bytes.

@@ -136,6 +136,12 @@ class Method:
             return permuted_decision(self, view, ctx)
         return None
 
+    def shifts(self, view: PruneView, ctx: "Context", masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Amounts to add to parameters that are not targets along with the decided ``masks`` (``view.masks``
+        the masks before them; ``ctx`` the group's, with its statistics), computed before anything is written:
+        FLAP's bias compensation (:mod:`prunelab.structure.bias`). Default: none."""
+        return {}
+
     def after_prune(self, view: PruneView, old: "Masks", new: "Masks", ctx: "Context") -> Outcome:
         """Called once the new masks are installed and pruned weights zeroed; ``view.masks`` is ``new``
         (``ctx`` is the event's, without any group's statistics)."""

@@ -152,7 +152,9 @@ class TransformerUnits(Method):
     for every kind removed a key-value group of two from every block. ``prunelab export RUN --format hf``
     writes the smaller model as the same transformers class. ``criterion: fluctuation`` with ``score_from:
     readers`` ranks units as FLAP does (An et al. 2024: the variance of the channel the down or output projection
-    reads, times its column's squared norm), without FLAP's bias compensation."""
+    reads, times its column's squared norm); ``compensate: bias`` adds FLAP's bias compensation (the mean of what a
+    removed unit gave its reader, moved into the reader's bias; :mod:`prunelab.structure.bias`), giving LLaMA-style
+    models the ``mlp_bias`` / ``attention_bias`` their config states, refused where the config cannot."""
 
     criterion: Any = "activation"
     granularity: Any = "filter"
@@ -166,6 +168,7 @@ class TransformerUnits(Method):
     round_to: int = 1  # widths kept a multiple of this (see above)
     kind_sparsity: Any = None  # {kind: share of its units removed}, e.g. {mlp: 0.5, heads: 0.25}; others: sparsity
     score_from: str = "all"  # "readers": MLP channels and heads scored by the layers that read them (FLAP)
+    compensate: str = "none"  # "bias": FLAP's bias compensation of removed MLP channels and heads
     output_layer: ClassVar[bool] = False  # the output layer's rows are the vocabulary: never a unit
 
     def __post_init__(self) -> None:
@@ -186,6 +189,11 @@ class TransformerUnits(Method):
         check_count("transformer_units samples", self.samples)
         if self.score_from not in ("all", "readers"):
             raise ConfigError(f"transformer_units score_from is all or readers, got {self.score_from!r}")
+        if self.compensate not in ("none", "bias"):
+            raise ConfigError(f"transformer_units compensate is none or bias, got {self.compensate!r}")
+        if self.compensate == "bias" and not {"mlp", "heads"} & set(self.units):
+            raise ConfigError("compensate: bias moves removed MLP channels' and heads' mean into their readers' "
+                              f"biases; units {', '.join(self.units)} have neither")
         if self.kind_sparsity is not None:
             ks = self.kind_sparsity
             if not isinstance(ks, dict) or not all(k in self.units for k in ks) or not all(
@@ -212,7 +220,8 @@ class TransformerUnits(Method):
 
         need = self.criterion_.needs()
         extra = ({"influence"} if "depth" in self.units and self.depth_score == "influence" else set()) | \
-            ({"routing"} if "experts" in self.units and self.expert_score != "criterion" else set())
+            ({"routing"} if "experts" in self.units and self.expert_score != "criterion" else set()) | \
+            ({"sums"} if self.compensate == "bias" else set())
         if not extra:
             return need
         cal = need.calibration
@@ -220,6 +229,12 @@ class TransformerUnits(Method):
             return replace(need, calibration=Calibration(self.samples, (frozenset(extra),)))
         return replace(need, calibration=Calibration(cal.samples, (cal.passes[0] | extra,) + cal.passes[1:],
                                                      cal.sequential))
+
+    def shifts(self, view, ctx, masks):
+        """FLAP's bias compensation of the units ``masks`` removes (``compensate: bias``), else none."""
+        if self.compensate != "bias":
+            return {}
+        return view.structure.compensation(view.params, view.masks, masks, ctx.input_stats)
 
     @property
     def unit_kinds(self) -> tuple[str, ...]:

@@ -57,7 +57,7 @@ def structure_for(model: nn.Module, params: Mapping[str, Tensor], method, exampl
     kinds = getattr(method, "unit_kinds", None)
     found = transformer_units(model, params, kinds, example_inputs, getattr(method, "expert_score", "criterion"),
                               getattr(method, "round_to", 1), getattr(method, "kind_sparsity", None),
-                              getattr(method, "score_from", "all"))
+                              getattr(method, "score_from", "all"), getattr(method, "compensate", "none") == "bias")
     if found is None:
         if kinds is not None:
             raise ConfigError(f"units {', '.join(kinds)} are read from the blocks of Hugging Face transformers of a "

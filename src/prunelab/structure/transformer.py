@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..engine.loop import Selection
 from ..errors import ConfigError
 from ..inputs import Inputs
+from .bias import carry_biases, compensation
 from .experts import Routing, router_name, top_k
 from .families import Family, check_layout
 from .recognize import family_of
@@ -23,13 +24,15 @@ class TransformerUnits:
 
     ``kinds``: which units (``mlp``, ``heads``, ``hidden``, ``depth``; default mlp and heads where the config
     can hold fewer heads; only heads for a mixture of experts). ``params``: the Pruner's targets; only groups whose weight matrices are all
-    targets take part.
+    targets take part. ``compensate``: the readers of MLP channels and heads get the biases FLAP's compensation
+    writes (:func:`.bias.carry_biases`: zero, added to the model here, before any selection; ``biases_added``).
     """
 
     def __init__(self, model: nn.Module, family: Family, params: Mapping[str, Tensor],
                  kinds: Sequence[str] | None = None, example_inputs: Inputs | None = None,
                  expert_score: str = "criterion", round_to: int = 1,
-                 kind_sparsity: Mapping[str, float] | None = None, score_from: str = "all") -> None:
+                 kind_sparsity: Mapping[str, float] | None = None, score_from: str = "all",
+                 compensate: bool = False) -> None:
         if kinds is None:  # of mlp and heads, what the layout can lose exactly
             kinds = tuple(k for k in DEFAULT_UNITS if k in supported_kinds(model, family))
         self.model, self.family, self.kinds, self.expert_score = model, family, tuple(kinds), expert_score
@@ -38,6 +41,8 @@ class TransformerUnits:
         self.reader_dim = None if score_from == "all" else (0 if family.transposed else 1)
         if example_inputs is not None:
             check_layout(model, family, example_inputs)
+        # before the groups are read: a reader's new bias is then a part of its units like any other bias
+        self.biases_added = carry_biases(model, family, self.kinds) if compensate else []
         self.all_groups = build_groups(model, family, self.kinds)
         self.groups: list[UnitGroup] = check_targets(self.all_groups, params, model)
         self.routing = Routing()  # hooks only once experts are removed
@@ -56,6 +61,12 @@ class TransformerUnits:
             raise ConfigError(f"{short[0][0].name} would keep {short[0][1]} experts, fewer than the {k} each token "
                               f"is routed to (num_experts_per_tok): prune a smaller share of the experts")
         return new
+
+    def compensation(self, params: Mapping[str, Tensor], old: Mapping[str, Tensor], new: Mapping[str, Tensor],
+                     stats) -> dict[str, Tensor]:
+        """``{reader bias: amount}`` absorbing the mean contribution of the MLP channels and heads ``new``
+        removes that ``old`` kept (:func:`.bias.compensation`; ``stats`` with kind ``sums`` of the readers)."""
+        return compensation(self.groups, params, old, new, stats, 0 if self.family.transposed else 1)
 
     def removed(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """``{group name: removed unit indices}`` of the groups that lost units."""
@@ -98,11 +109,11 @@ class TransformerUnits:
 def transformer_units(model: nn.Module, params: Mapping[str, Tensor], kinds: Sequence[str] | None = None,
                       example_inputs: Inputs | None = None, expert_score: str = "criterion",
                       round_to: int = 1, kind_sparsity: Mapping[str, float] | None = None,
-                      score_from: str = "all") -> TransformerUnits | None:
+                      score_from: str = "all", compensate: bool = False) -> TransformerUnits | None:
     """:class:`TransformerUnits` of ``model`` when it is a transformer of a known layout, else None."""
     fam = family_of(model)
     return None if fam is None else TransformerUnits(model, fam, params, kinds, example_inputs, expert_score,
-                                                     round_to, kind_sparsity, score_from)
+                                                     round_to, kind_sparsity, score_from, compensate)
 
 
 def width_multiples(model: nn.Module, round_to: int = 1) -> dict[str, int]:

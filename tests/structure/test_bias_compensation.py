@@ -1,0 +1,125 @@
+"""FLAP's bias compensation (``transformer_units`` ``compensate: bias``): a removed MLP channel's or head's mean
+contribution moves into its reader's bias, the bias the config states, and the smaller model loads as the same
+class."""
+import pytest
+import torch
+
+from prunelab import ConfigError, Pruner
+from prunelab.experiment.checkpoint import load_checkpoint, save_checkpoint
+from prunelab.export import shrink
+from prunelab.models.hf import save_pretrained
+
+transformers = pytest.importorskip("transformers")
+
+V = 48
+
+
+def _model(kind="llama", **kw):
+    torch.manual_seed(0)
+    config = transformers.AutoConfig.for_model(kind, vocab_size=V, hidden_size=32, intermediate_size=48,
+                                               num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3,
+                                               **kw)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.config.use_cache = False
+    return model.eval()
+
+
+def _x(n=2, seed=0):
+    return torch.randint(0, V, (n, 10), generator=torch.Generator().manual_seed(seed))
+
+
+BATCHES = [_x(4, s) for s in range(3)]
+
+
+def _inputs(model, module):
+    """{block: (tokens, columns)} the inputs ``module`` of each block reads over the calibration batches."""
+    seen = {i: [] for i in range(len(model.model.layers))}
+    hooks = [layer.get_submodule(module).register_forward_hook(
+        lambda m, a, o, i=i: seen[i].append(a[0].reshape(-1, a[0].shape[-1])))
+        for i, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        for x in BATCHES:
+            model(x)
+    for h in hooks:
+        h.remove()
+    return {i: torch.cat(v).double() for i, v in seen.items()}
+
+
+def _prune(model, units, sparsity=0.5, **kw):
+    method = {"name": "transformer_units", "units": units, "criterion": "fluctuation", "score_from": "readers",
+              "compensate": "bias", **kw}
+    pruner = Pruner(model, method, schedule="manual", sparsity=sparsity, example_inputs=_x(1))
+    pruner.calibrate(BATCHES)
+    pruner.prune(sparsity, final=True)
+    return pruner
+
+
+@pytest.mark.parametrize("units, reader", [(["mlp"], "mlp.down_proj"), (["heads"], "self_attn.o_proj")])
+def test_the_readers_bias_absorbs_the_removed_units_mean_by_hand(tmp_path, units, reader):
+    """b = W[:, removed] E[x_removed] over every calibration token, computed from the dense model; the model
+    gains the biases its config flag states (zero elsewhere), saves, and loads as plain LLaMA."""
+    model = _model()
+    dense = {i: layer.get_submodule(reader).weight.detach().double().clone()
+             for i, layer in enumerate(model.model.layers)}
+    seen = _inputs(model, reader)
+    pruner = _prune(model, units)
+    flag = "mlp_bias" if units == ["mlp"] else "attention_bias"
+    assert getattr(model.config, flag) is True
+    for i, layer in enumerate(model.model.layers):
+        gone = ~pruner.masks[f"model.layers.{i}.{reader}.weight"].any(0)
+        assert 0 < int(gone.sum()) < gone.numel()
+        want = dense[i][:, gone] @ seen[i].mean(0)[gone]
+        assert torch.allclose(layer.get_submodule(reader).bias.double(), want, atol=1e-6)
+        siblings = ["gate_proj", "up_proj"] if units == ["mlp"] else ["q_proj", "k_proj", "v_proj"]
+        parent = reader.split(".")[0]
+        for s in siblings:  # the flag's other biases: there, zero
+            assert torch.count_nonzero(layer.get_submodule(f"{parent}.{s}").bias) == 0
+    small, _ = shrink(model, pruner.masks, _x(1), graph=pruner.channels)
+    save_pretrained(small, tmp_path / "m")
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"), local_files_only=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(back(_x(2, 5)).logits, model(_x(2, 5)).logits, atol=1e-5)
+
+
+def test_compensation_keeps_each_readers_mean_output():
+    """With MLP channels gone from block 0 only, its down projection's mean output over the calibration tokens is
+    the dense one (the kept channels' inputs are unchanged; the removed ones' mean is in the bias); without
+    compensation it is not."""
+    def mean_out(m):
+        outs = []
+        h = m.model.layers[0].mlp.down_proj.register_forward_hook(lambda mod, a, o: outs.append(o.reshape(-1, 32)))
+        with torch.no_grad():
+            for x in BATCHES:
+                m(x)
+        h.remove()
+        return torch.cat(outs).double().mean(0)
+
+    want = mean_out(_model())
+    targets = {"include": ["model.layers.0.mlp.*"]}
+    for compensate, close in (("bias", True), ("none", False)):
+        model = _model()
+        method = {"name": "transformer_units", "units": ["mlp"], "criterion": "fluctuation",
+                  "score_from": "readers", "compensate": compensate}
+        pruner = Pruner(model, method, schedule="manual", sparsity=0.5, example_inputs=_x(1), targets=targets)
+        pruner.calibrate(BATCHES)
+        pruner.prune(0.5, final=True)
+        assert torch.allclose(mean_out(model), want, atol=1e-5) is close
+
+
+def test_a_config_that_cannot_state_the_bias_is_refused_and_a_rebuilt_model_adopts_it(tmp_path):
+    model = _model("mistral")  # no mlp_bias field: the smaller model could not carry one
+    before = {n for n, _ in model.named_parameters()}
+    with pytest.raises(ConfigError, match="cannot state one"):
+        _prune(model, ["mlp"])
+    assert {n for n, _ in model.named_parameters()} == before  # refused before anything changed
+    with pytest.raises(ConfigError, match="compensate is none or bias"):
+        _prune(_model(), ["mlp"], compensate="yes")
+    # a checkpoint of a compensated model loads into the model its recipe builds again
+    model = _model()
+    pruner = _prune(model, ["mlp", "heads"])
+    save_checkpoint(tmp_path / "c", model, pruner.masks)
+    fresh = _model()
+    load_checkpoint(tmp_path / "c", fresh)
+    assert fresh.config.mlp_bias and fresh.config.attention_bias
+    with torch.no_grad():
+        assert torch.equal(fresh(_x(2, 5)).logits, model(_x(2, 5)).logits)
