@@ -15,7 +15,8 @@ the masked model in float64) whose perplexity is measured on the held-out stream
 ``MetaPruner`` as in its ``examples/LLMs/prune_llm.py`` (GroupNormImportance p=2, named GroupMagnitudeImportance in its 1.6 release, heads and kv heads by
 ``num_heads``, hidden size and heads at one ratio, head size kept, output layer ignored, ``round_to=4``), the
 ratio searched so its parameter count matches ours; cache off and eager attention, without which its graph did
-not finish. Decode: ``generate`` of ``--new-tokens`` greedy tokens after a 16-token prompt at batch 1 and 8,
+not finish (1.6.1 did not group its graph in 120 s here; 1.5.2, installed apart with ``pip install --target DIR
+--no-deps torch-pruning==1.5.2`` and put first with ``PYTHONPATH=DIR``, does it in about a second). Decode: ``generate`` of ``--new-tokens`` greedy tokens after a 16-token prompt at batch 1 and 8,
 the dense and the shrunk model interleaved, ``--repeats`` times, min and median tokens/s; the limit a
 memory-bound decode can reach is the parameter ratio, printed beside the speedup, and a model of the same depth
 at widths of 16 measures the per-token time that is not the weights' work (module calls, cache, sampling).
@@ -96,12 +97,23 @@ def prune_units(dense, ctx, kinds, score, sparsity, samples, seed):
     return small.eval(), changed, time.perf_counter() - t0
 
 
+def tp_version() -> str:
+    from importlib.metadata import version
+
+    import torch_pruning as tp
+
+    return getattr(tp, "__version__", None) or version("torch-pruning")
+
+
 def torch_pruning(dense, ctx, target_params: int, limit: float):
     """Torch-Pruning's LLM pruning (see the module docstring) at the ratio matching ``target_params``;
     TimeoutError when one attempt takes more than ``limit`` seconds."""
     import signal
 
     import torch_pruning as tp
+
+    # the group L2 importance of its LLM example: GroupNormImportance in 1.5, GroupMagnitudeImportance in 1.6
+    group_l2 = getattr(tp.importance, "GroupMagnitudeImportance", None) or tp.importance.GroupNormImportance
 
     def alarm(*_):
         raise TimeoutError
@@ -117,7 +129,7 @@ def torch_pruning(dense, ctx, target_params: int, limit: float):
                 heads[m.q_proj] = model.config.num_attention_heads
                 heads[m.k_proj] = heads[m.v_proj] = model.config.num_key_value_heads
         pruner = tp.pruner.MetaPruner(
-            model, example_inputs=ctx.example_inputs(), importance=tp.importance.GroupMagnitudeImportance(p=2),
+            model, example_inputs=ctx.example_inputs(), importance=group_l2(p=2),
             global_pruning=False, pruning_ratio=ratio, ignored_layers=[model.lm_head], num_heads=heads,
             prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio, round_to=4)
         for g in pruner.step(interactive=True):
@@ -220,10 +232,10 @@ def main() -> None:
                 ppl_tp = f"{ctx.evaluate(m_tp)['ppl']:.2f}"
                 kp = n_params(m_tp) / total
                 km = count_flops(m_tp, shape, dtype=dt)["dense"] / macs
-                print(f"| {ratio:.0%} | Torch-Pruning (hidden + heads, ratio {r_tp:.3f}) | | | {kp:.3f} | "
+                print(f"| {ratio:.0%} | Torch-Pruning {tp_version()} (hidden + heads, ratio {r_tp:.3f}) | | | {kp:.3f} | "
                       f"{km:.3f} | {ppl_tp} (its group L2) |" + " |" * (len(a.scores.split(",")) - 1) + " |")
             except TimeoutError:
-                print(f"| {ratio:.0%} | Torch-Pruning | did not finish grouping its dependency graph in "
+                print(f"| {ratio:.0%} | Torch-Pruning {tp_version()} | did not finish grouping its dependency graph in "
                       f"{time.perf_counter() - t_tp:.0f} s (inside `group.has_pruning_op`; cache off, eager "
                       "attention) |")
             except Exception as exc:  # a reference that fails is reported, not hidden

@@ -105,3 +105,30 @@ def test_flap_fluctuation_scored_by_the_readers_by_hand():
     assert got == want
     with pytest.raises(ConfigError, match="score_from is all or readers"):
         _pruned(_model("llama"), ["mlp"], score_from="writers")
+
+
+def test_heads_kept_divide_the_hidden_size(tmp_path):
+    """4 groups of one head over a hidden size of 32: a quarter of them would leave 3 heads, which LLaMA's config
+    refuses (32 / 3); 2 are kept, and the folder saves and loads. With the hidden size pruned too, the kept
+    groups divide the original count (so any kept hidden size, a multiple of the 4 heads, is one of theirs)."""
+    from prunelab.structure.recognize import family_of
+    from prunelab.structure.transformer import allowed_counts
+
+    def llama(hidden):
+        torch.manual_seed(0)
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=V, hidden_size=hidden, intermediate_size=48, num_attention_heads=4, num_key_value_heads=4,
+            num_hidden_layers=2)).eval()
+
+    model = llama(32)
+    assert allowed_counts(model, family_of(model), ["heads"]) == {"heads": (1, 2, 4)}
+    wide = llama(48)  # 48 / 3 is whole: every count fits, unless the hidden size may shrink too
+    assert allowed_counts(wide, family_of(wide), ["heads"]) == {}
+    assert allowed_counts(wide, family_of(wide), ["heads", "hidden"]) == {"heads": (1, 2, 4)}
+    pruner = _pruned(model, ["heads"], sparsity=0.25)
+    small, changed = shrink(model, pruner.masks, _x(1), graph=pruner.channels)
+    assert changed["num_attention_heads"] == 2
+    save_pretrained(small, tmp_path / "m")
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"), local_files_only=True)
+    with torch.no_grad():
+        assert torch.allclose(back.eval()(_x(2, 5)).logits, small(_x(2, 5)).logits, atol=1e-5)

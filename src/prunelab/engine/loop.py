@@ -45,7 +45,8 @@ class Candidates:
     come back in that order). ``inputs``: made when the set is chosen, what the selector reads
     besides the scores (:meth:`~prunelab.engine.selection.Selector.inputs`), so one set's copy is held at a time.
     ``multiple``: the keep-count is rounded down to a multiple of it (a width a runtime or a config needs),
-    never below one multiple (or what is alive, when less).
+    never below one multiple (or what is alive, when less); ``allowed``: the keep-counts a config can hold (heads
+    whose count divides the hidden size), the count then rounded down to one of them.
     """
 
     layer: LayerGroups
@@ -55,6 +56,7 @@ class Candidates:
     order: Tensor | None = None
     inputs: Callable[[], dict | None] | None = None
     multiple: int = 1
+    allowed: tuple[int, ...] | None = None
 
 
 def budget(layers: list[LayerGroups], how: Selection) -> dict[str, int]:
@@ -62,11 +64,16 @@ def budget(layers: list[LayerGroups], how: Selection) -> dict[str, int]:
     return how.allocation.keep_counts(layers, how.sparsity, how.final_sparsity)
 
 
-def rounded_keep(k: int, multiple: int, alive: int) -> int:
+def rounded_keep(k: int, multiple: int, alive: int, allowed: tuple[int, ...] | None = None) -> int:
     """``k`` rounded down to a multiple of ``multiple``, at least one multiple, at most ``alive``: the count
     kept never grows past the allocation's unless one multiple is more than it kept (as Torch-Pruning's
-    ``round_to``, which keeps the pruned share at or above the target)."""
-    return min(alive, max(multiple, k - k % multiple))
+    ``round_to``, which keeps the pruned share at or above the target); then down to the largest of ``allowed``
+    not above it (the smallest when none is)."""
+    k = min(alive, max(multiple, k - k % multiple))
+    if allowed:
+        fits = [a for a in allowed if a <= k]
+        k = max(fits) if fits else min(allowed)
+    return k
 
 
 def choose(sets: list[Candidates], how: Selection) -> Iterator[tuple[Candidates, Tensor]]:
@@ -86,8 +93,8 @@ def choose(sets: list[Candidates], how: Selection) -> Iterator[tuple[Candidates,
             if c.order is not None:
                 scores, alive = scores[..., c.order], alive[..., c.order]
             scores, alive, per_block, hint = scores.reshape(rows, per), alive.reshape(rows, per), True, None
-        if c.multiple > 1:
-            k = rounded_keep(k, c.multiple, int(alive.sum()))
+        if c.multiple > 1 or c.allowed:
+            k = rounded_keep(k, c.multiple, int(alive.sum()), c.allowed)
         data = c.inputs() if c.inputs is not None else None
         yield c, how.selector.select(scores, alive, k, per_block, how.ctx, layer.name, hint, data)
 

@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..inputs import Inputs
 from .bias import carry_biases, compensation
 from .experts import Routing, router_name, top_k
-from .families import Family, check_layout
+from .families import Family, attention_shape, check_layout
 from .recognize import family_of
 from .units import build_groups, check_targets, companion_masks, removed_units, select_units, supported_kinds, UnitGroup
 
@@ -37,6 +37,7 @@ class TransformerUnits:
             kinds = tuple(k for k in DEFAULT_UNITS if k in supported_kinds(model, family))
         self.model, self.family, self.kinds, self.expert_score = model, family, tuple(kinds), expert_score
         self.multiples, self.kind_sparsity = width_multiples(model, round_to), dict(kind_sparsity or {})
+        self.counts = allowed_counts(model, family, self.kinds)
         # the readers' input dimension as stored: 1 for (out, in) weights, 0 for GPT-2's (in, out) Conv1D
         self.reader_dim = None if score_from == "all" else (0 if family.transposed else 1)
         if example_inputs is not None:
@@ -53,7 +54,7 @@ class TransformerUnits:
         ``layouts`` and ``gran`` are not needed). ConfigError when a block would keep fewer experts than a token
         is routed to (top-k)."""
         new = select_units(self.groups, params, scores, masks, how, self.family.layers, self.expert_score,
-                           self.multiples, self.kind_sparsity, self.reader_dim)
+                           self.multiples, self.kind_sparsity, self.reader_dim, self.counts)
         k = top_k(self.model)
         short = [(g, int((~removed_units(g, new)).sum())) for g in self.groups if g.kind == "experts"]
         short = [(g, kept) for g, kept in short if k is not None and kept < k]
@@ -123,3 +124,16 @@ def width_multiples(model: nn.Module, round_to: int = 1) -> dict[str, int]:
     config = getattr(model, "config", None)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None) or 1
     return {"mlp": round_to, "hidden": math.lcm(round_to, int(heads))}
+
+
+def allowed_counts(model: nn.Module, family: Family, kinds: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """The key-value group counts a block may keep so that the attention heads still divide the hidden size,
+    which transformers' configs require (LLaMA's refuses 64 with 3 heads): with the hidden size kept as it is,
+    every count g whose g x (heads per group) divides it; with the hidden size pruned too (a multiple of the
+    original heads, :func:`width_multiples`), the divisors of the group count. ``{}`` without ``heads``."""
+    if "heads" not in kinds:
+        return {}
+    heads, kv, _ = attention_shape(model, family)
+    r, hidden = heads // kv, int(getattr(model.config, "hidden_size", 0) or 0)
+    fits = [g for g in range(1, kv + 1) if (kv % g == 0 if "hidden" in kinds else hidden % (g * r) == 0)]
+    return {} if len(fits) == kv else {"heads": tuple(fits)}

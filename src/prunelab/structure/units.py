@@ -259,7 +259,8 @@ def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: 
                  masks: Mapping[str, Tensor], how: Selection, layers: str = "",
                  expert_score: str = "criterion", multiples: Mapping[str, int] | None = None,
                  kind_sparsity: Mapping[str, float] | None = None,
-                 reader_dim: int | None = None) -> dict[str, Tensor]:
+                 reader_dim: int | None = None, counts: Mapping[str, tuple[int, ...]] | None = None
+                 ) -> dict[str, Tensor]:
     """New masks of the targets after one pass over the unit groups: the allocation counts units per group,
     the selector keeps the highest-scoring alive ones, and every target entry of a dropped unit is pruned
     (masks only shrink: a pruned unit stays pruned). Blocks (``depth``) are ranked by their influence when
@@ -269,7 +270,8 @@ def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: 
     ``kind_sparsity``: per kind, the share of its units removed at the schedule's end (this event: that share
     scaled by the event's sparsity over the final one); the other kinds take the event's sparsity.
     ``reader_dim``: score MLP channels and heads from the layers that read them only (the weights' input
-    dimension; FLAP's way), not from every part."""
+    dimension; FLAP's way), not from every part. ``counts``: per kind, the kept counts a config can hold
+    (:func:`~prunelab.structure.transformer.allowed_counts`)."""
     sets = []
     for g in groups:
         score, alive = unit_scores(g, scores, masks, reader_dim if g.kind in ("mlp", "heads") else None)
@@ -281,7 +283,8 @@ def select_units(groups: list[UnitGroup], params: Mapping[str, Tensor], scores: 
         per_unit = sum(params[p.param].numel() // params[p.param].shape[p.dim] * p.index.shape[1]
                        for p in g.parts if p.param in params) // max(g.size, 1)
         sets.append(Candidates(LayerGroups(g.name, (g.size,), 1, g.size, max(per_unit, 1), False),
-                               score[None], alive[None], multiple=(multiples or {}).get(g.kind, 1)))
+                               score[None], alive[None], multiple=(multiples or {}).get(g.kind, 1),
+                               allowed=(counts or {}).get(g.kind)))
     new = {n: m for n, m in masks.items()}
     chosen: list = [None] * len(groups)
     for kind in dict.fromkeys(g.kind for g in groups):  # one budget per kind (the allocation is uniform)
