@@ -43,3 +43,40 @@ def test_every_python_block_runs(page, tmp_path, monkeypatch):
         for r, items in zip(registries, saved):
             r._items.clear()
             r._items.update(items)
+
+
+def _reference_gen():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("reference_gen", ROOT / "docs" / "reference_gen.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_generated_reference_covers_every_command_field_recipe_and_part():
+    """What docs/hooks.py puts in the reference pages at build time: every subcommand with each of its options,
+    every field of every recipe section, every built-in recipe, every registered part."""
+    import argparse
+
+    from prunelab.cli import build_parser
+    from prunelab.experiment import schema
+    from prunelab.experiment.schema import builtin_recipes
+
+    gen = _reference_gen()
+    cli = gen.cli()
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        assert f"## prunelab {name}\n" in cli
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert all(f"`{o}" in cli or f" {o}" in cli for o in action.option_strings), (name, action.dest)
+    text = gen.schema()
+    for model in (schema.Recipe, schema.DataConfig, schema.PruneConfig, schema.OptimConfig):
+        assert f"## {model.__name__}\n" in text
+        assert all(f"| `{f}` |" in text for f in model.model_fields), model.__name__
+    assert "a local Hugging Face model folder whose tokenizer" in text  # a field's comment is its meaning
+    assert all(f"## {name}\n" in gen.recipes() for name in builtin_recipes())
+    parts = gen.parts()
+    assert all(f"| `{name}` |" in parts for name in prunelab.METHODS.names() + prunelab.CRITERIA.names())

@@ -1,4 +1,5 @@
-"""Every public name README.md shows resolves where it says, and the top-level names are the documented ones."""
+"""Every public name README.md and the docs show resolves where it says, and the top-level names are the documented
+ones."""
 import importlib
 import re
 from pathlib import Path
@@ -7,9 +8,10 @@ import pytest
 
 import prunelab
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))])
 # dotted names in code spans and code blocks; "prunelab.masks/1"-style format tags are not names
-NAMES = sorted(set(re.findall(r"\bprunelab(?:\.[A-Za-z_]\w*)+(?![\w/-])", README.read_text())))
+NAMES = sorted(set(re.findall(r"\bprunelab(?:\.[A-Za-z_]\w*)+(?![\w/-])", TEXT)))
 
 
 def _resolve(dotted: str):
