@@ -213,6 +213,9 @@ def main() -> None:
                 continue
             ppl, secs, row = {}, None, None
             for score in a.scores.split(","):
+                if score == "flap" and not {"mlp", "heads"} & set(kinds):
+                    ppl[score] = None  # FLAP ranks and compensates MLP channels and heads only
+                    continue
                 small, changed, t = prune_units(dense, ctx, kinds, score, s, a.samples, 0)
                 ppl[score] = ctx.evaluate(small)["ppl"]
                 if score == a.scores.split(",")[0]:
@@ -222,7 +225,8 @@ def main() -> None:
             changed, kp, km = row
             cfg = ", ".join(f"{k}={val}" for k, val in changed.items() if k not in ("rms_norm_eps",))
             print(f"| {ratio:.0%} | {v} | {s:.2f} | {cfg} | {kp:.3f} | {km:.3f} | "
-                  + " | ".join(f"{ppl[k]:.2f}" for k in a.scores.split(",")) + f" | {secs:.1f} |")
+                  + " | ".join("-" if ppl[k] is None else f"{ppl[k]:.2f}" for k in a.scores.split(","))
+                  + f" | {secs:.1f} |")
         if not a.no_torch_pruning:
             target = shrunk_for_decode.get((ratio, "mix")) or shrunk_for_decode.get((ratio, "hidden"))
             want = n_params(target) if target is not None else round(total * (1 - ratio))

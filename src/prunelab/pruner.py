@@ -264,9 +264,8 @@ class Pruner:
         custom = out is not None
         out = as_decision(self.method.name, out if custom else self._pipeline(ctx.sparsity, ctx, names), names,
                           self.params)
-        shifts = self.method.shifts(self._view(), ctx, out.masks)
-        if shifts:
-            out.shifts = check_shifts(self.method.name, shifts, dict(self.model.named_parameters()))
+        out.shifts.update(check_shifts(self.method.name, self.method.shifts(self._view(), ctx, out.masks),
+                                       dict(self.model.named_parameters())))  # (FLAP's bias compensation)
         return out, custom
 
     def _view(self) -> PruneView:

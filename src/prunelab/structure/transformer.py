@@ -37,7 +37,6 @@ class TransformerUnits:
             kinds = tuple(k for k in DEFAULT_UNITS if k in supported_kinds(model, family))
         self.model, self.family, self.kinds, self.expert_score = model, family, tuple(kinds), expert_score
         self.multiples, self.kind_sparsity = width_multiples(model, round_to), dict(kind_sparsity or {})
-        self.counts = allowed_counts(model, family, self.kinds)
         # the readers' input dimension as stored: 1 for (out, in) weights, 0 for GPT-2's (in, out) Conv1D
         self.reader_dim = None if score_from == "all" else (0 if family.transposed else 1)
         if example_inputs is not None:
@@ -46,6 +45,7 @@ class TransformerUnits:
         self.biases_added = carry_biases(model, family, self.kinds) if compensate else []
         self.all_groups = build_groups(model, family, self.kinds)
         self.groups: list[UnitGroup] = check_targets(self.all_groups, params, model)
+        self.counts = allowed_counts(model, family, {g.kind for g in self.all_groups})
         self.routing = Routing()  # hooks only once experts are removed
 
     def select(self, params: Mapping[str, Tensor], layouts, gran, scores: dict[str, Tensor],
@@ -131,7 +131,7 @@ def allowed_counts(model: nn.Module, family: Family, kinds: Sequence[str]) -> di
     which transformers' configs require (LLaMA's refuses 64 with 3 heads): with the hidden size kept as it is,
     every count g whose g x (heads per group) divides it; with the hidden size pruned too (a multiple of the
     original heads, :func:`width_multiples`), the divisors of the group count. ``{}`` without ``heads``."""
-    if "heads" not in kinds:
+    if "heads" not in kinds or "heads" not in dict(family.fields):
         return {}
     heads, kv, _ = attention_shape(model, family)
     r, hidden = heads // kv, int(getattr(model.config, "hidden_size", 0) or 0)
