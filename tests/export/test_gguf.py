@@ -2,7 +2,6 @@
 sentence, and where a llama.cpp checkout (``LLAMA_CPP``) and llama-cpp-python are installed, greedy decoding of the
 file equals transformers' on the folder it was converted from (byte tokens; with FLAP's compensation biases)."""
 import os
-import sys
 
 import pytest
 import torch
