@@ -261,11 +261,10 @@ class Pruner:
         if versions(self.params) != before:
             raise ConfigError(f"method {self.method.name} wrote the model's weights while deciding: a method "
                               "returns new weights in its Decision and the Pruner writes them")
-        custom = out is not None
+        custom, named = out is not None, dict(self.model.named_parameters())
         out = as_decision(self.method.name, out if custom else self._pipeline(ctx.sparsity, ctx, names), names,
-                          self.params)
-        out.shifts.update(check_shifts(self.method.name, self.method.shifts(self._view(), ctx, out.masks),
-                                       dict(self.model.named_parameters())))  # (FLAP's bias compensation)
+                          self.params, named)
+        out.shifts.update(check_shifts(self.method.name, self.method.shifts(self._view(), ctx, out.masks), named))
         return out, custom
 
     def _view(self) -> PruneView:

@@ -123,3 +123,35 @@ def test_a_config_that_cannot_state_the_bias_is_refused_and_a_rebuilt_model_adop
     assert fresh.config.mlp_bias and fresh.config.attention_bias
     with torch.no_grad():
         assert torch.equal(fresh(_x(2, 5)).logits, model(_x(2, 5)).logits)
+
+
+def test_a_decision_s_shifts_are_checked_and_written_by_the_pruner():
+    """A method's own Decision may carry shifts: the Pruner adds them to the named parameters after the masks;
+    one naming no parameter, or not finite, is one sentence and nothing of it is written."""
+    from dataclasses import dataclass
+
+    from prunelab.methods import METHODS, Decision, Method
+
+    @dataclass
+    class Shifting(Method):
+        bad: str = ""
+
+        def decide(self, view, ctx):
+            masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in view.params.items()}
+            shift = torch.full((4,), float("nan") if self.bad == "nan" else 0.5)
+            return Decision(masks, shifts={("nope" if self.bad == "name" else "1.bias"): shift})
+
+    METHODS.register("test_shifting")(Shifting)
+    try:
+        model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 4))
+        before = model[1].bias.detach().clone()
+        Pruner(model, "test_shifting", sparsity=0.5, schedule="manual").prune(0.5)
+        assert torch.equal(model[1].bias.detach(), before + 0.5)
+        for bad, match in (("name", "not a parameter of that shape"), ("nan", "NaN or infinite shifts")):
+            model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 4))
+            before = model[1].bias.detach().clone()
+            with pytest.raises(ConfigError, match=match):
+                Pruner(model, {"name": "test_shifting", "bad": bad}, sparsity=0.5, schedule="manual").prune(0.5)
+            assert torch.equal(model[1].bias.detach(), before)
+    finally:
+        METHODS._items.pop("test_shifting")
