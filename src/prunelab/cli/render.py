@@ -136,7 +136,9 @@ def print_summary(s: dict, con, layers: bool = True) -> None:
         if heads.get("prunable"):
             rows.append(("attention heads removed", f"{heads['removed']:,} of {heads['prunable']:,}"))
     rows += [("compression over all parameters",
-              f"{s['compression_model']:.2f}x ({s['params_total']:,} -> {s['params_nonzero']:,})"),
+              f"{s['compression_model']:.2f}x ({s['params_total']:,} -> {s['params_nonzero']:,})"
+              + (f"; pruning added {s['params_added']:,} parameters (the biases of bias compensation, counted "
+                 "where nonzero)" if s.get("params_added") else "")),
              ("FLOPs (multiply-accumulates)",
               f"{s['flops_dense']:,} -> {s['flops_nonzero']:,} ({s['flops_dense'] / max(s['flops_nonzero'], 1):.2f}x fewer)"),
              ("wall time", f"{s['wall_seconds']:.1f} s")]

@@ -35,14 +35,16 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
     dense_model = ctx.build_model(checkpoint=ctx.paths.stage(paths.DENSE))
     dense_flops = count_flops(dense_model, shape, r.device, dt)
     dense_known = ctx.dense_trained
+    dense_total = count_params(dense_model)["total"]
     summary = {
         "recipe": r.name, "run_dir": str(ctx.paths.root), "seed": r.seed,
         "method": r.prune.method if r.prune else None,
         "dense_acc": states[paths.DENSE]["test_acc"] if dense_known else None,
         "pruned_acc": states[final]["test_acc"] if r.prune else None,
         "task": ctx.data.task,
-        "params_total": params["total"], "params_nonzero": params["nonzero"],
-        "compression_model": params["total"] / max(params["nonzero"], 1),
+        # over the unpruned model's parameters: bias compensation gives the pruned one biases it did not have
+        "params_total": dense_total, "params_nonzero": params["nonzero"],
+        "compression_model": dense_total / max(params["nonzero"], 1),
         "flops_dense": dense_flops["dense"], "flops_nonzero": flops["nonzero"],
         "wall_seconds": sum(s.get("seconds", 0.0) for s in states.values()),
         "stages": [{"stage": n, "test_acc": s["test_acc"], "sparsity": s.get("sparsity", 0.0),
@@ -50,6 +52,8 @@ def summarize(ctx: RunContext, stages: list[Stage]) -> dict:
                     **{k: s[k] for k in ("steps", "tokens", "samples", "test_ppl") if k in s}}
                    for n, s in states.items()],
     }
+    if params["total"] != dense_total:  # said, not hidden in the ratio (FLAP's bias compensation)
+        summary["params_added"] = params["total"] - dense_total
     if ctx.data.task == "causal_lm":  # accuracy is next-token accuracy; perplexity on the held-out stream
         summary["dense_ppl"] = states[paths.DENSE].get("test_ppl") if dense_known else None
         summary["pruned_ppl"] = states[final].get("test_ppl") if r.prune else None
