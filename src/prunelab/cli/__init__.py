@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--llama-cpp", metavar="DIR", help="gguf: a llama.cpp checkout (default: $LLAMA_CPP)")
     e.add_argument("--outtype", default="f16", choices=["f32", "f16", "bf16", "q8_0"],
                    help="gguf: the tensors' type (k-quants: llama.cpp's llama-quantize on the file)")
+    e.add_argument("--quantize", choices=["int8", "int4"],
+                   help="hf: weight-only int8 / int4 by torchao (pip install 'prunelab[quantize]'); "
+                        "from_pretrained loads it with torchao installed")
     e.add_argument("--out", help="output file, or folder for hf (default RUN_DIR/export/model.FORMAT)")
     e.add_argument("--force", action="store_true", help=FORCE_HELP)
     e.add_argument("--data-root", help=DATA_HELP)

@@ -234,7 +234,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..experiment.export_run import export_run
 
     path = export_run(args.run_dir, args.format, args.out, force=args.force, data_root=args.data_root,
-                      llama_cpp=args.llama_cpp, outtype=args.outtype)
+                      llama_cpp=args.llama_cpp, outtype=args.outtype, quantize=args.quantize)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
     print(f"wrote {path} ({size:,} bytes)")
     return 0

@@ -14,6 +14,8 @@
               place.
   ``gguf``    that folder converted by llama.cpp's own ``convert_hf_to_gguf.py`` (:mod:`prunelab.export.gguf`;
               ``llama_cpp``: the checkout, or ``LLAMA_CPP``), for llama.cpp, Ollama and LM Studio.
+``quantize`` (``hf`` only): ``int8`` | ``int4``, the folder's weights quantized by torchao
+(:mod:`prunelab.export.quantize`), pruned weights checked to stay exactly zero.
 ``bench_run(run_dir)`` measures file bytes, parameters, FLOPs and CPU latency (batch 1 and 64, median of
 repeats after warm-up) of the dense model, the pruned model with CSR linear layers, with each linear layer's
 kernel chosen by measurement for that batch size (dense, torch CSR or SciPy CSR:
@@ -25,6 +27,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,6 +36,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_bytes, state_bytes, write_state
 from ..export.compact import save_compact
 from ..export.gguf import find_converter
+from ..export.quantize import torchao_config
 from ..export.onnx import export_onnx
 from ..export.shrunk import load_shrunk
 from ..export.sparse_linear import choose_linear_kernels, sparsify_linear
@@ -57,7 +61,8 @@ def _shrunk_file(ctx) -> Path | None:
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, force: bool = False,
-               data_root: str | None = None, llama_cpp: str | None = None, outtype: str = "f16") -> Path:
+               data_root: str | None = None, llama_cpp: str | None = None, outtype: str = "f16",
+               quantize: str | None = None) -> Path:
     """Write the artifact ``fmt`` of the run (default path: RUN_DIR/export/model.FMT..., which a new export
     replaces); returns its path. An ``out`` that exists is replaced only with ``force``, and only if it is a
     regular file (a folder for ``hf``: one prunelab wrote); see :mod:`prunelab.outputs`."""
@@ -67,6 +72,11 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
         raise ConfigError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
     if out is not None:  # refused before any work
         (check_output_folder if fmt == "hf" else check_output_file)(out, force)
+    if quantize is not None:
+        if fmt != "hf":
+            raise ConfigError("--quantize writes a Hugging Face folder (--format hf); for GGUF use --outtype q8_0, "
+                              "or llama.cpp's llama-quantize on the file for its 4-bit formats")
+        torchao_config(quantize)
     converter = find_converter(llama_cpp) if fmt == "gguf" else None  # (before the run is opened)
     ctx, model, masks = _open_run(run_dir, data_root)
     path = Path(out) if out else ctx.paths.export(fmt)
@@ -75,18 +85,22 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
         write_state(path, model.state_dict(), {"format": "pt"})
     elif fmt == "sparse":
         save_compact(model, masks, path)
-    elif fmt == "hf":
+    elif fmt == "hf" and quantize is None:
         _write_hf(ctx, model, path, force)
-    elif fmt == "gguf":
+    elif fmt in ("gguf", "hf"):  # a float folder first, beside the output, then converted or quantized from it
         import tempfile
 
         from ..export.gguf import to_gguf
+        from ..export.quantize import quantize_folder
 
-        check_output_file(path, force)
+        (check_output_file if fmt == "gguf" else check_output_folder)(path, force)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{path.name}.hf-", dir=path.parent) as tmp:  # the folder converted
-            _write_hf(ctx, model, Path(tmp) / "hf", False)
-            to_gguf(Path(tmp) / "hf", path, converter, outtype)
+        with tempfile.TemporaryDirectory(prefix=f".{path.name}.hf-", dir=path.parent) as tmp:
+            tokenizer = _write_hf(ctx, model, Path(tmp) / "hf", False)
+            if fmt == "gguf":
+                to_gguf(Path(tmp) / "hf", path, converter, outtype)
+            else:
+                quantize_folder(Path(tmp) / "hf", path, quantize, force, tokenizer)
     elif fmt == "shrunk":
         src = _shrunk_file(ctx)
         if src is None and ctx.paths.shrunk_config.is_file():
@@ -101,9 +115,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
     return path
 
 
-def _write_hf(ctx, model, path: Path, force: bool) -> None:
+def _write_hf(ctx, model, path: Path, force: bool) -> Any:
     """The run's Hugging Face folder: the shrunk model when the run removed units, its tokenizer (the data set's
-    or the byte tokens), and its pruning in config.json."""
+    or the byte tokens; returned), and its pruning in config.json."""
     from ..models.hf import save_pretrained
 
     if ctx.paths.shrunk_config.is_file():
@@ -118,6 +132,7 @@ def _write_hf(ctx, model, path: Path, force: bool) -> None:
     if hasattr(model, "save_pretrained"):  # (save_pretrained refuses the others in one sentence)
         model.config.prunelab = pruning_record(ctx)  # in config.json: what was pruned, over which weights
     save_pretrained(model, path, force=force, tokenizer=tokenizer)
+    return tokenizer
 
 
 def pruning_record(ctx) -> dict:
