@@ -25,6 +25,9 @@ def test_the_pages_have_python_to_run():
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p)], ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_python_block_runs(page, tmp_path, monkeypatch):
+    """Each block runs without an exception, and each page checks what it shows (an assert in its blocks, which
+    then holds): a page whose example stopped doing what its text says fails here."""
+    assert any(re.search(r"^\s*assert ", code, re.M) for code in blocks(page)), f"{page.name} checks nothing"
     monkeypatch.chdir(tmp_path)
     registries = [prunelab.CRITERIA, prunelab.GRANULARITIES, prunelab.ALLOCATIONS, prunelab.SELECTORS,
                   prunelab.SCHEDULES, prunelab.METHODS]

@@ -225,10 +225,11 @@ class Pruner:
     def _decide_event(self, ctx: Context, request) -> tuple[dict[str, Tensor], dict, bool]:
         """(masks, record, whether the method decided itself) of one event; a calibrated one group by group of
         the calibration pipeline, each group's decision written before the next group is measured."""
+        named = dict(self.model.named_parameters())
         if request is None:
-            d, custom = self._decide(ctx, tuple(self.params))
+            d, custom = self._decide(ctx, tuple(self.params), named)
             if d.values or d.shifts:
-                write(self.params, d, named=dict(self.model.named_parameters()))
+                write(self.params, d, named=named)
             return d.masks, d.record, custom
         if self._chunks is None:
             raise ConfigError(f"method {self.method.name} needs calibration data: call pruner.calibrate(batches) "
@@ -236,14 +237,14 @@ class Pruner:
         decided: dict[str, Tensor] = {}
         record: dict = {}
         custom = False
-        companions, named = None, dict(self.model.named_parameters())
+        companions = None
         if self.structure is not None:
             companions = lambda new: self.structure.companion_masks({**self.masks, **decided, **new})  # noqa: E731
         t0 = time.perf_counter()
         for group in calibration.groups(self.model, self.params, request, self._chunks, self._options):
             gctx = replace(ctx, input_stats=group.stats, group=group.names, calibration_pass=group.index,
                            decided=dict(decided))
-            d, custom = self._decide(gctx, group.names)
+            d, custom = self._decide(gctx, group.names, named)
             write(self.params, d, companions, named)
             decided.update(d.masks)
             merge(record, d.record)
@@ -254,14 +255,14 @@ class Pruner:
         record["calibration_samples"] = sum(n for _, n in self._chunks)
         return decided, record, custom
 
-    def _decide(self, ctx: Context, names: tuple[str, ...]):
-        """(the checked Decision for ``names``, whether the method's own decide made it)."""
+    def _decide(self, ctx: Context, names: tuple[str, ...], named: dict[str, nn.Parameter]):
+        """(the checked Decision for ``names``, its shifts on any of ``named``; whether the method decided it)."""
         before = versions(self.params)
         out = self.method.decide(self._view(), ctx)
         if versions(self.params) != before:
             raise ConfigError(f"method {self.method.name} wrote the model's weights while deciding: a method "
                               "returns new weights in its Decision and the Pruner writes them")
-        custom, named = out is not None, dict(self.model.named_parameters())
+        custom = out is not None
         out = as_decision(self.method.name, out if custom else self._pipeline(ctx.sparsity, ctx, names), names,
                           self.params, named)
         out.shifts.update(check_shifts(self.method.name, self.method.shifts(self._view(), ctx, out.masks), named))

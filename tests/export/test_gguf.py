@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from prunelab import ConfigError
+from prunelab.outputs import OutputError
 from prunelab.export.gguf import find_converter, to_gguf
 
 transformers = pytest.importorskip("transformers")
@@ -36,8 +37,10 @@ def test_a_failed_conversion_leaves_nothing_and_keeps_the_old_file(tmp_path):
     out = tmp_path / "out" / "model.gguf"
     out.parent.mkdir()
     out.write_bytes(b"earlier")
-    with pytest.raises(ConfigError, match="failed: the model architecture is not supported"):
+    with pytest.raises(OutputError, match="already exists; add --force"):
         to_gguf(tmp_path, out, script)
+    with pytest.raises(ConfigError, match="failed: the model architecture is not supported"):
+        to_gguf(tmp_path, out, script, force=True)
     assert out.read_bytes() == b"earlier" and os.listdir(out.parent) == ["model.gguf"]
     with pytest.raises(ConfigError, match="outtype is one of"):
         to_gguf(tmp_path, out, script, outtype="q4_k_m")

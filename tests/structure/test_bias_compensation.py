@@ -11,47 +11,16 @@ from prunelab.models.hf import save_pretrained
 
 transformers = pytest.importorskip("transformers")
 
-V = 48
-
-
-def _model(kind="llama", **kw):
-    torch.manual_seed(0)
-    config = transformers.AutoConfig.for_model(kind, vocab_size=V, hidden_size=32, intermediate_size=48,
-                                               num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3,
-                                               **kw)
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    model.config.use_cache = False
-    return model.eval()
-
-
-def _x(n=2, seed=0):
-    return torch.randint(0, V, (n, 10), generator=torch.Generator().manual_seed(seed))
-
+from tiny_transformers import block_inputs, ids as _x, pruned, tiny as _model  # noqa: E402
 
 BATCHES = [_x(4, s) for s in range(3)]
 
 
-def _inputs(model, module):
-    """{block: (tokens, columns)} the inputs ``module`` of each block reads over the calibration batches."""
-    seen = {i: [] for i in range(len(model.model.layers))}
-    hooks = [layer.get_submodule(module).register_forward_hook(
-        lambda m, a, o, i=i: seen[i].append(a[0].reshape(-1, a[0].shape[-1])))
-        for i, layer in enumerate(model.model.layers)]
-    with torch.no_grad():
-        for x in BATCHES:
-            model(x)
-    for h in hooks:
-        h.remove()
-    return {i: torch.cat(v).double() for i, v in seen.items()}
+FLAP = {"criterion": "fluctuation", "score_from": "readers", "compensate": "bias"}
 
 
-def _prune(model, units, sparsity=0.5, **kw):
-    method = {"name": "transformer_units", "units": units, "criterion": "fluctuation", "score_from": "readers",
-              "compensate": "bias", **kw}
-    pruner = Pruner(model, method, schedule="manual", sparsity=sparsity, example_inputs=_x(1))
-    pruner.calibrate(BATCHES)
-    pruner.prune(sparsity, final=True)
-    return pruner
+def _prune(model, units, **kw):
+    return pruned(model, units, **{**FLAP, **kw})
 
 
 @pytest.mark.parametrize("units, reader", [(["mlp"], "mlp.down_proj"), (["heads"], "self_attn.o_proj")])
@@ -61,7 +30,7 @@ def test_the_readers_bias_absorbs_the_removed_units_mean_by_hand(tmp_path, units
     model = _model()
     dense = {i: layer.get_submodule(reader).weight.detach().double().clone()
              for i, layer in enumerate(model.model.layers)}
-    seen = _inputs(model, reader)
+    seen = block_inputs(model, reader, BATCHES)
     pruner = _prune(model, units)
     flag = "mlp_bias" if units == ["mlp"] else "attention_bias"
     assert getattr(model.config, flag) is True

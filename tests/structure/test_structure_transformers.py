@@ -15,7 +15,7 @@ from prunelab.models.hf import save_pretrained
 
 transformers = pytest.importorskip("transformers")
 
-V = 48
+from tiny_transformers import V, ids as _x, pruned as _pruned  # noqa: E402
 
 
 def _model(kind: str, layers: int = 3, **kw) -> nn.Module:
@@ -55,19 +55,6 @@ def _biased(model: nn.Module) -> nn.Module:
             if n.endswith("bias"):
                 p.normal_(0, 0.5)
     return model.eval()
-
-
-def _x(n=2, seed=0):
-    return torch.randint(0, V, (n, 10), generator=torch.Generator().manual_seed(seed))
-
-
-def _pruned(model, units, criterion="magnitude", sparsity=0.5, **kw):
-    method = {"name": "transformer_units", "units": units, "criterion": criterion, **kw}
-    pruner = Pruner(model, method, schedule="manual", sparsity=sparsity, example_inputs=_x(1))
-    if pruner.needs.calibration is not None:
-        pruner.calibrate([_x(4, s) for s in range(3)])
-    pruner.prune(sparsity, final=True)
-    return pruner
 
 
 CASES = [("llama", ["mlp", "heads", "hidden", "depth"]), ("qwen2", ["mlp", "heads", "hidden"]),
@@ -272,6 +259,11 @@ def test_a_units_recipe_end_to_end_exports_the_smaller_config(tmp_path, capsys):
     assert main(["export", str(run), "--format", "shrunk", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "export it with --format hf" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+    pytest.importorskip("torchao")
+    for _ in range(2):  # quantized into the run's own export folder, the second time replacing the first
+        assert main(["export", str(run), "--format", "hf", "--quantize", "int8"]) == 0
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(run / "export" / "model.hf"))
+    assert type(back.model.layers[0].mlp.up_proj.weight).__name__ == "Int8Tensor"
 
 
 def test_bad_units_in_a_recipe_exit_2_before_anything_is_written(tmp_path, capsys):

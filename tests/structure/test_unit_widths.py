@@ -10,30 +10,7 @@ from prunelab.models.hf import save_pretrained
 
 transformers = pytest.importorskip("transformers")
 
-V = 48
-
-
-def _model(kind: str = "llama") -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = transformers.AutoConfig.for_model(kind, vocab_size=V, hidden_size=32, intermediate_size=48,
-                                               num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3)
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    model.config.use_cache = False
-    return model.eval()
-
-
-def _x(n=2, seed=0):
-    return torch.randint(0, V, (n, 10), generator=torch.Generator().manual_seed(seed))
-
-
-def _pruned(model, units, criterion="magnitude", sparsity=0.5, **kw):
-    method = {"name": "transformer_units", "units": units, "criterion": criterion, **kw}
-    pruner = Pruner(model, method, schedule="manual", sparsity=sparsity, example_inputs=_x(1))
-    if pruner.needs.calibration is not None:
-        pruner.calibrate([_x(4, s) for s in range(3)])
-    pruner.prune(sparsity, final=True)
-    return pruner
-
+from tiny_transformers import V, block_inputs, ids as _x, pruned as _pruned, tiny as _model  # noqa: E402
 
 @pytest.mark.parametrize("units, sparsity, round_to, want", [
     (["hidden"], 0.3, 1, {"hidden_size": 20}),  # 32 x 0.7 = 22.4 -> 22, not a multiple of the 4 heads -> 20
@@ -83,17 +60,10 @@ def test_flap_fluctuation_scored_by_the_readers_by_hand():
     Var(a_j) * ||W_down[:, j]||^2, a_j the down projection's input over every calibration token (FLAP's WIFV)."""
     model = _model("llama")
     batches = [_x(4, s) for s in range(3)]
-    seen = {i: [] for i in range(3)}
-    hooks = [layer.mlp.down_proj.register_forward_hook(lambda m, a, o, i=i: seen[i].append(a[0].reshape(-1, 48)))
-             for i, layer in enumerate(model.model.layers)]
-    with torch.no_grad():
-        for x in batches:
-            model(x)
-    for h in hooks:
-        h.remove()
+    seen = block_inputs(model, "mlp.down_proj", batches)
     want = []
     for i, layer in enumerate(model.model.layers):
-        a = torch.cat(seen[i]).double()
+        a = seen[i]
         score = a.var(0, unbiased=False) * layer.mlp.down_proj.weight.double().square().sum(0)
         want.append(set(score.topk(24).indices.tolist()))
     method = {"name": "transformer_units", "units": ["mlp"], "criterion": "fluctuation", "score_from": "readers"}

@@ -93,12 +93,11 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, for
         from ..export.gguf import to_gguf
         from ..export.quantize import quantize_folder
 
-        (check_output_file if fmt == "gguf" else check_output_folder)(path, force)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)  # (the output is checked where it is written)
         with tempfile.TemporaryDirectory(prefix=f".{path.name}.hf-", dir=path.parent) as tmp:
             tokenizer = _write_hf(ctx, model, Path(tmp) / "hf", False)
             if fmt == "gguf":
-                to_gguf(Path(tmp) / "hf", path, converter, outtype)
+                to_gguf(Path(tmp) / "hf", path, converter, outtype, force)
             else:
                 quantize_folder(Path(tmp) / "hf", path, quantize, force, tokenizer)
     elif fmt == "shrunk":

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..outputs import user_mode
+from ..outputs import OutputError, check_replaceable, user_mode
 
 CONVERTER = "convert_hf_to_gguf.py"
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # the converter's own; k-quants come from llama.cpp's llama-quantize
@@ -79,17 +79,22 @@ def byte_tokens(folder: str | Path) -> bool:
     return model.get("type") == "BPE" and len(model.get("vocab") or {}) == 256 and not model.get("merges")
 
 
-def to_gguf(folder: str | Path, out: str | Path, converter: Path, outtype: str = "f16",
+def to_gguf(folder: str | Path, out: str | Path, converter: Path, outtype: str = "f16", force: bool = False,
             timeout: float = 3600) -> Path:
     """Convert the Hugging Face folder ``folder`` into the GGUF file ``out`` with llama.cpp's ``converter``
     (a byte-token tokenizer, :func:`byte_tokens`, named for it as the module docstring says).
 
-    The file appears whole or not at all: the converter writes a temporary file beside ``out``, renamed over it
-    only when the converter succeeded. ConfigError with the converter's last words when it fails (a model
+    ``out`` must be absent, or a regular file and ``force`` (never a folder, a link or a device; which paths a
+    command may write is checked where the command starts, :mod:`prunelab.outputs`). The file appears whole or
+    not at all: the converter writes a temporary file beside ``out``, renamed over it only
+    when the converter succeeded. ConfigError with the converter's last words when it fails (a model
     llama.cpp does not support, a missing dependency of the converter)."""
     if outtype not in OUTTYPES:
         raise ConfigError(f"GGUF outtype is one of {', '.join(OUTTYPES)}, got {outtype!r}")
     out = Path(out)
+    check_replaceable(out)
+    if out.exists() and not force:
+        raise OutputError(f"{out} already exists; add --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
     os.close(fd)
