@@ -37,7 +37,7 @@ def test_masks_and_calibration_statistics_follow_the_model_onto_the_device(cuda,
     class Stop(Exception):
         pass
 
-    def decide(self, ctx, names):
+    def decide(self, ctx, names, named):
         handed.append(ctx.input_stats)
         raise Stop
     monkeypatch.setattr(Pruner, "_decide", decide)
